@@ -1,0 +1,232 @@
+"""The recorder against direct per-channel computations on the same tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from initdiag.initializers import InitSpec, apply_initializer
+from initdiag.models import seed_cnn
+from initdiag.recorder import Recorder, channel_sums
+
+
+def _capture(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Outputs and output gradients of every Conv/Linear/ReLU module, captured independently."""
+    outs: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear, nn.ReLU, nn.Tanh)):
+            def hook(m: nn.Module, a: object, o: torch.Tensor, name: str = name) -> None:
+                outs[name] = o.detach().clone()
+                if o.requires_grad:
+                    o.register_hook(lambda g, name=name: grads.__setitem__(name, g.detach().clone()))
+            handles.append(mod.register_forward_hook(hook))
+    loss = F.cross_entropy(model(x), torch.arange(len(x)) % 10)
+    loss.backward()
+    for h in handles:
+        h.remove()
+    model.zero_grad(set_to_none=True)
+    return outs, grads
+
+
+def _direct(t: torch.Tensor, cdim: int) -> dict[str, float]:
+    y = t.double().movedim(cdim, 0).reshape(t.shape[cdim], -1)
+    var = y.var(dim=1, unbiased=False)
+    mean = y.mean(dim=1)
+    return {"var": var.mean().item(), "mean_sq": (mean**2).mean().item(),
+            "zero_frac": (t == 0).double().mean().item(),
+            "dead_frac": (y.abs().amax(dim=1) == 0).double().mean().item()}
+
+
+def _values(frame: pd.DataFrame, layer: str, kind: str, step: int = 0) -> dict[str, float]:
+    rows = frame[(frame.layer == layer) & (frame.kind == kind) & (frame.step == step) & (frame.phase == "train")]
+    return dict(zip(rows.stat.astype(str), rows.value, strict=True))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_cnn_statistics_equal_direct_per_channel_computation(inplace: bool) -> None:
+    torch.manual_seed(0)
+    model = seed_cnn()
+    for i, m in enumerate(model):
+        if isinstance(m, nn.ReLU):
+            model[i] = nn.ReLU(inplace=inplace)
+    apply_initializer(model, InitSpec("he"), seed=1)
+    x = torch.rand(16, 1, 28, 28)
+    ref_out, ref_grad = _capture(model, x)
+    with Recorder(model) as rec:
+        F.cross_entropy(model(x), torch.arange(len(x)) % 10).backward()
+    frame = rec.frame()
+    assert set(frame.columns) >= {"run", "initializer", "seed", "epoch", "step", "layer", "depth", "kind",
+                                  "stat", "value"}
+    for name, out in ref_out.items():
+        cdim = 1
+        got = _values(frame, name, "forward")
+        want = _direct(out, cdim)
+        for stat in ("var", "mean_sq", "zero_frac"):
+            assert got[stat] == pytest.approx(want[stat], rel=1e-5, abs=1e-12), (name, stat)
+        if isinstance(model.get_submodule(name), nn.ReLU):
+            assert got["dead_frac"] == pytest.approx(want["dead_frac"])
+        if name in ref_grad:
+            gotg = _values(frame, name, "backward")
+            wantg = _direct(ref_grad[name], cdim)
+            for stat in ("var", "mean_sq", "zero_frac"):
+                assert gotg[stat] == pytest.approx(wantg[stat], rel=1e-5, abs=1e-15), (name, stat)
+    # every Conv/Linear and ReLU has backward statistics (in-place ReLU included)
+    layers = {lay.name for lay in rec.layers()}
+    assert layers == set(ref_out)
+    assert set(frame[frame.kind == "backward"].layer.astype(str)) == layers
+
+
+def test_weight_and_weight_grad_variance() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+    x = torch.randn(8, 20)
+    with Recorder(model) as rec:
+        model(x).square().mean().backward()
+    frame = rec.frame()
+    for name in ("0", "2"):
+        lin = model.get_submodule(name)
+        assert _values(frame, name, "weight")["var"] == pytest.approx(lin.weight.detach().var(unbiased=False).item(),
+                                                                        rel=1e-6)
+        assert _values(frame, name, "weight_grad")["var"] == pytest.approx(
+            lin.weight.grad.var(unbiased=False).item(), rel=1e-6)
+
+
+def test_linear_on_sequences_uses_last_dim_as_channel() -> None:
+    model = nn.Sequential(nn.Linear(6, 4), nn.GELU())
+    x = torch.randn(3, 7, 6)
+    with Recorder(model) as rec:
+        y = model(x)
+        y.sum().backward()
+    frame = rec.frame()
+    got = _values(frame, "0", "forward")
+    want = _direct(model[0](x).detach(), cdim=2)
+    assert got["var"] == pytest.approx(want["var"], rel=1e-5)
+    assert got["mean_sq"] == pytest.approx(want["mean_sq"], rel=1e-5)
+
+
+def test_channels_last_layout_gives_same_statistics() -> None:
+    torch.manual_seed(0)
+    y = torch.randn(4, 5, 6, 7)
+    a = channel_sums(y, 1)
+    b = channel_sums(y.contiguous(memory_format=torch.channels_last), 1)
+    for u, v in zip(a[:3], b[:3], strict=True):
+        assert torch.allclose(u, v, rtol=1e-5)
+
+
+def test_every_k_steps_and_epoch_labels() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with Recorder(model, every=3) as rec:
+        for epoch in (1, 2):
+            rec.epoch = epoch
+            for _ in range(4):
+                model(torch.randn(5, 4)).sum().backward()
+        with torch.no_grad():
+            model(torch.randn(5, 4))  # evaluation forwards are not steps and are not recorded
+    frame = rec.frame()
+    assert sorted(frame.step.unique()) == [0, 3, 6]
+    assert dict(frame.groupby("step").epoch.first()) == {0: 1, 3: 1, 6: 2}
+    assert set(frame.kind) == {"forward", "backward", "weight", "weight_grad"}
+
+
+def test_probe_phase_records_forward_only() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    with Recorder(model) as rec:
+        with rec.probe("init"), torch.no_grad():
+            model(torch.randn(10, 4))
+    frame = rec.frame()
+    assert set(frame.phase) == {"init"}
+    assert set(frame.kind) == {"forward"}
+
+
+def test_module_called_twice_is_recorded_per_call() -> None:
+    shared = nn.Linear(5, 5)
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = shared
+            self.act = nn.Tanh()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.act(self.fc(x)))
+
+    model = Twice()
+    x = torch.randn(8, 5)
+    with Recorder(model) as rec:
+        model(x).sum().backward()
+    frame = rec.frame()
+    names = [lay.name for lay in rec.layers()]
+    assert names == ["fc", "act", "fc@2"]
+    assert [lay.depth for lay in rec.layers()] == [0, 0, 1]
+    second = shared(torch.tanh(shared(x))).detach()
+    assert _values(frame, "fc@2", "forward")["var"] == pytest.approx(_direct(second, 1)["var"], rel=1e-5)
+    assert not frame[(frame.layer == "fc@2") & (frame.kind == "backward")].empty
+
+
+def test_tuple_and_dict_outputs_are_walked() -> None:
+    class TupleAct(nn.ReLU):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # type: ignore[override]
+            r = super().forward(x)
+            return r, {"neg": -r}
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+            self.act = TupleAct()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, d = self.act(self.fc(x))
+            return a + d["neg"] * 0.5
+
+    model = Net()
+    with Recorder(model) as rec:
+        model(torch.randn(6, 3)).sum().backward()
+    names = {lay.name for lay in rec.layers()}
+    assert names == {"fc", "act.0", "act.1.neg"}
+
+
+def test_hooks_removed_and_model_untouched_even_when_training_raises() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    calls: list[int] = []
+    model[0].register_forward_hook(lambda m, i, o: calls.append(1))
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="boom"), Recorder(model) as rec:
+        with torch.enable_grad():
+            model(torch.randn(2, 4)).sum().backward()
+        raise RuntimeError("boom")
+    assert not rec.active
+    assert len(model[0]._forward_hooks) == 1  # only the user's own hook
+    assert all(not m._forward_hooks for m in list(model)[1:])
+    assert not model._forward_pre_hooks
+    assert all(not p._backward_hooks for p in model.parameters() if p._backward_hooks is not None)
+    assert model.training is False
+    model(torch.randn(2, 4))
+    assert len(calls) == 2  # the user's hook fired inside and after the recorder
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_zero_init_gives_exact_zero_activations_and_hidden_gradients() -> None:
+    model = seed_cnn()
+    apply_initializer(model, InitSpec("zeros"), seed=0)
+    x = torch.rand(8, 1, 28, 28)
+    with Recorder(model) as rec:
+        F.cross_entropy(model(x), torch.arange(8) % 10).backward()
+    frame = rec.frame()
+    fwd = frame[(frame.kind == "forward") & (frame.stat == "var")]
+    assert (fwd.value == 0).all()
+    fz = frame[(frame.kind == "forward") & (frame.stat == "zero_frac")]
+    assert (fz.value == 1).all()
+    last = rec.layers()[-1].name
+    hidden_grads = frame[(frame.kind == "backward") & (frame.layer != last) & (frame.stat.isin(["var", "mean_sq"]))]
+    assert (hidden_grads.value == 0).all()
+    assert _values(frame, last, "backward")["var"] > 0  # only the output layer gets a gradient
+    assert np.isfinite(frame.value).all()
