@@ -4,9 +4,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import DataError, InitDiagError, ModelLoadError, OutputError, UsageError  # noqa: E402
-from .initializers import INITIALIZERS, InitSpec, apply_initializer  # noqa: E402
-from .recorder import Recorder  # noqa: E402
+from .errors import DataError, InitDiagError, ModelLoadError, OutputError, UsageError
+from .initializers import INITIALIZERS, InitSpec, apply_initializer
+from .recorder import Recorder
 
 __all__ = [
     "INITIALIZERS",

@@ -52,12 +52,13 @@ class InitName(StrEnum):
 DEFAULT_INITIALIZERS: tuple[str, ...] = ("zeros", "random", "xavier", "he")
 
 WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
 
 
-def weight_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def weight_layers(model: nn.Module) -> Iterator[tuple[str, WeightLayer]]:
     """Yield ``(qualified name, module)`` for every Conv/Linear module, in registration order."""
     for name, module in model.named_modules():
-        if isinstance(module, WEIGHT_LAYER_TYPES):
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             yield name, module
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from .errors import UsageError, did_you_mean
 
-__all__ = ["ACTIVATIONS", "MODELS", "ModelName", "ModelSpec", "build_model"]
+__all__ = ["ACTIVATIONS", "MODELS", "ModelName", "ModelSpec", "build_model", "load_model_ref"]
 
 
 class ModelName(StrEnum):
@@ -98,3 +98,64 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if spec.name == ModelName.MLP:
         return mlp()
     return deep_mlp(spec.depth, spec.width, spec.activation)
+
+
+def load_model_ref(ref: str, kwargs: dict[str, object] | None = None) -> nn.Module:
+    """Build a user's model from ``"pkg.mod:name"`` or ``"path/to/file.py:name"``.
+
+    ``name`` may be an ``nn.Module`` subclass (instantiated with ``kwargs``), a factory returning a
+    module (called with ``kwargs``), or an ``nn.Module`` instance (``kwargs`` must then be empty).
+    Every failure raises ModelLoadError with one line that says what went wrong.
+    """
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from .errors import ModelLoadError
+
+    kwargs = dict(kwargs or {})
+    module_part, sep, attr = ref.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise ModelLoadError(f"model reference '{ref}' must look like 'package.module:name' or 'file.py:name'")
+    if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
+        path = Path(module_part)
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path} does not exist")
+        mod_name = f"_initdiag_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        if spec is None or spec.loader is None:
+            raise ModelLoadError(f"cannot import {path} as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(mod_name, None)
+            raise ModelLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            sys.path.remove(str(path.resolve().parent))
+    else:
+        try:
+            module = importlib.import_module(module_part)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot import module '{module_part}': {type(exc).__name__}: {exc}") from exc
+    try:
+        target = getattr(module, attr)
+    except AttributeError:
+        names = [n for n in dir(module) if not n.startswith("_")]
+        raise ModelLoadError(f"module '{module_part}' has no attribute '{attr}'{did_you_mean(attr, names)}") from None
+    if isinstance(target, nn.Module):
+        if kwargs:
+            raise ModelLoadError(f"'{ref}' is a model instance; it takes no --kwargs")
+        return target
+    if not callable(target):
+        raise ModelLoadError(f"'{ref}' is a {type(target).__name__}, not an nn.Module, class or factory")
+    try:
+        model = target(**kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"building '{ref}' failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"'{ref}' returned a {type(model).__name__}, not an nn.Module")
+    return model

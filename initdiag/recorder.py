@@ -119,7 +119,7 @@ def activation_name(module: nn.Module) -> str | None:
     """
     for cls in type(module).__mro__:
         if cls in ACTIVATION_TYPES:
-            return ACTIVATION_TYPES[cls]  # type: ignore[index]
+            return ACTIVATION_TYPES[cls]
     return None
 
 
@@ -139,12 +139,14 @@ class LayerInfo:
     depth: int
     activation: str | None
     weight_shape: tuple[int, ...] | None
+    numel: int | None = None
+    """Elements per sample of the output (all dims but the first) at the first recorded call."""
 
 
 class _Layer:
     """Mutable bookkeeping for one call site while recording."""
 
-    __slots__ = ("activation", "code", "depth", "module", "module_name", "name", "role", "weight_shape")
+    __slots__ = ("activation", "code", "depth", "module", "module_name", "name", "numel", "role", "weight_shape")
 
     def __init__(self, code: int, name: str, module_name: str, module: nn.Module, role: str, depth: int,
                  activation: str | None) -> None:
@@ -157,10 +159,11 @@ class _Layer:
         self.activation = activation
         weight = getattr(module, "weight", None)
         self.weight_shape = tuple(weight.shape) if role == "weight" and weight is not None else None
+        self.numel: int | None = None
 
     def info(self) -> LayerInfo:
         return LayerInfo(self.name, self.module_name, self.module, self.role, self.depth, self.activation,
-                         self.weight_shape)
+                         self.weight_shape, self.numel)
 
 
 def channel_sums(y: torch.Tensor, cdim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -365,6 +368,8 @@ class Recorder:
             self._calls[id(mod)] = call
             for suffix, y in _iter_tensors(output):
                 layer = self._layer_for(mod, role, call, suffix)
+                if layer.numel is None and y.dim() >= 2:
+                    layer.numel = y[0].numel()
                 cdim = self._channel_dim(mod, role, y)
                 if role == "weight":
                     self._last_weight, self._act_seen = layer, False

@@ -1,0 +1,445 @@
+"""Signal propagation: the log-variance of Conv/Linear outputs (or of dL/dy) fitted against depth.
+
+Private part of :mod:`initdiag.checks`: vanishing / exploding / no signal, divergence, the theory overlay.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ._checks_base import (
+    HEALTHY,
+    CheckName,
+    RunEvidence,
+    Status,
+    Thresholds,
+    Verdict,
+    hidden_activations,
+    init_advice,
+    json_safe,
+    pretty_activation,
+)
+from .initializers import WEIGHT_LAYER_TYPES, expected_gain
+
+WEIGHT_MODULES = frozenset(t.__name__ for t in WEIGHT_LAYER_TYPES)
+_DEFAULT = Thresholds()
+_NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class SignalFit:
+    """Per-layer variances of one signal at one step and the straight line through their logs.
+
+    ``layers``/``depths``/``variances``: every Conv/Linear call site in execution order. Propagation order
+    is execution order for ``forward`` and the reverse for ``backward`` (dL/dy flows from the loss). The
+    fit is ``log var_d = intercept + slope * d`` (ordinary least squares, ``scipy.stats.linregress``)
+    over ``fitted``: the layers before the first one, in propagation order, that is non-finite or
+    carries no signal (``var <= no_signal_rel * max(mean_sq, floor)``). ``slope_low``/``slope_high``:
+    the t-based ``level`` interval ``slope +- t_{1-alpha/2, k-2} * stderr`` (NaN with fewer than 3
+    points); ``p_value``: two-sided test of slope 0. ``gain`` is the per-layer variance factor in the
+    direction of propagation, ``exp(slope)`` forward and ``exp(-slope)`` backward, with its interval;
+    ``change_fitted = gain ** (n_layers - 1)`` is the change across the whole network that the fit
+    implies; ``change_raw`` = last / first variance in propagation order. NaN where undefined.
+    ``per_sample``: the fit is on ``var x size`` (elements per sample of the output: the per-sample energy,
+    which He init preserves backward across width changes and max-pooling) instead of ``var``.
+    """
+
+    kind: str
+    step: int
+    phase: str
+    layers: tuple[str, ...]
+    depths: tuple[int, ...]
+    variances: tuple[float, ...]
+    no_signal: tuple[str, ...]
+    nonfinite: tuple[str, ...]
+    fitted: tuple[str, ...]
+    slope: float
+    intercept: float
+    slope_low: float
+    slope_high: float
+    p_value: float
+    gain: float
+    gain_low: float
+    gain_high: float
+    change_fitted: float
+    change_raw: float
+    level: float
+    per_sample: bool = False
+
+    @property
+    def n_layers(self) -> int:
+        """Number of Conv/Linear layers of the signal (not only the fitted ones)."""
+        return len(self.layers)
+
+    @property
+    def lost_at(self) -> str | None:
+        """First layer, in propagation order, that is non-finite or carries no signal."""
+        order = self.layers if self.kind != "backward" else self.layers[::-1]
+        bad = set(self.no_signal) | set(self.nonfinite)
+        return next((name for name in order if name in bad), None)
+
+    @property
+    def log10_change(self) -> float:
+        """``(n_layers - 1) * log10(gain)``: the fitted change in decades (finite where the change overflows)."""
+        if not self.gain > 0:
+            return _NAN
+        return (self.n_layers - 1) * math.log10(self.gain)
+
+
+def _weight_rows(frame: pd.DataFrame, kind: str, phase: str, layers: Sequence[str] | None) -> pd.DataFrame:
+    sub = frame.loc[(frame["kind"] == kind) & (frame["phase"] == phase)
+                    & frame["stat"].isin(["var", "mean_sq"])]
+    names = sub["layer"].astype(str)
+    if layers is not None:
+        keep = names.isin(set(layers))
+    else:
+        weight_names = set(frame.loc[frame["kind"] == "weight", "layer"].astype(str))
+        keep = sub["module"].astype(str).isin(WEIGHT_MODULES) | names.str.split("@").str[0].isin(weight_names)
+    return pd.DataFrame({"layer": names[keep], "depth": sub["depth"][keep].astype(np.int64),
+                         "step": sub["step"][keep], "stat": sub["stat"][keep].astype(str),
+                         "value": sub["value"][keep].astype(np.float64)})
+
+
+def earliest_step(frame: pd.DataFrame, kind: str, phase: str) -> int | None:
+    """First step of ``phase`` with ``kind`` rows, or None."""
+    steps = frame.loc[(frame["kind"] == kind) & (frame["phase"] == phase), "step"]
+    return int(steps.min()) if len(steps) else None
+
+
+def signal_fit(frame: pd.DataFrame, kind: str = "forward", step: int | None = 0, phase: str = "train", *,
+               layers: Sequence[str] | None = None, alpha: float = _DEFAULT.alpha,
+               no_signal_rel: float = _DEFAULT.no_signal_rel,
+               no_signal_floor: float = _DEFAULT.no_signal_floor,
+               sizes: Mapping[str, float] | None = None) -> SignalFit:
+    """Fit ``log var`` of the Conv/Linear outputs (``kind="forward"``) or of dL/dy (``"backward"``) vs depth.
+
+    ``step=None`` takes the earliest step of ``phase``. ``layers`` names the Conv/Linear call sites
+    (default: rows whose module is Conv/Linear or that have ``weight`` rows). ``sizes`` (layer -> elements
+    per sample) switches to per-sample energy ``var x size`` when it covers every layer. See :class:`SignalFit`.
+    """
+    rows = _weight_rows(frame, kind, phase, layers)
+    if step is None:
+        step = int(rows["step"].min()) if len(rows) else 0
+    rows = rows[rows["step"] == step].drop_duplicates(["layer", "stat"])
+    table = rows.pivot(index=["depth", "layer"], columns="stat", values="value").sort_index()
+    var = table["var"].to_numpy(np.float64) if "var" in table else np.full(len(table), _NAN)
+    msq = table["mean_sq"].to_numpy(np.float64) if "mean_sq" in table else np.zeros(len(table))
+    names = tuple(str(n) for n in table.index.get_level_values("layer"))
+    depths = tuple(int(d) for d in table.index.get_level_values("depth"))
+    per_sample = bool(sizes) and all(n in sizes for n in names)  # type: ignore[operator]
+    scale = np.array([sizes[n] for n in names], np.float64) if per_sample and sizes else np.ones(len(names))
+    finite = np.isfinite(var) & np.isfinite(msq)
+    with np.errstate(invalid="ignore"):
+        silent = finite & (var <= no_signal_rel * np.maximum(msq, no_signal_floor))
+    sign = -1.0 if kind == "backward" else 1.0
+    order = np.arange(len(names))[::-1] if kind == "backward" else np.arange(len(names))
+    good = finite[order] & ~silent[order]
+    k = int(np.argmin(good)) if not good.all() else len(order)
+    idx = np.sort(order[:k])
+    slope = intercept = low = high = p = _NAN
+    if len(idx) >= 2:
+        x = idx.astype(np.float64)
+        y = np.log(var[idx] * scale[idx])
+        if len(idx) >= 3:
+            res = stats.linregress(x, y)
+            slope, intercept, p = float(res.slope), float(res.intercept), float(res.pvalue)
+            half = float(stats.t.ppf(1 - alpha / 2, len(idx) - 2)) * float(res.stderr)
+            low, high = slope - half, slope + half
+        else:
+            slope = float(y[1] - y[0]) / float(x[1] - x[0])
+            intercept = float(y[0] - slope * x[0])
+    gain, g1, g2 = (math.exp(sign * s) if math.isfinite(s) else _NAN for s in (slope, low, high))
+    gain_low, gain_high = (g1, g2) if sign > 0 else (g2, g1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        change_fitted = float(np.exp((len(names) - 1) * math.log(gain))) if gain > 0 else _NAN
+        value = var * scale
+        first, last = (value[order[0]], value[order[-1]]) if len(order) else (_NAN, _NAN)
+        change_raw = float(last / first) if finite[order[:1]].all() and first > 0 else _NAN
+    return SignalFit(
+        kind=kind, step=step, phase=phase, layers=names, depths=depths, variances=tuple(map(float, var)),
+        no_signal=tuple(n for n, s in zip(names, silent, strict=True) if s),
+        nonfinite=tuple(n for n, f in zip(names, finite, strict=True) if not f),
+        fitted=tuple(names[i] for i in idx), slope=slope, intercept=intercept, slope_low=low,
+        slope_high=high, p_value=p, gain=gain, gain_low=gain_low, gain_high=gain_high,
+        change_fitted=change_fitted, change_raw=change_raw, level=1 - alpha, per_sample=per_sample,
+    )
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}" if math.isfinite(x) else "n/a"
+
+
+def _change_text(fit: SignalFit) -> str:
+    if fit.gain > 0 and not math.isfinite(fit.change_fitted):
+        return f"1e{fit.log10_change:.0f}"
+    return _g(fit.change_fitted)
+
+
+def _describe(fit: SignalFit, what: str) -> str:
+    verb = "shrinks" if fit.gain < 1 else "grows"
+    ci = (f" ({fit.level:.0%} CI {_g(fit.gain_low)}-{_g(fit.gain_high)})"
+          if math.isfinite(fit.gain_low) else " (no interval with fewer than 3 layers)")
+    span = f"'{fit.fitted[0]}' to '{fit.fitted[-1]}'"
+    return (f"{what} {verb} by a factor of {_g(fit.gain)} per layer{ci}, fitted over {len(fit.fitted)} "
+            f"Conv/Linear layers ({span}): a change of {_change_text(fit)} across the {fit.n_layers} layers "
+            f"(raw first-to-last {_g(fit.change_raw)}).")
+
+
+def signal_effect(fit: SignalFit) -> dict[str, float | None]:
+    """The numbers a signal verdict reports."""
+    return {"gain": fit.gain, "gain_low": fit.gain_low, "gain_high": fit.gain_high,
+            "change": fit.change_fitted, "log10_change": fit.log10_change, "change_raw": fit.change_raw,
+            "slope": fit.slope, "n_layers": float(fit.n_layers), "n_fitted": float(len(fit.fitted))}
+
+
+def signal_verdict(fit: SignalFit, ev: RunEvidence, th: Thresholds = _DEFAULT,
+                   expected: float | None = None, extra: str = "") -> Verdict | None:
+    """Vanishing / exploding / no_signal / healthy for one signal (None when it was not recorded).
+
+    Rules, with ``C = th.change_factor``: the first layer (in propagation order) non-finite ->
+    ``exploding`` (overflow); a layer without signal -> ``vanishing`` if the layers before it already
+    fit a vanishing trend, else ``no_signal``; otherwise ``exploding``/``vanishing`` when
+    ``change_fitted >= C`` / ``<= 1/C`` and the slope's interval excludes 0 (``warn`` if it does not);
+    with 2 layers (no interval) the raw change decides: fail beyond ``few_layers_factor``, warn beyond
+    ``C``. Everything else is ``healthy``. A backward trend measured per element (layer sizes unknown,
+    ``fit.per_sample`` false) only warns: per-element dL/dy variance changes with the layer sizes.
+    """
+    if fit.n_layers == 0:
+        return None
+    label = "Forward" if fit.kind == "forward" else "Backward"
+    measure = "per-sample energy (variance x elements)" if fit.per_sample else "variance"
+    what = (f"{label}: the {measure} of the Conv/Linear outputs" if fit.kind == "forward"
+            else f"{label}: the {measure} of the gradient dL/dy, from the output toward the input,")
+    # Per-element dL/dy variance changes with layer size (width, pooling) even under He init: without the
+    # sizes, a backward trend in a network with conv layers cannot be told apart from that, so it only warns.
+    unsure = fit.kind == "backward" and not fit.per_sample
+    effect = {**signal_effect(fit), "expected_gain": expected}
+    advice = init_advice(ev)
+
+    def make(check: str, status: Status, layers: tuple[str, ...], message: str,
+             p: float | None = None, adv: str | None = advice) -> Verdict:
+        return Verdict(check, fit.kind, status.value, layers, p, effect, message + extra, adv)
+
+    lost = fit.lost_at
+    if lost is not None and lost in fit.nonfinite:
+        before = _describe(fit, what) + " " if len(fit.fitted) >= 3 else f"{label}: "
+        return make(CheckName.EXPLODING, Status.FAIL, (lost,),
+                    f"{before}The variance is inf/NaN (overflow) at layer '{lost}' already at initialization "
+                    f"(step {fit.step}).")
+    p = fit.p_value if math.isfinite(fit.p_value) else None
+    ends = (fit.fitted[0], fit.fitted[-1]) if fit.fitted else ()
+    shrinking = fit.change_fitted <= 1 / th.change_factor
+    growing = fit.change_fitted >= th.change_factor
+    sure_down, sure_up = fit.gain_high < 1, fit.gain_low > 1  # False when NaN (fewer than 3 layers)
+    if lost is not None:
+        where = (f"no signal (variance 0 or at float rounding level) in {len(fit.no_signal)} of "
+                 f"{fit.n_layers} layers")
+        if len(fit.fitted) >= 3 and shrinking and sure_down:
+            return make(CheckName.VANISHING, Status.FAIL, (fit.fitted[0], lost),
+                        f"{_describe(fit, what)} The signal is lost from layer '{lost}' on: {where}.", p)
+        return make(CheckName.NO_SIGNAL, Status.FAIL, fit.no_signal,
+                    f"{label}: {where}, starting at layer '{lost}'; nothing propagates past it.")
+    if len(fit.fitted) < 2:
+        return make(HEALTHY, Status.PASS, (), f"{label}: a single Conv/Linear layer, nothing to compare.",
+                    adv=None)
+    text = _describe(fit, what)
+    if len(fit.fitted) == 2:
+        raw = fit.change_raw
+        big = max(raw, 1 / raw) if raw > 0 else math.inf
+        check = CheckName.EXPLODING if raw > 1 else CheckName.VANISHING
+        text += " With 2 layers there is no interval: the raw change decides."
+        if big >= th.few_layers_factor:
+            return make(check, Status.FAIL, ends, text)
+        if big >= th.change_factor:
+            return make(check, Status.WARN, ends, text)
+        return make(HEALTHY, Status.PASS, (), text, adv=None)
+    if growing or shrinking:
+        check = CheckName.EXPLODING if growing else CheckName.VANISHING
+        if (sure_up if growing else sure_down) and unsure:
+            return make(check, Status.WARN, ends, text + " Measured per element: the layer sizes were not "
+                        "recorded, so changes of width or spatial size (pooling) are not accounted for.", p)
+        if sure_up if growing else sure_down:
+            return make(check, Status.FAIL, ends, text, p)
+        return make(check, Status.WARN, ends, text + " The gain's interval includes 1, so this is uncertain.", p)
+    return make(HEALTHY, Status.PASS, (), text + f" Within the {th.change_factor:g}x threshold.", p, adv=None)
+
+
+def _first_bad_layer(bad: pd.DataFrame) -> tuple[str, str] | None:
+    for kind, ascending in (("forward", True), ("backward", False), ("weight", True), ("weight_grad", True)):
+        rows = bad[bad["kind"] == kind]
+        if len(rows):
+            row = rows.sort_values("depth", ascending=ascending, kind="stable").iloc[0]
+            return str(row["layer"]), kind
+    return None
+
+
+def diverged_verdict(ev: RunEvidence) -> Verdict:
+    """NaN/Inf anywhere: the first step where the loss or a recorded statistic is non-finite.
+
+    ``losses[i]`` is the loss of step ``i``. The layer named is, at that step, the lowest-depth forward
+    output that is non-finite, else the first non-finite dL/dy in backward order (highest depth), else a
+    weight or weight gradient. Not a statistical test: any non-finite value fails.
+    """
+    losses = np.asarray(ev.losses, dtype=np.float64).ravel()
+    bad_loss = np.flatnonzero(~np.isfinite(losses))
+    frame = ev.frame
+    bad = frame.loc[~np.isfinite(frame["value"].to_numpy(np.float64))]
+    candidates = [int(bad_loss[0])] if len(bad_loss) else []
+    if len(bad):
+        candidates.append(int(bad["step"].min()))
+    if not candidates:
+        return Verdict(CheckName.DIVERGED, None, Status.PASS.value, (), None, {"step": None},
+                       f"The loss ({len(losses)} steps) and every recorded statistic stayed finite.", None,
+                       phase="training")
+    step = min(candidates)
+    at = bad[bad["step"] == step]
+    found = _first_bad_layer(at)
+    epochs = frame.loc[frame["step"] == step, "epoch"]
+    epoch = int(epochs.iloc[0]) if len(epochs) else None
+    when = f"step {step}" + (f" (epoch {epoch})" if epoch is not None else "") if step >= 0 else \
+        "initialization (the probe before the first training step)"
+    parts = [f"Diverged at {when}:"]
+    if len(bad_loss) and bad_loss[0] == step:
+        parts.append(f"the loss is {losses[step]}")
+    if found is not None:
+        kind_text = {"forward": "output variance", "backward": "gradient (dL/dy) variance",
+                     "weight": "weight variance", "weight_grad": "weight-gradient variance"}[found[1]]
+        parts.append(("and " if len(parts) > 1 else "") + f"the {kind_text} of layer '{found[0]}' is not finite")
+    return Verdict(CheckName.DIVERGED, None, Status.FAIL.value, (found[0],) if found else (), None,
+                   {"step": float(step), "epoch": None if epoch is None else float(epoch)},
+                   " ".join(parts) + ".",
+                   "Lower the learning rate, or start from weights of unit scale (" + init_advice(ev) + ").",
+                   phase="training")
+
+
+def zero_init_note(ev: RunEvidence, forward: SignalFit | None, backward: SignalFit | None) -> str:
+    """Plain explanation, with this run's evidence, of why all-zero weights cannot train ('' otherwise)."""
+    weights = [w for w, _ in ev.weights_init.values()]
+    if not weights or any(np.any(w != 0) for w in weights):
+        return ""
+    act = pretty_activation(next(iter(dict.fromkeys(a for a in hidden_activations(ev))), "linear"))
+    n = forward.n_layers if forward is not None else len(weights)
+    parts = [f"Zero init is not appropriate with {act}: every weight is 0, so"]
+    if forward is not None:
+        parts.append(f"(1) no signal: each layer outputs only its bias, and the activation variance is 0 "
+                     f"in {len(forward.no_signal)} of {forward.n_layers} layers;")
+    first = next(iter(ev.weights_init.items()))
+    parts.append(f"(2) symmetric neurons: all {first[1][0].shape[0]} neurons of layer '{first[0]}' (and of "
+                 "every layer) are identical, get identical gradients and stay identical;")
+    grads = ev.frame.loc[(ev.frame["kind"] == "weight_grad") & (ev.frame["stat"] == "var")]
+    if len(grads):
+        grads = grads[grads["step"] == grads["step"].min()]
+    zero_grads = int((grads["value"] == 0).sum())
+    last = ev.weight_layers[-1].name if ev.weight_layers else "the output layer"
+    back = (f"dL/dy is 0 in {len(backward.no_signal)} of {backward.n_layers} layers and " if backward else "")
+    parts.append(f"(3) only the output bias learns: {back}{zero_grads} of {len(grads) or n} weight gradients are "
+                 f"0, so nothing but the bias of the output layer '{last}' moves, and the model predicts the "
+                 "same class for every input.")
+    return " " + " ".join(parts)
+
+
+@dataclass(frozen=True)
+class TheoryRow:
+    """Expected vs measured per-layer variance gain for one run and one signal.
+
+    ``expected_gain``: the theory's per-transition gains ``g_l = fan x Var(W_l) x c(activation before
+    layer l)`` (``fan = fan_in`` forward, ``fan_out`` backward; c = 1/2 for ReLU, 1 linear, 1 tanh as an
+    upper bound; ``initializers.expected_gain``; backward per-sample energy also x ``n_{l-1} / n_l``,
+    the ratio of output sizes), turned into a log-variance profile and fitted over
+    the same layers as the measurement, so one odd layer (a 10-way head) weighs the same in both; equal
+    to the geometric mean of the ``g_l`` when they are all equal. ``measured_gain`` with its interval
+    ``gain_low``..``gain_high`` comes from :func:`signal_fit`.
+    """
+
+    initializer: str
+    activation: str
+    signal: str
+    expected_gain: float | None
+    measured_gain: float | None
+    gain_low: float | None
+    gain_high: float | None
+    note: str
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-safe dict (NaN/Inf -> None)."""
+        return json_safe(self.__dict__)
+
+
+def _expected_profile_gain(ev: RunEvidence, direction: str, fit: SignalFit | None) -> tuple[float | None, str]:
+    wl = ev.weight_layers
+    if len(wl) < 2:
+        return None, "fewer than 2 Conv/Linear layers"
+    gains: list[float] = []
+    for prev, cur in itertools.pairwise(wl):
+        if cur.weight_shape is None:
+            return None, f"layer '{cur.name}' has no weight shape"
+        g = expected_gain(ev.spec, prev.activation or "linear", cur.weight_shape, direction)
+        if g is None:
+            return None, f"theory does not fix the gain of {pretty_activation(prev.activation or 'linear')}"
+        gains.append(g)
+    sizes = ev.output_sizes() if direction == "backward" and fit is not None and fit.per_sample else None
+    if sizes is not None:  # per-sample energy: var_{l-1} n_{l-1} = g_l (n_{l-1} / n_l) var_l n_l
+        gains = [g * sizes[prev.name] / sizes[cur.name] for g, (prev, cur) in
+                 zip(gains, itertools.pairwise(wl), strict=True)]
+    if min(gains) <= 0:
+        if all(not np.any(w) for w, _ in ev.weights_init.values()):
+            return 0.0, "zero weights: nothing propagates"
+        return None, "theory covers zero-mean random weights"
+    steps = np.log(np.asarray(gains))
+    # log-variance profile by position (execution order); backward accumulates from the output.
+    profile = np.concatenate([[0.0], np.cumsum(steps)]) if direction == "forward" else \
+        np.concatenate([np.cumsum(steps[::-1])[::-1], [0.0]])
+    names = [la.name for la in wl]
+    pos = [names.index(n) for n in (fit.fitted if fit is not None and len(fit.fitted) >= 2 else names)
+           if n in names]
+    if len(pos) < 2:
+        pos = list(range(len(names)))
+    slope = float(np.polyfit(np.asarray(pos, float), profile[pos], 1)[0])
+    return math.exp(slope if direction == "forward" else -slope), ""
+
+
+def theory_rows(ev: RunEvidence, fit_forward: SignalFit | None = None,
+                fit_backward: SignalFit | None = None) -> tuple[TheoryRow, ...]:
+    """Expected next to measured per-layer gain, forward and backward, where theory fixes the gain.
+
+    Fits are computed from ``ev.frame`` (earliest training step) when not given. A signal gets a row
+    only when every transition's activation has a known factor (ReLU, linear, tanh).
+    """
+    rows: list[TheoryRow] = []
+    names = [la.name for la in ev.weight_layers]
+    acts = dict.fromkeys(pretty_activation(a) for a in hidden_activations(ev))
+    act_label = "+".join(acts) if acts else "linear"
+    for direction, given in (("forward", fit_forward), ("backward", fit_backward)):
+        fit = given
+        if fit is None:
+            step = earliest_step(ev.frame, direction, "train")
+            if step is None:
+                continue
+            fit = signal_fit(ev.frame, direction, step, "train", layers=names,
+                             sizes=ev.output_sizes() if direction == "backward" else None)
+        if fit.n_layers == 0:
+            continue
+        expected, why = _expected_profile_gain(ev, direction, fit)
+        if expected is None:
+            continue
+        formula = ("fan_in x Var(W) x c" if direction == "forward" else
+                   "fan_out x Var(W) x c x n_in/n_out (per-sample energy)" if fit.per_sample else
+                   "fan_out x Var(W) x c")
+        note = why or (f"{formula} per layer (c = 1/2 ReLU, 1 linear"
+                       + ("; tanh: upper bound, exact in its linear regime" if "tanh" in acts else "") + ")")
+        if ev.spec.name == "pytorch-default":
+            note += "; theory ignores the biases, which add variance"
+
+        def opt(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        rows.append(TheoryRow(ev.spec.label, act_label, direction, expected, opt(fit.gain), opt(fit.gain_low),
+                              opt(fit.gain_high), note))
+    return tuple(rows)

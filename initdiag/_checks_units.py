@@ -1,0 +1,304 @@
+"""Unit-level checks: identical / near-duplicate neurons, dead ReLU units, saturated tanh/sigmoid outputs.
+
+Private part of :mod:`initdiag.checks`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ._checks_base import (
+    CheckName,
+    RunEvidence,
+    Status,
+    Thresholds,
+    Verdict,
+    Weights,
+    holm,
+    init_advice,
+)
+
+_DEFAULT = Thresholds()
+_EPS = float(np.finfo(np.float64).eps)
+
+
+def neuron_rows(weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """One row per neuron (output channel): the weight reshaped to ``(out, -1)``, the bias appended."""
+    w = np.asarray(weight, dtype=np.float64)
+    rows = w.reshape(w.shape[0], -1)
+    if bias is not None:
+        rows = np.hstack([rows, np.asarray(bias, dtype=np.float64).reshape(-1, 1)])
+    return rows
+
+
+def symmetry_groups(weight: np.ndarray, bias: np.ndarray | None, atol: float,
+                    rtol: float = 0.0) -> list[list[int]]:
+    """Groups (size >= 2, indices ascending, ordered by first index) of identical neurons.
+
+    Neuron ``i`` joins a group when ``max_k |row_i,k - row_j,k| <= atol + rtol * max|entry|`` for the
+    group's first row ``j`` (rows from :func:`neuron_rows`; rows with NaN/Inf join none). Rows are
+    visited in the order of a fixed random projection, so only rows whose projections are within the
+    tolerance are compared: about ``O(out * in)`` work for a random layer or a fully symmetric one.
+    """
+    rows = neuron_rows(weight, bias)
+    d = rows.shape[1]
+    finite = np.flatnonzero(np.isfinite(rows).all(axis=1))
+    if len(finite) < 2:
+        return []
+    scale = float(np.abs(rows[finite]).max())
+    tol = atol + rtol * scale
+    v = 1.0 + np.random.default_rng(20240611).random(d)
+    proj = rows[finite] @ v
+    window = (tol + 2 * d * _EPS * scale) * float(np.sum(v))
+    leader_proj: list[float] = []
+    leaders: list[int] = []
+    members: list[list[int]] = []
+    for pos in np.argsort(proj, kind="stable"):
+        i, p = int(finite[pos]), float(proj[pos])
+        lo = bisect.bisect_left(leader_proj, p - window)
+        if lo < len(leaders):
+            diff = np.abs(rows[leaders[lo:]] - rows[i]).max(axis=1)
+            hit = np.flatnonzero(diff <= tol)
+            if hit.size:
+                members[lo + int(hit[0])].append(i)
+                continue
+        leader_proj.append(p)
+        leaders.append(i)
+        members.append([i])
+    return sorted(sorted(m) for m in members if len(m) >= 2)
+
+
+@functools.lru_cache(maxsize=32)
+def _null_max_cos(n: int, d: int, n_samples: int) -> np.ndarray:
+    """Monte Carlo null: max |cos| among ``n`` independent N(0, I_d) rows, ``n_samples`` draws (cached)."""
+    rng = np.random.default_rng([n, d, n_samples])
+    out = np.empty(n_samples)
+    for s in range(n_samples):
+        out[s] = _max_abs_cos(rng.standard_normal((n, d)))
+    return np.sort(out)
+
+
+def _max_abs_cos(rows: np.ndarray) -> float:
+    """Largest |cosine| between two different rows (the Gram matrix in float32: error ~1e-6)."""
+    u = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    gram = np.abs(u @ u.T)
+    np.fill_diagonal(gram, 0.0)
+    return float(min(1.0, gram.max()))
+
+
+def max_cosine_pvalue(weight: np.ndarray, bias: np.ndarray | None, n_samples: int = 0,
+                      rng: np.random.Generator | None = None, *,
+                      max_rows: int = _DEFAULT.cosine_max_rows) -> tuple[float, float]:
+    """Largest |cosine| between two neurons and its p-value under independent random rows.
+
+    Statistic: ``c = max_{i<j} |<r_i, r_j>| / (|r_i| |r_j|)`` over the rows of :func:`neuron_rows`
+    (non-finite and all-zero rows dropped, columns that are 0 in every row dropped, e.g. zero biases,
+    leaving ``n`` rows of dimension ``d``; more than ``max_rows`` rows are subsampled with ``rng``).
+    Null hypothesis: the rows are independent, isotropic (e.g. i.i.d. zero-mean Gaussian) vectors.
+    ``n_samples = 0``: analytic, ``p = min(1, n(n-1)/2 * P(|cos| >= c))`` with
+    ``cos^2 ~ Beta(1/2, (d-1)/2)`` for one pair (a union bound: valid, and tight in the small-p tail
+    where decisions are made); ``n_samples > 0``: Monte Carlo, ``p = (1 + #{null >= c}) / (1 + n_samples)``
+    with the null drawn once per ``(n, d)`` and cached. Returns ``(nan, nan)`` when ``n < 2`` or ``d < 2``.
+    """
+    rows = neuron_rows(weight, bias)
+    rows = rows[np.isfinite(rows).all(axis=1)]
+    rows = rows[np.linalg.norm(rows, axis=1) > 0]
+    rows = rows[:, np.any(rows != 0, axis=0)] if len(rows) else rows
+    if len(rows) > max_rows:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        rows = rows[np.sort(rng.choice(len(rows), size=max_rows, replace=False))]
+    n, d = rows.shape
+    if n < 2 or d < 2:
+        return math.nan, math.nan
+    c = _max_abs_cos(rows)
+    if n_samples <= 0:
+        q = float(stats.beta.sf(c * c, 0.5, (d - 1) / 2.0))
+        return c, min(1.0, n * (n - 1) / 2.0 * q)
+    null = _null_max_cos(n, d, n_samples)
+    exceed = len(null) - int(np.searchsorted(null, c * (1 - 1e-12), side="left"))
+    return c, (1 + exceed) / (1 + n_samples)
+
+
+def _groups_text(groups: list[list[int]], n: int) -> str:
+    if len(groups) == 1 and len(groups[0]) == n:
+        return f"all {n} neurons identical"
+    shown = []
+    for g in groups[:3]:
+        shown.append(f"neurons {', '.join(map(str, g))}" if len(g) <= 4 else f"{len(g)} neurons ({g[0]}, {g[1]}, ...)")
+    more = f" and {len(groups) - 3} more groups" if len(groups) > 3 else ""
+    return "; ".join(shown) + more + " identical"
+
+
+def _persisted(init: list[list[int]], final: list[list[int]]) -> bool:
+    """True when every group of identical neurons at init is still within one group at the end."""
+    where = {i: k for k, g in enumerate(final) for i in g}
+    return bool(init) and all(len({where.get(i, -1 - i) for i in g}) == 1 for g in init)
+
+
+def _layer_report(name: str, weight: np.ndarray, bias: np.ndarray | None, th: Thresholds,
+                  rng: np.random.Generator) -> dict[str, Any]:
+    groups = symmetry_groups(weight, bias, th.symmetry_atol, th.symmetry_rtol)
+    n = int(weight.shape[0])
+    later = {i for g in groups for i in g[1:]}
+    reps = np.array([i for i in range(n) if i not in later], dtype=np.int64)
+    rep_bias = None if bias is None else np.asarray(bias)[reps]
+    max_cos, p = max_cosine_pvalue(np.asarray(weight)[reps], rep_bias, th.mc_samples, rng,
+                                   max_rows=th.cosine_max_rows)
+    return {"layer": name, "neurons": n, "distinct": n - len(later), "groups": groups, "max_cos": max_cos,
+            "p_value": p, "rows_tested": int(min(len(reps), th.cosine_max_rows))}
+
+
+def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random.Generator,
+                     init_reports: list[dict[str, Any]] | None = None,
+                     extra: str = "") -> tuple[Verdict | None, list[dict[str, Any]]]:
+    """Identical neurons (fail) or near-duplicates (warn) in the Conv/Linear layers at ``phase``.
+
+    Exact: groups from :func:`symmetry_groups` with ``th.symmetry_atol``/``symmetry_rtol``; any group
+    fails. Near-duplicates: :func:`max_cosine_pvalue` on one neuron per group, Holm-adjusted across
+    the layers; warn when an adjusted p < ``th.near_duplicate_alpha``. For ``final``, ``persisted``
+    says whether every group present at init is still identical.
+    """
+    weights: Weights = ev.weights_init if phase == "init" else ev.weights_final
+    if not weights:
+        return None, []
+    reports = [_layer_report(name, w, b, th, rng) for name, (w, b) in weights.items()]
+    adjusted = holm([r["p_value"] for r in reports])
+    before = {r["layer"]: r["groups"] for r in init_reports or []}
+    for r, q in zip(reports, adjusted, strict=True):
+        r["p_adjusted"] = float(q)
+        if phase != "init":
+            r["persisted"] = _persisted(before.get(r["layer"], []), r["groups"])
+    symmetric = [r for r in reports if r["groups"]]
+    flagged = [r for r in reports if r["p_adjusted"] < th.near_duplicate_alpha]
+    tested = [r for r in reports if math.isfinite(r["max_cos"])]
+    worst = max(tested, key=lambda r: r["max_cos"]) if tested else None
+    min_p = min((r["p_adjusted"] for r in tested), default=math.nan)
+    when = "at initialization" if phase == "init" else "after training"
+    effect: dict[str, float | None] = {
+        "layers_symmetric": float(len(symmetric)), "layers": float(len(reports)),
+        "min_distinct_fraction": min(r["distinct"] / max(r["neurons"], 1) for r in reports),
+        "max_cos": worst["max_cos"] if worst else None,
+    }
+    subsampled = [r["layer"] for r in reports if r["neurons"] > th.cosine_max_rows]
+    sub_text = (f" (cosine test on a random {th.cosine_max_rows} neurons of layers "
+                f"{', '.join(repr(s) for s in subsampled[:3])})" if subsampled else "")
+    persisted_text = ""
+    if phase != "init" and before:
+        started = [r for r in reports if before.get(r["layer"])]
+        kept = [r for r in started if r["persisted"]]
+        effect["persisted_layers"] = float(len(kept))
+        if started:
+            persisted_text = (f" Symmetry persisted through training in {len(kept)} of the {len(started)} layers "
+                              "that started with identical neurons.")
+    details = {"layers": reports}
+    if symmetric:
+        described = "; ".join(f"layer '{r['layer']}': {r['distinct']} distinct of {r['neurons']} "
+                              f"({_groups_text(r['groups'], r['neurons'])})" for r in symmetric[:3])
+        more = f"; and {len(symmetric) - 3} more layers" if len(symmetric) > 3 else ""
+        message = (f"{when.capitalize()}, {len(symmetric)} of {len(reports)} Conv/Linear layers have identical "
+                   f"neurons, which get identical gradients and cannot learn different features: {described}"
+                   f"{more}.{persisted_text}{extra}")
+        return Verdict(CheckName.SYMMETRY, "weights", Status.FAIL.value, tuple(r["layer"] for r in symmetric),
+                       min_p if math.isfinite(min_p) else None, effect, message,
+                       "Use a random initializer to break the symmetry: " + init_advice(ev), phase, details), reports
+    if flagged:
+        described = "; ".join(f"layer '{r['layer']}': largest |cos| {r['max_cos']:.3f}, Holm-adjusted "
+                              f"p = {r['p_adjusted']:.2g}" for r in flagged[:3])
+        message = (f"{when.capitalize()}, near-duplicate neurons: more similar than independent random rows "
+                   f"would be ({described}){sub_text}.{persisted_text}")
+        return Verdict(CheckName.SYMMETRY, "weights", Status.WARN.value, tuple(r["layer"] for r in flagged),
+                       min_p, effect, message,
+                       "Check how these weights were set (copied rows, a low-rank or shared init); "
+                       + init_advice(ev), phase, details), reports
+    if worst is not None:
+        message = (f"{when.capitalize()}, no identical neurons in {len(reports)} Conv/Linear layers; the largest "
+                   f"|cosine| between neurons ({worst['max_cos']:.3f}, layer '{worst['layer']}') is in line with "
+                   f"independent random rows (smallest Holm-adjusted p = {min_p:.2g}){sub_text}.{persisted_text}")
+    else:
+        message = f"{when.capitalize()}, no identical neurons in {len(reports)} Conv/Linear layers.{persisted_text}"
+    return Verdict(CheckName.SYMMETRY, "weights", Status.PASS.value, (), min_p if math.isfinite(min_p) else None,
+                   effect, message, None, phase, details), reports
+
+
+def unit_fractions(frame: pd.DataFrame, stat: str, phase: str) -> tuple[pd.DataFrame, str]:
+    """Per-layer values of ``stat`` (``dead_frac``/``sat_frac``) for ``phase`` ("init" or "final").
+
+    Taken from the probe phase of that name (the evaluation batch) when recorded, else from the first
+    ("init") or last ("final", if later than the first) training step. Returns (layer, depth, module,
+    value) rows in depth order and a description of the source.
+    """
+    rows = frame.loc[(frame["kind"] == "forward") & (frame["stat"] == stat)]
+    probe = rows[rows["phase"] == phase]
+    source = "evaluation batch"
+    if not len(probe):
+        probe = rows[rows["phase"] == "train"]
+        source = "first training batch (no probe recorded)" if phase == "init" else \
+            "last training batch (no probe recorded)"
+        if len(probe) and phase != "init" and probe["step"].max() == probe["step"].min():
+            probe = probe.iloc[0:0]
+    if len(probe):
+        step = probe["step"].min() if phase == "init" else probe["step"].max()
+        probe = probe[probe["step"] == step]
+    out = pd.DataFrame({"layer": probe["layer"].astype(str), "depth": probe["depth"],
+                        "module": probe["module"].astype(str), "value": probe["value"].astype(np.float64)})
+    return out.drop_duplicates("layer").sort_values("depth", kind="stable").reset_index(drop=True), source
+
+
+def _unit_verdict(ev: RunEvidence, phase: str, check: str, stat: str, warn: float, fail: float,
+                  what: str, advice: str) -> Verdict | None:
+    table, source = unit_fractions(ev.frame, stat, phase)
+    if not len(table):
+        return None
+    values = table["value"].to_numpy(np.float64)
+    worst_i = int(np.nanargmax(values)) if np.isfinite(values).any() else 0
+    worst = float(values[worst_i])
+    over = table[values >= warn]
+    status = Status.FAIL if worst >= fail else Status.WARN if worst >= warn else Status.PASS
+    when = "At initialization" if phase == "init" else "After training"
+    effect = {f"max_{stat}": worst, f"mean_{stat}": float(np.nanmean(values)), "layers_over_warn": float(len(over)),
+              "layers": float(len(table))}
+    if status == Status.PASS:
+        message = (f"{when} ({source}): at most {worst:.0%} {what} in a layer ('{table['layer'][worst_i]}', "
+                   f"{table['module'][worst_i]}); mean {np.nanmean(values):.0%} over {len(table)} layers "
+                   f"(warn at {warn:.0%}, fail at {fail:.0%}).")
+    else:
+        listed = ", ".join(f"'{la}' {v:.0%}" for la, v in zip(over["layer"][:5], over["value"][:5], strict=True))
+        more = f" and {len(over) - 5} more" if len(over) > 5 else ""
+        limit = fail if status == Status.FAIL else warn
+        message = (f"{when} ({source}): {len(over)} of {len(table)} layers have {warn:.0%} or more {what}: "
+                   f"{listed}{more}; worst {worst:.0%} in layer '{table['layer'][worst_i]}' "
+                   f"({status.value} threshold {limit:.0%}).")
+    details = {"source": source, "per_layer": dict(zip(table["layer"], map(float, values), strict=True))}
+    return Verdict(check, "forward", status.value, tuple(over["layer"]), None, effect, message,
+                   None if status == Status.PASS else advice, phase, details)
+
+
+def dead_verdict(ev: RunEvidence, phase: str, th: Thresholds = _DEFAULT) -> Verdict | None:
+    """Dead ReLU-family units: per layer, the fraction of channels that output 0 for every input of the batch.
+
+    Descriptive (no test): fail when any layer reaches ``th.dead_fail``, warn at ``th.dead_warn``.
+    None when the model has no ReLU-family activation.
+    """
+    advice = ("Dead ReLU units get no gradient and never recover: look for large negative biases or a too large "
+              f"learning rate; use `he` with zero biases, or LeakyReLU. ({init_advice(ev)})")
+    return _unit_verdict(ev, phase, CheckName.DEAD, "dead_frac", th.dead_warn, th.dead_fail,
+                         "dead units (0 for every input)", advice)
+
+
+def saturation_verdict(ev: RunEvidence, phase: str, th: Thresholds = _DEFAULT) -> Verdict | None:
+    """Saturated tanh/sigmoid outputs: per layer, the fraction within ``saturation_tol`` of a bound.
+
+    Descriptive (no test): fail when any layer reaches ``th.saturation_fail``, warn at
+    ``th.saturation_warn``. None without a bounded activation (bounds: ``recorder.SATURATING``).
+    """
+    advice = ("Saturated units pass almost no gradient: tanh/sigmoid layers: use `xavier` (Var(W) = "
+              "2/(fan_in + fan_out)) so pre-activations stay in the near-linear range, and normalize the inputs.")
+    return _unit_verdict(ev, phase, CheckName.SATURATION, "sat_frac", th.saturation_warn, th.saturation_fail,
+                         f"saturated outputs (within {th.saturation_tol:g} of a bound)", advice)

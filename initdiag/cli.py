@@ -1,0 +1,215 @@
+"""Command line: ``initdiag report``, ``initdiag list``. ``main(argv) -> exit code``.
+
+Exit codes: 0 success; 2 bad usage or input (one line, no traceback; ``--debug`` shows it);
+3 a ``--fail-on`` check failed (the report is written first); 130/143 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from . import __version__
+from .config import FORMATS, PAPERS, ExperimentConfig, parse_formats
+from .errors import InitDiagError, OutputError, UsageError, did_you_mean
+from .initializers import DEFAULT_INITIALIZERS, INITIALIZERS, parse_init_list
+from .models import ACTIVATIONS, MODELS, ModelSpec
+
+__all__ = ["EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_CHECK_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of exiting, so main() controls the exit code."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="initdiag", description="Diagnose the weight initialization of PyTorch models.")
+    parser.add_argument("--version", action="version", version=f"initdiag {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for known errors")
+    sub = parser.add_subparsers(dest="command", metavar="{report,list}", parser_class=_Parser)
+
+    rep = sub.add_parser("report", help="train a model once per initializer on MNIST and write the report",
+                         description="Train a model once per initializer on MNIST while recording per-layer "
+                                     "statistics; check them; write report.html, report.pdf, summary.json, "
+                                     "series.csv.")
+    rep.add_argument("--model", default="cnn", help=f"model: {', '.join(MODELS)} (default cnn)")
+    rep.add_argument("--depth", type=_int, default=10, help="deep-mlp: number of Linear layers (default 10)")
+    rep.add_argument("--width", type=_int, default=256, help="deep-mlp: units per hidden layer (default 256)")
+    rep.add_argument("--activation", default="relu", help=f"deep-mlp: {'|'.join(ACTIVATIONS)} (default relu)")
+    rep.add_argument("--init", default=",".join(DEFAULT_INITIALIZERS),
+                     help="comma-separated initializers, parameters after a colon, e.g. "
+                          "'zeros,random:std=0.05,xavier,he' (default %(default)s; see `initdiag list`)")
+    rep.add_argument("--epochs", type=_int, default=5, help="training epochs (default 5)")
+    rep.add_argument("--batch-size", type=_int, default=64, help="training batch size (default 64)")
+    rep.add_argument("--lr", type=_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    rep.add_argument("--seed", type=_int, default=0, help="first seed (default 0)")
+    rep.add_argument("--seeds", type=_int, default=1, help="repeat each initializer with N seeds (default 1)")
+    rep.add_argument("--limit-train", type=_int, default=None, metavar="N",
+                     help="use the first N training images (quick runs)")
+    rep.add_argument("--record-every", type=_int, default=1, metavar="K",
+                     help="record statistics every K-th training step (default 1)")
+    rep.add_argument("--dataset", default="mnist", help="mnist (found or downloaded) or mnist-sample (bundled)")
+    rep.add_argument("--data-dir", type=Path, default=None,
+                     help="directory with the four MNIST IDX files (plain or .gz; also DIR/MNIST/raw)")
+    rep.add_argument("--out", type=Path, default=None, help="output directory (default reports/<model>-<time>)")
+    rep.add_argument("--format", default=",".join(FORMATS), help="outputs to write (default %(default)s)")
+    rep.add_argument("--paper", default="a4", help=f"PDF paper size: {', '.join(PAPERS)} (default a4)")
+    rep.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    rep.add_argument("--fail-on", default="", metavar="CHECKS",
+                     help="exit with code 3 when any run fails one of these checks (comma-separated)")
+
+    sub.add_parser("list", help="list models and initializers with their formulas")
+    return parser
+
+
+def _fail_on(text: str) -> tuple[str, ...]:
+    from .checks import FAIL_ON_CHOICES
+
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    for name in names:
+        if name not in FAIL_ON_CHOICES:
+            raise UsageError(f"unknown check '{name}'{did_you_mean(name, FAIL_ON_CHOICES)}; "
+                             f"choose from {', '.join(FAIL_ON_CHOICES)}")
+    return names
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """Validate the ``report`` arguments into an ExperimentConfig (UsageError on bad input)."""
+    model = ModelSpec(args.model, depth=args.depth, width=args.width, activation=args.activation)
+    return ExperimentConfig(
+        model=model, initializers=parse_init_list(args.init), seed=args.seed, seeds=args.seeds,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, limit_train=args.limit_train,
+        record_every=args.record_every, dataset=args.dataset, data_dir=args.data_dir, out=args.out,
+        formats=parse_formats(args.format), device=args.device, fail_on=_fail_on(args.fail_on),
+        paper=args.paper,
+    )
+
+
+def prepare_out_dir(out: Path | None, model: str) -> Path:
+    """Create (if needed) and check the output directory before any long work starts."""
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("reports") / f"{model}-{stamp}"
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".initdiag-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _cmd_list(out: TextIO) -> int:
+    out.write("Models:\n")
+    for name, text in MODELS.items():
+        out.write(f"  {name:<16} {text}\n")
+    out.write("\nInitializers (biases zero unless stated):\n")
+    for name, init in INITIALIZERS.items():
+        params = ", ".join(f"{k}={v:g}" for k, v in init.defaults.items())
+        out.write(f"  {name:<16} {init.summary}\n  {'':<16} {init.formula}"
+                  + (f"   [parameters: {params}]" if params else "") + "\n")
+    out.write(f"\nDefault set: {','.join(DEFAULT_INITIALIZERS)}\n")
+    return EXIT_OK
+
+
+def _summary_table(result: object, out: TextIO) -> None:
+    from .experiment import ExperimentResult
+
+    assert isinstance(result, ExperimentResult)
+    rows = [("initializer", "seed", "test accuracy", "test loss", "status", "verdicts")]
+    for run in result.runs:
+        flags = sorted({v.check for v in run.verdicts if v.status == "fail"})
+        rows.append((run.label, str(run.seed), f"{run.test_accuracy:.4f}", f"{run.test_loss:.4f}",
+                     run.status, ", ".join(flags) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
+        if i == 0:
+            out.write("  ".join("-" * w for w in widths) + "\n")
+
+
+def _cmd_report(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    from .checks import failed_checks
+    from .data import load_mnist
+    from .experiment import run_experiment
+    from .progress import Progress
+    from .report import write_report
+
+    config = config_from_args(args)
+    out_dir = prepare_out_dir(config.out, config.model.name)
+    data = load_mnist(config.data_dir, config.dataset, config.limit_train)
+    if data.provenance.notice:
+        err.write(f"initdiag: notice: {data.provenance.notice}\n")
+    err.write(f"initdiag: data: {data.provenance.name} from {data.provenance.source} "
+              f"({data.provenance.train_size} train / {data.provenance.test_size} test images)\n")
+    result = run_experiment(config, data, Progress(err), argv=argv)
+    paths = write_report(result, out_dir, config.formats, config.paper)
+    out.write("\n")
+    _summary_table(result, out)
+    out.write(f"\nReport written to {out_dir}/ ({', '.join(p.name for p in paths.values())})\n")
+    if "html" in paths:
+        out.write(f"Open {paths['html']}\n")
+    failed = failed_checks(v for run in result.runs for v in run.verdicts) & set(config.fail_on)
+    if failed:
+        err.write(f"initdiag: --fail-on: failed checks: {', '.join(sorted(failed))}\n")
+        return EXIT_CHECK_FAILED
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code (see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out, err = sys.stdout, sys.stderr
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(out)
+            return EXIT_USAGE
+        if args.command == "list":
+            return _cmd_list(out)
+        return _cmd_report(args, argv, out, err)
+    except InitDiagError as exc:
+        if debug:
+            traceback.print_exc(file=err)
+        err.write(f"initdiag: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.write("\ninitdiag: interrupted\n")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The experiment: every initializer x seed trained and recorded, then checked; results as dataclasses."""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import __version__
+from .checks import (
+    Comparison,
+    RunEvidence,
+    TheoryRow,
+    Verdict,
+    accuracy_summary,
+    check_run,
+    compare_accuracies,
+    theory_rows,
+)
+from .config import ExperimentConfig
+from .data import DataProvenance, MnistData
+from .initializers import InitSpec, apply_initializer, weight_layers
+from .models import build_model
+from .progress import NullProgress, Progress
+from .recorder import LayerInfo, Recorder
+from .training import EpochStats, train
+
+__all__ = ["ExperimentResult", "RunResult", "environment", "resolve_device", "run_experiment", "run_one",
+           "snapshot_weights"]
+
+WeightSnapshot = dict[str, tuple[np.ndarray, np.ndarray | None]]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One initializer x seed: its training history, predictions, series and verdicts."""
+
+    name: str
+    spec: InitSpec
+    seed: int
+    history: tuple[EpochStats, ...]
+    test_accuracy: float
+    test_loss: float
+    predictions: np.ndarray
+    step_losses: np.ndarray
+    frame: pd.DataFrame
+    layers: tuple[LayerInfo, ...]
+    verdicts: tuple[Verdict, ...]
+    theory: tuple[TheoryRow, ...]
+    diverged_step: int | None
+    seconds: float
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    @property
+    def status(self) -> str:
+        return "diverged" if self.diverged_step is not None else "ok"
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """Everything a report needs: config, data provenance, runs, comparisons and the environment."""
+
+    config: ExperimentConfig
+    provenance: DataProvenance
+    runs: tuple[RunResult, ...]
+    comparisons: tuple[Comparison, ...]
+    accuracy: dict[str, dict[str, Any]]
+    test_labels: np.ndarray
+    started: datetime
+    seconds: float
+    command: str
+    environment: dict[str, str] = field(default_factory=dict)
+    missing: tuple[str, ...] = ()
+    """Runs that were planned but did not finish (a partial report says so)."""
+
+    def frame(self) -> pd.DataFrame:
+        """All runs' series in one tidy DataFrame."""
+        frames = [r.frame for r in self.runs]
+        if not frames:
+            return pd.DataFrame()
+        return pd.concat(frames, ignore_index=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is a UsageError."""
+    from .errors import UsageError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+    return torch.device(name)
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    """Versions and machine facts for the report's provenance."""
+    env = {
+        "initdiag": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": str(torch.get_num_threads()) + " threads",
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def snapshot_weights(model: nn.Module) -> WeightSnapshot:
+    """Copies of every Conv/Linear weight and bias as numpy arrays (float32), keyed by module name."""
+    snap: WeightSnapshot = {}
+    for name, module in weight_layers(model):
+        bias = module.bias.detach().float().cpu().numpy().copy() if module.bias is not None else None
+        snap[name] = (module.weight.detach().float().cpu().numpy().copy(), bias)
+    return snap
+
+
+def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData,
+            progress: Progress | None = None, device: torch.device | None = None) -> RunResult:
+    """Build the model, initialize it with ``spec`` and ``seed``, train it under the recorder, check it."""
+    progress = progress or NullProgress()
+    device = device or resolve_device(config.device)
+    name = f"{spec.label}/seed{seed}"
+    start = time.perf_counter()
+    model = build_model(config.model)
+    apply_initializer(model, spec, seed)
+    model.to(device)
+    weights_init = snapshot_weights(model)
+    probe_x = data.test_x[: config.probe_size].to(device)
+    recorder = Recorder(model, every=config.record_every, run=name, initializer=spec.label, seed=seed)
+    with recorder:
+        with recorder.probe("init"), torch.no_grad():
+            model(probe_x)
+        outcome = train(
+            model, data.train_x, data.train_y, data.test_x, data.test_y,
+            epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed, device=device,
+            eval_batch_size=config.eval_batch_size, progress=progress, label=name,
+            on_epoch_start=lambda e: setattr(recorder, "epoch", e),
+        )
+        with recorder.probe("final"), torch.no_grad():
+            model(probe_x)
+    frame = recorder.frame()
+    layers = tuple(recorder.layers())
+    evidence = RunEvidence(run=name, spec=spec, frame=frame, layers=layers, weights_init=weights_init,
+                           weights_final=snapshot_weights(model), losses=outcome.step_losses)
+    verdicts = check_run(evidence, rng_seed=seed)
+    return RunResult(
+        name=name, spec=spec, seed=seed, history=outcome.history, test_accuracy=outcome.test_accuracy,
+        test_loss=outcome.test_loss, predictions=outcome.predictions, step_losses=outcome.step_losses,
+        frame=frame, layers=layers, verdicts=verdicts, theory=theory_rows(evidence),
+        diverged_step=outcome.diverged_step, seconds=time.perf_counter() - start,
+    )
+
+
+def run_experiment(config: ExperimentConfig, data: MnistData, progress: Progress | None = None,
+                   argv: Sequence[str] | None = None) -> ExperimentResult:
+    """Run every initializer x seed in turn and compare the accuracies."""
+    progress = progress or NullProgress()
+    device = resolve_device(config.device)
+    started = datetime.now(UTC)
+    start = time.perf_counter()
+    runs = [run_one(config, spec, seed, data, progress, device)
+            for spec in config.initializers for seed in config.run_seeds]
+    return assemble(config, data, runs, started, time.perf_counter() - start, argv, device)
+
+
+def assemble(config: ExperimentConfig, data: MnistData, runs: Sequence[RunResult], started: datetime,
+             seconds: float, argv: Sequence[str] | None, device: torch.device,
+             missing: Sequence[str] = ()) -> ExperimentResult:
+    """Collect finished runs into an ExperimentResult, with the cross-run accuracy comparisons."""
+    labels = data.test_y.numpy()
+    predictions: dict[str, list[np.ndarray]] = {}
+    accuracies: dict[str, list[float]] = {}
+    for run in runs:
+        predictions.setdefault(run.label, []).append(run.predictions)
+        accuracies.setdefault(run.label, []).append(run.test_accuracy)
+    comparisons = compare_accuracies(predictions, labels, accuracies) if len(predictions) > 1 else ()
+    command = shlex.join(["initdiag", *(sys.argv[1:] if argv is None else argv)])
+    return ExperimentResult(
+        config=config, provenance=data.provenance, runs=tuple(runs), comparisons=tuple(comparisons),
+        accuracy=accuracy_summary(accuracies), test_labels=labels, started=started, seconds=seconds,
+        command=command, environment=environment(device), missing=tuple(missing),
+    )

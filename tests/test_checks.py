@@ -1,0 +1,459 @@
+"""The checks against independent computations (numpy, scipy) on made-up series and weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import cast
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+from torch import nn
+
+from initdiag.checks import (
+    FAIL_ON_CHOICES,
+    METHODS,
+    CheckName,
+    RunEvidence,
+    Thresholds,
+    Verdict,
+    accuracy_summary,
+    check_run,
+    compare_accuracies,
+    failed_checks,
+    holm,
+    max_cosine_pvalue,
+    mcnemar_exact,
+    signal_fit,
+    symmetry_groups,
+)
+from initdiag.initializers import InitSpec, apply_initializer, weight_layers
+from initdiag.recorder import FRAME_COLUMNS, LayerInfo
+
+Pair = tuple[np.ndarray, np.ndarray | None]
+Weights = dict[str, Pair]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on a small, shared machine torch's thread pool is much slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- made-up series ---------------------------------------------------------------------------------
+def series(var: Sequence[float] | np.ndarray, kind: str = "forward", mean_sq: Sequence[float] | None = None,
+           step: int = 0, phase: str = "train") -> pd.DataFrame:
+    """A frame with one Linear layer per variance (names 'fc0', 'fc1', ...; depth = index)."""
+    msq = [0.0] * len(var) if mean_sq is None else list(mean_sq)
+    rows = []
+    for d, (v, m) in enumerate(zip(var, msq, strict=True)):
+        for stat, value in (("var", v), ("mean_sq", m)):
+            rows.append({"run": "r", "initializer": "x", "seed": 0, "epoch": 0, "step": step, "phase": phase,
+                         "layer": f"fc{d}", "depth": d, "module": "Linear", "kind": kind, "stat": stat,
+                         "value": float(value)})
+    return pd.DataFrame.from_records(rows, columns=list(FRAME_COLUMNS))
+
+
+def layer_infos(n: int, width: int = 8, activation: str = "relu") -> tuple[LayerInfo, ...]:
+    return tuple(LayerInfo(f"fc{d}", f"fc{d}", "Linear", "weight", d, activation if d < n - 1 else "linear",
+                           (width, width)) for d in range(n))
+
+
+def evidence(frame: pd.DataFrame | None = None, weights: Mapping[str, Pair] | None = None,
+             final: Weights | None = None,
+             losses: Sequence[float] = (1.0,), n_layers: int = 0, init: str = "he") -> RunEvidence:
+    frame = frame if frame is not None else pd.DataFrame(columns=list(FRAME_COLUMNS))
+    return RunEvidence("r", InitSpec.parse(init), frame, layer_infos(n_layers), weights or {}, final or {},
+                       np.asarray(losses, dtype=np.float64))
+
+
+def signal_verdicts(var: Sequence[float] | np.ndarray, kind: str = "forward", **kw: object) -> Verdict:
+    ev = evidence(series(var, kind, **kw), n_layers=len(var))  # type: ignore[arg-type]
+    (v,) = [v for v in check_run(ev) if v.family == "signal"]
+    return v
+
+
+def snapshot(model: nn.Module) -> Weights:
+    """numpy copies of every Conv/Linear (weight, bias)."""
+    out: Weights = {}
+    for name, module in weight_layers(model):
+        weight, bias = cast(torch.Tensor, module.weight), cast(torch.Tensor | None, module.bias)
+        out[name] = (weight.detach().numpy().copy(), None if bias is None else bias.detach().numpy().copy())
+    return out
+
+
+def small_weights(init: str, seed: int) -> Weights:
+    model = nn.Sequential(nn.Linear(100, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    apply_initializer(model, InitSpec.parse(init), seed)
+    return snapshot(model)
+
+
+# -- signal fit ---------------------------------------------------------------------------------------
+def test_signal_fit_equals_polyfit_and_a_hand_made_t_interval() -> None:
+    rng = np.random.default_rng(0)
+    var = np.exp(-0.3 * np.arange(12) + rng.normal(0, 0.2, 12))
+    fit = signal_fit(series(var))
+    x, y = np.arange(12.0), np.log(var)
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (slope * x + intercept)
+    se = math.sqrt(resid @ resid / (12 - 2) / ((x - x.mean()) @ (x - x.mean())))
+    half = stats.t.ppf(0.975, 10) * se
+    assert fit.slope == pytest.approx(slope, rel=1e-10)
+    assert fit.intercept == pytest.approx(intercept, rel=1e-10)
+    assert (fit.slope_low, fit.slope_high) == pytest.approx((slope - half, slope + half), rel=1e-10)
+    assert fit.gain == pytest.approx(math.exp(slope))
+    assert fit.change_fitted == pytest.approx(math.exp(slope) ** 11)
+    assert fit.change_raw == pytest.approx(var[-1] / var[0])
+    assert fit.layers == tuple(f"fc{i}" for i in range(12)) and fit.n_layers == 12
+
+
+def test_backward_gain_is_measured_from_the_output_toward_the_input() -> None:
+    var = 4.0 ** -np.arange(6.0)  # dL/dy shrinks with depth: grows 4x per layer toward the input
+    fit = signal_fit(series(var, "backward"), "backward")
+    assert fit.gain == pytest.approx(4.0)
+    assert fit.change_raw == pytest.approx(4.0**5)
+    v = signal_verdicts(var, "backward")
+    assert (v.check, v.status, v.signal) == ("exploding", "fail", "backward")
+
+
+def test_one_odd_layer_does_not_decide_and_the_raw_change_is_reported() -> None:
+    var = np.ones(30)
+    var[-1] = 1e-4  # a 10-way head 10^4 lower
+    v = signal_verdicts(var)
+    assert (v.check, v.status) == ("healthy", "pass")
+    assert v.effect["change_raw"] == pytest.approx(1e-4)
+
+
+def test_no_signal_zero_and_float_rounding_level() -> None:
+    assert signal_verdicts([1.0, 0.0, 0.0, 0.0]).check == "no_signal"
+    rounding = signal_verdicts([1.0, 1.0, 1e-8, 1e-8], mean_sq=[1.0, 1.0, 1.0, 1.0])
+    assert (rounding.check, rounding.layers) == ("no_signal", ("fc2", "fc3"))
+    assert signal_verdicts([1.0, 1.0, 1e-3, 1e-3], mean_sq=[1.0] * 4).check != "no_signal"
+    lost_after_decay = signal_verdicts([1.0, 1e-2, 1e-4, 1e-6, 0.0, 0.0])
+    assert (lost_after_decay.check, lost_after_decay.status) == ("vanishing", "fail")
+
+
+def test_overflow_at_init_is_exploding() -> None:
+    v = signal_verdicts([1.0, 1e10, 1e20, 1e30, math.inf])
+    assert (v.check, v.status, v.layers) == ("exploding", "fail", ("fc4",))
+
+
+def test_fewer_than_three_layers_fall_back_to_the_raw_change() -> None:
+    assert signal_verdicts([1.0, 50.0]).status == "pass"
+    assert (signal_verdicts([1.0, 500.0]).check, signal_verdicts([1.0, 500.0]).status) == ("exploding", "warn")
+    assert (signal_verdicts([1.0, 1e-5]).check, signal_verdicts([1.0, 1e-5]).status) == ("vanishing", "fail")
+    assert signal_verdicts([1.0]).status == "pass"
+
+
+def test_noisy_trend_whose_interval_includes_zero_only_warns() -> None:
+    var = np.exp(np.array([0.0, 8.0, -6.0, 6.0, -3.0, 9.0, -4.0, 10.0]))
+    fit = signal_fit(series(var))
+    assert fit.slope_low < 0 < fit.slope_high
+    v = signal_verdicts(var)
+    if v.check != "healthy":
+        assert v.status == "warn"
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(-5.0, 5.0), min_size=3, max_size=12), st.floats(-30.0, 30.0))
+def test_scaling_all_variances_keeps_the_verdict(logs: list[float], log_scale: float) -> None:
+    var = np.exp(np.cumsum(logs))
+    a, b = signal_verdicts(var), signal_verdicts(var * math.exp(log_scale))
+    assert (a.check, a.status) == (b.check, b.status)
+    assert a.effect["gain"] == pytest.approx(b.effect["gain"], rel=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(2, 40), st.floats(1e-20, 1e20), st.sampled_from(["forward", "backward"]))
+def test_a_constant_series_is_never_vanishing(n: int, value: float, kind: str) -> None:
+    v = signal_verdicts([value] * n, kind)
+    assert (v.check, v.status) == ("healthy", "pass")
+
+
+# -- symmetry -------------------------------------------------------------------------------------------
+def test_two_identical_rows_are_exactly_the_pair_reported() -> None:
+    weights = small_weights("he", 0)
+    w, b = weights["2"]
+    assert b is not None
+    w[7] = w[3]
+    b[7] = b[3]
+    assert symmetry_groups(w, b, atol=1e-7) == [[3, 7]]
+    verdicts = check_run(evidence(weights=weights))
+    (sym,) = [v for v in verdicts if v.check == "symmetry"]
+    assert (sym.status, sym.layers) == ("fail", ("2",))
+    layer = {d["layer"]: d for d in sym.details["layers"]}["2"]
+    assert layer["groups"] == [[3, 7]] and layer["distinct"] == 63
+    assert all(not d["groups"] for d in sym.details["layers"] if d["layer"] != "2")
+    assert "neurons 3, 7" in sym.message
+
+
+def test_a_constant_init_and_conv_filters_are_fully_symmetric() -> None:
+    conv = nn.Conv2d(3, 16, 3)
+    apply_initializer(conv, InitSpec.parse("constant"), 0)
+    ((w, b),) = snapshot(conv).values()
+    assert symmetry_groups(w, b, 1e-7) == [list(range(16))]
+
+
+def test_tolerance_is_relative_to_the_weight_scale() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 1e6, (6, 5))
+    w[4] = w[1] * (1 + 1e-9)
+    assert symmetry_groups(w, None, atol=1e-7, rtol=1e-5) == [[1, 4]]
+    assert symmetry_groups(w, None, atol=1e-7, rtol=0.0) == []
+
+
+def test_rows_with_nan_join_no_group() -> None:
+    w = np.zeros((4, 3))
+    w[2, 1] = np.nan
+    assert symmetry_groups(w, None, 1e-7) == [[0, 1, 3]]
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31), st.lists(st.integers(0, 5), min_size=2, max_size=30))
+def test_permuting_neurons_keeps_the_group_sizes(seed: int, pattern: list[int]) -> None:
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(6, 9))
+    w = base[pattern]
+    perm = rng.permutation(len(pattern))
+    sizes = sorted(len(g) for g in symmetry_groups(w, None, 1e-9))
+    assert sorted(len(g) for g in symmetry_groups(w[perm], None, 1e-9)) == sizes
+    expected = sorted(c for c in np.bincount(pattern) if c >= 2)
+    assert sizes == expected
+
+
+def test_symmetry_persisting_through_training_is_reported() -> None:
+    init = small_weights("constant", 0)
+    still = {k: (w.copy(), b.copy() if b is not None else None) for k, (w, b) in init.items()}
+    broken = {k: (w + np.random.default_rng(0).normal(0, 0.01, w.shape), b) for k, (w, b) in init.items()}
+    for final, persisted in ((still, 3.0), (broken, 0.0)):
+        verdicts = check_run(evidence(weights=init, final=final))
+        (end,) = [v for v in verdicts if v.check == "symmetry" and v.phase == "final"]
+        assert end.effect["persisted_layers"] == persisted
+        assert all(d["persisted"] == bool(persisted) for d in end.details["layers"])
+
+
+def test_near_duplicate_neurons_get_a_small_p_value() -> None:
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(64, 100))
+    w[5] = w[9] + rng.normal(0, 0.2, 100)  # cos ~ 0.98
+    cos, p = max_cosine_pvalue(w, None)
+    assert cos > 0.9 and p < 1e-20
+    weights = small_weights("he", 1)
+    weights["2"][0][5] = weights["2"][0][9] + rng.normal(0, 0.05, 64)
+    (sym,) = [v for v in check_run(evidence(weights=weights)) if v.check == "symmetry"]
+    assert (sym.status, sym.layers) == ("warn", ("2",))
+
+
+def test_analytic_p_value_agrees_with_monte_carlo() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        w = rng.normal(size=(12, 6))
+        cos, p_an = max_cosine_pvalue(w, None)
+        cos2, p_mc = max_cosine_pvalue(w, None, n_samples=2000, rng=rng)
+        assert cos == cos2
+        # the union bound is valid (>= the exact p, up to MC error) and tight when p is small
+        assert p_an >= p_mc - 0.03
+        if p_mc < 0.2:
+            assert p_an <= 2 * p_mc + 0.03
+
+
+def test_p_value_is_calibrated_under_the_null() -> None:
+    rng = np.random.default_rng(4)
+    p = np.array([max_cosine_pvalue(rng.normal(size=(20, 10)), None)[1] for _ in range(300)])
+    assert np.mean(p < 0.05) <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / 300)
+    assert np.mean(p < 0.5) > 0.3  # not absurdly conservative
+
+
+def test_large_layers_are_subsampled_and_say_so() -> None:
+    w = np.random.default_rng(5).normal(size=(600, 20))
+    weights = {"big": (w, None)}
+    (sym,) = [v for v in check_run(evidence(weights=weights), Thresholds(cosine_max_rows=100))
+              if v.check == "symmetry"]
+    assert sym.details["layers"][0]["rows_tested"] == 100
+    assert "random 100 neurons" in sym.message
+
+
+@pytest.mark.parametrize("init", ["he", "xavier", "random", "he-uniform", "pytorch-default", "orthogonal"])
+def test_healthy_random_inits_are_flagged_at_most_5_percent_of_seeds(init: str) -> None:
+    flags = 0
+    seeds = range(100)
+    for seed in seeds:
+        verdicts = check_run(evidence(weights=small_weights(init, seed)), rng_seed=seed)
+        flags += any(v.status != "pass" for v in verdicts if v.check == "symmetry")
+    assert flags / len(seeds) <= 0.05
+
+
+# -- dead, saturation, divergence ------------------------------------------------------------------------
+def unit_rows(stat: str, values: Sequence[float], phase: str, module: str) -> pd.DataFrame:
+    rows = [{"run": "r", "initializer": "x", "seed": 0, "epoch": 0, "step": 0, "phase": phase,
+             "layer": f"act{d}", "depth": d, "module": module, "kind": "forward", "stat": stat, "value": v}
+            for d, v in enumerate(values)]
+    return pd.DataFrame.from_records(rows, columns=list(FRAME_COLUMNS))
+
+
+@pytest.mark.parametrize(("values", "status"), [([0.0, 0.2], "pass"), ([0.1, 0.6], "warn"), ([0.95, 0.1], "fail")])
+def test_dead_units_thresholds(values: list[float], status: str) -> None:
+    frame = pd.concat([unit_rows("dead_frac", values, "init", "ReLU"),
+                       unit_rows("dead_frac", [0.0, 0.0], "final", "ReLU")])
+    verdicts = {v.phase: v for v in check_run(evidence(frame)) if v.check == "dead"}
+    assert verdicts["init"].status == status
+    assert verdicts["init"].effect["max_dead_frac"] == max(values)
+    assert verdicts["final"].status == "pass"
+
+
+def test_saturation_falls_back_to_the_training_batch_without_probe() -> None:
+    frame = unit_rows("sat_frac", [0.7, 0.8], "train", "Tanh")
+    (v,) = [v for v in check_run(evidence(frame)) if v.check == "saturation"]
+    assert (v.status, v.layers) == ("fail", ("act0", "act1"))
+    assert "first training batch" in v.message
+
+
+def test_diverged_names_the_first_step_and_layer() -> None:
+    frame = pd.concat([series([1.0, 2.0, 3.0], step=s) for s in range(4)], ignore_index=True)
+    bad = (frame["step"] == 2) & (frame["layer"].isin(["fc1", "fc2"])) & (frame["stat"] == "var")
+    frame.loc[bad, "value"] = np.nan
+    losses = [2.3, 2.2, 2.1, np.inf, np.nan]
+    (v,) = [v for v in check_run(evidence(frame, losses=losses, n_layers=3)) if v.check == "diverged"]
+    assert (v.status, v.layers, v.effect["step"]) == ("fail", ("fc1",), 2.0)
+    assert json.dumps(v.to_json(), allow_nan=False)
+    loss_only = next(v for v in check_run(evidence(losses=[1.0, np.nan])) if v.check == "diverged")
+    assert (loss_only.status, loss_only.effect["step"]) == ("fail", 1.0)
+    ok = next(v for v in check_run(evidence(losses=[1.0, 0.5])) if v.check == "diverged")
+    assert ok.status == "pass"
+
+
+# -- comparisons ---------------------------------------------------------------------------------------------
+def test_mcnemar_identical_predictions_give_p_one() -> None:
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 10, 500)
+    pred = np.where(rng.random(500) < 0.9, labels, (labels + 1) % 10)
+    assert mcnemar_exact(pred, pred.copy(), labels) == (1.0, 0, 0)
+
+
+def test_mcnemar_equals_a_hand_computed_binomial_tail() -> None:
+    labels = np.zeros(40, dtype=int)
+    a = np.zeros(40, dtype=int)
+    b = np.zeros(40, dtype=int)
+    a[:3] = 1      # 3 only b right
+    b[3:15] = 1    # 12 only a right
+    a[15:18] = b[15:18] = 1  # both wrong
+    p, b01, b10 = mcnemar_exact(a, b, labels)
+    assert (b01, b10) == (12, 3)
+    assert p == pytest.approx(2 * stats.binom.cdf(3, 15, 0.5))
+
+
+def test_mcnemar_separates_clearly_different_classifiers() -> None:
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 10, 1000)
+    good = np.where(rng.random(1000) < 0.98, labels, (labels + 1) % 10)
+    bad = np.where(rng.random(1000) < 0.6, labels, (labels + 1) % 10)
+    assert mcnemar_exact(good, bad, labels)[0] < 0.01
+
+
+def test_holm_equals_a_hand_computation() -> None:
+    p = [0.01, 0.04, 0.03, 0.005, np.nan]
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4x, 3x, 2x, 1x -> 0.02, 0.03, 0.06, 0.04 -> monotone 0.02, 0.03, 0.06, 0.06
+    expected = [0.03, 0.06, 0.06, 0.02]
+    assert holm(p)[:4] == pytest.approx(expected)
+    assert math.isnan(holm(p)[4])
+    assert holm([0.9, 0.8])[0] == 1.0
+
+
+def test_compare_accuracies_mcnemar_welch_and_holm() -> None:
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, 10, 2000)
+
+    def preds(acc: float) -> np.ndarray:
+        return np.where(rng.random(2000) < acc, labels, (labels + 1) % 10)
+
+    predictions = {"he": [preds(0.98), preds(0.98)], "xavier": [preds(0.975), preds(0.975)],
+                   "zeros": [preds(0.11), preds(0.11)]}
+    accuracies = {"he": [0.981, 0.979, 0.980], "xavier": [0.975, 0.976, 0.974], "zeros": [0.1135] * 3}
+    rows = compare_accuracies(predictions, labels, accuracies)
+    mc = [r for r in rows if r.test == "mcnemar-exact"]
+    welch = [r for r in rows if r.test == "welch-t"]
+    assert [(r.a, r.b) for r in mc] == [("he", "xavier"), ("he", "zeros"), ("xavier", "zeros")]
+    assert len(welch) == 3
+    assert [r.p_adjusted for r in mc] == pytest.approx(list(holm([r.p_value for r in mc])))
+    ref = stats.ttest_ind(accuracies["he"], accuracies["xavier"], equal_var=False)
+    assert welch[0].p_value == pytest.approx(ref.pvalue) and welch[0].statistic == pytest.approx(ref.statistic)
+    assert {(r.a, r.b) for r in mc if r.significant} >= {("he", "zeros"), ("xavier", "zeros")}
+    assert all(json.dumps(r.to_json(), allow_nan=False) for r in rows)
+    single = compare_accuracies({"a": [preds(0.9)], "b": [preds(0.9)]}, labels, {"a": [0.9], "b": [0.9]})
+    assert [r.test for r in single] == ["mcnemar-exact"]
+
+
+def test_accuracy_summary_t_interval() -> None:
+    s = accuracy_summary({"he": [0.97, 0.98, 0.99], "one": [0.5]})
+    half = stats.t.ppf(0.975, 2) * np.std([0.97, 0.98, 0.99], ddof=1) / math.sqrt(3)
+    assert s["he"]["mean"] == pytest.approx(0.98)
+    assert (s["he"]["ci_low"], s["he"]["ci_high"]) == pytest.approx((0.98 - half, 0.98 + half))
+    assert s["one"] == {"mean": 0.5, "sd": None, "ci_low": None, "ci_high": None, "n": 1}
+
+
+# -- records --------------------------------------------------------------------------------------------------
+def test_verdict_json_and_fail_on_names() -> None:
+    v = Verdict("vanishing", "forward", "fail", ("a",), None, {"gain": math.nan, "change": math.inf}, "m", None)
+    data = v.to_json()
+    assert data["effect"] == {"gain": None, "change": None} and data["family"] == "signal"
+    json.dumps(data, allow_nan=False)
+    warn = Verdict("symmetry", "weights", "warn", (), 0.001, {}, "m", None)
+    healthy = Verdict("healthy", "forward", "pass", (), None, {}, "m", None)
+    assert failed_checks([v, warn, healthy]) == {"vanishing"}
+    assert set(FAIL_ON_CHOICES) == {"vanishing", "exploding", "no_signal", "symmetry", "dead", "saturation",
+                                    "diverged"} == {c.value for c in CheckName}
+
+
+def test_methods_cover_every_check_with_its_threshold() -> None:
+    checks = " ".join(m.check for m in METHODS)
+    for name in FAIL_ON_CHOICES:
+        assert name in checks
+    assert all(m.description and m.null_hypothesis and m.threshold for m in METHODS)
+    assert any("100" in m.threshold for m in METHODS)
+
+
+def test_thresholds_are_validated() -> None:
+    with pytest.raises(ValueError):
+        Thresholds(change_factor=0.5)
+    with pytest.raises(ValueError):
+        Thresholds(dead_warn=0.9, dead_fail=0.5)
+
+
+def test_recorded_cnn_backward_uses_per_sample_energy_when_sizes_are_known() -> None:
+    from initdiag.models import seed_cnn
+    from initdiag.recorder import Recorder
+
+    model = seed_cnn()
+    apply_initializer(model, InitSpec.parse("he"), 0)
+    x = torch.rand(32, 1, 28, 28)
+    sizes: dict[str, int] = {}
+    handles = [m.register_forward_hook(lambda mod, a, out, n=n: sizes.__setitem__(n, out[0].numel()))
+               for n, m in weight_layers(model)]
+    model(x[:1])
+    for h in handles:
+        h.remove()
+    assert sizes == {"0": 32 * 26 * 26, "3": 64 * 11 * 11, "6": 64 * 3 * 3, "9": 64, "11": 10}
+    with Recorder(model) as rec:
+        torch.nn.functional.cross_entropy(model(x), torch.arange(32) % 10).backward()
+    weights = snapshot(model)
+    base = RunEvidence("he/seed0", InitSpec.parse("he"), rec.frame(), tuple(rec.layers()), weights, weights,
+                       np.array([2.3]))
+    unsized = check_run(base)
+    assert {v.family for v in unsized} == {"diverged", "signal", "symmetry", "dead"}
+    assert all(json.dumps(v.to_json(), allow_nan=False) for v in unsized)
+    # per element, dL/dy falls ~1e-4 from the head to conv 0 under He (widths, pooling): only a warning
+    (back,) = [v for v in unsized if v.signal == "backward"]
+    assert back.status != "fail"
+    sized = RunEvidence(base.run, base.spec, base.frame, base.layers, weights, weights, base.losses, sizes)
+    (back,) = [v for v in check_run(sized) if v.signal == "backward"]
+    assert (back.check, back.status) == ("healthy", "pass")
+    assert 0.5 < back.effect["gain"] < 2  # type: ignore[operator]

@@ -1,0 +1,215 @@
+"""The report layer on a fixed, hand-built result: golden HTML, escaping, URL refusal, sidecars.
+
+Regenerate the golden file with ``INITDIAG_UPDATE_GOLDEN=1 pytest tests/test_report.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from report_fixtures import EVIL_LABEL, EVIL_LAYER, fixed_context, fixed_result
+
+from initdiag import report
+from initdiag.errors import OutputError
+from initdiag.experiment import ExperimentResult
+
+GOLDEN = Path(__file__).parent / "golden" / "report.html"
+UPDATE = os.environ.get("INITDIAG_UPDATE_GOLDEN") == "1"
+SECTION_IDS = ("summary", "accuracy", "signal", "units", "findings", "methods", "provenance")
+PNG_1PX = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/"
+           "iZk9HQAAAABJRU5ErkJggg==")
+
+
+def scrub_generated(html: str) -> str:
+    """Blank the one line that carries the rendering time."""
+    out, n = re.subn(r'^.*class="generated".*$', '<p class="generated">[time]</p>', html, flags=re.M)
+    assert n == 1, "exactly one timestamp line"
+    return out
+
+
+def scrub(html: str) -> str:
+    """Golden form: no timestamp, and figures reduced to placeholders (their SVG depends on the
+    matplotlib version; their determinism is tested separately)."""
+    return re.sub(r"<svg\b.*?</svg>", "<svg>[figure]</svg>", scrub_generated(html), flags=re.S)
+
+
+def _strict_json(text: str) -> Any:
+    def refuse(name: str) -> None:
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def result() -> ExperimentResult:
+    return fixed_result()
+
+
+@pytest.fixture(scope="module")
+def html() -> str:
+    return report.render_html(fixed_context())
+
+
+@pytest.fixture(scope="module")
+def evil(tmp_path_factory: pytest.TempPathFactory) -> tuple[ExperimentResult, dict[str, Path]]:
+    result = fixed_result(evil=True)
+    return result, report.write_report(result, tmp_path_factory.mktemp("evil") / "out")
+
+
+def test_golden(html: str) -> None:
+    if UPDATE:
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(scrub(html), encoding="utf-8")
+    assert GOLDEN.exists(), "no golden file: run with INITDIAG_UPDATE_GOLDEN=1"
+    assert scrub(html) == GOLDEN.read_text(encoding="utf-8")
+
+
+def test_reproducible(result: ExperimentResult) -> None:
+    first, second = (report.render_html(report.build_context(result)) for _ in range(2))
+    assert scrub_generated(first) == scrub_generated(second)  # figures included
+
+
+def test_sections_in_order_with_toc(html: str) -> None:
+    positions = [html.index(f'<section id="{sid}">') for sid in SECTION_IDS]
+    assert positions == sorted(positions)
+    toc = html[html.index('<nav id="toc"'):html.index("</nav>")]
+    assert re.findall(r'href="#([^"]+)"', toc) == list(SECTION_IDS)
+    assert "<title>initdiag report: mlp</title>" in html and "<h1>initdiag report: mlp</h1>" in html
+
+
+def test_self_contained(html: str) -> None:
+    assert "<style>" in html and ".badge" in html  # CSS inlined
+    assert html.count("<svg") == 5  # accuracy, forward, backward, 2 heatmaps
+    for bad in ("http://", "https://", "file:", "<script", "<link", "@import", "url(http"):
+        assert bad not in html
+    assert set(re.findall(r'href="([^#"][^"]*)"', html)) <= {h for h in re.findall(r'href="(data:[^"]*)"', html)}
+    for label in ("variance (log scale)", "epoch", "test accuracy (fraction)", "training step"):
+        assert label in html
+
+
+def test_header_notices_and_grid(html: str) -> None:
+    assert "bundled MNIST sample" in html and "not the full MNIST" in html
+    assert "Partial report" in html and "<li>xavier/seed0</li>" in html
+    grid = html[html.index('<table class="data grid">'):]
+    grid = grid[:grid.index("</table>")]
+    zeros = grid[grid.index(">zeros</th>"):]
+    assert re.findall(r'badge (\w+)', zeros.split("</tr>")[0]) == ["fail", "fail", "fail", "fail", "na", "pass"]
+    assert "✗" in grid and "✓" in grid and "▲" in grid  # symbols read in grey print
+
+
+def test_findings_and_methods(html: str) -> None:
+    findings = html[html.index('<section id="findings">'):html.index('<section id="methods">')]
+    assert "no_signal (forward)" in findings and "<code>he</code>" in findings
+    assert "No duplicate neurons." not in findings  # pass verdicts are not findings
+    methods = html[html.index('<section id="methods">'):]
+    assert "Null hypothesis" in methods and "Dead &lt;ReLU&gt; units" in methods
+
+
+def test_several_seeds() -> None:
+    ctx = report.build_context(fixed_result(seeds=2))
+    assert [row.label for row in ctx.grid.rows] == ["he/seed0", "he/seed1", "zeros/seed0", "zeros/seed1"]
+    assert ctx.grid.row_heading == "run"
+    assert ctx.accuracy is not None and [m.initializer for m in ctx.accuracy.means] == ["he", "zeros"]
+    assert ctx.accuracy.means[0].ci == "[0.9400, 0.9800]"
+    assert ctx.signal is not None and len(ctx.signal.heatmaps) == 2  # one per initializer
+    html = report.render_html(ctx)
+    assert "95% CI" in html and "the band spans min to max" in html
+
+
+def test_escaping_in_html(evil: tuple[ExperimentResult, dict[str, Path]]) -> None:
+    html = evil[1]["html"].read_text(encoding="utf-8")
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="pdftotext not installed")
+def test_escaping_in_pdf(evil: tuple[ExperimentResult, dict[str, Path]]) -> None:
+    text = subprocess.run(["pdftotext", str(evil[1]["pdf"]), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    flat = re.sub(r"\s+", "", text)
+    assert re.sub(r"\s+", "", EVIL_LAYER) in flat
+    assert re.sub(r"\s+", "", EVIL_LABEL) in flat
+    assert "page1of" in flat and "initdiagreport:mlp" in flat
+
+
+def test_url_fetcher_refuses_all_but_data(tmp_path: Path) -> None:
+    html = ('<html><body><p>x</p><img src="http://example.com/x.png"><img src="file:///etc/passwd">'
+            f'<img src="{PNG_1PX}"><link rel="stylesheet" href="https://example.com/s.css"></body></html>')
+    refused: list[str] = []
+    data = report.pdf_bytes(html, refused=refused)
+    assert data.startswith(b"%PDF")
+    assert sorted(refused) == ["file:///etc/passwd", "http://example.com/x.png", "https://example.com/s.css"]
+    fetcher = report._fetcher()
+    response = fetcher.fetch("data:text/plain,hi") if hasattr(fetcher, "fetch") else None
+    if response is not None:
+        assert response.read() == b"hi"
+    with pytest.raises(report.FetchRefused):
+        fetcher("http://example.com/")
+
+
+@pytest.mark.skipif(shutil.which("pdfinfo") is None, reason="pdfinfo not installed")
+def test_letter_paper(tmp_path: Path) -> None:
+    path = tmp_path / "letter.pdf"
+    report.write_pdf("<style>@page { size: A4; margin: 1cm }</style><h1>t</h1>", path, paper="letter")
+    info = subprocess.run(["pdfinfo", str(path)], capture_output=True, text=True, check=True).stdout
+    assert "612 x 792" in info
+
+
+def test_write_report_files(evil: tuple[ExperimentResult, dict[str, Path]]) -> None:
+    result, paths = evil
+    assert {p.name for p in paths.values()} == {"report.html", "report.pdf", "summary.json", "series.csv"}
+    out_dir = paths["html"].parent
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(p.name for p in paths.values())  # no temp files
+    assert paths["pdf"].read_bytes().startswith(b"%PDF")
+    summary = _strict_json(paths["json"].read_text(encoding="utf-8"))
+    assert set(summary) == {"schema_version", "tool", "version", "kind", "created", "command", "model", "dataset",
+                            "config", "environment", "duration_seconds", "missing", "runs", "comparisons",
+                            "accuracy"}
+    assert summary["schema_version"] == 1 and summary["kind"] == "experiment" and summary["model"] == "mlp"
+    assert summary["created"].endswith("Z") and summary["missing"] == ["xavier/seed0"]
+    run = summary["runs"][0]
+    assert run["initializer"] == EVIL_LABEL and run["status"] == "ok"
+    assert [h["epoch"] for h in run["history"]] == [1, 2]
+    fc1 = run["layers"][0]
+    assert fc1["name"] == "fc1" and math.isclose(fc1["activation_variance_init"], 1.0)
+    assert math.isclose(fc1["weight_variance_init"], 0.125) and math.isclose(fc1["gradient_variance_init"], 0.64e-4)
+    assert run["layers"][1]["weight_variance_init"] is None
+    assert summary["accuracy"][EVIL_LABEL]["ci_low"] is None  # NaN -> null
+    assert summary["comparisons"][0]["significant"] is True
+    csv = pd.read_csv(paths["csv"])
+    assert len(csv) == len(result.frame()) and list(csv.columns) == list(result.frame().columns)
+
+
+def test_unwritable_output_dir(tmp_path: Path, result: ExperimentResult) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError) as info:
+        report.write_report(result, blocker / "out", formats=("json",))
+    assert "\n" not in str(info.value) and str(blocker / "out") in str(info.value)
+
+
+def test_no_finished_run_still_renders() -> None:
+    empty = replace(fixed_result(), runs=(), comparisons=(), accuracy={}, missing=("he/seed0", "zeros/seed0"))
+    html = report.render_html(report.build_context(empty))
+    assert "Partial report" in html and "<li>zeros/seed0</li>" in html and "No findings" in html
+
+
+def test_audit_variant_reuses_the_context() -> None:
+    result = fixed_result()
+    ctx = replace(fixed_context(), kind="audit", accuracy=None, layer_tables=(report.layer_table(result.runs[0]),))
+    html = report.render_html(ctx)
+    assert '<section id="accuracy">' not in html and '<section id="layers">' in html
+    assert [e.id for e in ctx.toc][:3] == ["summary", "layers", "signal"]
+    table = html[html.index('<section id="layers">'):html.index('<section id="signal">')]
+    assert "<td>Linear</td>" in table and "0.125" in table  # fc1's weight variance at init
