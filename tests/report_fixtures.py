@@ -21,7 +21,7 @@ from initdiag.experiment import ExperimentResult, RunResult
 from initdiag.initializers import InitSpec
 from initdiag.models import ModelSpec
 from initdiag.recorder import FRAME_COLUMNS, LayerInfo
-from initdiag.report import Method, ReportContext, build_context
+from initdiag.report_context import Method, ReportContext, build_context
 from initdiag.training import EpochStats
 
 EVIL_LAYER = "<script>alert(1)</script>"
