@@ -7,8 +7,11 @@ Exit codes: 0 success; 2 bad usage or input (one line, no traceback; ``--debug``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from datetime import datetime
@@ -17,7 +20,7 @@ from typing import TextIO
 
 from . import __version__
 from .config import FORMATS, PAPERS, ExperimentConfig, parse_formats
-from .errors import InitDiagError, OutputError, UsageError, did_you_mean
+from .errors import InitDiagError, Interrupted, OutputError, UsageError, did_you_mean
 from .initializers import DEFAULT_INITIALIZERS, INITIALIZERS, parse_init_list
 from .models import ACTIVATIONS, MODELS, ModelSpec
 
@@ -27,6 +30,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_CHECK_FAILED = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,7 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, default=None, help="output directory (default reports/<model>-<time>)")
     rep.add_argument("--format", default=",".join(FORMATS), help="outputs to write (default %(default)s)")
     rep.add_argument("--paper", default="a4", help=f"PDF paper size: {', '.join(PAPERS)} (default a4)")
-    rep.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    rep.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda (default auto)")
+    rep.add_argument("--jobs", type=_int, default=None, metavar="N",
+                     help="runs in parallel worker processes (default: one per core on the CPU, 1 on a GPU)")
+    rep.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                     help="continue an interrupted report in DIR with its original settings")
     rep.add_argument("--fail-on", default="", metavar="CHECKS",
                      help="exit with code 3 when any run fails one of these checks (comma-separated)")
 
@@ -108,7 +116,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         model=model, initializers=parse_init_list(args.init), seed=args.seed, seeds=args.seeds,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, limit_train=args.limit_train,
         record_every=args.record_every, dataset=args.dataset, data_dir=args.data_dir, out=args.out,
-        formats=parse_formats(args.format), device=args.device, fail_on=_fail_on(args.fail_on),
+        formats=parse_formats(args.format), device=args.device, fail_on=_fail_on(args.fail_on), jobs=args.jobs,
         paper=args.paper,
     )
 
@@ -159,21 +167,56 @@ def _summary_table(result: object, out: TextIO) -> None:
             out.write("  ".join("-" * w for w in widths) + "\n")
 
 
+RESUME_KEEPS = ("resume", "jobs", "debug", "command")
+"""Options that may accompany --resume; every other setting comes from the interrupted run."""
+
+
+def _resume_config(args: argparse.Namespace) -> tuple[ExperimentConfig, list[str]]:
+    from .store import RunStore
+
+    defaults = vars(build_parser().parse_args(["report"]))
+    changed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+               if k not in RESUME_KEEPS and v != defaults.get(k)]
+    if changed:
+        raise UsageError(f"--resume takes its settings from {args.resume}; drop {', '.join(changed)}")
+    plan = RunStore(args.resume).load_plan()
+    config = dataclasses.replace(plan.config, out=args.resume, jobs=args.jobs or plan.config.jobs)
+    return config, list(plan.argv)
+
+
 def _cmd_report(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     from .checks import failed_checks
     from .data import load_mnist
-    from .experiment import run_experiment
     from .progress import Progress
     from .report import write_report
+    from .runner import ExperimentInterrupted, run_experiment
+    from .store import RunStore
 
-    config = config_from_args(args)
-    out_dir = prepare_out_dir(config.out, config.model.name)
+    if args.resume is not None:
+        config, argv = _resume_config(args)
+        out_dir = prepare_out_dir(args.resume, config.model.name)
+    else:
+        config = config_from_args(args)
+        out_dir = prepare_out_dir(config.out, config.model.name)
+    store = RunStore(out_dir)
+    if args.resume is None:
+        store.save_plan(config, argv)
     data = load_mnist(config.data_dir, config.dataset, config.limit_train)
     if data.provenance.notice:
         err.write(f"initdiag: notice: {data.provenance.notice}\n")
     err.write(f"initdiag: data: {data.provenance.name} from {data.provenance.source} "
               f"({data.provenance.train_size} train / {data.provenance.test_size} test images)\n")
-    result = run_experiment(config, data, Progress(err), argv=argv)
+    try:
+        result = run_experiment(config, data, Progress(err), argv=argv, store=store)
+    except ExperimentInterrupted as exc:
+        partial = exc.result
+        paths = write_report(partial, out_dir, config.formats, config.paper) if partial.runs else {}
+        err.write(f"\ninitdiag: interrupted: {len(partial.runs)} finished run(s) kept, missing: "
+                  f"{', '.join(partial.missing)}\n")
+        if paths:
+            err.write(f"initdiag: partial report written to {out_dir}/ (it says what is missing)\n")
+        err.write(f"initdiag: continue with: initdiag report --resume {out_dir}\n")
+        return exc.exit_code
     paths = write_report(result, out_dir, config.formats, config.paper)
     out.write("\n")
     _summary_table(result, out)
@@ -187,11 +230,18 @@ def _cmd_report(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err:
     return EXIT_OK
 
 
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted(EXIT_TERMINATED)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     out, err = sys.stdout, sys.stderr
     debug = "--debug" in argv
+    previous_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        previous_sigterm = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -206,9 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc(file=err)
         err.write(f"initdiag: error: {exc}\n")
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         err.write("\ninitdiag: interrupted\n")
-        return EXIT_INTERRUPTED
+        return exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .data import DATASETS
 from .errors import UsageError, did_you_mean
-from .initializers import DEFAULT_INITIALIZERS, InitSpec
+from .initializers import DEFAULT_INITIALIZERS, INITIALIZERS, InitSpec
 from .models import ModelSpec
 
-__all__ = ["FORMATS", "PAPERS", "ExperimentConfig"]
+__all__ = ["AUDIT_INPUTS", "AUDIT_LOSSES", "FORMATS", "INPUT_DTYPES", "KEEP", "PAPERS", "AuditConfig",
+           "ExperimentConfig", "parse_audit_inits", "parse_input_shape"]
 
 FORMATS: tuple[str, ...] = ("html", "pdf", "json", "csv")
 PAPERS: tuple[str, ...] = ("a4", "letter")
@@ -55,7 +57,8 @@ class ExperimentConfig:
     out: Path | None = None
     formats: tuple[str, ...] = FORMATS
     device: str = "cpu"
-    jobs: int = 1
+    jobs: int | None = None
+    """Parallel worker processes; None picks one per core (CPU) or 1 (GPU)."""
     probe_size: int = 512
     eval_batch_size: int = 1000
     fail_on: tuple[str, ...] = ()
@@ -69,7 +72,8 @@ class ExperimentConfig:
         _positive("--epochs", self.epochs)
         _positive("--batch-size", self.batch_size)
         _positive("--record-every", self.record_every)
-        _positive("--jobs", self.jobs)
+        if self.jobs is not None:
+            _positive("--jobs", self.jobs)
         _positive("probe size", self.probe_size)
         _positive("evaluation batch size", self.eval_batch_size)
         if not self.lr > 0 or self.lr != self.lr or self.lr == float("inf"):
@@ -101,4 +105,142 @@ class ExperimentConfig:
         data["out"] = str(self.out) if self.out else None
         data["formats"] = list(self.formats)
         data["fail_on"] = list(self.fail_on)
+        return data
+
+
+# -- audit -------------------------------------------------------------------------------------------------
+KEEP = "keep"
+"""``--init`` name of the model's own initialization (audited as the user left it)."""
+AUDIT_INPUTS: tuple[str, ...] = ("normal", "mnist")
+INPUT_DTYPES: tuple[str, ...] = ("float", "long")
+AUDIT_LOSSES: tuple[str, ...] = ("auto", "ce", "mse")
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """Parse ``3,224,224`` (or ``3x224x224``) into a tuple of positive ints: one sample, no batch dimension."""
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise UsageError(f"--input-shape {text!r} must be positive integers separated by commas (one sample, "
+                         "without the batch dimension), e.g. 3,224,224")
+    return shape
+
+
+def _check_init(item: str) -> str:
+    name = item.partition(":")[0].strip()
+    if name == KEEP:
+        if item.strip() != KEEP:
+            raise UsageError(f"'{KEEP}' takes no parameters (got {item!r})")
+        return KEEP
+    choices = (KEEP, *INITIALIZERS)
+    if name not in INITIALIZERS:
+        raise UsageError(f"unknown initializer '{name}'{did_you_mean(name, choices)}; choose from {', '.join(choices)}")
+    return InitSpec.parse(item).label
+
+
+def parse_audit_inits(text: str) -> tuple[str, ...]:
+    """Parse ``keep,he,random:std=0.05`` into labels (``keep`` = the model as given); as ``parse_init_list``,
+    an item with ``=`` but no ``:`` continues the previous initializer's parameters."""
+    items: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part and "=" in part and ":" not in part and items:
+            items[-1] += "," + part
+        elif part:
+            items.append(part)
+    return AuditConfig.check_inits(items)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """One ``initdiag audit``: a user's model, a few batches forward and backward per initialization, no training.
+
+    ``target`` names the model (the CLI reference, or the class name from Python); ``inits`` are labels:
+    ``keep`` (the model as given) or an initializer applied to a copy. ``input_shape`` is one sample's
+    shape (no batch dimension); ``inputs`` "normal" (standard normal, or token ids in ``[0, vocab)`` with
+    ``input_dtype="long"``) or "mnist" (images, reshaped to ``input_shape`` when given). ``loss``: "auto"
+    (cross-entropy against random labels for (batch, classes) outputs, else the mean of squared outputs),
+    "ce" or "mse".
+    """
+
+    target: str = "model"
+    input_shape: tuple[int, ...] | None = None
+    inits: tuple[str, ...] = (KEEP,)
+    batches: int = 4
+    batch_size: int = 16
+    inputs: str = "normal"
+    input_dtype: str = "float"
+    vocab: int | None = None
+    loss: str = "auto"
+    seed: int = 0
+    device: str = "cpu"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data_dir: Path | None = None
+    out: Path | None = None
+    formats: tuple[str, ...] = FORMATS
+    paper: str = "a4"
+    fail_on: tuple[str, ...] = ()
+
+    @staticmethod
+    def check_inits(items: Any) -> tuple[str, ...]:
+        """Validate initializer names (``keep`` or a registered one, with parameters); return their labels."""
+        if isinstance(items, str) or not items:
+            raise UsageError("give the initializations to audit as a list, e.g. ('keep', 'he')" if items
+                             else "no initializer given")
+        labels = tuple(_check_init(str(item)) for item in items)
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise UsageError(f"initializer given twice: {', '.join(dup)}")
+        return labels
+
+    def __post_init__(self) -> None:
+        from .checks import FAIL_ON_CHOICES
+
+        object.__setattr__(self, "inits", self.check_inits(self.inits))
+        _positive("--batches", self.batches)
+        _positive("--batch-size", self.batch_size, 2)
+        _positive("--seed", self.seed, 0)
+        for name, value, choices in (("--inputs", self.inputs, AUDIT_INPUTS),
+                                     ("--input-dtype", self.input_dtype, INPUT_DTYPES),
+                                     ("--loss", self.loss, AUDIT_LOSSES), ("paper size", self.paper, PAPERS)):
+            if value not in choices:
+                raise UsageError(f"unknown {name} '{value}'{did_you_mean(value, choices)}; "
+                                 f"choose from {', '.join(choices)}")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise UsageError(f"unknown device '{self.device}'; choose from {', '.join(DEVICES)}")
+        if self.input_shape is not None:
+            shape = tuple(self.input_shape)
+            if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
+                raise UsageError(f"input shape {shape} must be positive integers (one sample, no batch dimension)")
+            object.__setattr__(self, "input_shape", shape)
+        if self.inputs == "mnist":
+            if self.input_dtype != "float":
+                raise UsageError("--inputs mnist gives float images; drop --input-dtype long")
+            if self.input_shape is not None and math.prod(self.input_shape) != 784:
+                raise UsageError(f"--inputs mnist: --input-shape {','.join(map(str, self.input_shape))} does not "
+                                 "hold the 784 pixels of an MNIST image (use 1,28,28 or 784)")
+        if self.vocab is not None:
+            _positive("--vocab", self.vocab)
+        for fmt in self.formats:
+            if fmt not in FORMATS:
+                raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
+        for name in self.fail_on:
+            if name not in FAIL_ON_CHOICES:
+                raise UsageError(f"unknown check '{name}'{did_you_mean(name, FAIL_ON_CHOICES)}; "
+                                 f"choose from {', '.join(FAIL_ON_CHOICES)}")
+
+    @property
+    def specs(self) -> tuple[InitSpec | None, ...]:
+        """One per ``inits`` label: the InitSpec to apply, None for ``keep``."""
+        return tuple(None if label == KEEP else InitSpec.parse(label) for label in self.inits)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe view for summary.json and the report's provenance."""
+        data = asdict(self)
+        for key in ("input_shape", "inits", "formats", "fail_on"):
+            data[key] = list(data[key]) if data[key] is not None else None
+        data["data_dir"] = str(self.data_dir) if self.data_dir else None
+        data["out"] = str(self.out) if self.out else None
         return data

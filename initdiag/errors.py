@@ -8,6 +8,7 @@ from collections.abc import Iterable
 __all__ = [
     "DataError",
     "InitDiagError",
+    "Interrupted",
     "ModelLoadError",
     "OutputError",
     "UsageError",
@@ -35,6 +36,14 @@ class ModelLoadError(InitDiagError):
 
 class OutputError(InitDiagError):
     """The output location cannot be written."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (exit code 130) or SIGTERM (143) during a run; raised so that cleanup code runs."""
+
+    def __init__(self, exit_code: int = 130) -> None:
+        super().__init__("interrupted by " + ("SIGTERM" if exit_code == 143 else "Ctrl-C"))
+        self.exit_code = exit_code
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

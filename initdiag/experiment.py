@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ from .progress import NullProgress, Progress
 from .recorder import LayerInfo, Recorder
 from .training import EpochStats, train
 
-__all__ = ["ExperimentResult", "RunResult", "environment", "resolve_device", "run_experiment", "run_one",
+__all__ = ["ExperimentResult", "RunResult", "assemble", "environment", "resolve_device", "run_one",
            "snapshot_weights"]
 
 WeightSnapshot = dict[str, tuple[np.ndarray, np.ndarray | None]]
@@ -165,18 +165,6 @@ def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData
         frame=frame, layers=layers, verdicts=verdicts, theory=theory_rows(evidence),
         diverged_step=outcome.diverged_step, seconds=time.perf_counter() - start,
     )
-
-
-def run_experiment(config: ExperimentConfig, data: MnistData, progress: Progress | None = None,
-                   argv: Sequence[str] | None = None) -> ExperimentResult:
-    """Run every initializer x seed in turn and compare the accuracies."""
-    progress = progress or NullProgress()
-    device = resolve_device(config.device)
-    started = datetime.now(UTC)
-    start = time.perf_counter()
-    runs = [run_one(config, spec, seed, data, progress, device)
-            for spec in config.initializers for seed in config.run_seeds]
-    return assemble(config, data, runs, started, time.perf_counter() - start, argv, device)
 
 
 def assemble(config: ExperimentConfig, data: MnistData, runs: Sequence[RunResult], started: datetime,
