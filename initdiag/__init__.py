@@ -4,12 +4,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .audit import AuditResult, audit  # the function: `initdiag.audit(...)`
 from .errors import DataError, InitDiagError, ModelLoadError, OutputError, UsageError
 from .initializers import INITIALIZERS, InitSpec, apply_initializer
 from .recorder import Recorder
 
 __all__ = [
     "INITIALIZERS",
+    "AuditResult",
     "DataError",
     "InitDiagError",
     "InitSpec",
@@ -19,4 +21,5 @@ __all__ = [
     "UsageError",
     "__version__",
     "apply_initializer",
+    "audit",
 ]

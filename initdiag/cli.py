@@ -1,4 +1,4 @@
-"""Command line: ``initdiag report``, ``initdiag list``. ``main(argv) -> exit code``.
+"""Command line: ``initdiag report``, ``initdiag audit``, ``initdiag list``. ``main(argv) -> exit code``.
 
 Exit codes: 0 success; 2 bad usage or input (one line, no traceback; ``--debug`` shows it);
 3 a ``--fail-on`` check failed (the report is written first); 130/143 interrupted.
@@ -16,13 +16,16 @@ import traceback
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
-from .config import FORMATS, PAPERS, ExperimentConfig, parse_formats
+from .config import FORMATS, PAPERS, AuditConfig, ExperimentConfig, parse_formats
 from .errors import InitDiagError, Interrupted, OutputError, UsageError, did_you_mean
 from .initializers import DEFAULT_INITIALIZERS, INITIALIZERS, parse_init_list
 from .models import ACTIVATIONS, MODELS, ModelSpec
+
+if TYPE_CHECKING:
+    from .audit import AuditResult
 
 __all__ = ["EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="initdiag", description="Diagnose the weight initialization of PyTorch models.")
     parser.add_argument("--version", action="version", version=f"initdiag {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for known errors")
-    sub = parser.add_subparsers(dest="command", metavar="{report,list}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{report,audit,list}", parser_class=_Parser)
 
     rep = sub.add_parser("report", help="train a model once per initializer on MNIST and write the report",
                          description="Train a model once per initializer on MNIST while recording per-layer "
@@ -94,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--fail-on", default="", metavar="CHECKS",
                      help="exit with code 3 when any run fails one of these checks (comma-separated)")
 
+    _add_audit_parser(sub)
+    for command in (rep, sub.choices["audit"]):  # --debug also after the subcommand (main() reads argv for it)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show tracebacks for known errors")
     sub.add_parser("list", help="list models and initializers with their formulas")
     return parser
 
@@ -230,6 +237,113 @@ def _cmd_report(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err:
     return EXIT_OK
 
 
+# -- initdiag audit ------------------------------------------------------------------------------------------
+def _add_audit_parser(sub: argparse._SubParsersAction) -> None:
+    from .config import AUDIT_INPUTS, AUDIT_LOSSES, INPUT_DTYPES
+
+    aud = sub.add_parser("audit", help="diagnose the initialization of your own model (a few batches, no training)",
+                         description="Push a few batches through a copy of a model, forward and backward, with the "
+                                     "recorder and checks of `report`; compare initializations; write the report.")
+    aud.add_argument("target", help="the model: 'package.module:name' or 'path/to/file.py:name' (a class, a "
+                                    "zero-argument factory or an nn.Module instance)")
+    aud.add_argument("--input-shape", default=None, metavar="C,H,W",
+                     help="one sample's shape without the batch dimension, e.g. 3,224,224 (required unless "
+                          "--inputs mnist)")
+    aud.add_argument("--init", default="keep", help="'keep' (the model as given) and/or initializers to compare, "
+                                                    "e.g. keep,he,xavier (default keep)")
+    aud.add_argument("--batches", type=_int, default=4, help="batches to push through (default 4)")
+    aud.add_argument("--batch-size", type=_int, default=16, help="samples per batch (default 16)")
+    aud.add_argument("--inputs", default="normal", help=f"{'|'.join(AUDIT_INPUTS)}: standard normal (default) or "
+                                                        "MNIST training images")
+    aud.add_argument("--input-dtype", default="float", help=f"{'|'.join(INPUT_DTYPES)}: long gives token ids in "
+                                                             "[0, --vocab) for models that start with an Embedding")
+    aud.add_argument("--vocab", type=_int, default=None, metavar="N",
+                     help="token ids for --input-dtype long (default: the first Embedding's size)")
+    aud.add_argument("--loss", default="auto", help=f"{'|'.join(AUDIT_LOSSES)}: auto is cross-entropy against random "
+                                                    "labels for (batch, classes) outputs, else mean squared output")
+    aud.add_argument("--kwargs", default=None, metavar="JSON", help="keyword arguments for the class or factory, "
+                                                                      "a JSON object, e.g. '{\"num_classes\": 10}'")
+    aud.add_argument("--seed", type=_int, default=0, help="seed of the inputs, labels and initializers (default 0)")
+    aud.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    aud.add_argument("--data-dir", type=Path, default=None, help="MNIST directory for --inputs mnist")
+    aud.add_argument("--out", type=Path, default=None, help="output directory (default reports/audit-<name>-<time>)")
+    aud.add_argument("--format", default=",".join(FORMATS), help="outputs to write (default %(default)s)")
+    aud.add_argument("--paper", default="a4", help=f"PDF paper size: {', '.join(PAPERS)} (default a4)")
+    aud.add_argument("--fail-on", default="", metavar="CHECKS",
+                     help="exit with code 3 when an audited initialization fails one of these checks")
+
+
+def audit_config_from_args(args: argparse.Namespace) -> AuditConfig:
+    """Validate the ``audit`` arguments into an AuditConfig (UsageError on bad input)."""
+    import json
+
+    from .config import parse_audit_inits, parse_input_shape
+
+    shape = parse_input_shape(args.input_shape) if args.input_shape is not None else None
+    if shape is None and args.inputs != "mnist":
+        raise UsageError("--input-shape is required (one sample's shape, e.g. 3,224,224) unless --inputs mnist")
+    kwargs = {}
+    if args.kwargs is not None:
+        try:
+            kwargs = json.loads(args.kwargs)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--kwargs is not valid JSON ({exc.msg} at column {exc.colno}): {args.kwargs}") from None
+        if not isinstance(kwargs, dict):
+            raise UsageError(f"--kwargs must be a JSON object such as '{{\"num_classes\": 10}}', not {args.kwargs}")
+    return AuditConfig(
+        target=args.target, input_shape=shape, inits=parse_audit_inits(args.init), batches=args.batches,
+        batch_size=args.batch_size, inputs=args.inputs, input_dtype=args.input_dtype, vocab=args.vocab,
+        loss=args.loss, seed=args.seed, device=args.device, model_kwargs=kwargs, data_dir=args.data_dir,
+        out=args.out, formats=parse_formats(args.format), paper=args.paper, fail_on=_fail_on(args.fail_on),
+    )
+
+
+def _audit_table(result: AuditResult, out: TextIO) -> None:
+    from ._audit_weights import forward_gain
+
+    rows = [("initialization", "forward gain", "fails", "warns", "")]
+    for run in result.runs:
+        gain = forward_gain(run.verdicts)
+        fails = list(dict.fromkeys(f"{v.check} ({v.signal})" if v.signal in ("forward", "backward") else v.check
+                                   for v in run.verdicts if v.status == "fail"))
+        rows.append((run.label, f"{gain:.3g}" if gain == gain else "-", ", ".join(fails) or "-",
+                     str(sum(v.status == "warn" for v in run.verdicts)),
+                     "<- recommended" if run.label == result.recommendation.initializer else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
+        if i == 0:
+            out.write("  ".join("-" * w for w in widths).rstrip() + "\n")
+
+
+def _cmd_audit(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    import re
+    import shlex
+
+    from .audit import run_audit
+    from .models import load_model_ref
+
+    config = audit_config_from_args(args)
+    model = load_model_ref(config.target, config.model_kwargs)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.target.rpartition(":")[2]) or "model"
+    out_dir = prepare_out_dir(config.out, f"audit-{name}")
+    result = run_audit(model, config, command=shlex.join(["initdiag", *argv]))
+    if result.inputs.notice:
+        err.write(f"initdiag: notice: {result.inputs.notice}\n")
+    paths = result.write(out_dir, config.formats, config.paper)
+    out.write(f"Audited {config.target} with {result.inputs.description}.\n\n")
+    _audit_table(result, out)
+    out.write(f"\nRecommendation: {result.recommendation.evidence}\n")
+    out.write(f"\nReport written to {out_dir}/ ({', '.join(p.name for p in paths.values())})\n")
+    if "html" in paths:
+        out.write(f"Open {paths['html']}\n")
+    failed = result.failed(config.fail_on)
+    if failed:
+        err.write(f"initdiag: --fail-on: failed checks: {', '.join(sorted(failed))}\n")
+        return EXIT_CHECK_FAILED
+    return EXIT_OK
+
+
 def _raise_on_sigterm(signum: int, frame: object) -> None:
     raise Interrupted(EXIT_TERMINATED)
 
@@ -250,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         if args.command == "list":
             return _cmd_list(out)
+        if args.command == "audit":
+            return _cmd_audit(args, argv, out, err)
         return _cmd_report(args, argv, out, err)
     except InitDiagError as exc:
         if debug:
@@ -259,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         err.write("\ninitdiag: interrupted\n")
         return exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
+    except SystemExit as exc:  # --help / --version: argparse printed them and exits
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)

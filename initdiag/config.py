@@ -20,9 +20,20 @@ PAPERS: tuple[str, ...] = ("a4", "letter")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
+MAX_SEED = 2**32 - 1
+"""The largest seed (as NumPy's legacy seeding); every seed a run uses must be in [0, MAX_SEED]."""
+MAX_SEEDS = 1000
+"""The most seeds per initializer in one report (each is a full training run)."""
+
+
 def _positive(name: str, value: int | float, minimum: int | float = 1) -> None:
     if value < minimum:
         raise UsageError(f"{name} must be at least {minimum} (got {value})")
+
+
+def _at_most(name: str, value: int, maximum: int) -> None:
+    if value > maximum:
+        raise UsageError(f"{name} must be at most {maximum} (got {value})")
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -69,6 +80,9 @@ class ExperimentConfig:
             raise UsageError("no initializer given")
         _positive("--seed", self.seed, 0)
         _positive("--seeds", self.seeds)
+        _at_most("--seeds", self.seeds, MAX_SEEDS)
+        _at_most("--seed" if self.seeds == 1 else "the last seed (--seed + --seeds - 1)",
+                 self.seed + self.seeds - 1, MAX_SEED)
         _positive("--epochs", self.epochs)
         _positive("--batch-size", self.batch_size)
         _positive("--record-every", self.record_every)
@@ -202,6 +216,7 @@ class AuditConfig:
         _positive("--batches", self.batches)
         _positive("--batch-size", self.batch_size, 2)
         _positive("--seed", self.seed, 0)
+        _at_most("--seed", self.seed, MAX_SEED)
         for name, value, choices in (("--inputs", self.inputs, AUDIT_INPUTS),
                                      ("--input-dtype", self.input_dtype, INPUT_DTYPES),
                                      ("--loss", self.loss, AUDIT_LOSSES), ("paper size", self.paper, PAPERS)):
