@@ -195,7 +195,8 @@ class RunEvidence:
     ``weights_final``: Conv/Linear module name -> (weight, bias) at init / after training (final may be
     empty, e.g. for an audit); ``losses``: the training loss of each step (``losses[i]`` is step ``i``);
     ``output_numel`` (optional): Conv/Linear call-site name -> elements per sample of its output
-    (C x H x W), used to measure the backward signal as per-sample energy (see :meth:`output_sizes`).
+    (C x H x W), used to measure the backward signal as per-sample energy (see :meth:`output_sizes`);
+    ``grad_norms`` (optional): the L2 norm of all parameter gradients of each step, as ``losses``.
     """
 
     run: str
@@ -206,6 +207,7 @@ class RunEvidence:
     weights_final: Weights
     losses: np.ndarray
     output_numel: Mapping[str, int] = field(default_factory=dict)
+    grad_norms: np.ndarray | None = None
 
     @property
     def weight_layers(self) -> tuple[LayerInfo, ...]:

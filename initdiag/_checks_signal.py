@@ -281,22 +281,29 @@ def _first_bad_layer(bad: pd.DataFrame) -> tuple[str, str] | None:
 
 
 def diverged_verdict(ev: RunEvidence) -> Verdict:
-    """NaN/Inf anywhere: the first step where the loss or a recorded statistic is non-finite.
+    """NaN/Inf anywhere: the first step where the loss, the gradient norm or a recorded statistic is
+    non-finite.
 
-    ``losses[i]`` is the loss of step ``i``. The layer named is, at that step, the lowest-depth forward
-    output that is non-finite, else the first non-finite dL/dy in backward order (highest depth), else a
-    weight or weight gradient. Not a statistical test: any non-finite value fails.
+    ``losses[i]`` is the loss of step ``i`` and ``grad_norms[i]`` its gradient norm. The layer named is, at
+    that step, the lowest-depth forward output that is non-finite, else the first non-finite dL/dy in
+    backward order (highest depth), else a weight or weight gradient. Not a statistical test: any
+    non-finite value fails.
     """
     losses = np.asarray(ev.losses, dtype=np.float64).ravel()
     bad_loss = np.flatnonzero(~np.isfinite(losses))
     frame = ev.frame
     bad = frame.loc[~np.isfinite(frame["value"].to_numpy(np.float64))]
+    norms = np.asarray(ev.grad_norms if ev.grad_norms is not None else (), dtype=np.float64).ravel()
+    bad_norm = np.flatnonzero(~np.isfinite(norms))
     candidates = [int(bad_loss[0])] if len(bad_loss) else []
+    if len(bad_norm):
+        candidates.append(int(bad_norm[0]))
     if len(bad):
         candidates.append(int(bad["step"].min()))
     if not candidates:
         return Verdict(CheckName.DIVERGED, None, Status.PASS.value, (), None, {"step": None},
-                       f"The loss ({len(losses)} steps) and every recorded statistic stayed finite.", None,
+                       f"The loss ({len(losses)} steps){', the gradient norm' if len(norms) else ''} and every "
+                       "recorded statistic stayed finite.", None,
                        phase="training")
     step = min(candidates)
     at = bad[bad["step"] == step]
@@ -308,6 +315,9 @@ def diverged_verdict(ev: RunEvidence) -> Verdict:
     parts = [f"Diverged at {when}:"]
     if len(bad_loss) and bad_loss[0] == step:
         parts.append(f"the loss is {losses[step]}")
+    elif len(bad_norm) and bad_norm[0] == step:
+        parts.append(f"the gradient norm is {norms[step]} (the loss is {losses[step]})" if step < len(losses)
+                     else f"the gradient norm is {norms[step]}")
     if found is not None:
         kind_text = {"forward": "output variance", "backward": "gradient (dL/dy) variance",
                      "weight": "weight variance", "weight_grad": "weight-gradient variance"}[found[1]]

@@ -8,7 +8,7 @@ to do (advice naming an initializer by its CLI name). The checks, their null hyp
   depth -> ``vanishing`` / ``exploding`` / ``no_signal`` / ``healthy`` (:func:`signal_fit`);
 * ``symmetry``: identical neurons (:func:`symmetry_groups`) and near-duplicates (:func:`max_cosine_pvalue`);
 * ``dead`` ReLU units and ``saturation`` of tanh/sigmoid, from the evaluation-batch probes;
-* ``diverged``: NaN/Inf in the loss or the statistics;
+* ``diverged``: NaN/Inf in the loss, the gradient norm or the statistics;
 * accuracy comparisons between initializers (:func:`compare_accuracies`) and the theory overlay
   (:func:`theory_rows`).
 
@@ -225,8 +225,11 @@ def methods(th: Thresholds = DEFAULT_THRESHOLDS) -> tuple[MethodNote, ...]:
         ),
         MethodNote(
             "diverged", "Divergence",
-            "The first step at which the training loss or any recorded statistic is NaN or infinite, with the "
-            "first layer affected (lowest forward depth, else the first layer of the backward pass).",
+            "The first step at which the training loss, the gradient norm (L2 over all parameters, in float32, so "
+            "infinite beyond ~1.8e19) or any recorded statistic is NaN or infinite, with the first layer affected "
+            "(lowest forward depth, else the first layer of the backward pass). Training stops at the first step "
+            "whose loss or gradient norm is not finite; the run's status is then 'diverged', as it is whenever "
+            "this check fails.",
             "not a statistical test.",
             "any non-finite value fails.",
         ),

@@ -6,7 +6,8 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,10 +34,10 @@ from .initializers import InitSpec, apply_initializer, weight_layers
 from .models import build_model
 from .progress import NullProgress, Progress
 from .recorder import LayerInfo, Recorder
-from .training import EpochStats, train
+from .training import EpochStats, prepare_model, to_batch, train, uses_channels_last
 
-__all__ = ["ExperimentResult", "RunResult", "assemble", "environment", "resolve_device", "run_one",
-           "snapshot_weights"]
+__all__ = ["ExperimentResult", "RunResult", "assemble", "diverged_step", "environment", "resolve_device",
+           "run_one", "snapshot_weights"]
 
 WeightSnapshot = dict[str, tuple[np.ndarray, np.ndarray | None]]
 
@@ -137,34 +138,76 @@ def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData
     device = device or resolve_device(config.device)
     name = f"{spec.label}/seed{seed}"
     start = time.perf_counter()
-    model = build_model(config.model)
-    apply_initializer(model, spec, seed)
-    model.to(device)
-    weights_init = snapshot_weights(model)
-    probe_x = data.test_x[: config.probe_size].to(device)
-    recorder = Recorder(model, every=config.record_every, run=name, initializer=spec.label, seed=seed)
-    with recorder:
-        with recorder.probe("init"), torch.no_grad():
-            model(probe_x)
-        outcome = train(
-            model, data.train_x, data.train_y, data.test_x, data.test_y,
-            epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed, device=device,
-            eval_batch_size=config.eval_batch_size, progress=progress, label=name,
-            on_epoch_start=lambda e: setattr(recorder, "epoch", e),
-        )
-        with recorder.probe("final"), torch.no_grad():
-            model(probe_x)
+    with _too_large(name, config):
+        model = build_model(config.model)
+        apply_initializer(model, spec, seed)
+        prepare_model(model, device)
+        weights_init = snapshot_weights(model)
+        probe_x = to_batch(data.test_x[: config.probe_size], device, uses_channels_last(model))
+        recorder = Recorder(model, every=config.record_every, run=name, initializer=spec.label, seed=seed)
+        with recorder:
+            with recorder.probe("init"), torch.no_grad():
+                model(probe_x)
+            outcome = train(
+                model, data.train_x, data.train_y, data.test_x, data.test_y,
+                epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed, device=device,
+                eval_batch_size=config.eval_batch_size, progress=progress, label=name,
+                on_epoch_start=lambda e: setattr(recorder, "epoch", e),
+            )
+            with recorder.probe("final"), torch.no_grad():
+                model(probe_x)
     frame = recorder.frame()
     layers = tuple(recorder.layers())
     evidence = RunEvidence(run=name, spec=spec, frame=frame, layers=layers, weights_init=weights_init,
-                           weights_final=snapshot_weights(model), losses=outcome.step_losses)
+                           weights_final=snapshot_weights(model), losses=outcome.step_losses,
+                           grad_norms=outcome.grad_norms)
     verdicts = check_run(evidence, rng_seed=seed)
     return RunResult(
         name=name, spec=spec, seed=seed, history=outcome.history, test_accuracy=outcome.test_accuracy,
         test_loss=outcome.test_loss, predictions=outcome.predictions, step_losses=outcome.step_losses,
         frame=frame, layers=layers, verdicts=verdicts, theory=theory_rows(evidence),
-        diverged_step=outcome.diverged_step, seconds=time.perf_counter() - start,
+        diverged_step=diverged_step(verdicts, outcome.diverged_step), seconds=time.perf_counter() - start,
     )
+
+
+def diverged_step(verdicts: Sequence[Verdict], stopped_at: int | None) -> int | None:
+    """The step at which a run diverged: the earlier of where training stopped (non-finite loss or gradient
+    norm) and where the ``diverged`` verdict found the first non-finite value (a statistic can overflow
+    before the loss does; the initialization probe counts as step 0). None when neither happened, so a
+    run's status is "diverged" exactly when it stopped early or its ``diverged`` check failed."""
+    steps = [max(0, int(step)) for v in verdicts
+             if v.check == "diverged" and v.status == "fail" and (step := v.effect.get("step")) is not None]
+    if stopped_at is not None:
+        steps.append(stopped_at)
+    return min(steps) if steps else None
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+@contextmanager
+def _too_large(name: str, config: ExperimentConfig) -> Iterator[None]:
+    """Turn "the model or a batch does not fit" (sizes such as --width 1000000) into one-line UsageErrors."""
+    from .errors import UsageError
+
+    advice = "use a smaller --width, --depth or --batch-size"
+    try:
+        yield
+    except MemoryError:
+        raise UsageError(f"{name}: {config.model.label} does not fit in memory; {advice}") from None
+    except RuntimeError as exc:
+        text = str(exc)
+        if not (isinstance(exc, torch.cuda.OutOfMemoryError) or "can't allocate memory" in text
+                or "out of memory" in text.lower()):
+            raise
+        raise UsageError(f"{name}: {config.model.label} does not fit in memory ({_first_line(exc)}); "
+                         f"{advice}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        if "overflow" not in str(exc).lower():
+            raise
+        raise UsageError(f"{name}: {config.model.label} is too large to build ({_first_line(exc)}); "
+                         f"{advice}") from None
 
 
 def assemble(config: ExperimentConfig, data: MnistData, runs: Sequence[RunResult], started: datetime,

@@ -262,17 +262,21 @@ def apply_initializer(model: nn.Module, spec: InitSpec, seed: int) -> None:
     """Re-initialize every Conv/Linear weight of ``model`` in place with ``spec``, seeded by ``seed``.
 
     Biases become zero, except for ``pytorch-default``, which calls each layer's
-    ``reset_parameters()`` under a forked global RNG seeded with ``seed`` (the global RNG state is
-    restored afterwards).
+    ``reset_parameters()`` under a forked global RNG seeded with ``seed``: the CPU generator for a
+    model on the CPU (no CUDA generator is touched), the generators of the model's GPUs otherwise;
+    their states are restored afterwards.
     """
     init = spec.initializer
     params = spec.resolved
     layers = list(weight_layers(model))
     with torch.no_grad():
         if init.fn is None:
-            devices = [d for d in {p.device for p in model.parameters()} if d.type == "cuda"]
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
+            cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+            with torch.random.fork_rng(devices=cuda):
+                if cuda:  # reset_parameters draws from the device's generator
+                    torch.manual_seed(seed)
+                else:  # seed only the CPU generator: no CUDA generator is touched, even lazily
+                    torch.random.default_generator.manual_seed(seed)
                 for _, module in layers:
                     module.reset_parameters()
             return

@@ -24,10 +24,11 @@ import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib import rc_context
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatterSciNotation, NullFormatter
 
-__all__ = ["Curve", "SeriesStyle", "accuracy_plot", "heatmap_pair", "layer_profile", "series_style", "shared_log_norm",
-           "to_svg"]
+__all__ = ["THEORY_SPAN", "Curve", "SeriesStyle", "accuracy_plot", "heatmap_pair", "layer_profile", "series_style",
+           "shared_log_norm", "to_svg"]
 
 _COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#999933")
 """Okabe-Ito palette (colour-blind safe), black and olive appended."""
@@ -35,6 +36,9 @@ _LINESTYLES = ("-", "--", "-.", ":")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _WIDTH_IN = 6.6
 """Figure width in inches: fits an A4 or letter page between margins."""
+_THEORY_DASHES = (0, (4.0, 2.0))
+THEORY_SPAN = 3.0
+"""Decades beyond the measured range within which a theory line keeps the axis open (the rest is clipped)."""
 _RC: dict[str, Any] = {
     "font.family": "DejaVu Sans",
     "font.size": 8.5,
@@ -95,7 +99,7 @@ def _text(s: str) -> str:
 def to_svg(fig: Figure, salt: str) -> str:
     """Serialise ``fig`` to an inline ``<svg>`` string; ``salt`` makes its element ids unique and stable."""
     buf = io.StringIO()
-    with _style({"svg.hashsalt": salt, "svg.id": salt}):
+    with _style({"svg.hashsalt": salt, "svg.id": f"{salt}-svg"}):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight",
                     pad_inches=0.04)
     return _clean_svg(buf.getvalue(), salt)
@@ -107,9 +111,19 @@ def _clean_svg(svg: str, salt: str) -> str:
     several figures can share one HTML page without duplicate ids."""
     svg = _METADATA.sub("", _PROLOG.sub("", svg))
     svg = _XMLNS.sub("", svg).replace("xlink:href=", "href=")
-    keep = {salt, *_REF.findall(svg)}
+    svg = _QUAD.sub(_rect, svg)
+    keep = {f"{salt}-svg", *_REF.findall(svg)}
     svg = _ID.sub(lambda m: m.group(0) if m.group(1) in keep else "", svg)
     return svg.strip() + "\n"
+
+
+def _rect(m: re.Match[str]) -> str:
+    """An axis-aligned cell path of a vector heatmap as a ``<rect>`` (a third of the bytes)."""
+    x0, y0, x1, y1 = (float(m.group(i)) for i in (1, 2, 3, 4))
+    clip = m.group(5) or ""
+    return (f'<rect x="{min(x0, x1):.2f}" y="{min(y0, y1):.2f}" width="{abs(x1 - x0):.2f}" '
+            f'height="{abs(y1 - y0):.2f}" {clip}style="fill:{m.group(6)};stroke:{m.group(6)};'
+            f'stroke-width:{m.group(7)}"/>')
 
 
 def _figure(height_in: float) -> Figure:
@@ -141,21 +155,44 @@ class _ZeroFloorFormatter(LogFormatterSciNotation):
         return "0" if math.isclose(x, self.floor, rel_tol=1e-9) else str(super().__call__(x, pos))
 
 
+def _positive(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """The positive finite values of ``arrays``, concatenated."""
+    return np.concatenate([a[np.isfinite(a) & (a > 0)] for a in arrays] or [np.zeros(0)])
+
+
+def _as_array(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
 def layer_profile(values: Mapping[str, Sequence[float | None]], layers: Sequence[str], *, title: str,
                   ylabel: str, salt: str, styles: Mapping[str, int] | None = None,
-                  xlabel: str = "layer (execution order)") -> str:
-    """Line plot of a positive quantity per layer (log y), one line per series.
+                  xlabel: str = "layer (execution order)",
+                  theory: Mapping[str, Sequence[float | None]] | None = None,
+                  theory_label: str = "theory") -> str:
+    """Line plot of a positive quantity per layer (log y), one line per series, legend outside the axes.
 
     ``values[label][i]`` belongs to ``layers[i]``; None/NaN/Inf leave a gap. Exact zeros cannot sit on
     a log axis: they are drawn with hollow markers on a dotted floor line labelled "= 0".
+    ``theory[label]`` (optional) is the profile a theory expects for series ``label``: a thin dashed line
+    in the series' colour with small hollow markers (its shape tells the series apart in grey print).
+    Theory values more than :data:`THEORY_SPAN` decades beyond the measured range are clipped by the
+    axis, so a far-off prediction cannot squash the measurements into a line.
     """
     with _style():
-        fig = _figure(3.1 + 0.012 * max((len(n) for n in layers), default=0))
+        fig = _figure(3.1 + 0.03 * max((len(n) for n in layers), default=0))
         ax = fig.add_subplot()
-        arrays = {k: np.array([np.nan if v is None else float(v) for v in vs], dtype=float)
-                  for k, vs in values.items()}
-        positive = np.concatenate([a[np.isfinite(a) & (a > 0)] for a in arrays.values()] or [np.zeros(0)])
-        lowest = float(positive.min()) if positive.size else 1.0
+        arrays = {k: _as_array(vs) for k, vs in values.items()}
+        expected = {k: _as_array(vs) for k, vs in (theory or {}).items()}
+        measured = _positive(list(arrays.values()))
+        if measured.size:
+            span = 10.0 ** THEORY_SPAN
+            lo_ok, hi_ok = float(measured.min()) / span, float(measured.max()) * span
+            near = _positive([np.where((e >= lo_ok) & (e <= hi_ok), e, np.nan) for e in expected.values()])
+            shown_range = np.concatenate([measured, near])
+        else:
+            shown_range = _positive(list(expected.values()))
+        lowest = float(shown_range.min()) if shown_range.size else 1.0
+        highest = float(shown_range.max()) if shown_range.size else 1.0
         floor = 10.0 ** (math.floor(math.log10(lowest)) - 1)
         any_zero = False
         x = np.arange(len(layers))
@@ -163,13 +200,22 @@ def layer_profile(values: Mapping[str, Sequence[float | None]], layers: Sequence
             st = series_style(styles.get(label, i) if styles else i)
             shown = np.where(np.isfinite(arr) & (arr > 0), arr, np.nan)
             ax.plot(x, shown, color=st.color, linestyle=st.linestyle, marker=st.marker, markersize=4.5,
-                    linewidth=1.4, label=_text(label))
+                    linewidth=1.4, label=_text(label), zorder=3)
             zeros = np.isfinite(arr) & (arr == 0)
             if zeros.any():
                 any_zero = True
                 ax.plot(x[zeros], np.full(int(zeros.sum()), floor), linestyle="none", marker=st.marker,
-                        markersize=5, markerfacecolor="none", markeredgecolor=st.color)
+                        markersize=5, markerfacecolor="none", markeredgecolor=st.color, zorder=3)
+        for i, (label, arr) in enumerate(expected.items()):
+            st = series_style(styles.get(label, i) if styles else i)
+            shown = np.where(np.isfinite(arr) & (arr > 0), arr, np.nan)
+            if np.isfinite(shown).any():
+                ax.plot(x, shown, color=st.color, linestyle=_THEORY_DASHES, linewidth=0.8, marker=st.marker,
+                        markersize=3, markerfacecolor="white", markeredgewidth=0.7, zorder=2)
         ax.set_yscale("log")
+        top = 10.0 ** (math.log10(highest) + 0.25)
+        bottom = floor / 10.0 ** 0.25 if any_zero else 10.0 ** (math.log10(lowest) - 0.25)
+        ax.set_ylim(bottom, top)
         if any_zero:
             ax.yaxis.set_major_formatter(_ZeroFloorFormatter(floor))
             ax.axhline(floor, color="#777777", linestyle=":", linewidth=0.8)
@@ -182,43 +228,89 @@ def layer_profile(values: Mapping[str, Sequence[float | None]], layers: Sequence
         ax.set_title(_text(title), loc="left")
         ax.grid(True, which="major", axis="y", color="#dddddd", linewidth=0.6)
         if arrays:
-            ax.legend(title="initializer", loc="best", frameon=False, ncols=2 if len(arrays) > 4 else 1)
+            handles, names = ax.get_legend_handles_labels()
+            if any(np.isfinite(np.where(e > 0, e, np.nan)).any() for e in expected.values()):
+                handles.append(Line2D([], [], color="#555555", linestyle=_THEORY_DASHES, linewidth=0.8, marker="o",
+                                      markersize=3, markerfacecolor="white", markeredgewidth=0.7))
+                names.append(_text(theory_label))
+            ax.legend(handles, names, title="initializer", loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                      frameon=False, borderaxespad=0.0)
         return to_svg(fig, salt)
 
 
 def accuracy_plot(curves: Sequence[Curve], *, salt: str, styles: Mapping[str, int] | None = None) -> str:
-    """Test accuracy (fraction) per epoch, one line per initializer; a band spans the seeds' min..max."""
+    """Test accuracy per epoch, one line per initializer; a band spans the seeds' min..max.
+
+    Two panels: accuracy as a fraction on 0..1 (the whole picture: a run stuck at chance shows), and the
+    test error ``1 - accuracy`` on a log axis, which pulls apart runs that all end near 1.
+    """
     with _style():
         fig = _figure(3.0)
-        ax = fig.add_subplot()
+        left, right = fig.subplots(1, 2)
         max_epoch = 1
         for i, c in enumerate(curves):
             st = series_style(styles.get(c.label, i) if styles else i)
-            ax.plot(c.epochs, c.mean, color=st.color, linestyle=st.linestyle, marker=st.marker, markersize=4.5,
-                    linewidth=1.4, label=_text(c.label))
+            error = [max(1.0 - a, MIN_ERROR) for a in c.mean]
+            for ax, ys in ((left, c.mean), (right, error)):
+                ax.plot(c.epochs, ys, color=st.color, linestyle=st.linestyle, marker=st.marker, markersize=4.5,
+                        linewidth=1.4, label=_text(c.label))
             if any(lo != hi for lo, hi in zip(c.low, c.high, strict=True)):
-                ax.fill_between(c.epochs, c.low, c.high, color=st.color, alpha=0.15, linewidth=0)
+                left.fill_between(c.epochs, c.low, c.high, color=st.color, alpha=0.15, linewidth=0)
+                right.fill_between(c.epochs, [max(1.0 - h, MIN_ERROR) for h in c.high],
+                                   [max(1.0 - lo, MIN_ERROR) for lo in c.low], color=st.color, alpha=0.15,
+                                   linewidth=0)
             max_epoch = max(max_epoch, *c.epochs) if c.epochs else max_epoch
-        ax.set_xlim(0.8, max_epoch + 0.2)
-        ax.set_xticks(list(range(1, max_epoch + 1, max(1, math.ceil(max_epoch / 20)))))
-        ax.set_ylim(0.0, 1.0)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (fraction)")
-        ax.set_title("Test accuracy after each epoch", loc="left")
-        ax.grid(True, color="#dddddd", linewidth=0.6)
+        for ax in (left, right):
+            ax.set_xlim(0.8, max_epoch + 0.2)
+            ax.set_xticks(list(range(1, max_epoch + 1, max(1, math.ceil(max_epoch / 10)))))
+            ax.set_xlabel("epoch")
+            ax.grid(True, which="major", color="#dddddd", linewidth=0.6)
+        left.set_ylim(0.0, 1.0)
+        left.set_ylabel("test accuracy (fraction)")
+        left.set_title("Test accuracy after each epoch", loc="left")
+        right.set_yscale("log")
+        right.set_ylabel("test error, 1 − accuracy (log scale)")
+        right.set_title("Test error (log scale)", loc="left")
         if curves:
-            ax.legend(title="initializer", loc="lower right", frameon=False, ncols=2 if len(curves) > 4 else 1)
+            right.legend(title="initializer", loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+                         borderaxespad=0.0)
         return to_svg(fig, salt)
 
 
+MIN_ERROR = 1e-4
+"""Test errors below this (a perfect epoch) are drawn at it: zero has no place on a log axis."""
+
+
+MIN_NORM_SPAN = 4.0
+"""A heatmap's colour scale spans at least this factor (centred on its values), so a nearly constant
+panel reads as one colour instead of noise stretched over the whole colour map."""
+_MISSING = "#e4e4e4"
+_LEVELS = 64
+"""Colours of a heatmap's colour map: enough for a smooth scale, few enough for a small vector colour bar."""
+_SEAM = 0.3
+"""Width (points) of each cell's outline in its own colour: hides the hairline seams viewers draw between
+abutting vector cells."""
+_QUAD = re.compile(r'<path d="M (\S+) (\S+) \nL (\S+) \2 \nL \3 (\S+) \nL \1 \4 \nL \1 \2 \n" '
+                   r'(clip-path="[^"]*" )?style="fill: (#[0-9a-f]{6}); stroke: \6; stroke-width: ([\d.]+)"/>')
+
+
 def _norm(matrices: Sequence[np.ndarray]) -> mcolors.LogNorm:
-    values = np.concatenate([m[np.isfinite(m) & (m > 0)] for m in matrices] or [np.zeros(0)])
+    values = _positive(list(matrices))
     if values.size == 0:
         return mcolors.LogNorm(1e-3, 1.0)
     lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        lo, hi = lo / 10.0, hi * 10.0
+    if hi < lo * MIN_NORM_SPAN:
+        centre, half = math.sqrt(lo * hi), math.sqrt(MIN_NORM_SPAN)
+        lo, hi = centre / half, centre * half
     return mcolors.LogNorm(lo, hi)
+
+
+def _edges(centres: np.ndarray) -> np.ndarray:
+    """Cell edges around sorted ``centres``: midpoints inside, half a gap beyond each end."""
+    if len(centres) == 1:
+        return np.array([centres[0] - 0.5, centres[0] + 0.5])
+    mid = (centres[1:] + centres[:-1]) / 2
+    return np.concatenate([[2 * centres[0] - mid[0]], mid, [2 * centres[-1] - mid[-1]]])
 
 
 def heatmap_pair(panels: Sequence[tuple[str, np.ndarray, mcolors.Normalize | None]], layers: Sequence[str],
@@ -227,24 +319,38 @@ def heatmap_pair(panels: Sequence[tuple[str, np.ndarray, mcolors.Normalize | Non
 
     ``panels``: ``(panel title, matrix of shape (len(layers), len(steps)), norm or None)``; None derives
     a LogNorm from the panel (:func:`shared_log_norm` makes one for several). Zero, negative or
-    non-finite cells are drawn light grey.
+    non-finite cells are drawn light grey. Cells are vector quads (``pcolormesh``), colour bars too, so
+    the figure stays sharp at any zoom and in print.
     """
     with _style():
-        fig = _figure(1.5 + 0.2 * len(layers))
+        height = 1.5 + 0.2 * len(layers)
+        fig = _figure(height)
         axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-        s = np.asarray(steps, dtype=float)
-        half = (s[1] - s[0]) / 2 if len(s) > 1 else 0.5
-        extent = (s[0] - half, s[-1] + half, len(layers) - 0.5, -0.5) if len(s) else (0, 1, 1, 0)
+        s = np.asarray(steps, dtype=float) if len(steps) else np.zeros(1)
+        x_edges = _edges(s)
+        y_edges = np.arange(len(layers) + 1, dtype=float) - 0.5
         for k, (ax, (name, matrix, norm)) in enumerate(zip(axes, panels, strict=True)):
-            cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#e4e4e4", under="#e4e4e4")
+            cmap = matplotlib.colormaps["viridis"].resampled(_LEVELS).with_extremes(bad=_MISSING, under=_MISSING)
             data = np.ma.masked_where(~(np.isfinite(matrix) & (matrix > 0)), matrix)
-            image = ax.imshow(data, aspect="auto", interpolation="none", cmap=cmap,
-                              norm=norm or _norm([matrix]), extent=extent)
-            bar = fig.colorbar(image, ax=ax, pad=0.02, fraction=0.06)
+            if data.shape != (len(layers), len(x_edges) - 1):
+                data = np.ma.masked_all((len(layers), len(x_edges) - 1))
+            ax.set_facecolor(_MISSING)
+            mesh = ax.pcolormesh(x_edges, y_edges, data, cmap=cmap, norm=norm or _norm([matrix]),
+                                 shading="flat", edgecolors="face", linewidth=_SEAM, antialiased=False)
+            ax.set_ylim(y_edges[-1], y_edges[0])  # first layer on top
+            bar = fig.colorbar(mesh, ax=ax, pad=0.02, fraction=0.06, aspect=max(12.0, (height - 1.0) / 0.1))
+            if bar.solids is not None:  # vector, seams covered like the cells'
+                bar.solids.set_rasterized(False)
+                bar.solids.set_edgecolor("face")
+                bar.solids.set_linewidth(_SEAM)
             bar.set_label("variance (log scale)")
-            lo, hi = image.norm.vmin, image.norm.vmax
+            lo, hi = mesh.norm.vmin, mesh.norm.vmax
             if lo and hi and math.log10(hi / lo) >= 1:  # decades labelled: minor labels would crowd
                 bar.ax.yaxis.set_minor_formatter(NullFormatter())
+            if data.count() == 0:  # no scale to show
+                bar.ax.set_visible(False)
+                ax.text(0.5, 0.5, "every cell zero or not finite", transform=ax.transAxes, ha="center",
+                        va="center", fontsize=7.5, color="#333333")
             ax.set_title(_text(name), loc="left")
             ax.set_xlabel("training step")
             if k == 0:

@@ -26,6 +26,7 @@ from . import __version__
 from .errors import OutputError, UsageError
 
 if TYPE_CHECKING:
+    from .audit import AuditResult
     from .experiment import ExperimentResult, RunResult
 
 from .report_context import ReportContext, build_context, init_values, json_safe, layer_table
@@ -34,11 +35,13 @@ __all__ = [
     "SCHEMA_VERSION",
     "FetchRefused",
     "ReportContext",
+    "audit_summary_json",
     "build_context",
     "layer_table",
     "pdf_bytes",
     "render_html",
     "summary_json",
+    "write_audit_report",
     "write_pdf",
     "write_report",
 ]
@@ -230,6 +233,88 @@ def write_report(result: ExperimentResult, out_dir: Path, formats: Sequence[str]
     writers["pdf"] = ("report.pdf", lambda: pdf_bytes(get_html(), paper))
     writers["json"] = ("summary.json", lambda: json.dumps(summary_json(result), indent=2, allow_nan=False) + "\n")
     writers["csv"] = ("series.csv", lambda: result.frame().to_csv(index=False, float_format="%.9g"))
+    paths: dict[str, Path] = {}
+    for fmt_name in formats:
+        if fmt_name not in writers:
+            raise UsageError(f"unknown report format '{fmt_name}'; choose from {', '.join(writers)}")
+        name, make = writers[fmt_name]
+        paths[fmt_name] = out_dir / name
+        _atomic_write(paths[fmt_name], make())
+    return paths
+
+
+# == audit variant =========================================================================================
+def audit_summary_json(result: AuditResult) -> dict[str, Any]:
+    """``summary.json`` of an audit: the schema of :func:`summary_json` with ``"kind": "audit"``.
+
+    One run per audited initialization (``history`` empty, ``test_accuracy``/``test_loss`` null, ``seed`` the
+    audit's seed), each with two more keys: ``"failed"`` (its ``--fail-on`` names) and ``"weights"``
+    (``LayerWeight.to_json()`` per weight layer: ``layer``, ``module``, ``activation``, ``shape``, ``variance``,
+    ``recommended``, ``recommended_variance``, ``ratio``, ``default_init``, ``reinitialized``). ``model`` is
+    the audited target; ``dataset`` describes the inputs (``name`` the input kind, ``train_size`` the samples
+    pushed through, ``test_size`` 0); ``config`` is ``AuditConfig.to_json()``; ``comparisons`` and
+    ``accuracy`` are empty. Added at the top level: ``"passed"`` (no fail verdict) and ``"recommendation"``
+    (``{"initializer", "evidence", "compared"}``). The ``*_init`` layer values are averaged over the batches.
+    """
+    inputs = result.inputs
+    runs = []
+    for run in result.runs:
+        data = _run_json(run)
+        data["failed"] = list(run.failed)
+        data["weights"] = [w.to_json() for w in run.weights]
+        runs.append(data)
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "initdiag",
+        "version": __version__,
+        "kind": "audit",
+        "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "command": result.command,
+        "model": result.model,
+        "dataset": {"name": inputs.kind, "source": inputs.source, "kind": inputs.kind,
+                    "train_size": inputs.batches * inputs.batch_shape[0], "test_size": 0, "files": dict(inputs.files),
+                    "description": inputs.description, "batch_shape": list(inputs.batch_shape),
+                    "dtype": inputs.dtype},
+        "config": result.config.to_json(),
+        "environment": dict(result.environment),
+        "duration_seconds": result.seconds,
+        "missing": [],
+        "runs": runs,
+        "comparisons": [],
+        "accuracy": {},
+        "passed": result.passed,
+        "recommendation": result.recommendation.to_json(),
+    }
+    cleaned: dict[str, Any] = json_safe(data)
+    return cleaned
+
+
+def write_audit_report(result: AuditResult, out_dir: Path, formats: Sequence[str] = ("html", "pdf", "json", "csv"),
+                       paper: str = "a4") -> dict[str, Path]:
+    """Write an audit's report into ``out_dir`` as :func:`write_report` does (same files; ``series.csv``
+    holds every batch, ``step`` = batch)."""
+    from .report_context import build_audit_context
+
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output directory {out_dir}: {exc.strerror or exc}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise OutputError(f"the output directory {out_dir} is not writable")
+    html: list[str] = []
+
+    def get_html() -> str:
+        if not html:
+            html.append(render_html(build_audit_context(result)))
+        return html[0]
+
+    writers: dict[str, tuple[str, Callable[[], bytes | str]]] = {
+        "html": ("report.html", get_html),
+        "pdf": ("report.pdf", lambda: pdf_bytes(get_html(), paper)),
+        "json": ("summary.json", lambda: json.dumps(audit_summary_json(result), indent=2, allow_nan=False) + "\n"),
+        "csv": ("series.csv", lambda: result.frame.to_csv(index=False, float_format="%.9g")),
+    }
     paths: dict[str, Path] = {}
     for fmt_name in formats:
         if fmt_name not in writers:

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import plots
+from . import plots, report_signal
 
 if TYPE_CHECKING:
+    from .audit import AuditResult, AuditRun
     from .checks import Comparison, TheoryRow, Verdict
     from .experiment import ExperimentResult, RunResult
 
@@ -45,6 +46,7 @@ __all__ = [
     "TocEntry",
     "UnitSection",
     "VerdictGrid",
+    "build_audit_context",
     "build_context",
     "check_title",
     "family",
@@ -224,14 +226,20 @@ class LayerRow:
     forward_var: str
     backward_var: str
     weight_var: str
+    weight_vs_recommended: str = ""
+    """Audit: Var(W) over the Var(W) of the initializer advised for the activation, e.g. "0.167x he"."""
+    init: str = ""
+    """Audit: how the weight was set ("PyTorch default", "re-initialized: he", ...)."""
 
 
 @dataclass(frozen=True)
 class LayerTable:
-    """Per-layer statistics at initialization for one run (the audit variant's main table)."""
+    """Per-layer statistics at initialization for one run (the audit variant's main table); ``weights``:
+    show the rows' ``weight_vs_recommended`` and ``init`` columns."""
 
     run: str
     rows: tuple[LayerRow, ...]
+    weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -284,6 +292,8 @@ class ReportContext:
     findings: tuple[FindingGroup, ...]
     methods: tuple[Method, ...]
     layer_tables: tuple[LayerTable, ...] = ()
+    recommendation: str = ""
+    """Audit: the initializer to use and the evidence (shown under the verdict summary)."""
 
     @property
     def toc(self) -> tuple[TocEntry, ...]:
@@ -490,7 +500,7 @@ def _accuracy(result: ExperimentResult, labels: list[str], styles: dict[str, int
         RunRow(r.label, r.seed, fixed(r.test_accuracy), fixed(r.test_loss),
                Badge("fail", _SYMBOLS["fail"], "diverged") if r.status == "diverged"
                else Badge("pass", _SYMBOLS["pass"], "ok"),
-               f"loss not finite at step {r.diverged_step}" if r.diverged_step is not None else "",
+               f"diverged at step {r.diverged_step}" if r.diverged_step is not None else "",
                f"{r.seconds:.1f}")
         for r in result.runs)
     means = tuple(
@@ -507,7 +517,9 @@ def _accuracy(result: ExperimentResult, labels: list[str], styles: dict[str, int
                                   tuple(min(p) for p in per), tuple(max(p) for p in per)))
     figure = Figure("fig-accuracy", plots.accuracy_plot(curves, salt="fig-accuracy", styles=styles),
                     "Test accuracy after each epoch, one line per initializer"
-                    + (" (mean over seeds; the band spans min to max)." if multi else ".")) if curves else None
+                    + (" (mean over seeds; the band spans min to max)" if multi else "")
+                    + "; right: the test error (1 − accuracy) on a log scale, which separates runs that all "
+                    "end near 1.") if curves else None
     return AccuracySection(rows, means, comparisons, figure)
 
 
@@ -553,24 +565,33 @@ def _matrix(frame: pd.DataFrame, kind: str, layers: list[str], steps: np.ndarray
 
 
 def _signal(runs: Sequence[RunResult], labels: list[str], styles: dict[str, int],
-            multi: bool) -> SignalSection | None:
+            multi: bool, over_training: bool = True) -> SignalSection | None:
     if not runs:
         return None
     layers = _layer_order(runs)
+    names = report_signal.layer_labels(runs, layers)
     figures: list[Figure | None] = []
-    for kind, what, fid in (("forward", "Activation variance", "fig-forward"),
-                            ("backward", "Gradient variance (dL/d output)", "fig-backward")):
+    for kind, what, fid, fan, anchor in (
+            ("forward", "Activation variance", "fig-forward", "fan_in", "first"),
+            ("backward", "Gradient variance (dL/d output)", "fig-backward", "fan_out", "last")):
         values: dict[str, list[float | None]] = {}
+        expected: dict[str, list[float | None]] = {}
         for label in labels:
             per_seed = [init_values(r.frame, kind) for r in runs if r.label == label]
             values[label] = [_mean_or_none([p.get(name) for p in per_seed]) for name in layers]
-        svg = plots.layer_profile(values, layers, title=f"{what} per layer at initialization (step 0)",
+            first = next(r for r in runs if r.label == label)
+            expected[label] = report_signal.theory_profile(first, layers, kind, values[label])
+        svg = plots.layer_profile(values, names, title=f"{what} per layer at initialization (step 0)",
                                   ylabel="variance (log scale)", salt=fid, styles=styles,
-                                  xlabel="Conv/Linear layer (execution order)")
+                                  xlabel="Conv/Linear layer (execution order)", theory=expected,
+                                  theory_label="theory (thin dashed)")
         figures.append(Figure(fid, svg, f"{what} of each Conv/Linear layer's output at the first training step"
-                              + (", mean over seeds" if multi else "") + "; log scale."))
+                              + (", mean over seeds" if multi else "") + "; log scale. Thin dashed lines with "
+                              "hollow markers: the variance theory expects from each initializer (gain per layer "
+                              f"{fan} x Var(W) x c, c = 1/2 after ReLU, 1 linear), started from the measured "
+                              f"value at the {anchor} layer."))
     firsts = [next(r for r in runs if r.label == label) for label in labels]
-    steps = [_heat_steps(r.frame) for r in firsts]
+    steps = [_heat_steps(r.frame) if over_training else np.zeros(0, np.int64) for r in firsts]  # audit: none
     mats = {kind: [_matrix(r.frame, kind, layers, st) for r, st in zip(firsts, steps, strict=True)]
             for kind in ("forward", "backward")}
     heatmaps = []
@@ -580,7 +601,7 @@ def _signal(runs: Sequence[RunResult], labels: list[str], styles: dict[str, int]
         fid = f"fig-heat-{i}"
         svg = plots.heatmap_pair([("activation variance", mats["forward"][i], None),
                                   ("gradient variance", mats["backward"][i], None)],
-                                 layers, [int(s) for s in steps[i]], title=run.name, salt=fid)
+                                 names, [int(s) for s in steps[i]], title=run.name, salt=fid)
         heatmaps.append(Figure(fid, svg, f"{run.name}: variance per layer over training."))
     theory = tuple(_theory(t, _run_label(r, multi)) for r in runs for t in r.theory)
     note = (f"Each heatmap shows at most {MAX_HEATMAP_STEPS} training steps (every k-th recorded step); "
@@ -633,3 +654,82 @@ def layer_table(run: RunResult) -> LayerTable:
     return LayerTable(run.name, tuple(
         LayerRow(layer.name, layer.module, layer.depth, layer.activation or "—", fmt(fwd.get(layer.name)),
                  fmt(bwd.get(layer.name)), fmt(wgt.get(layer.name))) for layer in run.layers))
+
+
+# == audit variant =========================================================================================
+# The report of `initdiag audit` (no training): built from an AuditResult, rendered by the same templates.
+def build_audit_context(result: AuditResult) -> ReportContext:
+    """The audit variant: no accuracy section, a per-layer table per audited initialization, the
+    recommendation under the verdict summary, no heatmaps over training (nothing trains)."""
+    from dataclasses import replace
+
+    runs = result.runs
+    labels = list(dict.fromkeys(r.label for r in runs))
+    signal = _signal(runs, labels, {label: i for i, label in enumerate(labels)}, False, over_training=False)
+    if signal is not None:
+        signal = replace(signal, heatmaps=(), heatmap_note="An audit does not train: no variance over training.")
+    rec = result.recommendation
+    return ReportContext(
+        kind="audit",
+        title=f"initdiag audit: {result.model}",
+        model=result.model,
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        provenance=_audit_provenance(result),
+        notices=(result.inputs.notice,) if result.inputs.notice else (),
+        missing=(),
+        grid=_grid(runs, False),
+        accuracy=None,
+        signal=signal,
+        units=_units(runs, False),
+        findings=_findings(runs, False),
+        methods=_methods(),
+        layer_tables=tuple(_audit_layer_table(run) for run in runs),
+        recommendation=rec.evidence,
+    )
+
+
+_INPUT_KINDS = {"normal": "standard normal inputs", "tokens": "random token ids", "mnist": "MNIST images",
+                "example": "the caller's example input"}
+
+
+def _audit_provenance(result: AuditResult) -> Provenance:
+    env, inputs = result.environment, result.inputs
+    versions = ", ".join(f"{k} {env[k]}" for k in ("initdiag", "torch", "python") if k in env)
+    config = tuple(KeyValue(k, v if isinstance(v, str) else json.dumps(json_safe(v), sort_keys=True))
+                   for k, v in result.config.to_json().items())
+    return Provenance(
+        command=result.command,
+        date=result.started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        versions=versions or "—",
+        seeds=str(result.config.seed),
+        dataset=_INPUT_KINDS.get(inputs.kind, inputs.kind),
+        source=inputs.source,
+        sizes=inputs.description,
+        duration=fmt_seconds(result.seconds),
+        machine=", ".join(env[k] for k in ("platform", "device", "gpu") if k in env) or "—",
+        files=tuple(DataFile(k, v) for k, v in sorted(inputs.files.items())),
+        environment=tuple(KeyValue(k, str(v)) for k, v in env.items()),
+        config=config,
+    )
+
+
+def _audit_layer_table(run: AuditRun) -> LayerTable:
+    """:func:`layer_table` with each weight against the initializer advised for its activation."""
+    from dataclasses import replace
+
+    weights = {w.layer: w for w in run.weights}
+    infos = {la.name: la for la in run.layers}
+    rows = []
+    for row in layer_table(run).rows:
+        info = infos.get(row.name)
+        w = weights.get(info.module_name) if info is not None and info.role == "weight" else None
+        if w is None:
+            rows.append(row)
+            continue
+        versus = f"{fmt(w.ratio)}x {w.recommended}" if w.ratio is not None else "—"
+        how = (f"re-initialized: {run.label}" if w.reinitialized else "PyTorch default" if w.default_init
+               else "as given")
+        if not w.reinitialized and run.label != "keep":
+            how += " (kept: only Conv/Linear weights are re-initialized)"
+        rows.append(replace(row, weight_vs_recommended=versus, init=how))
+    return LayerTable(run.label, tuple(rows), weights=True)

@@ -1,9 +1,12 @@
 """Executing an experiment's runs: in turn, or in parallel worker processes; each run saved as it ends.
 
 Every run is seeded by its own seed only (initial weights, batch order), so a run gives the same
-result whether it runs alone, in turn with others, or in a worker process (up to floating-point
-noise from a different thread count). With ``jobs > 1`` the cores are split between the workers:
-two processes with one thread each ran two models 1.12x faster than one process with two threads.
+result whether it runs alone, in turn with others, or in a worker process, as long as it runs with
+the same number of threads (a different thread count changes the floating-point results in the last
+bits). With ``jobs > 1`` the cores are split between the workers: two processes with one thread each
+ran two models 1.12x faster than one process with two threads. The jobs and threads are decided from
+the whole plan, not from the runs left to do, so ``--resume`` runs each remaining run with the thread
+count it would have had without the interruption, and gets the same numbers.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from .initializers import InitSpec
 from .progress import MultiProgress, NullProgress, Progress, QueueProgress
 from .store import RunStore
 
-__all__ = ["ExperimentInterrupted", "Task", "available_cores", "default_jobs", "execute", "plan", "run_experiment"]
+__all__ = ["ExperimentInterrupted", "Task", "available_cores", "default_jobs", "execute", "plan", "run_experiment",
+           "threads_per_run"]
 
 Task = tuple[InitSpec, int]
 
@@ -54,28 +58,46 @@ def default_jobs(n_runs: int, device: torch.device) -> int:
     return max(1, min(n_runs, available_cores()))
 
 
+def threads_per_run(jobs: int) -> int | None:
+    """Torch threads of each run with ``jobs`` workers: the cores split between them; None (torch's own
+    default) with one job."""
+    return None if jobs <= 1 else max(1, available_cores() // jobs)
+
+
 def execute(config: ExperimentConfig, data: MnistData, tasks: Sequence[Task], *, jobs: int,
             device: torch.device, progress: Progress | None = None,
-            on_done: Callable[[RunResult], None] | None = None) -> list[RunResult]:
+            on_done: Callable[[RunResult], None] | None = None, threads: int | None = None) -> list[RunResult]:
     """Run ``tasks``; call ``on_done`` with each finished run (in completion order); return them in
     task order. An interrupt propagates after the workers are stopped; finished runs were already
-    handed to ``on_done``."""
+    handed to ``on_done``.
+
+    ``threads``: torch threads per run (default :func:`threads_per_run` of ``min(jobs, len(tasks))``);
+    a run done in this process (one job, or one task) uses them too, restored afterwards.
+    """
     progress = progress or NullProgress()
     on_done = on_done or (lambda run: None)
+    if threads is None:
+        threads = threads_per_run(min(jobs, len(tasks)))
     if jobs <= 1 or len(tasks) <= 1:
-        results = []
-        for spec, seed in tasks:
-            run = run_one(config, spec, seed, data, progress, device)
-            on_done(run)
-            results.append(run)
-        return results
-    return _parallel(config, data, tasks, jobs, device, progress, on_done)
+        before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            results = []
+            for spec, seed in tasks:
+                run = run_one(config, spec, seed, data, progress, device)
+                on_done(run)
+                results.append(run)
+            return results
+        finally:
+            torch.set_num_threads(before)
+    return _parallel(config, data, tasks, jobs, device, progress, on_done,
+                     threads or max(1, available_cores() // min(jobs, len(tasks))))
 
 
 def _parallel(config: ExperimentConfig, data: MnistData, tasks: Sequence[Task], jobs: int, device: torch.device,
-              progress: Progress, on_done: Callable[[RunResult], None]) -> list[RunResult]:
+              progress: Progress, on_done: Callable[[RunResult], None], threads: int) -> list[RunResult]:
     jobs = min(jobs, len(tasks))
-    threads = max(1, available_cores() // jobs)
     use_fork = device.type == "cpu" and "fork" in mp.get_all_start_methods()
     ctx: Any = mp.get_context("fork") if use_fork else torch.multiprocessing.get_context("spawn")
     queue = ctx.Queue()
@@ -150,6 +172,7 @@ def run_experiment(config: ExperimentConfig, data: MnistData, progress: Progress
     if finished and progress is not None:
         progress.message(f"resuming: {len(tasks) - len(todo)} of {len(tasks)} runs already finished")
     jobs = config.jobs or default_jobs(len(todo), device)
+    threads = None
     started = datetime.now(UTC)
     start = time.perf_counter()
 
@@ -163,7 +186,7 @@ def run_experiment(config: ExperimentConfig, data: MnistData, progress: Progress
         return assemble(config, data, runs, started, earlier + time.perf_counter() - start, argv, device, missing)
 
     try:
-        execute(config, data, todo, jobs=jobs, device=device, progress=progress, on_done=keep)
+        execute(config, data, todo, jobs=jobs, device=device, progress=progress, on_done=keep, threads=threads)
     except KeyboardInterrupt as exc:
         missing = [n for n in (f"{s.label}/seed{seed}" for s, seed in tasks) if n not in finished]
         code = exc.exit_code if isinstance(exc, Interrupted) else 130

@@ -79,6 +79,16 @@ class RunStore:
         self.runs_dir = self.root / "runs"
 
     def save_plan(self, config: ExperimentConfig, argv: Sequence[str]) -> None:
+        """Start a new experiment here: runs saved by an earlier one (other settings, perhaps) are
+        removed first, so that only ``--resume`` ever reuses saved runs."""
+        if self.runs_dir.is_dir():
+            for path in self.runs_dir.glob("*.pkl"):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise OutputError(f"cannot remove the earlier run {path}: {exc.strerror or exc}") from None
         atomic_write(self.root / "plan.pkl", pickle.dumps(Plan(FORMAT_VERSION, config, tuple(argv))))
 
     def load_plan(self) -> Plan:

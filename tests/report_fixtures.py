@@ -6,6 +6,7 @@ Every number is a formula of the layer and step, so the result (and the rendered
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,12 +14,14 @@ from typing import cast
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from initdiag import cli
 from initdiag.checks import Comparison, TheoryRow, Verdict
 from initdiag.config import ExperimentConfig
 from initdiag.data import DataProvenance
 from initdiag.experiment import ExperimentResult, RunResult
-from initdiag.initializers import InitSpec
+from initdiag.initializers import Initializer, InitSpec
 from initdiag.models import ModelSpec
 from initdiag.recorder import FRAME_COLUMNS, LayerInfo
 from initdiag.report_context import Method, ReportContext, build_context
@@ -36,6 +39,14 @@ class LabelSpec:
 
     name: str
     label: str
+
+    @property
+    def initializer(self) -> Initializer:
+        return InitSpec(self.name).initializer
+
+    @property
+    def resolved(self) -> dict[str, float]:
+        return InitSpec(self.name).resolved
 
 
 def _layers(evil: bool) -> tuple[LayerInfo, ...]:
@@ -163,3 +174,51 @@ def fixed_context(evil: bool = False) -> ReportContext:
     """``build_context(fixed_result())`` with the parts other modules own pinned (methods text, time)."""
     ctx = build_context(fixed_result(evil))
     return replace(ctx, methods=FIXED_METHODS, generated="2025-01-02 04:00:00 UTC")
+
+
+# -- real reports, made once per test session by the CLI (for the browser and PDF checks) ---------------
+REAL_REPORT_ARGS = ("report", "--dataset", "mnist-sample", "--limit-train", "256", "--epochs", "1",
+                    "--init", "zeros,he", "--format", "html,pdf,json")
+"""A small real ``initdiag report`` (cnn): one failing and one healthy initializer, seconds to train."""
+AUDIT_MODEL = f'''
+from collections import OrderedDict
+
+from torch import nn
+
+HostileConv = type({EVIL_LABEL!r}, (nn.Conv2d,), {{}})
+
+
+def build() -> nn.Module:
+    """A small CNN whose first layer has a hostile name and a hostile class name."""
+    return nn.Sequential(OrderedDict([
+        ({EVIL_LAYER!r}, HostileConv(1, 8, 3)), ("act1", nn.ReLU()), ("pool", nn.MaxPool2d(2)),
+        ("flat", nn.Flatten()), ("fc", nn.Linear(8 * 13 * 13, 32)), ("act2", nn.ReLU()),
+        ("head", nn.Linear(32, 10)),
+    ]))
+'''
+_MADE: dict[str, Path] = {}
+
+
+def real_report(factory: pytest.TempPathFactory) -> Path:
+    """The output directory of :data:`REAL_REPORT_ARGS`, run once per session."""
+    if "report" not in _MADE:
+        out = factory.mktemp("real-report") / "out"
+        assert cli.main([*REAL_REPORT_ARGS, "--out", str(out)]) == 0
+        _MADE["report"] = out
+    return _MADE["report"]
+
+
+def real_audit_report(factory: pytest.TempPathFactory) -> Path:
+    """The output directory of ``initdiag audit`` on :data:`AUDIT_MODEL`, run once per session (skips
+    when this checkout has no ``audit``)."""
+    if "audit" not in _MADE:
+        if importlib.util.find_spec("initdiag.audit") is None:
+            pytest.skip("audit not available")
+        base = factory.mktemp("real-audit")
+        model = base / "hostile_model.py"
+        model.write_text(AUDIT_MODEL, encoding="utf-8")
+        out = base / "out"
+        assert cli.main(["audit", f"{model}:build", "--input-shape", "1,28,28", "--init", "keep,zeros,he",
+                         "--format", "html,pdf,json", "--out", str(out)]) == 0
+        _MADE["audit"] = out
+    return _MADE["audit"]

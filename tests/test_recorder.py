@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from initdiag.initializers import InitSpec, apply_initializer
 from initdiag.models import seed_cnn
-from initdiag.recorder import Recorder, channel_sums
+from initdiag.recorder import Recorder, channel_moments
 
 
 def _capture(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -58,7 +58,7 @@ def test_cnn_statistics_equal_direct_per_channel_computation(inplace: bool) -> N
     apply_initializer(model, InitSpec("he"), seed=1)
     x = torch.rand(16, 1, 28, 28)
     ref_out, ref_grad = _capture(model, x)
-    with Recorder(model) as rec:
+    with Recorder(model, max_per_channel=None) as rec:
         F.cross_entropy(model(x), torch.arange(len(x)) % 10).backward()
     frame = rec.frame()
     assert set(frame.columns) >= {"run", "initializer", "seed", "epoch", "step", "layer", "depth", "kind",
@@ -113,8 +113,8 @@ def test_linear_on_sequences_uses_last_dim_as_channel() -> None:
 def test_channels_last_layout_gives_same_statistics() -> None:
     torch.manual_seed(0)
     y = torch.randn(4, 5, 6, 7)
-    a = channel_sums(y, 1)
-    b = channel_sums(y.contiguous(memory_format=torch.channels_last), 1)
+    a = channel_moments(y, 1)
+    b = channel_moments(y.contiguous(memory_format=torch.channels_last), 1)
     for u, v in zip(a[:3], b[:3], strict=True):
         assert torch.allclose(u, v, rtol=1e-5)
 
@@ -230,3 +230,82 @@ def test_zero_init_gives_exact_zero_activations_and_hidden_gradients() -> None:
     assert (hidden_grads.value == 0).all()
     assert _values(frame, last, "backward")["var"] > 0  # only the output layer gets a gradient
     assert np.isfinite(frame.value).all()
+
+
+def test_training_steps_use_the_first_samples_up_to_the_cap_and_probes_use_all() -> None:
+    torch.manual_seed(0)
+    model = seed_cnn()
+    apply_initializer(model, InitSpec("he"), seed=2)
+    x = torch.rand(32, 1, 28, 28)
+    ref_out, ref_grad = _capture(model, x)
+    with Recorder(model, max_per_channel=1000) as rec:
+        F.cross_entropy(model(x), torch.arange(len(x)) % 10).backward()
+        with rec.probe("init"), torch.no_grad():
+            model(x)
+    frame = rec.frame()
+    for name, per_sample in (("0", 26 * 26), ("3", 11 * 11), ("6", 3 * 3)):
+        keep = min(32, -(-1000 // per_sample))  # 2, 9 and all 32 samples
+        got = _values(frame, name, "forward")
+        assert got["var"] == pytest.approx(_direct(ref_out[name][:keep], 1)["var"], rel=1e-5)
+        gotg = _values(frame, name, "backward")
+        assert gotg["var"] == pytest.approx(_direct(ref_grad[name][:keep], 1)["var"], rel=1e-5)
+        probe = frame[(frame.layer == name) & (frame.phase == "init") & (frame.stat == "var")].value.item()
+        assert probe == pytest.approx(_direct(ref_out[name], 1)["var"], rel=1e-5)
+
+
+def test_saturation_fraction_for_tanh_and_sigmoid() -> None:
+    model = nn.Sequential(nn.Linear(10, 50), nn.Tanh(), nn.Linear(50, 50), nn.Sigmoid())
+    nn.init.normal_(model[0].weight, std=3.0)
+    nn.init.normal_(model[2].weight, std=3.0)
+    x = torch.randn(40, 10)
+    with Recorder(model, saturation_tol=0.01) as rec:
+        model(x).sum().backward()
+    frame = rec.frame()
+    h = torch.tanh(model[0](x)).detach()
+    s = torch.sigmoid(model[2](h)).detach()
+    assert _values(frame, "1", "forward")["sat_frac"] == pytest.approx((h.abs() >= 0.99).double().mean().item())
+    want = ((s <= 0.01) | (s >= 0.99)).double().mean().item()
+    assert _values(frame, "3", "forward")["sat_frac"] == pytest.approx(want)
+
+
+def test_recurrent_attention_and_embedding_layers_are_weight_layers() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(20, 6)
+            self.lstm = nn.LSTM(6, 8, batch_first=True)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seq, _ = self.lstm(self.emb(x))
+            att, _ = self.attn(seq, seq, seq)  # need_weights: a second, unused output
+            return self.head(att.mean(1))
+
+    torch.manual_seed(0)
+    model = Net()
+    x = torch.randint(0, 20, (5, 7))
+    ref_out: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_hook(lambda m, i, o, n=n: ref_out.__setitem__(n, o[0] if isinstance(o, tuple) else o))
+               for n, m in model.named_children()]
+    model(x)
+    for h in handles:
+        h.remove()
+    model.zero_grad()
+    with Recorder(model) as rec:
+        model(x).square().sum().backward()
+    frame = rec.frame()
+    layers = rec.layers()
+    # the first floating-point output of each (the LSTM's sequence, the attended values), in execution order
+    assert [(la.name, la.role, la.depth) for la in layers] == [("emb", "weight", 0), ("lstm.0", "weight", 1),
+                                                             ("attn.0", "weight", 2), ("head", "weight", 3)]
+    assert [la.weight_shape for la in layers] == [None, None, None, (3, 8)]  # theory covers Conv/Linear only
+    for la, name in zip(layers, ("emb", "lstm", "attn", "head"), strict=True):
+        want = _direct(ref_out[name].detach(), ref_out[name].dim() - 1)["var"]
+        assert _values(frame, la.name, "forward")["var"] == pytest.approx(want, rel=1e-5), la.name
+        assert _values(frame, la.name, "backward")["var"] > 0, la.name
+    weights = {"emb": model.emb.weight, "lstm.0": model.lstm.weight_ih_l0, "attn.0": model.attn.in_proj_weight}
+    for name, weight in weights.items():
+        want = torch.var(weight.detach(), unbiased=False).item()
+        assert _values(frame, name, "weight")["var"] == pytest.approx(want, rel=1e-6), name
+        assert "var" in _values(frame, name, "weight_grad"), name

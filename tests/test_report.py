@@ -19,9 +19,10 @@ import pandas as pd
 import pytest
 from report_fixtures import EVIL_LABEL, EVIL_LAYER, fixed_context, fixed_result
 
-from initdiag import report
+from initdiag import plots, report, report_signal
 from initdiag.errors import OutputError
 from initdiag.experiment import ExperimentResult
+from initdiag.recorder import LayerInfo
 
 GOLDEN = Path(__file__).parent / "golden" / "report.html"
 UPDATE = os.environ.get("INITDIAG_UPDATE_GOLDEN") == "1"
@@ -213,3 +214,46 @@ def test_audit_variant_reuses_the_context() -> None:
     assert [e.id for e in ctx.toc][:3] == ["summary", "layers", "signal"]
     table = html[html.index('<section id="layers">'):html.index('<section id="signal">')]
     assert "<td>Linear</td>" in table and "0.125" in table  # fc1's weight variance at init
+
+
+def test_theory_overlay_matches_hand_computation(result: ExperimentResult) -> None:
+    """He init on fc1 (16x784) -> ReLU -> fc2 (16x16) -> ReLU -> head (10x16), Var(W) = 2/fan_in = 1/8:
+    forward gain fan_in x Var(W) x 1/2 = 1 per layer; backward fan_out x Var(W) x 1/2 = 1 (fc2), 0.625 (head)."""
+    he, zeros = result.runs
+    names = ["fc1", "fc2", "head"]
+    assert report_signal.theory_profile(he, names, "forward", [2.0, 5.0, 7.0]) == [2.0, 2.0, 2.0]
+    back = report_signal.theory_profile(he, names, "backward", [None, None, 1e-4])
+    assert back == pytest.approx([0.625e-4, 0.625e-4, 1e-4])
+    assert report_signal.theory_profile(zeros, names, "forward", [0.0, 0.0, 0.0]) == [None] * 3
+    assert report_signal.theory_profile(he, names, "forward", [None, 1.0, 1.0]) == [None] * 3  # no anchor
+    assert report_signal.theory_profile(he, ["fc1", "nope", "head"], "forward", [1.0] * 3) == [None] * 3
+
+
+def test_layer_labels_name_the_module() -> None:
+    def info(name: str) -> LayerInfo:
+        return LayerInfo(name, name, "Conv2d", "weight", 0, "relu", (8, 1, 3, 3))
+
+    assert [report_signal.layer_label(info(n)) for n in ("0", "features.3", "0@2", "conv1", "fc")] == \
+        ["0 Conv2d", "features.3 Conv2d", "0@2 Conv2d", "conv1", "fc"]
+
+
+def test_figures_are_vector_with_unique_ids(html: str) -> None:
+    svgs = re.findall(r"<svg\b.*?</svg>", html, flags=re.S)
+    assert all("<image" not in s for s in svgs), "raster image inside a figure"
+    assert all(s.count("<rect") >= 6 for s in svgs[3:]), "heatmap cells are vector rectangles"
+    ids = re.findall(r'\sid="([^"]+)"', html)
+    assert len(ids) == len(set(ids)), "an id is used twice"
+    forward = html[html.index('<figure id="fig-forward">'):html.index('<figure id="fig-backward">')]
+    assert "theory (thin dashed)" in forward and "fc1" in forward and "head" in forward
+
+
+def test_series_stay_distinct_in_grey() -> None:
+    styles = [plots.series_style(i) for i in range(4)]
+    assert len({(s.linestyle, s.marker) for s in styles}) == 4  # dashes and markers, not colour alone
+
+
+def test_readme_shows_a_small_screenshot() -> None:
+    root = Path(__file__).parent.parent
+    assert "](docs/report-page1.png)" in (root / "README.md").read_text(encoding="utf-8")
+    png = root / "docs" / "report-page1.png"
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and png.stat().st_size < 200 * 1024
