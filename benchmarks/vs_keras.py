@@ -27,14 +27,16 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--keep", default=None, help="keep the last initdiag report in this directory")
     args = parser.parse_args()
     keras_s, ours_s = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             k = measure([args.tf_python, str(HERE / "keras_original.py"), "--data-dir", args.data_dir,
                          "--epochs", str(args.epochs)], env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+            out = Path(args.keep) if args.keep and r == args.rounds - 1 else Path(tmp) / f"r{r}"
             o = measure([sys.executable, "-m", "initdiag", "report", "--model", "cnn", "--data-dir", args.data_dir,
-                         "--epochs", str(args.epochs), "--device", "cpu", "--out", str(Path(tmp) / f"r{r}")])
+                         "--epochs", str(args.epochs), "--device", "cpu", "--out", str(out)])
             for name, m in (("keras", k), ("initdiag", o)):
                 if m.returncode != 0:
                     sys.exit(f"{name} failed:\n{m.output[-3000:]}")
