@@ -150,7 +150,12 @@ def signal_fit(frame: pd.DataFrame, kind: str = "forward", step: int | None = 0,
         if len(idx) >= 3:
             res = stats.linregress(x, y)
             slope, intercept, p = float(res.slope), float(res.intercept), float(res.pvalue)
-            half = float(stats.t.ppf(1 - alpha / 2, len(idx) - 2)) * float(res.stderr)
+            stderr = float(res.stderr)
+            if not math.isfinite(stderr):  # scipy's r is 0/0 for an exactly constant y: the fit is exact
+                resid = y - (intercept + slope * x)
+                stderr = math.sqrt(float(resid @ resid) / (len(idx) - 2) / float(((x - x.mean()) ** 2).sum()))
+                p = 1.0 if slope == 0 else p
+            half = float(stats.t.ppf(1 - alpha / 2, len(idx) - 2)) * stderr
             low, high = slope - half, slope + half
         else:
             slope = float(y[1] - y[0]) / float(x[1] - x[0])

@@ -525,7 +525,7 @@ class Recorder:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        groups: dict[tuple[int, str, str, int], list[_Pending]] = {}
+        groups: dict[tuple[int, str, str, tuple[int, ...]], list[_Pending]] = {}
         for entry in pending:
             groups.setdefault((entry.layer, entry.kind, entry.family, tuple(entry.s1.shape)), []).append(entry)
         blocks: list[torch.Tensor] = []

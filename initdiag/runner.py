@@ -171,8 +171,8 @@ def run_experiment(config: ExperimentConfig, data: MnistData, progress: Progress
     earlier = sum(run.seconds for run in finished.values())
     if finished and progress is not None:
         progress.message(f"resuming: {len(tasks) - len(todo)} of {len(tasks)} runs already finished")
-    jobs = config.jobs or default_jobs(len(todo), device)
-    threads = None
+    jobs = min(config.jobs or default_jobs(len(tasks), device), len(tasks))  # from the whole plan (resume)
+    threads = threads_per_run(jobs)
     started = datetime.now(UTC)
     start = time.perf_counter()
 

@@ -543,3 +543,13 @@ def test_an_interrupted_download_leaves_no_cache_and_the_next_run_retries(
     assert len(tries) == 1 and got.provenance.kind == "download"
     assert sorted(p.name for p in cache.iterdir()) == sorted(NAMES)
     assert load_mnist().provenance.kind == "cache" and len(tries) == 1
+
+
+def test_the_readme_lists_the_exit_codes_and_what_happens_on_interruption_and_divergence() -> None:
+    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    codes = text[text.index("### Exit codes"):]
+    assert all(f"| {code} |" in codes for code in ("0", "2", "3", "130 / 143"))
+    section = text[text.index("### Interruption and divergence"):]
+    section = section[:section.index("\n## ")]
+    for phrase in ("--resume", "130 or 143", "diverged", "null", "partial report"):
+        assert phrase in section, phrase
