@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--seeds", type=_int, default=1, help="repeat each initializer with N seeds (default 1)")
     rep.add_argument("--limit-train", type=_int, default=None, metavar="N",
                      help="use the first N training images (quick runs)")
-    rep.add_argument("--record-every", type=_int, default=1, metavar="K",
-                     help="record statistics every K-th training step (default 1)")
+    rep.add_argument("--record-every", type=_int, default=10, metavar="K",
+                     help="record statistics every K-th training step, the first included (default 10: the "
+                          "heatmaps show at most 200 steps; the loss is checked every step regardless)")
     rep.add_argument("--dataset", default="mnist", help="mnist (found or downloaded) or mnist-sample (bundled)")
     rep.add_argument("--data-dir", type=Path, default=None,
                      help="directory with the four MNIST IDX files (plain or .gz; also DIR/MNIST/raw)")

@@ -62,7 +62,7 @@ class ExperimentConfig:
     batch_size: int = 64
     lr: float = 1e-3
     limit_train: int | None = None
-    record_every: int = 1
+    record_every: int = 10
     dataset: str = "mnist"
     data_dir: Path | None = None
     out: Path | None = None
