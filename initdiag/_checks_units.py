@@ -162,8 +162,9 @@ def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random
 
     Exact: groups from :func:`symmetry_groups` with ``th.symmetry_atol``/``symmetry_rtol``; any group
     fails. Near-duplicates: :func:`max_cosine_pvalue` on one neuron per group, Holm-adjusted across
-    the layers; warn when an adjusted p < ``th.near_duplicate_alpha``. For ``final``, ``persisted``
-    says whether every group present at init is still identical.
+    the layers; warn when an adjusted p < ``th.near_duplicate_alpha`` — at initialization only, since
+    trained neurons are not independent random rows (the null). For ``final``, ``persisted`` says
+    whether every group present at init is still identical.
     """
     weights: Weights = ev.weights_init if phase == "init" else ev.weights_final
     if not weights:
@@ -176,7 +177,9 @@ def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random
         if phase != "init":
             r["persisted"] = _persisted(before.get(r["layer"], []), r["groups"])
     symmetric = [r for r in reports if r["groups"]]
-    flagged = [r for r in reports if r["p_adjusted"] < th.near_duplicate_alpha]
+    # The null (independent random rows) describes an initialization: trained neurons are correlated by
+    # learning, so near-duplicates are only tested at init; after training only exact groups count.
+    flagged = [r for r in reports if r["p_adjusted"] < th.near_duplicate_alpha] if phase == "init" else []
     tested = [r for r in reports if math.isfinite(r["max_cos"])]
     worst = max(tested, key=lambda r: r["max_cos"]) if tested else None
     min_p = min((r["p_adjusted"] for r in tested), default=math.nan)
@@ -217,7 +220,11 @@ def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random
                        min_p, effect, message,
                        "Check how these weights were set (copied rows, a low-rank or shared init); "
                        + init_advice(ev), phase, details), reports
-    if worst is not None:
+    if worst is not None and phase != "init":
+        message = (f"{when.capitalize()}, no identical neurons in {len(reports)} Conv/Linear layers; the largest "
+                   f"|cosine| between neurons is {worst['max_cos']:.3f} (layer '{worst['layer']}'), not tested: "
+                   f"trained neurons are not independent random rows.{persisted_text}")
+    elif worst is not None:
         message = (f"{when.capitalize()}, no identical neurons in {len(reports)} Conv/Linear layers; the largest "
                    f"|cosine| between neurons ({worst['max_cos']:.3f}, layer '{worst['layer']}') is in line with "
                    f"independent random rows (smallest Holm-adjusted p = {min_p:.2g}){sub_text}.{persisted_text}")

@@ -204,9 +204,10 @@ def methods(th: Thresholds = DEFAULT_THRESHOLDS) -> tuple[MethodNote, ...]:
             "independent random rows of the same shape: p = min(1, n(n-1)/2 x P(|cos| >= c)) with "
             "cos^2 ~ Beta(1/2, (d-1)/2) for one pair (a union bound over the pairs)"
             + (f", or Monte Carlo with {th.mc_samples} draws" if th.mc_samples > 0 else "")
-            + ". p-values are Holm-adjusted across the run's layers.",
+            + ". p-values are Holm-adjusted across the run's layers. Tested at initialization only: trained "
+            "neurons are correlated by learning, so the null does not describe them.",
             "the neurons are independent, isotropic random vectors (as drawn by a healthy random init).",
-            f"warn when a Holm-adjusted p < {th.near_duplicate_alpha:g} (family-wise level per run and phase).",
+            f"warn when a Holm-adjusted p < {th.near_duplicate_alpha:g} (family-wise level per run).",
         ),
         MethodNote(
             "dead", "Dead ReLU units",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from markupsafe import Markup, escape
 
 from . import __version__
 from .errors import OutputError, UsageError
+from .store import atomic_write
 
 if TYPE_CHECKING:
     from .audit import AuditResult
@@ -121,27 +121,7 @@ def pdf_bytes(html: str, paper: str = "a4", refused: list[str] | None = None) ->
 
 def write_pdf(html: str, path: Path, paper: str = "a4") -> None:
     """Render ``html`` to a PDF at ``path`` (atomically) on A4 or letter paper, fetching no URL."""
-    _atomic_write(Path(path), pdf_bytes(html, paper))
-
-
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file in the same directory, then ``os.replace`` it onto ``path``."""
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:  # created like any new file (mode 0o666 less the umask), unlike mkstemp's 0o600
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(Path(path), pdf_bytes(html, paper))
 
 
 # -- sidecars --------------------------------------------------------------------------------------------
@@ -233,13 +213,19 @@ def write_report(result: ExperimentResult, out_dir: Path, formats: Sequence[str]
     writers["pdf"] = ("report.pdf", lambda: pdf_bytes(get_html(), paper))
     writers["json"] = ("summary.json", lambda: json.dumps(summary_json(result), indent=2, allow_nan=False) + "\n")
     writers["csv"] = ("series.csv", lambda: result.frame().to_csv(index=False, float_format="%.9g"))
+    return _write_all(out_dir, formats, writers)
+
+
+def _write_all(out_dir: Path, formats: Sequence[str],
+               writers: dict[str, tuple[str, Callable[[], bytes | str]]]) -> dict[str, Path]:
+    """Write each requested format atomically (:func:`initdiag.store.atomic_write`); return the paths."""
     paths: dict[str, Path] = {}
     for fmt_name in formats:
         if fmt_name not in writers:
             raise UsageError(f"unknown report format '{fmt_name}'; choose from {', '.join(writers)}")
         name, make = writers[fmt_name]
         paths[fmt_name] = out_dir / name
-        _atomic_write(paths[fmt_name], make())
+        atomic_write(paths[fmt_name], make())
     return paths
 
 
@@ -315,11 +301,4 @@ def write_audit_report(result: AuditResult, out_dir: Path, formats: Sequence[str
         "json": ("summary.json", lambda: json.dumps(audit_summary_json(result), indent=2, allow_nan=False) + "\n"),
         "csv": ("series.csv", lambda: result.frame.to_csv(index=False, float_format="%.9g")),
     }
-    paths: dict[str, Path] = {}
-    for fmt_name in formats:
-        if fmt_name not in writers:
-            raise UsageError(f"unknown report format '{fmt_name}'; choose from {', '.join(writers)}")
-        name, make = writers[fmt_name]
-        paths[fmt_name] = out_dir / name
-        _atomic_write(paths[fmt_name], make())
-    return paths
+    return _write_all(out_dir, formats, writers)
