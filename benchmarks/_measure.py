@@ -1,5 +1,6 @@
-"""Shared helpers for the benchmarks: run a command, sampling the wall time and the peak total RSS of
-its whole process tree (workers included) from /proc."""
+"""Shared helpers for the benchmarks: run a command, sampling the wall time and the peak memory of its
+whole process tree (workers included) from /proc: the sum of each process's proportional set size
+(PSS), so pages that forked workers share with their parent are counted once, not once per process."""
 
 from __future__ import annotations
 
@@ -20,6 +21,16 @@ class Measured:
     output: str
 
 
+def _pss_kib(proc: Path) -> int:
+    try:
+        for line in (proc / "smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _tree_rss_kib(root: int) -> int:
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
@@ -33,7 +44,7 @@ def _tree_rss_kib(root: int) -> int:
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         pid = int(entry.name)
         children.setdefault(int(fields.get("PPid", "0").strip()), []).append(pid)
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) if "VmRSS" in fields else 0
+        rss[pid] = _pss_kib(entry) if "VmRSS" in fields else 0
     total, stack = 0, [root]
     while stack:
         pid = stack.pop()
@@ -43,7 +54,7 @@ def _tree_rss_kib(root: int) -> int:
 
 
 def measure(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None) -> Measured:
-    """Run ``cmd``; return its wall time, the peak RSS of its process tree (sampled every 0.2 s)."""
+    """Run ``cmd``; return its wall time and the peak PSS of its process tree (sampled every 0.2 s)."""
     start = time.perf_counter()
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})}, cwd=cwd)

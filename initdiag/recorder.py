@@ -39,8 +39,11 @@ hook calls, never one sync per hook call.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
 import math
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -194,6 +197,30 @@ class _Layer:
                          self.weight_shape, self.numel)
 
 
+def _load_libc() -> Any:
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def release_heap() -> None:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    The small per-channel sums that wait for :meth:`Recorder.flush` sit between the large, short-lived
+    activation buffers and fragment glibc's heap: measured here, a process grew by ~0.2 MB per
+    training step (every=10) although nothing was retained, and ``malloc_trim`` returned all of it.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 def first_samples(y: torch.Tensor, cdim: int, max_per_channel: int | None) -> torch.Tensor:
     """The first ``k`` samples of ``y`` along dim 0 (the batch), ``k`` the fewest that give at least
     ``max_per_channel`` values per channel; ``y`` itself when it has no more than that."""
@@ -286,7 +313,7 @@ class Recorder:
 
     def __init__(self, model: nn.Module, every: int = 1, *, run: str = "run", initializer: str = "",
                  seed: int = 0, saturation_tol: float = 0.01, max_per_channel: int | None = 1024,
-                 flush_every: int = 5_000) -> None:
+                 flush_every: int = 1_000) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1 (got {every})")
         self.model = model
@@ -525,6 +552,13 @@ class Recorder:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        try:
+            self._flush_pending(pending)
+        finally:
+            del pending
+            release_heap()
+
+    def _flush_pending(self, pending: list[_Pending]) -> None:
         groups: dict[tuple[int, str, str, tuple[int, ...]], list[_Pending]] = {}
         for entry in pending:
             groups.setdefault((entry.layer, entry.kind, entry.family, tuple(entry.s1.shape)), []).append(entry)

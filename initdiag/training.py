@@ -79,7 +79,7 @@ def grad_norm(parameters: Sequence[torch.Tensor], device: torch.device) -> torch
     grads = [p.grad.detach() for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros((), device=device)
-    norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
+    norms = torch._foreach_norm([g if g.dtype == torch.float32 else g.float() for g in grads])  # one kernel call
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
