@@ -194,13 +194,6 @@ def write_report(result: ExperimentResult, out_dir: Path, formats: Sequence[str]
     ``html`` -> report.html, ``pdf`` -> report.pdf, ``json`` -> summary.json, ``csv`` -> series.csv.
     Raises OutputError with one line when ``out_dir`` cannot be created or written.
     """
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the output directory {out_dir}: {exc.strerror or exc}") from None
-    if not os.access(out_dir, os.W_OK):
-        raise OutputError(f"the output directory {out_dir} is not writable")
     writers: dict[str, tuple[str, Callable[[], bytes | str]]] = {}
     html: list[str] = []
 
@@ -218,7 +211,15 @@ def write_report(result: ExperimentResult, out_dir: Path, formats: Sequence[str]
 
 def _write_all(out_dir: Path, formats: Sequence[str],
                writers: dict[str, tuple[str, Callable[[], bytes | str]]]) -> dict[str, Path]:
-    """Write each requested format atomically (:func:`initdiag.store.atomic_write`); return the paths."""
+    """Create ``out_dir`` if needed, then write each requested format atomically
+    (:func:`initdiag.store.atomic_write`); return the paths. OutputError (one line) when it cannot."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output directory {out_dir}: {exc.strerror or exc}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise OutputError(f"the output directory {out_dir} is not writable")
     paths: dict[str, Path] = {}
     for fmt_name in formats:
         if fmt_name not in writers:
@@ -281,13 +282,6 @@ def write_audit_report(result: AuditResult, out_dir: Path, formats: Sequence[str
     holds every batch, ``step`` = batch)."""
     from .report_context import build_audit_context
 
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the output directory {out_dir}: {exc.strerror or exc}") from None
-    if not os.access(out_dir, os.W_OK):
-        raise OutputError(f"the output directory {out_dir} is not writable")
     html: list[str] = []
 
     def get_html() -> str:
