@@ -166,13 +166,7 @@ def summary_json(result: ExperimentResult) -> dict[str, Any]:
     """
     prov = result.provenance
     data = {
-        "schema_version": SCHEMA_VERSION,
-        "tool": "initdiag",
-        "version": __version__,
-        "kind": "experiment",
-        "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "command": result.command,
-        "model": result.config.model.label,
+        **_header("experiment", result.command, result.config.model.label),
         "dataset": {"name": prov.name, "source": prov.source, "kind": prov.kind, "train_size": prov.train_size,
                     "test_size": prov.test_size, "files": dict(prov.files)},
         "config": result.config.to_json(),
@@ -207,6 +201,19 @@ def write_report(result: ExperimentResult, out_dir: Path, formats: Sequence[str]
     writers["json"] = ("summary.json", lambda: json.dumps(summary_json(result), indent=2, allow_nan=False) + "\n")
     writers["csv"] = ("series.csv", lambda: result.frame().to_csv(index=False, float_format="%.9g"))
     return _write_all(out_dir, formats, writers)
+
+
+def _header(kind: str, command: str, model: str) -> dict[str, Any]:
+    """The first keys of every ``summary.json`` (schema version, tool, kind, creation time, command, model)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "initdiag",
+        "version": __version__,
+        "kind": kind,
+        "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "command": command,
+        "model": model,
+    }
 
 
 def _write_all(out_dir: Path, formats: Sequence[str],
@@ -251,13 +258,7 @@ def audit_summary_json(result: AuditResult) -> dict[str, Any]:
         data["weights"] = [w.to_json() for w in run.weights]
         runs.append(data)
     data = {
-        "schema_version": SCHEMA_VERSION,
-        "tool": "initdiag",
-        "version": __version__,
-        "kind": "audit",
-        "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "command": result.command,
-        "model": result.model,
+        **_header("audit", result.command, result.model),
         "dataset": {"name": inputs.kind, "source": inputs.source, "kind": inputs.kind,
                     "train_size": inputs.batches * inputs.batch_shape[0], "test_size": 0, "files": dict(inputs.files),
                     "description": inputs.description, "batch_shape": list(inputs.batch_shape),
