@@ -1,9 +1,11 @@
 """Recorder overhead: the same training steps with and without ``Recorder(every=K)``, alternating blocks.
 
-Prints each block's time and the median ratio (with recorder / without). Ratios, not absolute times,
-are what matter on a noisy machine. Usage::
+Prints each block's time and the median ratio (with recorder / without), of wall time and of the
+process's CPU time. Ratios, not absolute times, are what matter on a noisy machine. The process keeps
+its heap as ``initdiag report``'s training processes do (``initdiag.memory.keep_heap``). Usage::
 
-    python benchmarks/overhead.py [--steps 40] [--blocks 7] [--every 1] [--threads N] [--channels-last]
+    python benchmarks/overhead.py [--steps 20] [--blocks 25] [--every 1] [--threads N] [--no-channels-last]
+                                  [--no-fast-kernel]
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import time
 import torch
 from torch.nn import functional as F
 
+from initdiag import _moments
 from initdiag.data import load_mnist
 from initdiag.initializers import InitSpec, apply_initializer
+from initdiag.memory import keep_heap
 from initdiag.models import seed_cnn
 from initdiag.recorder import Recorder
 from initdiag.training import prepare_model
@@ -24,13 +28,17 @@ from initdiag.training import prepare_model
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40, help="training steps per block")
-    parser.add_argument("--blocks", type=int, default=7, help="blocks of each kind, alternated")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per block")
+    parser.add_argument("--blocks", type=int, default=25, help="blocks of each kind, alternated")
     parser.add_argument("--every", type=int, default=1, help="record every K-th step")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--fast-kernel", action=argparse.BooleanOptionalAction, default=True,
+                        help="the recorder's C kernel (when built)")
     args = parser.parse_args()
+    keep_heap()
+    fast = _moments.use_fast_kernel(args.fast_kernel)
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_mnist(dataset="mnist-sample")
@@ -51,29 +59,29 @@ def main() -> None:
             optimizer.step()
 
     block(10)  # warm-up
-    plain: list[float] = []
-    recorded: list[float] = []
+    times: dict[str, list[tuple[float, float]]] = {"plain": [], "recorded": []}
     recorder = Recorder(model, every=args.every)
     for i in range(args.blocks):
         for kind in (("plain", "recorded") if i % 2 == 0 else ("recorded", "plain")):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             if kind == "plain":
                 block(args.steps)
-                plain.append(time.perf_counter() - start)
             else:
-                with recorder:
+                with recorder:  # it flushes on its own when its buffers fill, inside the timed blocks
                     block(args.steps)
-                recorder.flush()
-                recorded.append(time.perf_counter() - start)
-    ratios = [r / p for r, p in zip(recorded, plain, strict=True)]
+            times[kind].append((time.perf_counter() - wall, time.process_time() - cpu))
+    plain, recorded = times["plain"], times["recorded"]
+    rows = len(recorder.frame())
     print(f"threads={torch.get_num_threads()} channels_last={args.channels_last} every={args.every} "
-          f"steps/block={args.steps}")
-    print("block  plain_s  recorded_s  ratio")
+          f"steps/block={args.steps} c_kernel={fast} rows recorded={rows}")
+    print("block  plain_s  recorded_s  ratio  cpu_ratio")
     for i, (p, r) in enumerate(zip(plain, recorded, strict=True)):
-        print(f"{i:5d}  {p:7.3f}  {r:10.3f}  {r / p:5.3f}")
-    print(f"median ratio (recorded / plain): {statistics.median(ratios):.3f}")
-    print(f"median ms/step: plain {1000 * statistics.median(plain) / args.steps:.1f}, "
-          f"recorded {1000 * statistics.median(recorded) / args.steps:.1f}")
+        print(f"{i:5d}  {p[0]:7.3f}  {r[0]:10.3f}  {r[0] / p[0]:5.3f}  {r[1] / p[1]:9.3f}")
+    for label, k in (("wall", 0), ("cpu", 1)):
+        ratio = statistics.median(r[k] / p[k] for p, r in zip(plain, recorded, strict=True))
+        print(f"median ratio (recorded / plain), {label} time: {ratio:.3f}   ms/step: plain "
+              f"{1000 * statistics.median(p[k] for p in plain) / args.steps:.1f}, recorded "
+              f"{1000 * statistics.median(r[k] for r in recorded) / args.steps:.1f}")
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ class Thresholds:
             raise ValueError("need 0 <= warn <= fail <= 1 for dead and saturation fractions")
 
 
-DEFAULT_THRESHOLDS = Thresholds()
+DEFAULT_THRESHOLDS: Thresholds = Thresholds()
 """The defaults, as one shared instance (for function defaults)."""
 
 

@@ -32,18 +32,15 @@ attended output, not the attention weights), since the others are often unused b
   (:func:`main_weight`) and of its gradient.
 
 Hooks keep no activations: each call reduces its tensor to per-channel sums on the device (in
-training steps over at most ``max_per_channel`` values per channel, the first samples of the batch);
-the statistics are derived from those sums in batches and copied to the host every ``flush_every``
-hook calls, never one sync per hook call.
+training steps over at most ``max_per_channel`` values per channel, the first samples of the batch),
+written as one row of a preallocated buffer per layer and kind (:mod:`initdiag._moments`; on the CPU
+one pass of a small C kernel). The rows are copied to the host when a buffer fills, never one sync
+per hook call, and turned into statistics many steps at a time.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import itertools
-import math
-import sys
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -57,6 +54,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from . import _moments
+from ._moments import Stream, channel_view, first_samples
 from .initializers import WEIGHT_LAYER_TYPES
 
 __all__ = [
@@ -124,6 +123,10 @@ RECORDED_WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
 )
 """Modules recorded as weight layers (role ``"weight"``, counted in ``depth``)."""
 
+HOST_ROWS_BYTES = 32 << 20
+"""Moment rows kept on the host before they are turned into statistics (the seed CNN: about 2,000
+recorded steps)."""
+
 _FWD_STATS = (Stat.VAR, Stat.MEAN_SQ, Stat.ZERO_FRAC)
 _BWD_STATS = (Stat.VAR, Stat.MEAN_SQ, Stat.ZERO_FRAC)
 _W_STATS = (Stat.VAR,)
@@ -176,7 +179,8 @@ class LayerInfo:
 class _Layer:
     """Mutable bookkeeping for one call site while recording."""
 
-    __slots__ = ("activation", "code", "depth", "module", "module_name", "name", "numel", "role", "weight_shape")
+    __slots__ = ("activation", "cdims", "code", "depth", "module", "module_name", "name", "numel", "role", "streams",
+                 "weight_shape")
 
     def __init__(self, code: int, name: str, module_name: str, module: nn.Module, role: str, depth: int,
                  activation: str | None) -> None:
@@ -191,72 +195,12 @@ class _Layer:
         conv_linear = role == "weight" and isinstance(module, WEIGHT_LAYER_TYPES)
         self.weight_shape = tuple(weight.shape) if conv_linear and weight is not None else None
         self.numel: int | None = None
+        self.cdims: dict[int, int] = {}  # output dim -> channel dim, decided at the first call
+        self.streams: dict[tuple[str, int], Stream] = {}  # (kind, channels) -> moment rows
 
     def info(self) -> LayerInfo:
         return LayerInfo(self.name, self.module_name, self.module, self.role, self.depth, self.activation,
                          self.weight_shape, self.numel)
-
-
-def _load_libc() -> Any:
-    if sys.platform != "linux":
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_LIBC = _load_libc()
-
-
-def release_heap() -> None:
-    """Give freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    The small per-channel sums that wait for :meth:`Recorder.flush` sit between the large, short-lived
-    activation buffers and fragment glibc's heap: measured here, a process grew by ~0.2 MB per
-    training step (every=10) although nothing was retained, and ``malloc_trim`` returned all of it.
-    """
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def first_samples(y: torch.Tensor, cdim: int, max_per_channel: int | None) -> torch.Tensor:
-    """The first ``k`` samples of ``y`` along dim 0 (the batch), ``k`` the fewest that give at least
-    ``max_per_channel`` values per channel; ``y`` itself when it has no more than that."""
-    if max_per_channel is None or y.dim() < 2 or cdim == 0 or y.shape[0] <= 1:
-        return y
-    per_sample = y.numel() // (y.shape[0] * max(y.shape[cdim], 1))
-    keep = -(-max_per_channel // max(per_sample, 1))
-    return y.narrow(0, 0, keep) if keep < y.shape[0] else y
-
-
-def channel_moments(y: torch.Tensor, cdim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Partial per-channel sums of ``y``, its count of non-zeros, and the number of values per channel.
-
-    Returns ``(s1, norm, nonzero, count)`` where ``s1`` and ``norm`` have shape (groups, C): ``s1`` the
-    sums and ``norm`` the Euclidean norms of each group's values, so that per channel
-    ``sum y = s1.sum(0)`` and ``sum y^2 = (norm**2).sum(0)``. Finishing these reductions is left to the
-    caller (the recorder does it for many steps at once), so a hook call costs about four kernels.
-    Reduces along memory order: a channels-first output as (batch, channel, positions) with groups =
-    batch; a channels-last or (batch, features) tensor as (rows, channel) with one group.
-    """
-    y = y.detach()
-    if y.dim() <= 1:
-        y = y.reshape(-1, 1)
-        cdim = 1
-    if not y.is_floating_point():
-        y = y.float()
-    channels = y.shape[cdim]
-    count = y.numel() // max(channels, 1)
-    # count_nonzero is slow on large CPU tensors; sign().abs().sum() is three cheap kernels.
-    nonzero = torch.count_nonzero(y) if y.numel() <= 4096 else y.sign().abs_().sum()
-    moved = y.movedim(cdim, -1)
-    if moved.is_contiguous():  # channel innermost: (rows, C); column norms are slow, squares are not
-        rows = moved.reshape(-1, channels)
-        return rows.sum(0, keepdim=True), (rows * rows).sum(0, keepdim=True).sqrt_(), nonzero, count
-    grouped = y.reshape(math.prod(y.shape[:cdim]), channels, -1)  # copies only for odd layouts
-    return grouped.sum(2), torch.linalg.vector_norm(grouped, dim=2), nonzero, count
 
 
 def _iter_tensors(output: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -272,28 +216,6 @@ def _iter_tensors(output: Any, path: str = "") -> Iterator[tuple[str, torch.Tens
             yield from _iter_tensors(item, f"{path}.{key}")
 
 
-_FlatEntry = tuple[int, int, str, tuple[int, ...], torch.Tensor, torch.Tensor, tuple[int, ...]]
-"""Weights (or their gradients) of all layers of one step: step, epoch, kind, layer codes, sums, sums of
-squares, sizes."""
-
-
-@dataclass
-class _Pending:
-    """One hook call's raw per-channel moments, waiting for :meth:`Recorder.flush`."""
-
-    step: int
-    epoch: int
-    phase: str
-    layer: int
-    kind: str
-    family: str  # "dead" (ReLU family), "sat" (bounded activation) or ""
-    s1: torch.Tensor
-    s2: torch.Tensor
-    nonzero: torch.Tensor
-    count: int
-    extra: torch.Tensor | None
-
-
 class Recorder:
     """Context manager that records per-layer statistics of ``model`` (see the module docstring).
 
@@ -307,15 +229,18 @@ class Recorder:
             use every value. 1024 values keep each channel's variance within about 4% (sd; the
             average over channels far closer) and cut the cost for large conv maps (seed CNN: 2 of 64
             samples for the 26x26 first layer, 9 for the 11x11 second).
-        flush_every: number of pending hook results after which they are turned into statistics and
-            copied to the host in one batch.
+        flush_every: moment rows buffered per layer and kind (fewer for layers so wide that the buffer
+            would pass 1 MiB) before the statistics are derived and copied to the host, all in one
+            batch.
     """
 
     def __init__(self, model: nn.Module, every: int = 1, *, run: str = "run", initializer: str = "",
                  seed: int = 0, saturation_tol: float = 0.01, max_per_channel: int | None = 1024,
-                 flush_every: int = 1_000) -> None:
+                 flush_every: int = 256) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1 (got {every})")
+        if flush_every < 1:
+            raise ValueError(f"flush_every must be >= 1 (got {flush_every})")
         self.model = model
         self.every = every
         self.run = run
@@ -338,12 +263,16 @@ class Recorder:
         self._act_seen = False
         self._last_weight_cdim = 1
         self._last_weight_shape: torch.Size | None = None
-        self._pending: list[_Pending] = []
+        # every stream, in creation order: (layer or None for weights, kind, stream, weight layer codes, sizes)
+        self._streams: list[tuple[_Layer | None, str, Stream, tuple[int, ...], tuple[int, ...]]] = []
+        # weights (or their gradients) of all layers of a step: (kind, layer codes, sizes) -> rows of
+        # [s1, s2, nonzero, saturated] per layer
+        self._weight_streams: dict[tuple[str, tuple[int, ...], tuple[int, ...]], Stream] = {}
         self._step_weights: list[tuple[_Layer, torch.Tensor]] = []
         self._weights_queued = False
-        self._segments: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
-        # weights/weight grads of one step, all layers: (step, epoch, kind, layer codes, s1, s2, sizes)
-        self._pending_flat: list[_FlatEntry] = []
+        self._geometry: dict[tuple[Any, ...], _moments.Geometry | None] = {}  # layout -> kernel arguments
+        self._host: dict[int, list[tuple[np.ndarray, list[tuple[int, int, str, int]]]]] = {}  # stream -> rows
+        self._host_bytes = 0
         self._chunks: list[dict[str, np.ndarray]] = []
         self._frame: pd.DataFrame | None = None
 
@@ -402,6 +331,7 @@ class Recorder:
         self.step += 1
         self._recording = self.step % self.every == 0
         self._step_weights = []
+        self._weights_queued = False
 
     @contextmanager
     def probe(self, phase: str) -> Iterator[None]:
@@ -450,51 +380,88 @@ class Recorder:
 
     def _make_forward_hook(self, module: nn.Module, role: str) -> Any:
         act = activation_name(module)
+        sat_bounds = SATURATING.get(act or "")
+        weight_role = role == "weight"
 
         def hook(mod: nn.Module, args: Any, output: Any) -> None:
             if not self._recording:
                 return
-            phase = self._phase
+            train = self._phase == "train"
             call = self._calls.get(id(mod), 0) + 1
             self._calls[id(mod)] = call
-            tensors = _iter_tensors(output)
-            if role == "weight":  # its first floating-point output only (see the module docstring)
-                tensors = itertools.islice(tensors, 1)
+            if isinstance(output, torch.Tensor):  # the common case, without walking
+                tensors: Any = (("", output),) if output.is_floating_point() and output.numel() > 0 else ()
+            else:
+                tensors = _iter_tensors(output)
             for suffix, y in tensors:
-                layer = self._layer_for(mod, role, call, suffix)
-                if layer.numel is None and y.dim() >= 2:
-                    layer.numel = y[0].numel()
-                cdim = self._channel_dim(mod, role, y)
-                if role == "weight":
+                layer = self._by_key.get((id(mod), call, suffix)) or self._layer_for(mod, role, call, suffix)
+                cdim = layer.cdims.get(y.dim())
+                if cdim is None:
+                    cdim = layer.cdims[y.dim()] = self._channel_dim(mod, role, y)
+                    layer.numel = y[0].numel() if y.dim() >= 2 else None
+                if weight_role:
                     self._last_weight, self._act_seen = layer, False
                     self._last_weight_cdim, self._last_weight_shape = cdim, y.shape
                 elif self._last_weight is not None and not self._act_seen:
                     self._last_weight.activation = act
                     self._act_seen = True
-                self._push_moments(layer, Kind.FORWARD, y.detach(), cdim, act)
-                if phase == "train" and y.requires_grad:
-                    y.register_hook(self._make_grad_hook(layer, cdim))
-            weight = main_weight(mod)
-            if role == "weight" and call == 1 and phase == "train" and isinstance(weight, torch.Tensor):
-                self._step_weights.append((self._first_site[id(mod)], weight))
+                self._push(layer, Kind.FORWARD, y, cdim, sat_bounds, self.step, self.epoch)
+                if train and y.requires_grad:
+                    y.register_hook(functools.partial(self._on_grad, layer, cdim, self.step, self.epoch))
+                if weight_role:  # its first floating-point output only (see the module docstring)
+                    break
+            if weight_role and call == 1 and train:
+                weight = main_weight(mod)
+                if weight is not None:
+                    self._step_weights.append((self._first_site[id(mod)], weight))
 
         return hook
 
-    def _make_grad_hook(self, layer: _Layer, cdim: int) -> Any:
-        step, epoch = self.step, self.epoch
+    def _on_grad(self, layer: _Layer, cdim: int, step: int, epoch: int, grad: torch.Tensor) -> None:
+        if not self._handles:
+            return
+        if self._step_weights and not self._weights_queued:
+            self._weights_queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
+        self._push(layer, Kind.BACKWARD, grad, cdim, None, step, epoch)
 
-        def hook(grad: torch.Tensor) -> None:
-            if not self._handles:
+    def _push(self, layer: _Layer, kind: Kind, y: torch.Tensor, cdim: int, sat_bounds: tuple[float, float] | None,
+              step: int, epoch: int) -> None:
+        """Reduce ``y`` to per-channel moments, written as the next row of the layer's stream."""
+        phase = self._phase
+        cap = self.max_per_channel if phase == "train" else None
+        channels = y.shape[cdim] if y.dim() > 1 else 1
+        stream = layer.streams.get((kind, channels))
+        if stream is None:
+            stream = layer.streams[(kind, channels)] = Stream(2 * channels + 2, y.device, self.flush_every)
+            self._streams.append((layer, kind, stream, (), ()))
+        elif stream.n >= stream.capacity:
+            self.flush()
+        mid, thr = 0.0, -1.0
+        if sat_bounds is not None and kind == Kind.FORWARD:
+            lo, hi = sat_bounds
+            mid, thr = (lo + hi) / 2, (hi - lo) / 2 - self.saturation_tol
+        if _moments.kernel_usable(y, stream.buffer):  # the hot path: no tensor views, one C call
+            key = (y.shape, y.stride(), cdim, cap)
+            if key in self._geometry:
+                geometry = self._geometry[key]
+            else:
+                geometry = self._geometry[key] = _moments.kernel_geometry(tuple(y.shape), y.stride(), cdim, cap)
+            if geometry is not None:
+                g, c, p, sg, sc, sp, count = geometry
+                row = stream.reserve(step, epoch, phase, count)
+                _moments.FAST_KERNEL.moments(y.data_ptr(), g, c, p, sg, sc, sp,
+                                             stream.buffer.data_ptr() + row * stream.width * 8, mid, thr)
                 return
-            if self._step_weights and not self._weights_queued:
-                self._weights_queued = True
-                torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
-            self._push_moments(layer, Kind.BACKWARD, grad.detach(), cdim, None, step=step, epoch=epoch)
-
-        return hook
+        y = y.detach()  # before narrowing: a view of a tensor that requires grad costs an autograd node
+        if cap is not None:
+            y = first_samples(y, cdim, cap)
+        v = channel_view(y, cdim)
+        row = stream.reserve(step, epoch, phase, v.shape[0] * v.shape[2])
+        _moments.moments_into(v, stream.buffer, row, mid, thr)
 
     def _on_backward_end(self) -> None:
-        """Weights and their gradients of this step, all layers in one batch (4 kernels, not 4 per layer).
+        """Weights and their gradients of this step, all layers in one row each.
 
         Runs as an autograd-engine callback once the backward pass has accumulated every ``.grad``."""
         entries, self._step_weights = self._step_weights, []
@@ -502,142 +469,71 @@ class Recorder:
         if not self._handles or not entries:
             return
         with torch.no_grad():
-            layers = tuple(layer for layer, _ in entries)
-            self._push_flat(layers, [w.detach().reshape(-1) for _, w in entries], Kind.WEIGHT)
-            grads = [(layer, w.grad) for layer, w in entries if w.grad is not None]
+            self._push_weights([(layer, w.detach()) for layer, w in entries], Kind.WEIGHT)
+            grads = [(layer, w.grad.detach()) for layer, w in entries if w.grad is not None]
             if grads:
-                self._push_flat(tuple(lay for lay, _ in grads), [g.detach().reshape(-1) for _, g in grads],
-                                Kind.WEIGHT_GRAD)
+                self._push_weights(grads, Kind.WEIGHT_GRAD)
 
-    def _push_flat(self, layers: tuple[_Layer, ...], tensors: list[torch.Tensor], kind: Kind) -> None:
+    def _push_weights(self, entries: list[tuple[_Layer, torch.Tensor]], kind: Kind) -> None:
+        tensors = [t for _, t in entries]
         sizes = tuple(t.numel() for t in tensors)
-        flat = torch.cat([t.float() for t in tensors])
-        key = (sizes, flat.device)
-        segments = self._segments.get(key)
-        if segments is None:
-            segments = torch.repeat_interleave(torch.arange(len(sizes), device=flat.device),
-                                               torch.tensor(sizes, device=flat.device))
-            self._segments[key] = segments
-        s1 = torch.zeros(len(sizes), device=flat.device).index_add_(0, segments, flat)
-        s2 = torch.zeros(len(sizes), device=flat.device).index_add_(0, segments, flat * flat)
-        self._pending_flat.append((self.step, self.epoch, kind, tuple(lay.code for lay in layers), s1, s2, sizes))
-
-    def _push_moments(self, layer: _Layer, kind: Kind, y: torch.Tensor, cdim: int, act: str | None,
-                      step: int | None = None, epoch: int | None = None) -> None:
-        """Reduce ``y`` to per-channel moments now; the statistics are derived in :meth:`flush`."""
-        if self._phase == "train":
-            y = first_samples(y, cdim, self.max_per_channel)
-        s1, s2, nonzero, count = channel_moments(y, cdim)
-        extra: torch.Tensor | None = None
-        family = ""
-        if kind == Kind.FORWARD and act in RELU_FAMILY:
-            family = "dead"
-        elif kind == Kind.FORWARD and act in SATURATING:
-            lo, hi = SATURATING[act]
-            half = (hi - lo) / 2
-            extra = ((y - (lo + half)).abs() >= half - self.saturation_tol).sum()
-            family = "sat"
-        self._pending.append(_Pending(self.step if step is None else step, self.epoch if epoch is None else epoch,
-                                      self._phase, layer.code, kind, family, s1, s2, nonzero, count, extra))
-        if len(self._pending) >= self.flush_every:
+        key = (str(kind), tuple(layer.code for layer, _ in entries), sizes)
+        stream = self._weight_streams.get(key)
+        if stream is None:
+            stream = self._weight_streams[key] = Stream(4 * len(tensors), tensors[0].device, self.flush_every)
+            self._streams.append((None, str(kind), stream, key[1], sizes))
+        elif stream.n >= stream.capacity:
             self.flush()
+        row = stream.reserve(self.step, self.epoch, "train", 0)
+        if all(_moments.kernel_usable(t, stream.buffer) and _dense(t) for t in tensors):
+            base = stream.buffer.data_ptr() + row * stream.width * 8
+            for j, t in enumerate(tensors):  # the whole tensor as one channel, memory order
+                _moments.FAST_KERNEL.moments(t.data_ptr(), 1, 1, t.numel(), 0, 0, 1, base + 32 * j, 0.0, -1.0)
+            return
+        flat = [t.float() for t in tensors]
+        s1 = torch.stack([t.sum() for t in flat])
+        s2 = torch.stack(torch._foreach_norm(flat)).square()
+        cells = stream.buffer[row].view(len(tensors), 4)
+        cells[:, 0].copy_(s1)
+        cells[:, 1].copy_(s2)
 
     # -- collection ---------------------------------------------------------------------------------
     def flush(self) -> None:
-        """Turn pending moments into statistics and copy them to the host (one device sync in all).
+        """Copy the buffered moment rows to the host (one device-to-host copy in all) and free the buffers.
 
-        Entries of the same layer and kind are stacked and reduced together, so the cost per hook call
-        is a few reductions, not a chain of small operations."""
-        self._flush_flat()
-        if not self._pending:
+        The statistics are derived from the rows later, many flushes at once (:meth:`frame`, or once
+        the rows on the host pass :data:`HOST_ROWS_BYTES`): numpy costs a few microseconds per call
+        whatever the number of rows, so deriving per flush would cost more than the copy."""
+        taken = [(index, *stream.take()) for index, (_, _, stream, _, _) in enumerate(self._streams) if stream.n]
+        if not taken:
             return
-        pending, self._pending = self._pending, []
-        try:
-            self._flush_pending(pending)
-        finally:
-            del pending
-            release_heap()
-
-    def _flush_pending(self, pending: list[_Pending]) -> None:
-        groups: dict[tuple[int, str, str, tuple[int, ...]], list[_Pending]] = {}
-        for entry in pending:
-            groups.setdefault((entry.layer, entry.kind, entry.family, tuple(entry.s1.shape)), []).append(entry)
-        blocks: list[torch.Tensor] = []
-        meta: list[tuple[list[_Pending], tuple[str, ...]]] = []
-        for (_, kind, family, _), entries in groups.items():
-            s1 = torch.stack([e.s1 for e in entries]).double().sum(1)  # (steps, C)
-            s2 = torch.stack([e.s2 for e in entries]).double().square().sum(1)
-            n = torch.tensor([float(e.count) for e in entries], dtype=torch.float64, device=s1.device)[:, None]
-            mean = s1 / n
-            var = (s2 / n - mean.square()).clamp_min(0.0)
-            if kind in (Kind.WEIGHT, Kind.WEIGHT_GRAD):
-                blocks.append(var.mean(1, keepdim=True))
-                meta.append((entries, _W_STATS))
-                continue
-            nonzero = torch.stack([e.nonzero for e in entries]).double()
-            columns = [var.mean(1), mean.square().mean(1), 1.0 - nonzero / (n[:, 0] * s1.shape[1])]
-            stats: tuple[str, ...] = _FWD_STATS if kind == Kind.FORWARD else _BWD_STATS
-            if family == "dead":  # ReLU-family outputs are >= 0: a channel is all zero iff its sum is 0
-                columns.append((s1 == 0).double().mean(1))
-                stats = (*stats, Stat.DEAD_FRAC)
-            elif family == "sat":
-                sat = torch.stack([e.extra for e in entries if e.extra is not None]).double()
-                columns.append(sat / (n[:, 0] * s1.shape[1]))
-                stats = (*stats, Stat.SAT_FRAC)
-            blocks.append(torch.stack(columns, 1))
-            meta.append((entries, stats))
-        values = torch.cat([b.reshape(-1) for b in blocks]).cpu().numpy()
-        steps: list[tuple[int, int]] = []
-        epochs: list[int] = []
-        phases: list[str] = []
-        layers: list[int] = []
-        kinds: list[str] = []
-        stat_names: list[str] = []
-        for entries, stats in meta:
-            width = len(stats)
-            for e in entries:
-                steps.append((e.step, width))
-                epochs.append(e.epoch)
-                phases.append(e.phase)
-                layers.append(e.layer)
-                kinds.append(e.kind)
-                stat_names.extend(stats)
-        lengths = np.fromiter((w for _, w in steps), np.int64, len(steps))
-        self._chunks.append({
-            "step": np.repeat(np.fromiter((st for st, _ in steps), np.int64, len(steps)), lengths),
-            "epoch": np.repeat(np.asarray(epochs, dtype=np.int64), lengths),
-            "phase": np.repeat(np.asarray(phases, dtype=object), lengths),
-            "layer": np.repeat(np.asarray(layers, dtype=np.int64), lengths),
-            "kind": np.repeat(np.asarray(kinds, dtype=object), lengths),
-            "stat": np.asarray(stat_names, dtype=object),
-            "value": values,
-        })
+        raw = [rows for _, rows, _ in taken]
+        if all(r.device.type == "cpu" for r in raw):
+            host = [r.numpy().copy() for r in raw]
+        else:  # one copy for all streams
+            flat = torch.cat([r.reshape(-1) for r in raw]).cpu().numpy()
+            parts = np.split(flat, np.cumsum([r.numel() for r in raw])[:-1])
+            host = [h.reshape(r.shape) for h, r in zip(parts, raw, strict=True)]
+        for (index, _, meta), rows in zip(taken, host, strict=True):
+            self._host.setdefault(index, []).append((rows, meta))
+            self._host_bytes += rows.nbytes
         self._frame = None
+        if self._host_bytes > HOST_ROWS_BYTES:
+            self._derive()
 
-    def _flush_flat(self) -> None:
-        if not self._pending_flat:
-            return
-        pending, self._pending_flat = self._pending_flat, []
-        groups: dict[tuple[str, tuple[int, ...], tuple[int, ...]], list[tuple[int, int, torch.Tensor, torch.Tensor]]]
-        groups = {}
-        for step, epoch, kind, codes, s1, s2, sizes in pending:
-            groups.setdefault((kind, codes, sizes), []).append((step, epoch, s1, s2))
-        for (kind, codes, sizes), rows in groups.items():
-            s1 = torch.stack([r[2] for r in rows]).double()
-            s2 = torch.stack([r[3] for r in rows]).double()
-            n = torch.tensor(sizes, dtype=torch.float64, device=s1.device)
-            var = (s2 / n - (s1 / n).square()).clamp_min(0.0)  # (steps, layers)
-            k = len(codes)
-            self._chunks.append({
-                "step": np.repeat(np.asarray([r[0] for r in rows], dtype=np.int64), k),
-                "epoch": np.repeat(np.asarray([r[1] for r in rows], dtype=np.int64), k),
-                "phase": np.full(len(rows) * k, "train", dtype=object),
-                "layer": np.tile(np.asarray(codes, dtype=np.int64), len(rows)),
-                "kind": np.full(len(rows) * k, str(kind), dtype=object),
-                "stat": np.full(len(rows) * k, str(Stat.VAR), dtype=object),
-                "value": var.reshape(-1).cpu().numpy(),
-            })
-        self._frame = None
+    def _derive(self) -> None:
+        """Turn the moment rows on the host into statistics (chunks of the frame). Rows of a diverged
+        step (inf/NaN sums) give NaN statistics, silently: the checks report the divergence."""
+        host, self._host, self._host_bytes = self._host, {}, 0
+        for index, parts in sorted(host.items()):
+            layer, kind, _, codes, sizes = self._streams[index]
+            rows = np.concatenate([r for r, _ in parts]) if len(parts) > 1 else parts[0][0]
+            meta = [m for _, ms in parts for m in ms]
+            with np.errstate(invalid="ignore", over="ignore"):
+                if layer is None:
+                    self._chunks.append(_weight_chunk(kind, codes, sizes, rows, meta))
+                else:
+                    self._chunks.append(_moment_chunk(layer, kind, rows, meta))
 
     def layers(self) -> list[LayerInfo]:
         """The recorded layers, in the order of the first forward pass."""
@@ -648,6 +544,7 @@ class Recorder:
         self.flush()
         if self._frame is not None:
             return self._frame
+        self._derive()
         if not self._chunks:
             self._frame = pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in FRAME_COLUMNS})
             return self._frame
@@ -674,6 +571,69 @@ class Recorder:
         self._frame = pd.DataFrame(data, columns=list(FRAME_COLUMNS))
         return self._frame
 
+
+def _dense(t: torch.Tensor) -> bool:
+    """True when ``t`` fills one block of memory (any dim order), so it can be read as a flat array."""
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
+
+def _moment_chunk(layer: _Layer, kind: str, rows: np.ndarray, meta: list[tuple[int, int, str, int]]
+                  ) -> dict[str, np.ndarray]:
+    """Statistics of a layer's forward or backward rows (one per step), with their labels.
+
+    Per row: ``var = mean_c (s2_c / n - (s1_c / n)^2)``, ``mean_sq = mean_c (s1_c / n)^2``,
+    ``zero_frac = 1 - nonzero / (n C)``, ``dead_frac = mean_c [s1_c == 0]`` (ReLU family),
+    ``sat_frac = saturated / (n C)`` (bounded activations); ``n`` values per channel."""
+    channels = (rows.shape[1] - 2) // 2
+    s1, s2 = rows[:, :channels], rows[:, channels:2 * channels]
+    n = np.fromiter((m[3] for m in meta), np.float64, len(meta))[:, None]
+    mean = s1 / n
+    var = np.maximum(s2 / n - mean * mean, 0.0)
+    total = n[:, 0] * channels
+    columns = [var.mean(1), (mean * mean).mean(1), 1.0 - rows[:, 2 * channels] / total]
+    stats: tuple[str, ...] = _FWD_STATS if kind == Kind.FORWARD else _BWD_STATS
+    if kind == Kind.FORWARD and layer.role == "activation" and layer.activation in RELU_FAMILY:
+        columns.append((s1 == 0).mean(1))  # outputs >= 0: a channel is all zero iff its sum is 0
+        stats = (*stats, Stat.DEAD_FRAC)
+    elif kind == Kind.FORWARD and layer.role == "activation" and layer.activation in SATURATING:
+        columns.append(rows[:, 2 * channels + 1] / total)
+        stats = (*stats, Stat.SAT_FRAC)
+    return {**_labels(meta, layer.code, kind, stats), "value": np.stack(columns, 1).reshape(-1)}
+
+
+def _weight_chunk(kind: str, codes: tuple[int, ...], sizes: tuple[int, ...], rows: np.ndarray,
+                  meta: list[tuple[int, int, str, int]]) -> dict[str, np.ndarray]:
+    """Variance of each layer's weight (or its gradient) per step, ``s2 / n - (s1 / n)^2`` over its
+    ``n`` elements, with the row labels."""
+    cells = rows.reshape(len(rows), len(codes), 4)
+    n = np.asarray(sizes, dtype=np.float64)
+    mean = cells[:, :, 0] / n
+    var = np.maximum(cells[:, :, 1] / n - mean * mean, 0.0)
+    steps, k = len(meta), len(codes)
+    return {
+        "step": np.repeat(np.fromiter((m[0] for m in meta), np.int64, steps), k),
+        "epoch": np.repeat(np.fromiter((m[1] for m in meta), np.int64, steps), k),
+        "phase": np.full(steps * k, "train", dtype=object),
+        "layer": np.tile(np.asarray(codes, dtype=np.int64), steps),
+        "kind": np.full(steps * k, kind, dtype=object),
+        "stat": np.full(steps * k, str(Stat.VAR), dtype=object),
+        "value": var.reshape(-1),
+    }
+
+
+def _labels(meta: list[tuple[int, int, str, int]], code: int, kind: str, stats: tuple[str, ...]
+            ) -> dict[str, np.ndarray]:
+    """Row labels for ``len(meta)`` steps x ``len(stats)`` statistics of one layer and kind."""
+    steps, width = len(meta), len(stats)
+    return {
+        "step": np.repeat(np.fromiter((m[0] for m in meta), np.int64, steps), width),
+        "epoch": np.repeat(np.fromiter((m[1] for m in meta), np.int64, steps), width),
+        "phase": np.repeat(np.asarray([m[2] for m in meta], dtype=object), width),
+        "layer": np.full(steps * width, code, dtype=np.int64),
+        "kind": np.full(steps * width, str(kind), dtype=object),
+        "stat": np.tile(np.asarray([str(s) for s in stats], dtype=object), steps),
+    }
 
 def _dtype(column: str) -> str:
     if column == "value":

@@ -7,6 +7,9 @@ bits). With ``jobs > 1`` the cores are split between the workers: two processes 
 ran two models 1.12x faster than one process with two threads. The jobs and threads are decided from
 the whole plan, not from the runs left to do, so ``--resume`` runs each remaining run with the thread
 count it would have had without the interruption, and gets the same numbers.
+
+Processes that train keep freed memory in their heap for reuse (:func:`initdiag.memory.keep_heap`):
+otherwise every training step faults its activation buffers back in (0.6x the time per step here).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from .data import MnistData
 from .errors import Interrupted
 from .experiment import ExperimentResult, RunResult, assemble, resolve_device, run_one
 from .initializers import InitSpec
+from .memory import keep_heap
 from .progress import MultiProgress, NullProgress, Progress, QueueProgress
 from .store import RunStore
 
@@ -76,6 +80,7 @@ def execute(config: ExperimentConfig, data: MnistData, tasks: Sequence[Task], *,
     """
     progress = progress or NullProgress()
     on_done = on_done or (lambda run: None)
+    keep_heap()  # also for forked workers, which inherit it
     if threads is None:
         threads = threads_per_run(min(jobs, len(tasks)))
     if jobs <= 1 or len(tasks) <= 1:
@@ -138,6 +143,7 @@ def _init_worker(threads: int, queue: Any, data: MnistData | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(threads)
+    keep_heap()  # spawned workers start with the default heap settings
     _WORKER["queue"] = queue
     if data is not None:
         _WORKER["data"] = data

@@ -9,9 +9,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from initdiag import _moments
+from initdiag._moments import channel_moments
 from initdiag.initializers import InitSpec, apply_initializer
 from initdiag.models import seed_cnn
-from initdiag.recorder import Recorder, channel_moments
+from initdiag.recorder import Recorder
 
 
 def _capture(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -110,15 +112,53 @@ def test_linear_on_sequences_uses_last_dim_as_channel() -> None:
     assert got["mean_sq"] == pytest.approx(want["mean_sq"], rel=1e-5)
 
 
-def test_channels_last_layout_gives_same_statistics() -> None:
+@pytest.mark.parametrize("fast", [True, False], ids=["c-kernel", "torch"])
+def test_channels_last_layout_gives_same_statistics(fast: bool) -> None:
     torch.manual_seed(0)
     y = torch.randn(4, 5, 6, 7)
-    for layout in (y, y.contiguous(memory_format=torch.channels_last)):
-        s1, norm, nonzero, count = channel_moments(layout, 1)
-        assert torch.allclose(s1.sum(0), y.sum((0, 2, 3)), rtol=1e-5)
-        assert torch.allclose(norm.square().sum(0), y.square().sum((0, 2, 3)), rtol=1e-5)
-        assert int(nonzero) == int(torch.count_nonzero(y))
-        assert count == 4 * 6 * 7
+    y[0, 1] = 0.0
+    was = _moments.FAST_KERNEL is not None
+    try:
+        if fast and not _moments.use_fast_kernel(True):
+            pytest.skip("the C kernel is not built")
+        _moments.use_fast_kernel(fast)
+        for layout in (y, y.contiguous(memory_format=torch.channels_last), y.transpose(2, 3)):
+            s1, s2, nonzero, count = channel_moments(layout, 1)
+            assert torch.allclose(s1, y.double().sum((0, 2, 3)), rtol=1e-6, atol=1e-9)
+            assert torch.allclose(s2, y.double().square().sum((0, 2, 3)), rtol=1e-6)
+            assert nonzero == int(torch.count_nonzero(y))
+            assert count == 4 * 6 * 7
+        s1, s2, nonzero, count = channel_moments(y.permute(0, 2, 3, 1), 3)  # (batch, H, W, C): C last
+        assert torch.allclose(s1, y.double().sum((0, 2, 3)), rtol=1e-6, atol=1e-9)
+    finally:
+        _moments.use_fast_kernel(was)
+
+
+def test_c_kernel_and_torch_ops_record_the_same_frame() -> None:
+    if not _moments.use_fast_kernel(True):
+        pytest.skip("the C kernel is not built")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3), nn.ReLU())
+    model.to(memory_format=torch.channels_last)
+    x = torch.randn(6, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    frames = []
+    try:
+        for fast in (True, False):
+            _moments.use_fast_kernel(fast)
+            with Recorder(model) as rec:
+                model(x).sum().backward()
+                with rec.probe("init"), torch.no_grad():
+                    model(x)
+            frames.append(rec.frame())
+            model.zero_grad(set_to_none=True)
+    finally:
+        _moments.use_fast_kernel(True)
+    fast_frame, torch_frame = frames
+    assert len(fast_frame) == len(torch_frame) > 0
+    key = ["phase", "layer", "kind", "stat"]
+    merged = fast_frame.merge(torch_frame, on=[*key, "step"], suffixes=("_c", "_torch"))
+    assert len(merged) == len(fast_frame)
+    assert np.allclose(merged.value_c, merged.value_torch, rtol=1e-5, atol=1e-12)
 
 
 def test_every_k_steps_and_epoch_labels() -> None:
