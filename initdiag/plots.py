@@ -111,7 +111,7 @@ def _clean_svg(svg: str, salt: str) -> str:
     several figures can share one HTML page without duplicate ids."""
     svg = _METADATA.sub("", _PROLOG.sub("", svg))
     svg = _XMLNS.sub("", svg).replace("xlink:href=", "href=")
-    svg = _QUAD.sub(_rect, svg)
+    svg = _RECT_RUN.sub(_merge_rects, _QUAD.sub(_rect, svg))
     keep = {f"{salt}-svg", *_REF.findall(svg)}
     svg = _ID.sub(lambda m: m.group(0) if m.group(1) in keep else "", svg)
     return svg.strip() + "\n"
@@ -124,6 +124,25 @@ def _rect(m: re.Match[str]) -> str:
     return (f'<rect x="{min(x0, x1):.2f}" y="{min(y0, y1):.2f}" width="{abs(x1 - x0):.2f}" '
             f'height="{abs(y1 - y0):.2f}" {clip}style="fill:{m.group(6)};stroke:{m.group(6)};'
             f'stroke-width:{m.group(7)}"/>')
+
+
+_CELL = re.compile(r'<rect x="([\d.-]+)" y="([\d.-]+)" width="([\d.]+)" height="([\d.]+)" (.*?)/>')
+_RECT_RUN = re.compile(r'(?:<rect x="[\d.-]+" y="[\d.-]+" width="[\d.]+" height="[\d.]+" '
+                       r'(?:clip-path="[^"]*" )?style="fill:#[0-9a-f]{6};[^"]*"/>\s*){2,}')
+
+
+def _merge_rects(m: re.Match[str]) -> str:
+    """Consecutive heatmap cells of one row with the same colour as one wider ``<rect>``: the same
+    picture with several times fewer elements (PDF rendering time goes with their number)."""
+    out: list[list[str | float]] = []
+    for x, y, w, h, rest in _CELL.findall(m.group(0)):
+        last = out[-1] if out else None
+        if (last is not None and last[1] == y and last[3] == h and last[4] == rest
+                and abs(float(last[0]) + float(last[2]) - float(x)) < 0.02):
+            last[2] = float(x) + float(w) - float(last[0])
+        else:
+            out.append([float(x), y, float(w), h, rest])
+    return "".join(f'<rect x="{x:.2f}" y="{y}" width="{w:.2f}" height="{h}" {rest}/>\n' for x, y, w, h, rest in out)
 
 
 def _figure(height_in: float) -> Figure:

@@ -257,3 +257,30 @@ def test_readme_shows_a_small_screenshot() -> None:
     assert "](docs/report-page1.png)" in (root / "README.md").read_text(encoding="utf-8")
     png = root / "docs" / "report-page1.png"
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and png.stat().st_size < 200 * 1024
+
+
+def test_heatmap_cells_of_one_colour_in_a_row_become_one_rectangle() -> None:
+    import numpy as np
+
+    layers, steps = ["a", "b", "c"], list(range(0, 400, 10))
+    constant_rows = np.repeat(np.array([[1e-3], [1e-1], [1e1]]), len(steps), axis=1)
+    varied = np.tile(np.logspace(-3, 3, len(steps)), (3, 1))  # every cell of a row a different colour
+
+    def cells(matrix: np.ndarray) -> list[tuple[str, str, float, float]]:
+        """(y, height, left, right) of each filled rectangle."""
+        svg = plots.heatmap_pair([("p", matrix, None)], layers, steps, title="t", salt="h")
+        found = re.findall(r'<rect x="([\d.-]+)" y="([\d.-]+)" width="([\d.]+)" height="([\d.]+)" '
+                           r'(?:clip-path="[^"]*" )?style="fill:#', svg)
+        return [(y, h, float(x), float(x) + float(w)) for x, y, w, h in found]
+
+    grid = cells(varied)
+    rows = [key for key in dict.fromkeys((y, h) for y, h, _, _ in grid)
+            if sum((y, h) == key for y, h, _, _ in grid) == len(steps)]
+    assert len(rows) == len(layers)  # the varied map: one rectangle per cell
+    merged = cells(constant_rows)
+    for key in rows:  # a constant row: one rectangle, spanning the row of cells
+        row = [(left, right) for y, h, left, right in merged if (y, h) == key]
+        span = [(left, right) for y, h, left, right in grid if (y, h) == key]
+        assert len(row) == 1
+        assert row[0][0] == pytest.approx(min(s[0] for s in span), abs=0.02)
+        assert row[0][1] == pytest.approx(max(s[1] for s in span), abs=0.02)
