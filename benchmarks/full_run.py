@@ -1,8 +1,12 @@
 """End-to-end time and peak memory of ``initdiag report`` next to the same experiment as a plain
 PyTorch loop (benchmarks/plain_loop.py), alternated, in one run. Prints a table of ratios.
 
-    python benchmarks/full_run.py --data-dir ../shared/data            # the full default run (~15 min)
+    python benchmarks/full_run.py --data-dir ../shared/data            # the full default run (~17 min)
     python benchmarks/full_run.py --data-dir ../shared/data --epochs 1 --rounds 1   # a quick look
+    python benchmarks/full_run.py --data-dir ../shared/data --keep reports/example  # also keep the report
+
+initdiag runs exactly as a user would run it (``initdiag report --model cnn --data-dir DIR``, plus
+``--out``); the plain loop is a straightforward single-process PyTorch loop with torch's defaults.
 """
 
 from __future__ import annotations
@@ -26,16 +30,17 @@ def main() -> None:
     parser.add_argument("--limit-train", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=1, help="alternations of (initdiag, plain loop)")
     parser.add_argument("--jobs", type=int, default=None)
+    parser.add_argument("--keep", default=None, help="write the last initdiag report to this directory")
     args = parser.parse_args()
-    common = ["--data-dir", args.data_dir, "--epochs", str(args.epochs)]
+    common = ["--data-dir", args.data_dir] + (["--epochs", str(args.epochs)] if args.epochs != 5 else [])
     if args.limit_train:
         common += ["--limit-train", str(args.limit_train)]
     ours: list[Measured] = []
     plain: list[Measured] = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            cmd = [sys.executable, "-m", "initdiag", "report", "--model", "cnn", *common,
-                   "--out", str(Path(tmp) / f"r{r}"), "--device", "cpu"]
+            out = Path(args.keep) if args.keep and r == args.rounds - 1 else Path(tmp) / f"r{r}"
+            cmd = [sys.executable, "-m", "initdiag", "report", "--model", "cnn", *common, "--out", str(out)]
             if args.jobs:
                 cmd += ["--jobs", str(args.jobs)]
             ours.append(measure(cmd))

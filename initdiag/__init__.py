@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 from .audit import AuditResult, audit  # the function: `initdiag.audit(...)`
 from .errors import DataError, InitDiagError, ModelLoadError, OutputError, UsageError
 from .initializers import INITIALIZERS, InitSpec, apply_initializer
+from .memory import keep_heap
 from .recorder import Recorder
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "__version__",
     "apply_initializer",
     "audit",
+    "keep_heap",
 ]
