@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--max-per-channel", type=int, default=1024, help="the recorder's sample cap")
     parser.add_argument("--fast-kernel", action=argparse.BooleanOptionalAction, default=True,
                         help="the recorder's C kernel (when built)")
     args = parser.parse_args()
@@ -60,7 +61,7 @@ def main() -> None:
 
     block(10)  # warm-up
     times: dict[str, list[tuple[float, float]]] = {"plain": [], "recorded": []}
-    recorder = Recorder(model, every=args.every)
+    recorder = Recorder(model, every=args.every, max_per_channel=args.max_per_channel)
     for i in range(args.blocks):
         for kind in (("plain", "recorded") if i % 2 == 0 else ("recorded", "plain")):
             wall, cpu = time.perf_counter(), time.process_time()

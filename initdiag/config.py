@@ -71,7 +71,7 @@ class ExperimentConfig:
     jobs: int | None = None
     """Parallel worker processes; None picks one per core (CPU) or 1 (GPU)."""
     probe_size: int = 512
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 500
     fail_on: tuple[str, ...] = ()
     paper: str = "a4"
 

@@ -104,6 +104,8 @@ def _parallel(config: ExperimentConfig, data: MnistData, tasks: Sequence[Task], 
               progress: Progress, on_done: Callable[[RunResult], None], threads: int) -> list[RunResult]:
     jobs = min(jobs, len(tasks))
     use_fork = device.type == "cpu" and "fork" in mp.get_all_start_methods()
+    if use_fork:  # the optimizer imports torch._dynamo (~870 modules, 2-3 s) on first use: once, inherited
+        import torch._dynamo
     ctx: Any = mp.get_context("fork") if use_fork else torch.multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     multi = MultiProgress(progress)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .memory import release_heap
 from .progress import NullProgress, Progress
 
 __all__ = ["EpochStats", "TrainOutcome", "evaluate", "grad_norm", "prepare_model", "to_batch", "train",
@@ -83,8 +84,15 @@ def grad_norm(parameters: Sequence[torch.Tensor], device: torch.device) -> torch
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
+RELEASE_EVERY = 200
+"""Training steps between two :func:`initdiag.memory.release_heap` calls (also after every evaluation).
+Measured on the seed CNN with the recorder attached and the heap kept: without them a process's
+resident memory grew by ~0.5 MB per step (freed but fragmented heap, not reused); with them it stays
+flat, for ~40 page faults per step (<1% of the step)."""
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
              device: torch.device | str = "cpu") -> tuple[float, float, np.ndarray]:
     """Return ``(mean cross-entropy, accuracy, predictions)`` of ``model`` on ``(x, y)`` in eval mode.
 
@@ -130,7 +138,7 @@ def train(
     lr: float = 1e-3,
     seed: int = 0,
     device: torch.device | str = "cpu",
-    eval_batch_size: int = 1000,
+    eval_batch_size: int = 500,
     progress: Progress | None = None,
     label: str = "run",
     on_epoch_start: Callable[[int], None] | None = None,
@@ -188,6 +196,8 @@ def _train(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_
             norms.append(grad_norm(parameters, device))
             optimizer.step()
             losses.append(loss.detach())
+            if (i + 1) % RELEASE_EVERY == 0:
+                release_heap()
             if (i + 1) % check_every == 0 or i + 1 == steps:
                 window = torch.stack(losses[checked:])
                 finite = torch.isfinite(window) & torch.isfinite(torch.stack(norms[checked:]))
@@ -199,6 +209,7 @@ def _train(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_
                 progress.step(epoch, epochs, i + 1, steps, float(window[-1]))
         epoch_losses = torch.stack(losses[first:]).double().cpu()
         test_loss, accuracy, predictions = evaluate(model, test_x, test_y, eval_batch_size, device)
+        release_heap()  # the evaluation's large batches
         train_loss = float(epoch_losses.mean())
         history.append(EpochStats(epoch, train_loss, test_loss, accuracy, time.perf_counter() - start))
         progress.epoch(epoch, epochs, train_loss, test_loss, accuracy)

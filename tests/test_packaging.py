@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -26,6 +27,12 @@ def test_wheel_contains_templates_and_sample(wheel: Path) -> None:
     assert "initdiag/templates/report.css" in names
     for f in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         assert f"initdiag/sample/{f}" in names
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+def test_wheel_carries_the_compiled_moments_kernel(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("initdiag/_fastmoments") and n.endswith((".so", ".pyd")) for n in names), names
 
 
 def test_templates_and_sample_load_from_installed_wheel_elsewhere(wheel: Path, tmp_path: Path) -> None:
