@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - depends on the build
     _fastmoments = None
 
 __all__ = ["FAST_KERNEL", "Geometry", "Stream", "channel_moments", "channel_view", "first_samples", "kernel_geometry",
-           "kernel_usable", "moments_into", "use_fast_kernel"]
+           "kernel_usable", "moments_into", "samples_kept", "use_fast_kernel"]
 
 FAST_KERNEL: Any = None if os.environ.get("INITDIAG_NO_FAST_KERNEL") else _fastmoments
 """The C kernel module in use, or None (not built, or ``INITDIAG_NO_FAST_KERNEL`` set)."""
@@ -41,14 +41,20 @@ def use_fast_kernel(enabled: bool) -> bool:
     return FAST_KERNEL is not None
 
 
+def samples_kept(shape: tuple[int, ...], cdim: int, max_per_channel: int | None) -> int:
+    """How many leading samples (dim 0) of a tensor of ``shape`` enter the statistics: the fewest that give
+    at least ``max_per_channel`` values per channel, at most all of them (all when there is no cap, no
+    batch dim or the channels are dim 0)."""
+    if max_per_channel is None or len(shape) < 2 or cdim == 0 or shape[0] <= 1:
+        return shape[0] if shape else 1
+    per_sample = math.prod(shape) // (shape[0] * max(shape[cdim], 1))
+    return min(shape[0], -(-max_per_channel // max(per_sample, 1)))
+
+
 def first_samples(y: torch.Tensor, cdim: int, max_per_channel: int | None) -> torch.Tensor:
-    """The first ``k`` samples of ``y`` along dim 0 (the batch), ``k`` the fewest that give at least
-    ``max_per_channel`` values per channel; ``y`` itself when it has no more than that."""
-    if max_per_channel is None or y.dim() < 2 or cdim == 0 or y.shape[0] <= 1:
-        return y
-    per_sample = y.numel() // (y.shape[0] * max(y.shape[cdim], 1))
-    keep = -(-max_per_channel // max(per_sample, 1))
-    return y.narrow(0, 0, keep) if keep < y.shape[0] else y
+    """The first :func:`samples_kept` samples of ``y`` along dim 0 (``y`` itself when that is all)."""
+    keep = samples_kept(tuple(y.shape), cdim, max_per_channel)
+    return y.narrow(0, 0, keep) if y.dim() >= 1 and keep < y.shape[0] else y
 
 
 Geometry = tuple[int, int, int, int, int, int, int]
@@ -77,11 +83,7 @@ def kernel_geometry(shape: tuple[int, ...], strides: tuple[int, ...], cdim: int,
     if len(shape) <= 1 or cdim < 0:
         numel = math.prod(shape)
         return 1, 1, numel, 0, 0, (strides[0] if shape else 1), numel
-    if max_per_channel is not None and cdim > 0 and shape[0] > 1:
-        per_sample = math.prod(shape) // (shape[0] * max(shape[cdim], 1))
-        keep = -(-max_per_channel // max(per_sample, 1))
-        if keep < shape[0]:
-            shape = (keep, *shape[1:])
+    shape = (samples_kept(shape, cdim, max_per_channel), *shape[1:])
     groups = _merge(shape[:cdim], strides[:cdim])
     positions = _merge(shape[cdim + 1:], strides[cdim + 1:])
     if groups is None or positions is None:

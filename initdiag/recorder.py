@@ -435,7 +435,7 @@ class Recorder:
         if stream is None:
             stream = layer.streams[(kind, channels)] = Stream(2 * channels + 2, y.device, self.flush_every)
             self._streams.append((layer, kind, stream, (), ()))
-        elif stream.n >= stream.capacity:
+        elif stream.full:
             self.flush()
         mid, thr = 0.0, -1.0
         if sat_bounds is not None and kind == Kind.FORWARD:
@@ -482,7 +482,7 @@ class Recorder:
         if stream is None:
             stream = self._weight_streams[key] = Stream(4 * len(tensors), tensors[0].device, self.flush_every)
             self._streams.append((None, str(kind), stream, key[1], sizes))
-        elif stream.n >= stream.capacity:
+        elif stream.full:
             self.flush()
         row = stream.reserve(self.step, self.epoch, "train", 0)
         if all(_moments.kernel_usable(t, stream.buffer) and _dense(t) for t in tensors):
