@@ -452,27 +452,32 @@ def _notices(result: ExperimentResult) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _provenance(result: ExperimentResult) -> Provenance:
+def _run_facts(result: ExperimentResult | AuditResult) -> dict[str, Any]:
+    """The provenance fields a report and an audit share: command, date, versions, duration, machine,
+    environment and configuration."""
     env = result.environment
-    prov = result.provenance
     versions = ", ".join(f"{k} {env[k]}" for k in ("initdiag", "torch", "python") if k in env)
-    machine = ", ".join(env[k] for k in ("platform", "device", "gpu") if k in env) or "—"
-    seeds = result.config.run_seeds
-    config = tuple(KeyValue(k, v if isinstance(v, str) else json.dumps(json_safe(v), sort_keys=True))
-                   for k, v in result.config.to_json().items())
+    return {
+        "command": result.command,
+        "date": result.started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "versions": versions or "—",
+        "duration": fmt_seconds(result.seconds),
+        "machine": ", ".join(env[k] for k in ("platform", "device", "gpu") if k in env) or "—",
+        "environment": tuple(KeyValue(k, str(v)) for k, v in env.items()),
+        "config": tuple(KeyValue(k, v if isinstance(v, str) else json.dumps(json_safe(v), sort_keys=True))
+                        for k, v in result.config.to_json().items()),
+    }
+
+
+def _provenance(result: ExperimentResult) -> Provenance:
+    prov = result.provenance
     return Provenance(
-        command=result.command,
-        date=result.started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        versions=versions or "—",
-        seeds=", ".join(map(str, seeds)),
+        **_run_facts(result),
+        seeds=", ".join(map(str, result.config.run_seeds)),
         dataset=prov.name,
         source=f"{prov.source} ({prov.kind})",
         sizes=f"{prov.train_size:,} training, {prov.test_size:,} test images",
-        duration=fmt_seconds(result.seconds),
-        machine=machine,
         files=tuple(DataFile(k, v) for k, v in sorted(prov.files.items())),
-        environment=tuple(KeyValue(k, str(v)) for k, v in env.items()),
-        config=config,
     )
 
 
@@ -693,23 +698,14 @@ _INPUT_KINDS = {"normal": "standard normal inputs", "tokens": "random token ids"
 
 
 def _audit_provenance(result: AuditResult) -> Provenance:
-    env, inputs = result.environment, result.inputs
-    versions = ", ".join(f"{k} {env[k]}" for k in ("initdiag", "torch", "python") if k in env)
-    config = tuple(KeyValue(k, v if isinstance(v, str) else json.dumps(json_safe(v), sort_keys=True))
-                   for k, v in result.config.to_json().items())
+    inputs = result.inputs
     return Provenance(
-        command=result.command,
-        date=result.started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        versions=versions or "—",
+        **_run_facts(result),
         seeds=str(result.config.seed),
         dataset=_INPUT_KINDS.get(inputs.kind, inputs.kind),
         source=inputs.source,
         sizes=inputs.description,
-        duration=fmt_seconds(result.seconds),
-        machine=", ".join(env[k] for k in ("platform", "device", "gpu") if k in env) or "—",
         files=tuple(DataFile(k, v) for k, v in sorted(inputs.files.items())),
-        environment=tuple(KeyValue(k, str(v)) for k, v in env.items()),
-        config=config,
     )
 
 
