@@ -7,7 +7,6 @@ labels through ``initdiag.recorder.Recorder``, then checks the verdict and the e
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from typing import cast
 
 import numpy as np
@@ -21,14 +20,7 @@ from initdiag.initializers import InitSpec, apply_initializer, weight_layers
 from initdiag.models import deep_mlp
 from initdiag.recorder import Recorder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on a small, shared machine torch's thread pool is ~10x slower than one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _snapshot(model: nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
