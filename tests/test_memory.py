@@ -12,9 +12,13 @@ import resource, sys, torch
 import initdiag.memory as memory
 if sys.argv[1] == "keep":
     assert memory.keep_heap()
+else:  # glibc's initial mmap threshold (128 KiB), held fixed: glibc otherwise raises it after the first
+    # free of a large block, on a schedule that varied between machines (5,900 or 40,000+ faults here)
+    import ctypes
+    assert ctypes.CDLL("libc.so.6").mallopt(memory.M_MMAP_THRESHOLD, 128 * 1024) == 1
 x = torch.ones(1)
-for _ in range(3):  # warm up: the heap grows to its working size once
-    (torch.empty(2_000_000) * 2).sum()
+for _ in range(5):  # warm up with the same step (written, not only read: reading maps the zero page)
+    (torch.empty(2_000_000).fill_(1.0) * 2).sum()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):  # like a training step: an 8 MB buffer allocated, written and freed
     (torch.empty(2_000_000).fill_(1.0) * 2).sum()
