@@ -32,7 +32,7 @@ attended output, not the attention weights), since the others are often unused b
   (:func:`main_weight`) and of its gradient.
 
 Hooks keep no activations: each call reduces its tensor to per-channel sums on the device (in
-training steps over at most ``max_per_channel`` values per channel, the first samples of the batch),
+training steps over at most ``max_per_channel`` values per channel, the last samples of the batch),
 written as one row of a preallocated buffer per layer and kind (:mod:`initdiag._moments`; on the CPU
 one pass of a small C kernel). The rows are copied to the host when a buffer fills, never one sync
 per hook call, and turned into statistics many steps at a time.
@@ -41,21 +41,25 @@ per hook call, and turned into statistics many steps at a time.
 from __future__ import annotations
 
 import functools
+import itertools
+import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.nn.modules import module as _nn_module
 from torch.utils.hooks import RemovableHandle
 
 from . import _moments
-from ._moments import Stream, channel_view, first_samples
+from ._moments import Stream, channel_view, last_samples
 from .initializers import WEIGHT_LAYER_TYPES
 
 __all__ = [
@@ -127,6 +131,12 @@ HOST_ROWS_BYTES = 32 << 20
 """Moment rows kept on the host before they are turned into statistics (the seed CNN: about 2,000
 recorded steps)."""
 
+_FLOAT32 = torch.float32
+_SEQUENTIAL_FORWARD = nn.Sequential.forward.__code__
+_MODULE_CALL = getattr(nn.Module, "_wrapped_call_impl", nn.Module._call_impl).__code__  # Module.__call__
+# hooks on every module, which might read a layer's output: a fused pair needs them empty (unknown: not empty)
+_GLOBAL_HOOKS = tuple(getattr(_nn_module, name, {None: None}) for name in
+                      ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_always_called"))
 _FWD_STATS = (Stat.VAR, Stat.MEAN_SQ, Stat.ZERO_FRAC)
 _BWD_STATS = (Stat.VAR, Stat.MEAN_SQ, Stat.ZERO_FRAC)
 _W_STATS = (Stat.VAR,)
@@ -179,8 +189,8 @@ class LayerInfo:
 class _Layer:
     """Mutable bookkeeping for one call site while recording."""
 
-    __slots__ = ("activation", "cdims", "code", "depth", "module", "module_name", "name", "numel", "role", "streams",
-                 "weight_shape")
+    __slots__ = ("activation", "cdims", "code", "depth", "module", "module_name", "name", "numel", "role", "sites",
+                 "streams", "weight_shape")
 
     def __init__(self, code: int, name: str, module_name: str, module: nn.Module, role: str, depth: int,
                  activation: str | None) -> None:
@@ -197,10 +207,39 @@ class _Layer:
         self.numel: int | None = None
         self.cdims: dict[int, int] = {}  # output dim -> channel dim, decided at the first call
         self.streams: dict[tuple[str, int], Stream] = {}  # (kind, channels) -> moment rows
+        # kind -> (shape, strides, stream, kernel arguments...) of the last training-step tensor the C kernel
+        # read: the next one of the same layout skips every other decision (see Recorder._push)
+        self.sites: dict[str, tuple[Any, ...]] = {}
 
     def info(self) -> LayerInfo:
         return LayerInfo(self.name, self.module_name, self.module, self.role, self.depth, self.activation,
                          self.weight_shape, self.numel)
+
+
+def _called_by_sequential(frame: FrameType | None) -> bool:
+    """True when the module call that ``frame`` (a frame inside ``Module.__call__``) belongs to was made
+    by ``nn.Sequential.forward``."""
+    for _ in range(8):  # torch's own frames between Module.__call__ and the hook: a few
+        if frame is None:
+            return False
+        if frame.f_code is _MODULE_CALL:
+            return frame.f_back is not None and frame.f_back.f_code is _SEQUENTIAL_FORWARD
+        frame = frame.f_back
+    return False
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A fused layer whose forward hook ran and whose ReLU's has not yet (see Recorder._push_fused)."""
+
+    relu: nn.Module
+    y: torch.Tensor  # the layer's output
+    layer: _Layer
+    relu_layer: _Layer
+    step: int
+    epoch: int
+    relu_stream: Stream
+    relu_row: int  # the ReLU's row, written from y
 
 
 def _iter_tensors(output: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -225,7 +264,7 @@ class Recorder:
         run, initializer, seed: labels copied into every row of :meth:`frame`.
         saturation_tol: an output within this distance of a bound of tanh/sigmoid counts as saturated.
         max_per_channel: in training steps, at most about this many values per channel enter the
-            statistics (the first samples of the batch; at least one sample); None: all. Probes always
+            statistics (the last samples of the batch; at least one sample); None: all. Probes always
             use every value. 1024 values keep each channel's variance within about 4% (sd; the
             average over channels far closer) and cut the cost for large conv maps (seed CNN: 2 of 64
             samples for the 26x26 first layer, 9 for the 11x11 second).
@@ -271,6 +310,10 @@ class Recorder:
         self._step_weights: list[tuple[_Layer, torch.Tensor]] = []
         self._weights_queued = False
         self._geometry: dict[tuple[Any, ...], _moments.Geometry | None] = {}  # layout -> kernel arguments
+        self._fused: dict[int, nn.Module] = {}  # id(weight layer) -> the nn.ReLU that alone reads its output
+        self._pending: _Pending | None = None  # a fused pair between its two forward hooks
+        self.fused_calls = 0
+        """Forward passes of a layer and its ReLU recorded as one pair (:meth:`_fusable_pairs`)."""
         self._host: dict[int, list[tuple[np.ndarray, list[tuple[int, int, str, int]]]]] = {}  # stream -> rows
         self._host_bytes = 0
         self._chunks: list[dict[str, np.ndarray]] = []
@@ -298,6 +341,7 @@ class Recorder:
 
     def _attach(self) -> None:
         self._names = {id(m): n for n, m in self.model.named_modules()}
+        self._fused = self._fusable_pairs()
         self._handles.append(self.model.register_forward_pre_hook(self._on_root_forward))
         for module in self.model.modules():
             if isinstance(module, RECORDED_WEIGHT_TYPES):
@@ -312,6 +356,25 @@ class Recorder:
         for handle in handles:
             handle.remove()
         self._recording = False
+        if self._pending is not None:
+            self._unfuse()
+
+    def _fusable_pairs(self) -> dict[int, nn.Module]:
+        """Conv/Linear layers followed by an ``nn.ReLU`` in an ``nn.Sequential``, each module used once in
+        the model: the ReLU is the only reader of the layer's output, so one pass over that output gives
+        the ReLU's forward statistics too (``max(y, 0)``), and one hook on the ReLU's backward node both
+        gradients (dL/d relu-output in, dL/dy out). Saves a hook, a hook registration and a read of
+        memory per pair and step; the statistics are the same (tested)."""
+        uses = Counter(id(m) for _, m in self.model.named_modules(remove_duplicate=False))
+        pairs: dict[int, nn.Module] = {}
+        for seq in self.model.modules():
+            if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+                continue
+            children = list(seq)
+            for a, b in itertools.pairwise(children):
+                if isinstance(a, WEIGHT_LAYER_TYPES) and type(b) is nn.ReLU and uses[id(a)] == 1 and uses[id(b)] == 1:
+                    pairs[id(a)] = b
+        return pairs
 
     @property
     def active(self) -> bool:
@@ -320,6 +383,8 @@ class Recorder:
 
     # -- step / probe control ----------------------------------------------------------------------
     def _on_root_forward(self, module: nn.Module, args: Any) -> None:
+        if self._pending is not None:
+            self._unfuse()
         self._calls.clear()
         self._last_weight = None
         if self._phase != "train":
@@ -382,9 +447,12 @@ class Recorder:
         act = activation_name(module)
         sat_bounds = SATURATING.get(act or "")
         weight_role = role == "weight"
+        fused_relu = self._fused.get(id(module))
 
         def hook(mod: nn.Module, args: Any, output: Any) -> None:
             if not self._recording:
+                return
+            if self._pending is not None and self._take_pending(mod, args, output):
                 return
             train = self._phase == "train"
             call = self._calls.get(id(mod), 0) + 1
@@ -405,9 +473,16 @@ class Recorder:
                 elif self._last_weight is not None and not self._act_seen:
                     self._last_weight.activation = act
                     self._act_seen = True
+                if fused_relu is not None and train and call == 1 and self._push_fused(mod, layer, fused_relu, y):
+                    break  # the ReLU's hook registers the backward hook of both
                 self._push(layer, Kind.FORWARD, y, cdim, sat_bounds, self.step, self.epoch)
                 if train and y.requires_grad:
-                    y.register_hook(functools.partial(self._on_grad, layer, cdim, self.step, self.epoch))
+                    node = y.grad_fn
+                    if node is None:  # a leaf: only a tensor hook sees its gradient
+                        y.register_hook(functools.partial(self._on_grad, layer, cdim, self.step, self.epoch, 0))
+                    else:  # the same gradient as a tensor hook, cheaper to register
+                        node.register_prehook(functools.partial(self._on_grad, layer, cdim, self.step, self.epoch,
+                                                                y.output_nr))
                 if weight_role:  # its first floating-point output only (see the module docstring)
                     break
             if weight_role and call == 1 and train:
@@ -417,18 +492,109 @@ class Recorder:
 
         return hook
 
-    def _on_grad(self, layer: _Layer, cdim: int, step: int, epoch: int, grad: torch.Tensor) -> None:
-        if not self._handles:
-            return
+    def _push_fused(self, mod: nn.Module, layer: _Layer, relu: nn.Module, y: torch.Tensor) -> bool:
+        """The forward rows of ``layer`` and of the ``relu`` that follows it (see :meth:`_fusable_pairs`) from
+        one C-kernel pass over ``y``; False (nothing written) unless every condition holds: both layouts
+        seen before, a training step, the layer called by ``nn.Sequential.forward``, and no other hook that
+        could read ``y``."""
+        relu_layer = self._by_key.get((id(relu), 1, ""))
+        if relu_layer is None:
+            return False
+        site, relu_site = layer.sites.get(Kind.FORWARD), relu_layer.sites.get(Kind.FORWARD)
+        if relu_site is None or site is None or not y.requires_grad:
+            return False
+        shape, strides, stream, g, c, p, sg, sc, sp, count, offset, mid, thr = site
+        relu_stream = relu_site[2]
+        if not (y.shape == shape and y.stride() == strides and relu_site[0] == shape and relu_site[1] == strides
+                and y.dtype is _FLOAT32 and y.is_cpu and _moments.FAST_KERNEL is not None
+                and stream.n < stream.capacity and relu_stream.n < relu_stream.capacity):
+            return False
+        if len(mod._forward_hooks) != 1 or relu._forward_pre_hooks or any(_GLOBAL_HOOKS):
+            return False
+        if not _called_by_sequential(sys._getframe(2)):
+            return False
+        step, epoch = self.step, self.epoch
+        row, relu_row = stream.reserve(step, epoch, "train", count), relu_stream.reserve(step, epoch, "train", count)
+        _moments.FAST_KERNEL.moments(y.data_ptr() + offset, g, c, p, sg, sc, sp,
+                                     stream.address + row * stream.row_bytes, mid, thr,
+                                     relu_stream.address + relu_row * relu_stream.row_bytes)
+        self._pending = _Pending(relu, y, layer, relu_layer, step, epoch, relu_stream, relu_row)
+        return True
+
+    def _take_pending(self, mod: nn.Module, args: Any, output: Any) -> bool:
+        """In the forward hook after a fused layer's: True when this is its ReLU applied to its output
+        (the ReLU's row is written; register the pair's backward hook), else undo the fusion."""
+        p = self._pending
+        assert p is not None
+        if mod is p.relu and args and args[0] is p.y and type(output) is torch.Tensor and id(mod) not in self._calls:
+            node = output.grad_fn
+            if node is not None and type(node).__name__ == "ReluBackward0" and output.shape == p.y.shape:
+                self._pending = None
+                self._calls[id(mod)] = 1
+                self._act_seen = True
+                self.fused_calls += 1
+                node.register_hook(functools.partial(self._on_relu_grads, p.layer, p.relu_layer,
+                                                     p.layer.cdims[p.y.dim()], p.step, p.epoch))
+                return True
+        self._unfuse()
+        return False
+
+    def _unfuse(self) -> None:
+        """The layer of a pending fused pair was not followed by its ReLU as expected: take back the ReLU's
+        row and give the layer its own backward hook."""
+        p, self._pending = self._pending, None
+        assert p is not None
+        if p.relu_stream.n == p.relu_row + 1:
+            p.relu_stream.n = p.relu_row
+            p.relu_stream.meta.pop()
+        if p.y.requires_grad and self._handles:
+            p.y.register_hook(functools.partial(self._on_grad, p.layer, p.layer.cdims[p.y.dim()], p.step, p.epoch, 0))
+
+    def _queue_weights(self) -> None:
+        """At the first backward hook of a step: the weight statistics once the backward pass is done."""
         if self._step_weights and not self._weights_queued:
             self._weights_queued = True
             torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
+
+    def _on_grad(self, layer: _Layer, cdim: int, step: int, epoch: int, index: int,
+                 grads: torch.Tensor | tuple[torch.Tensor | None, ...]) -> None:
+        """Backward hook of a recorded output: a tensor hook (``grads`` is dL/dy) or a pre-hook of the
+        node that made it (``grads[index]`` is dL/dy, None when y got no gradient)."""
+        grad = grads if isinstance(grads, torch.Tensor) else grads[index]
+        if grad is None or not self._handles:
+            return
+        self._queue_weights()
         self._push(layer, Kind.BACKWARD, grad, cdim, None, step, epoch)
+
+    def _on_relu_grads(self, layer: _Layer, relu_layer: _Layer, cdim: int, step: int, epoch: int,
+                       grad_inputs: tuple[torch.Tensor | None, ...], grad_outputs: tuple[torch.Tensor | None, ...]
+                       ) -> None:
+        """Post-hook of a fused pair's ReLU node: dL/d relu-output came in, dL/dy (the layer's output) went
+        out, and nothing else reads y, so that is the layer's whole gradient."""
+        if not self._handles:
+            return
+        self._queue_weights()
+        if grad_outputs[0] is not None:
+            self._push(relu_layer, Kind.BACKWARD, grad_outputs[0], cdim, None, step, epoch)
+        if grad_inputs[0] is not None:
+            self._push(layer, Kind.BACKWARD, grad_inputs[0], cdim, None, step, epoch)
 
     def _push(self, layer: _Layer, kind: Kind, y: torch.Tensor, cdim: int, sat_bounds: tuple[float, float] | None,
               step: int, epoch: int) -> None:
         """Reduce ``y`` to per-channel moments, written as the next row of the layer's stream."""
         phase = self._phase
+        if phase == "train":  # the hot path: a tensor laid out as the last one of this layer and kind
+            site = layer.sites.get(kind)
+            if site is not None:
+                shape, strides, stream, g, c, p, sg, sc, sp, count, offset, mid, thr = site
+                if (y.shape == shape and y.stride() == strides and y.dtype is _FLOAT32 and y.is_cpu
+                        and stream.n < stream.capacity and _moments.FAST_KERNEL is not None):
+                    row = stream.n
+                    stream.n = row + 1
+                    stream.meta.append((step, epoch, phase, count))
+                    _moments.FAST_KERNEL.moments(y.data_ptr() + offset, g, c, p, sg, sc, sp,
+                                                 stream.address + row * stream.row_bytes, mid, thr)
+                    return
         cap = self.max_per_channel if phase == "train" else None
         channels = y.shape[cdim] if y.dim() > 1 else 1
         stream = layer.streams.get((kind, channels))
@@ -441,21 +607,24 @@ class Recorder:
         if sat_bounds is not None and kind == Kind.FORWARD:
             lo, hi = sat_bounds
             mid, thr = (lo + hi) / 2, (hi - lo) / 2 - self.saturation_tol
-        if _moments.kernel_usable(y, stream.buffer):  # the hot path: no tensor views, one C call
+        if _moments.kernel_usable(y, stream.buffer):  # no tensor views, one C call
             key = (y.shape, y.stride(), cdim, cap)
             if key in self._geometry:
                 geometry = self._geometry[key]
             else:
                 geometry = self._geometry[key] = _moments.kernel_geometry(tuple(y.shape), y.stride(), cdim, cap)
             if geometry is not None:
-                g, c, p, sg, sc, sp, count = geometry
+                g, c, p, sg, sc, sp, count, offset = geometry
                 row = stream.reserve(step, epoch, phase, count)
-                _moments.FAST_KERNEL.moments(y.data_ptr(), g, c, p, sg, sc, sp,
-                                             stream.buffer.data_ptr() + row * stream.width * 8, mid, thr)
+                _moments.FAST_KERNEL.moments(y.data_ptr() + 4 * offset, g, c, p, sg, sc, sp,
+                                             stream.address + row * stream.row_bytes, mid, thr)
+                if phase == "train":
+                    layer.sites[kind] = (y.shape, y.stride(), stream, g, c, p, sg, sc, sp, count, 4 * offset,
+                                         mid, thr)
                 return
         y = y.detach()  # before narrowing: a view of a tensor that requires grad costs an autograd node
         if cap is not None:
-            y = first_samples(y, cdim, cap)
+            y = last_samples(y, cdim, cap)
         v = channel_view(y, cdim)
         row = stream.reserve(step, epoch, phase, v.shape[0] * v.shape[2])
         _moments.moments_into(v, stream.buffer, row, mid, thr)
@@ -468,16 +637,22 @@ class Recorder:
         self._weights_queued = False
         if not self._handles or not entries:
             return
-        with torch.no_grad():
-            self._push_weights([(layer, w.detach()) for layer, w in entries], Kind.WEIGHT)
-            grads = [(layer, w.grad.detach()) for layer, w in entries if w.grad is not None]
-            if grads:
-                self._push_weights(grads, Kind.WEIGHT_GRAD)
+        layers = [layer for layer, _ in entries]
+        weights = [w for _, w in entries]
+        self._push_weights(layers, weights, Kind.WEIGHT)
+        grads = [w.grad for w in weights]
+        if all(g is not None for g in grads):
+            self._push_weights(layers, grads, Kind.WEIGHT_GRAD)  # type: ignore[arg-type]
+        else:
+            present = [(layer, g) for layer, g in zip(layers, grads, strict=True) if g is not None]
+            if present:
+                self._push_weights([layer for layer, _ in present], [g for _, g in present], Kind.WEIGHT_GRAD)
 
-    def _push_weights(self, entries: list[tuple[_Layer, torch.Tensor]], kind: Kind) -> None:
-        tensors = [t for _, t in entries]
-        sizes = tuple(t.numel() for t in tensors)
-        key = (str(kind), tuple(layer.code for layer, _ in entries), sizes)
+    def _push_weights(self, layers: list[_Layer], tensors: list[torch.Tensor], kind: Kind) -> None:
+        """One row of ``[s1, s2, nonzero, 0]`` per tensor, each tensor read whole (on the CPU: one C call
+        for all of them)."""
+        sizes = tuple([t.numel() for t in tensors])
+        key = (str(kind), tuple([layer.code for layer in layers]), sizes)
         stream = self._weight_streams.get(key)
         if stream is None:
             stream = self._weight_streams[key] = Stream(4 * len(tensors), tensors[0].device, self.flush_every)
@@ -486,16 +661,18 @@ class Recorder:
             self.flush()
         row = stream.reserve(self.step, self.epoch, "train", 0)
         if all(_moments.kernel_usable(t, stream.buffer) and _dense(t) for t in tensors):
-            base = stream.buffer.data_ptr() + row * stream.width * 8
-            for j, t in enumerate(tensors):  # the whole tensor as one channel, memory order
-                _moments.FAST_KERNEL.moments(t.data_ptr(), 1, 1, t.numel(), 0, 0, 1, base + 32 * j, 0.0, -1.0)
+            args: list[int] = []
+            for t in tensors:  # each whole tensor as one channel, in memory order
+                args += (t.data_ptr(), t.numel())
+            _moments.FAST_KERNEL.flat(stream.address + row * stream.row_bytes, *args)
             return
-        flat = [t.float() for t in tensors]
-        s1 = torch.stack([t.sum() for t in flat])
-        s2 = torch.stack(torch._foreach_norm(flat)).square()
-        cells = stream.buffer[row].view(len(tensors), 4)
-        cells[:, 0].copy_(s1)
-        cells[:, 1].copy_(s2)
+        with torch.no_grad():
+            flat = [t.detach().float() for t in tensors]
+            s1 = torch.stack([t.sum() for t in flat])
+            s2 = torch.stack(torch._foreach_norm(flat)).square()
+            cells = stream.buffer[row].view(len(tensors), 4)
+            cells[:, 0].copy_(s1)
+            cells[:, 1].copy_(s2)
 
     # -- collection ---------------------------------------------------------------------------------
     def flush(self) -> None:

@@ -274,7 +274,7 @@ def test_zero_init_gives_exact_zero_activations_and_hidden_gradients() -> None:
     assert np.isfinite(frame.value).all()
 
 
-def test_training_steps_use_the_first_samples_up_to_the_cap_and_probes_use_all() -> None:
+def test_training_steps_use_the_last_samples_up_to_the_cap_and_probes_use_all() -> None:
     torch.manual_seed(0)
     model = seed_cnn()
     apply_initializer(model, InitSpec("he"), seed=2)
@@ -288,9 +288,9 @@ def test_training_steps_use_the_first_samples_up_to_the_cap_and_probes_use_all()
     for name, per_sample in (("0", 26 * 26), ("3", 11 * 11), ("6", 3 * 3)):
         keep = min(32, -(-1000 // per_sample))  # 2, 9 and all 32 samples
         got = _values(frame, name, "forward")
-        assert got["var"] == pytest.approx(_direct(ref_out[name][:keep], 1)["var"], rel=1e-5)
+        assert got["var"] == pytest.approx(_direct(ref_out[name][-keep:], 1)["var"], rel=1e-5)
         gotg = _values(frame, name, "backward")
-        assert gotg["var"] == pytest.approx(_direct(ref_grad[name][:keep], 1)["var"], rel=1e-5)
+        assert gotg["var"] == pytest.approx(_direct(ref_grad[name][-keep:], 1)["var"], rel=1e-5)
         probe = frame[(frame.layer == name) & (frame.phase == "init") & (frame.stat == "var")].value.item()
         assert probe == pytest.approx(_direct(ref_out[name], 1)["var"], rel=1e-5)
 
@@ -351,3 +351,109 @@ def test_recurrent_attention_and_embedding_layers_are_weight_layers() -> None:
         want = torch.var(weight.detach(), unbiased=False).item()
         assert _values(frame, name, "weight")["var"] == pytest.approx(want, rel=1e-6), name
         assert "var" in _values(frame, name, "weight_grad"), name
+
+
+def _fused_kernel() -> None:
+    if _moments.FAST_KERNEL is None:
+        pytest.skip("the C kernel is not built: layers and ReLUs are recorded apart")
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["relu", "relu-inplace"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("cap", [None, 1000], ids=["all", "cap"])
+def test_layer_and_relu_recorded_as_one_pair_equal_direct_computation(inplace: bool, channels_last: bool,
+                                                                       cap: int | None) -> None:
+    """From the second step, each Conv/Linear -> ReLU pair of the seed CNN is read in one pass and its
+    gradients from one backward hook; the numbers must still be those of the tensors themselves."""
+    _fused_kernel()
+    torch.manual_seed(0)
+    model = seed_cnn()
+    for i, m in enumerate(model):
+        if isinstance(m, nn.ReLU):
+            model[i] = nn.ReLU(inplace=inplace)
+    apply_initializer(model, InitSpec("he"), seed=3)
+    x = torch.rand(32, 1, 28, 28)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref_out, ref_grad = _capture(model, x)  # its own hooks, removed before the recorder attaches
+    with Recorder(model, max_per_channel=cap) as rec:
+        for _ in range(3):  # no optimizer step: every step sees the same tensors
+            F.cross_entropy(model(x), torch.arange(len(x)) % 10).backward()
+            model.zero_grad(set_to_none=True)
+    assert rec.fused_calls == 2 * 4  # steps 1 and 2; step 0 learns the layouts
+    frame = rec.frame()
+    for name in ref_out:
+        per_sample = ref_out[name][0].numel() // ref_out[name].shape[1]
+        keep = len(x) if cap is None else min(len(x), -(-cap // per_sample))
+        for step in (1, 2):
+            got, want = _values(frame, name, "forward", step), _direct(ref_out[name][-keep:], 1)
+            gotg, wantg = _values(frame, name, "backward", step), _direct(ref_grad[name][-keep:], 1)
+            for stat in ("var", "mean_sq", "zero_frac"):
+                assert got[stat] == pytest.approx(want[stat], rel=1e-5, abs=1e-12), (name, step, stat)
+                assert gotg[stat] == pytest.approx(wantg[stat], rel=1e-5, abs=1e-15), (name, step, stat)
+            if isinstance(model.get_submodule(name), nn.ReLU):
+                assert got["dead_frac"] == pytest.approx(want["dead_frac"])
+
+
+def test_no_pair_when_another_hook_reads_the_layer_output() -> None:
+    """An activation penalty taken in a user's forward hook adds to dL/dy of the layer: the ReLU is then
+    not the only reader, so the layer keeps its own backward hook and its whole gradient is recorded."""
+    _fused_kernel()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+    taken: list[torch.Tensor] = []
+    model[0].register_forward_hook(lambda m, a, o: taken.append(o))
+    x = torch.randn(20, 12)
+    grads: list[torch.Tensor] = []
+    with Recorder(model) as rec:
+        for _ in range(3):
+            taken.clear()
+            out = model(x)
+            taken[0].register_hook(lambda g: grads.append(g.detach().clone()))
+            (out.square().mean() + taken[0].square().mean()).backward()
+            model.zero_grad(set_to_none=True)
+    assert rec.fused_calls == 0
+    for step in (1, 2):
+        got = _values(rec.frame(), "0", "backward", step)
+        assert got["var"] == pytest.approx(_direct(grads[step], 1)["var"], rel=1e-5)
+
+
+def test_no_pair_outside_sequential() -> None:
+    """A ReLU called from other code may share its input with other ops: no pairing, whole gradients.
+    Both a custom forward and a Sequential whose modules another forward calls one by one are such code."""
+    _fused_kernel()
+
+    class Skip(nn.Module):
+        def __init__(self, fc: nn.Module, act: nn.Module) -> None:
+            super().__init__()
+            self.fc, self.act = fc, act
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc(x)
+            return self.act(h) + h
+
+    class ByHand(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seq = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.seq[0](x)
+            return self.seq[1](h) + h
+
+    torch.manual_seed(0)
+    x = torch.randn(10, 8)
+    for model in (Skip(nn.Linear(8, 8), nn.ReLU()), ByHand()):
+        fc, act = (model.fc, model.act) if isinstance(model, Skip) else (model.seq[0], model.seq[1])
+        h = fc(x).detach().requires_grad_()
+        (act(h) + h).square().mean().backward()
+        want = _direct(h.grad, 1)["var"]
+        model.zero_grad(set_to_none=True)
+        with Recorder(model) as rec:
+            for _ in range(3):
+                model(x).square().mean().backward()
+                model.zero_grad(set_to_none=True)
+        assert rec.fused_calls == 0
+        name = "fc" if isinstance(model, Skip) else "seq.0"
+        assert _values(rec.frame(), name, "backward", 2)["var"] == pytest.approx(want, rel=1e-5)
