@@ -457,3 +457,32 @@ def test_no_pair_outside_sequential() -> None:
         assert rec.fused_calls == 0
         name = "fc" if isinstance(model, Skip) else "seq.0"
         assert _values(rec.frame(), name, "backward", 2)["var"] == pytest.approx(want, rel=1e-5)
+
+
+def test_activations_are_freed_with_the_graph() -> None:
+    """Hooks hold nothing that keeps a step's activations alive after its backward pass: a hook that held
+    an output would make a cycle through autograd's C++ graph (node -> hook -> output -> node), which
+    not even the garbage collector frees (it once cost 15% per step in page faults)."""
+    import gc
+    import weakref
+
+    torch.manual_seed(0)
+    model = seed_cnn()
+    x = torch.rand(16, 1, 28, 28)
+    opt = torch.optim.Adam(model.parameters())
+    relu_outputs: list[weakref.ref[torch.Tensor]] = []
+    for i, module in enumerate(model):  # the ReLU outputs as the next module (MaxPool, Flatten, Linear) sees them
+        if i > 0 and isinstance(model[i - 1], nn.ReLU):
+            module.register_forward_hook(lambda m, a, o: relu_outputs.append(weakref.ref(a[0])))
+    gc.disable()
+    try:
+        with Recorder(model) as rec:
+            for _ in range(4):
+                F.cross_entropy(model(x), torch.arange(len(x)) % 10).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        assert len(relu_outputs) == 4 * 4
+        assert [r() is None for r in relu_outputs] == [True] * len(relu_outputs)
+    finally:
+        gc.enable()
+    assert rec.fused_calls == (3 * 4 if _moments.FAST_KERNEL is not None else 0)
