@@ -26,8 +26,9 @@ attended output, not the attention weights), since the others are often unused b
   ``dead_frac`` = fraction of channels that are zero for every input of the batch; for tanh/sigmoid
   ``sat_frac`` = fraction of outputs within ``saturation_tol`` of the bounds.
 * ``backward``: the same ``var``, ``mean_sq``, ``zero_frac`` of dL/dy, the gradient of the loss with
-  respect to the module's output, from a tensor hook set on the output in the forward hook (works
-  with in-place activations, where ``register_full_backward_hook`` fails).
+  respect to the module's output, from a hook set in the forward hook on the autograd node that made
+  the output (a pre-hook: what a tensor hook on the output would get, cheaper to set; a tensor hook
+  for a leaf). Works with in-place activations, where ``register_full_backward_hook`` fails.
 * ``weight`` / ``weight_grad``: population variance ``var`` of each weight layer's weight
   (:func:`main_weight`) and of its gradient.
 
@@ -36,6 +37,13 @@ training steps over at most ``max_per_channel`` values per channel, the last sam
 written as one row of a preallocated buffer per layer and kind (:mod:`initdiag._moments`; on the CPU
 one pass of a small C kernel). The rows are copied to the host when a buffer fills, never one sync
 per hook call, and turned into statistics many steps at a time.
+
+A Conv/Linear layer followed by ``nn.ReLU`` inside an ``nn.Sequential`` (the ReLU provably the only
+reader of the layer's output, see ``Recorder._fusable_pairs``) is recorded as a pair from the second
+training step on: one C pass over the layer's output gives both forward rows, and one post-hook on the
+ReLU's autograd node both backward rows. The statistics are the same; a step costs two hook calls,
+one hook registration and one memory read less per pair, which is what recording costs on a CPU
+(Python running cold between the training kernels: ~17 µs per reduction there against 4 µs warm).
 """
 
 from __future__ import annotations
