@@ -55,7 +55,6 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from enum import StrEnum
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -69,6 +68,21 @@ from torch.utils.hooks import RemovableHandle
 from . import _moments
 from ._moments import Stream, channel_view, last_samples
 from .initializers import WEIGHT_LAYER_TYPES
+from .recorded import (
+    ACTIVATION_TYPES,
+    FRAME_COLUMNS,
+    RECORDED_WEIGHT_TYPES,
+    SATURATING,
+    Kind,
+    LayerInfo,
+    LayerState,
+    Stat,
+    activation_name,
+    column_dtype,
+    main_weight,
+    moment_chunk,
+    weight_chunk,
+)
 
 __all__ = [
     "ACTIVATION_TYPES",
@@ -83,58 +97,6 @@ __all__ = [
 ]
 
 
-class Kind(StrEnum):
-    """What a statistic describes."""
-
-    FORWARD = "forward"
-    BACKWARD = "backward"
-    WEIGHT = "weight"
-    WEIGHT_GRAD = "weight_grad"
-
-
-class Stat(StrEnum):
-    """Names of the recorded statistics (see the module docstring for their formulas)."""
-
-    VAR = "var"
-    MEAN_SQ = "mean_sq"
-    ZERO_FRAC = "zero_frac"
-    DEAD_FRAC = "dead_frac"
-    SAT_FRAC = "sat_frac"
-
-
-FRAME_COLUMNS: tuple[str, ...] = (
-    "run", "initializer", "seed", "epoch", "step", "phase", "layer", "depth", "module", "kind", "stat",
-    "value",
-)
-
-ACTIVATION_TYPES: dict[type[nn.Module], str] = {
-    nn.ReLU: "relu",
-    nn.ReLU6: "relu6",
-    nn.LeakyReLU: "leaky_relu",
-    nn.PReLU: "prelu",
-    nn.ELU: "elu",
-    nn.SELU: "selu",
-    nn.CELU: "celu",
-    nn.GELU: "gelu",
-    nn.SiLU: "silu",
-    nn.Mish: "mish",
-    nn.Softplus: "softplus",
-    nn.Tanh: "tanh",
-    nn.Hardtanh: "hardtanh",
-    nn.Sigmoid: "sigmoid",
-    nn.Hardsigmoid: "hardsigmoid",
-    nn.Hardswish: "hardswish",
-}
-RELU_FAMILY = frozenset({"relu", "relu6"})
-"""Activations whose inactive outputs are exactly zero, so a unit can be dead."""
-SATURATING: dict[str, tuple[float, float]] = {"tanh": (-1.0, 1.0), "hardtanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}
-"""Bounded activations and their bounds, for ``sat_frac``."""
-
-RECORDED_WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
-    *WEIGHT_LAYER_TYPES, nn.RNNBase, nn.MultiheadAttention, nn.Embedding,
-)
-"""Modules recorded as weight layers (role ``"weight"``, counted in ``depth``)."""
-
 HOST_ROWS_BYTES = 32 << 20
 """Moment rows kept on the host before they are turned into statistics (the seed CNN: about 2,000
 recorded steps)."""
@@ -145,85 +107,6 @@ _MODULE_CALL = getattr(nn.Module, "_wrapped_call_impl", nn.Module._call_impl).__
 # hooks on every module, which might read a layer's output: a fused pair needs them empty (unknown: not empty)
 _GLOBAL_HOOKS = tuple(getattr(_nn_module, name, {None: None}) for name in
                       ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_always_called"))
-_FWD_STATS = (Stat.VAR, Stat.MEAN_SQ, Stat.ZERO_FRAC)
-_BWD_STATS = (Stat.VAR, Stat.MEAN_SQ, Stat.ZERO_FRAC)
-_W_STATS = (Stat.VAR,)
-
-
-def main_weight(module: nn.Module) -> torch.Tensor | None:
-    """The weight whose variance is recorded: ``weight`` (Conv/Linear/Embedding), MultiheadAttention's
-    ``in_proj_weight`` (``q_proj_weight`` when keys/values have other sizes), a recurrent layer's
-    ``weight_ih_l0``; None when the module has none of them."""
-    for attr in ("weight", "in_proj_weight", "q_proj_weight", "weight_ih_l0"):
-        weight = getattr(module, attr, None)
-        if isinstance(weight, torch.Tensor):
-            return weight
-    return None
-
-
-def activation_name(module: nn.Module) -> str | None:
-    """The activation family of ``module`` (``"relu"``, ``"tanh"``, ...), or None if not an activation.
-
-    Subclasses count (the most specific registered base wins), e.g. ``nn.ReLU6`` is ``"relu6"``.
-    """
-    for cls in type(module).__mro__:
-        if cls in ACTIVATION_TYPES:
-            return ACTIVATION_TYPES[cls]
-    return None
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One recorded layer (one call site of a module), in the order of the first forward pass.
-
-    ``depth`` counts weight-layer calls from 0 in execution order; an activation takes the depth of the
-    weight layer before it. ``activation`` is, for a weight layer, the activation module that ran
-    next before the next weight layer (``"linear"`` when none did); for an activation, its own family.
-    ``weight_shape``: the shape of a Conv/Linear weight (None for other layers, whose variance theory
-    the checks do not cover).
-    """
-
-    name: str
-    module_name: str
-    module: str
-    role: str  # "weight" or "activation"
-    depth: int
-    activation: str | None
-    weight_shape: tuple[int, ...] | None
-    numel: int | None = None
-    """Elements per sample of the output (all dims but the first) at the first recorded call."""
-
-
-class _Layer:
-    """Mutable bookkeeping for one call site while recording."""
-
-    __slots__ = ("activation", "cdims", "code", "depth", "module", "module_name", "name", "numel", "role", "sites",
-                 "streams", "weight_shape")
-
-    def __init__(self, code: int, name: str, module_name: str, module: nn.Module, role: str, depth: int,
-                 activation: str | None) -> None:
-        self.code = code
-        self.name = name
-        self.module_name = module_name
-        self.module = type(module).__name__
-        self.role = role
-        self.depth = depth
-        self.activation = activation
-        weight = getattr(module, "weight", None)
-        conv_linear = role == "weight" and isinstance(module, WEIGHT_LAYER_TYPES)
-        self.weight_shape = tuple(weight.shape) if conv_linear and weight is not None else None
-        self.numel: int | None = None
-        self.cdims: dict[int, int] = {}  # output dim -> channel dim, decided at the first call
-        self.streams: dict[tuple[str, int], Stream] = {}  # (kind, channels) -> moment rows
-        # kind -> (shape, strides, stream, kernel arguments...) of the last training-step tensor the C kernel
-        # read: the next one of the same layout skips every other decision (see Recorder._push)
-        self.sites: dict[str, tuple[Any, ...]] = {}
-
-    def info(self) -> LayerInfo:
-        return LayerInfo(self.name, self.module_name, self.module, self.role, self.depth, self.activation,
-                         self.weight_shape, self.numel)
-
-
 def _called_by_sequential(frame: FrameType | None) -> bool:
     """True when the module call that ``frame`` (a frame inside ``Module.__call__``) belongs to was made
     by ``nn.Sequential.forward``."""
@@ -242,8 +125,8 @@ class _Pending:
 
     relu: nn.Module
     y: torch.Tensor  # the layer's output
-    layer: _Layer
-    relu_layer: _Layer
+    layer: LayerState
+    relu_layer: LayerState
     step: int
     epoch: int
     relu_stream: Stream
@@ -301,21 +184,21 @@ class Recorder:
         self._phase = "train"
         self._recording = False
         self._handles: list[RemovableHandle] = []
-        self._layers: list[_Layer] = []
-        self._by_key: dict[tuple[int, int, str], _Layer] = {}
-        self._first_site: dict[int, _Layer] = {}
+        self._layers: list[LayerState] = []
+        self._by_key: dict[tuple[int, int, str], LayerState] = {}
+        self._first_site: dict[int, LayerState] = {}
         self._calls: dict[int, int] = {}
         self._names: dict[int, str] = {}
-        self._last_weight: _Layer | None = None
+        self._last_weight: LayerState | None = None
         self._act_seen = False
         self._last_weight_cdim = 1
         self._last_weight_shape: torch.Size | None = None
         # every stream, in creation order: (layer or None for weights, kind, stream, weight layer codes, sizes)
-        self._streams: list[tuple[_Layer | None, str, Stream, tuple[int, ...], tuple[int, ...]]] = []
+        self._streams: list[tuple[LayerState | None, str, Stream, tuple[int, ...], tuple[int, ...]]] = []
         # weights (or their gradients) of all layers of a step: (kind, layer codes, sizes) -> rows of
         # [s1, s2, nonzero, saturated] per layer
         self._weight_streams: dict[tuple[str, tuple[int, ...], tuple[int, ...]], Stream] = {}
-        self._step_weights: list[tuple[_Layer, torch.Tensor]] = []
+        self._step_weights: list[tuple[LayerState, torch.Tensor]] = []
         self._weights_queued = False
         self._geometry: dict[tuple[Any, ...], _moments.Geometry | None] = {}  # layout -> kernel arguments
         self._fused: dict[int, nn.Module] = {}  # id(weight layer) -> the nn.ReLU that alone reads its output
@@ -424,7 +307,7 @@ class Recorder:
             self._recording = False
 
     # -- hooks --------------------------------------------------------------------------------------
-    def _layer_for(self, module: nn.Module, role: str, call: int, suffix: str) -> _Layer:
+    def _layer_for(self, module: nn.Module, role: str, call: int, suffix: str) -> LayerState:
         key = (id(module), call, suffix)
         layer = self._by_key.get(key)
         if layer is None:
@@ -436,7 +319,7 @@ class Recorder:
             else:
                 depth = self._last_weight.depth if self._last_weight is not None else 0
                 activation = activation_name(module)
-            layer = _Layer(len(self._layers), name, base, module, role, depth, activation)
+            layer = LayerState(len(self._layers), name, base, module, role, depth, activation)
             self._layers.append(layer)
             self._by_key[key] = layer
             self._first_site.setdefault(id(module), layer)
@@ -500,7 +383,7 @@ class Recorder:
 
         return hook
 
-    def _push_fused(self, mod: nn.Module, layer: _Layer, relu: nn.Module, y: torch.Tensor) -> bool:
+    def _push_fused(self, mod: nn.Module, layer: LayerState, relu: nn.Module, y: torch.Tensor) -> bool:
         """The forward rows of ``layer`` and of the ``relu`` that follows it (see :meth:`_fusable_pairs`) from
         one C-kernel pass over ``y``; False (nothing written) unless every condition holds: both layouts
         seen before, a training step, the layer called by ``nn.Sequential.forward``, and no other hook that
@@ -564,7 +447,7 @@ class Recorder:
             self._weights_queued = True
             torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
 
-    def _on_grad(self, layer: _Layer, cdim: int, step: int, epoch: int, index: int,
+    def _on_grad(self, layer: LayerState, cdim: int, step: int, epoch: int, index: int,
                  grads: torch.Tensor | tuple[torch.Tensor | None, ...]) -> None:
         """Backward hook of a recorded output: a tensor hook (``grads`` is dL/dy) or a pre-hook of the
         node that made it (``grads[index]`` is dL/dy, None when y got no gradient)."""
@@ -574,7 +457,7 @@ class Recorder:
         self._queue_weights()
         self._push(layer, Kind.BACKWARD, grad, cdim, None, step, epoch)
 
-    def _on_relu_grads(self, layer: _Layer, relu_layer: _Layer, cdim: int, step: int, epoch: int,
+    def _on_relu_grads(self, layer: LayerState, relu_layer: LayerState, cdim: int, step: int, epoch: int,
                        grad_inputs: tuple[torch.Tensor | None, ...], grad_outputs: tuple[torch.Tensor | None, ...]
                        ) -> None:
         """Post-hook of a fused pair's ReLU node: dL/d relu-output came in, dL/dy (the layer's output) went
@@ -587,7 +470,7 @@ class Recorder:
         if grad_inputs[0] is not None:
             self._push(layer, Kind.BACKWARD, grad_inputs[0], cdim, None, step, epoch)
 
-    def _push(self, layer: _Layer, kind: Kind, y: torch.Tensor, cdim: int, sat_bounds: tuple[float, float] | None,
+    def _push(self, layer: LayerState, kind: Kind, y: torch.Tensor, cdim: int, sat_bounds: tuple[float, float] | None,
               step: int, epoch: int) -> None:
         """Reduce ``y`` to per-channel moments, written as the next row of the layer's stream."""
         phase = self._phase
@@ -656,7 +539,7 @@ class Recorder:
             if present:
                 self._push_weights([layer for layer, _ in present], [g for _, g in present], Kind.WEIGHT_GRAD)
 
-    def _push_weights(self, layers: list[_Layer], tensors: list[torch.Tensor], kind: Kind) -> None:
+    def _push_weights(self, layers: list[LayerState], tensors: list[torch.Tensor], kind: Kind) -> None:
         """One row of ``[s1, s2, nonzero, 0]`` per tensor, each tensor read whole (on the CPU: one C call
         for all of them)."""
         sizes = tuple([t.numel() for t in tensors])
@@ -716,9 +599,9 @@ class Recorder:
             meta = [m for _, ms in parts for m in ms]
             with np.errstate(invalid="ignore", over="ignore"):
                 if layer is None:
-                    self._chunks.append(_weight_chunk(kind, codes, sizes, rows, meta))
+                    self._chunks.append(weight_chunk(kind, codes, sizes, rows, meta))
                 else:
-                    self._chunks.append(_moment_chunk(layer, kind, rows, meta))
+                    self._chunks.append(moment_chunk(layer, kind, rows, meta))
 
     def layers(self) -> list[LayerInfo]:
         """The recorded layers, in the order of the first forward pass."""
@@ -731,7 +614,7 @@ class Recorder:
             return self._frame
         self._derive()
         if not self._chunks:
-            self._frame = pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in FRAME_COLUMNS})
+            self._frame = pd.DataFrame({c: pd.Series(dtype=column_dtype(c)) for c in FRAME_COLUMNS})
             return self._frame
         cols = {k: np.concatenate([c[k] for c in self._chunks]) for k in self._chunks[0]}
         codes = cols.pop("layer")
@@ -760,69 +643,3 @@ class Recorder:
 def _dense(t: torch.Tensor) -> bool:
     """True when ``t`` fills one block of memory (any dim order), so it can be read as a flat array."""
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
-
-
-
-def _moment_chunk(layer: _Layer, kind: str, rows: np.ndarray, meta: list[tuple[int, int, str, int]]
-                  ) -> dict[str, np.ndarray]:
-    """Statistics of a layer's forward or backward rows (one per step), with their labels.
-
-    Per row: ``var = mean_c (s2_c / n - (s1_c / n)^2)``, ``mean_sq = mean_c (s1_c / n)^2``,
-    ``zero_frac = 1 - nonzero / (n C)``, ``dead_frac = mean_c [s1_c == 0]`` (ReLU family),
-    ``sat_frac = saturated / (n C)`` (bounded activations); ``n`` values per channel."""
-    channels = (rows.shape[1] - 2) // 2
-    s1, s2 = rows[:, :channels], rows[:, channels:2 * channels]
-    n = np.fromiter((m[3] for m in meta), np.float64, len(meta))[:, None]
-    mean = s1 / n
-    var = np.maximum(s2 / n - mean * mean, 0.0)
-    total = n[:, 0] * channels
-    columns = [var.mean(1), (mean * mean).mean(1), 1.0 - rows[:, 2 * channels] / total]
-    stats: tuple[str, ...] = _FWD_STATS if kind == Kind.FORWARD else _BWD_STATS
-    if kind == Kind.FORWARD and layer.role == "activation" and layer.activation in RELU_FAMILY:
-        columns.append((s1 == 0).mean(1))  # outputs >= 0: a channel is all zero iff its sum is 0
-        stats = (*stats, Stat.DEAD_FRAC)
-    elif kind == Kind.FORWARD and layer.role == "activation" and layer.activation in SATURATING:
-        columns.append(rows[:, 2 * channels + 1] / total)
-        stats = (*stats, Stat.SAT_FRAC)
-    return {**_labels(meta, layer.code, kind, stats), "value": np.stack(columns, 1).reshape(-1)}
-
-
-def _weight_chunk(kind: str, codes: tuple[int, ...], sizes: tuple[int, ...], rows: np.ndarray,
-                  meta: list[tuple[int, int, str, int]]) -> dict[str, np.ndarray]:
-    """Variance of each layer's weight (or its gradient) per step, ``s2 / n - (s1 / n)^2`` over its
-    ``n`` elements, with the row labels."""
-    cells = rows.reshape(len(rows), len(codes), 4)
-    n = np.asarray(sizes, dtype=np.float64)
-    mean = cells[:, :, 0] / n
-    var = np.maximum(cells[:, :, 1] / n - mean * mean, 0.0)
-    steps, k = len(meta), len(codes)
-    return {
-        "step": np.repeat(np.fromiter((m[0] for m in meta), np.int64, steps), k),
-        "epoch": np.repeat(np.fromiter((m[1] for m in meta), np.int64, steps), k),
-        "phase": np.full(steps * k, "train", dtype=object),
-        "layer": np.tile(np.asarray(codes, dtype=np.int64), steps),
-        "kind": np.full(steps * k, kind, dtype=object),
-        "stat": np.full(steps * k, str(Stat.VAR), dtype=object),
-        "value": var.reshape(-1),
-    }
-
-
-def _labels(meta: list[tuple[int, int, str, int]], code: int, kind: str, stats: tuple[str, ...]
-            ) -> dict[str, np.ndarray]:
-    """Row labels for ``len(meta)`` steps x ``len(stats)`` statistics of one layer and kind."""
-    steps, width = len(meta), len(stats)
-    return {
-        "step": np.repeat(np.fromiter((m[0] for m in meta), np.int64, steps), width),
-        "epoch": np.repeat(np.fromiter((m[1] for m in meta), np.int64, steps), width),
-        "phase": np.repeat(np.asarray([m[2] for m in meta], dtype=object), width),
-        "layer": np.full(steps * width, code, dtype=np.int64),
-        "kind": np.full(steps * width, str(kind), dtype=object),
-        "stat": np.tile(np.asarray([str(s) for s in stats], dtype=object), steps),
-    }
-
-def _dtype(column: str) -> str:
-    if column == "value":
-        return "float64"
-    if column in ("seed", "epoch", "step", "depth"):
-        return "int64"
-    return "object"
