@@ -107,6 +107,14 @@ _MODULE_CALL = getattr(nn.Module, "_wrapped_call_impl", nn.Module._call_impl).__
 # hooks on every module, which might read a layer's output: a fused pair needs them empty (unknown: not empty)
 _GLOBAL_HOOKS = tuple(getattr(_nn_module, name, {None: None}) for name in
                       ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_always_called"))
+def _fits(site: tuple[Any, ...], y: torch.Tensor) -> bool:
+    """True when ``y`` has the layout of a layer's cached ``site`` (``LayerState.sites``: shape, strides,
+    float32 on the CPU), so the C kernel can read it with the site's arguments, and the site's stream has
+    room for a row."""
+    return (y.shape == site[0] and y.stride() == site[1] and y.dtype is _FLOAT32 and y.is_cpu
+            and not site[2].full and _moments.FAST_KERNEL is not None)
+
+
 def _called_by_sequential(frame: FrameType | None) -> bool:
     """True when the module call that ``frame`` (a frame inside ``Module.__call__``) belongs to was made
     by ``nn.Sequential.forward``."""
@@ -394,11 +402,9 @@ class Recorder:
         site, relu_site = layer.sites.get(Kind.FORWARD), relu_layer.sites.get(Kind.FORWARD)
         if relu_site is None or site is None or not y.requires_grad:
             return False
-        shape, strides, stream, g, c, p, sg, sc, sp, count, offset, mid, thr = site
+        _, _, stream, g, c, p, sg, sc, sp, count, offset, mid, thr = site
         relu_stream = relu_site[2]
-        if not (y.shape == shape and y.stride() == strides and relu_site[0] == shape and relu_site[1] == strides
-                and y.dtype is _FLOAT32 and y.is_cpu and _moments.FAST_KERNEL is not None
-                and stream.n < stream.capacity and relu_stream.n < relu_stream.capacity):
+        if not (_fits(site, y) and relu_site[:2] == site[:2] and not relu_stream.full):
             return False
         if len(mod._forward_hooks) != 1 or relu._forward_pre_hooks or any(_GLOBAL_HOOKS):
             return False
@@ -476,16 +482,12 @@ class Recorder:
         phase = self._phase
         if phase == "train":  # the hot path: a tensor laid out as the last one of this layer and kind
             site = layer.sites.get(kind)
-            if site is not None:
-                shape, strides, stream, g, c, p, sg, sc, sp, count, offset, mid, thr = site
-                if (y.shape == shape and y.stride() == strides and y.dtype is _FLOAT32 and y.is_cpu
-                        and stream.n < stream.capacity and _moments.FAST_KERNEL is not None):
-                    row = stream.n
-                    stream.n = row + 1
-                    stream.meta.append((step, epoch, phase, count))
-                    _moments.FAST_KERNEL.moments(y.data_ptr() + offset, g, c, p, sg, sc, sp,
-                                                 stream.address + row * stream.row_bytes, mid, thr)
-                    return
+            if site is not None and _fits(site, y):
+                _, _, stream, g, c, p, sg, sc, sp, count, offset, mid, thr = site
+                row = stream.reserve(step, epoch, phase, count)
+                _moments.FAST_KERNEL.moments(y.data_ptr() + offset, g, c, p, sg, sc, sp,
+                                             stream.address + row * stream.row_bytes, mid, thr)
+                return
         cap = self.max_per_channel if phase == "train" else None
         channels = y.shape[cdim] if y.dim() > 1 else 1
         stream = layer.streams.get((kind, channels))

@@ -50,14 +50,20 @@ def _values(frame: pd.DataFrame, layer: str, kind: str, step: int = 0) -> dict[s
     return dict(zip(rows.stat.astype(str), rows.value, strict=True))
 
 
-@pytest.mark.parametrize("inplace", [False, True])
-def test_cnn_statistics_equal_direct_per_channel_computation(inplace: bool) -> None:
-    torch.manual_seed(0)
+def _seed_cnn(inplace: bool, seed: int) -> nn.Sequential:
+    """The seed CNN, He-initialized from ``seed``, with in-place or ordinary ReLUs."""
     model = seed_cnn()
     for i, m in enumerate(model):
         if isinstance(m, nn.ReLU):
             model[i] = nn.ReLU(inplace=inplace)
-    apply_initializer(model, InitSpec("he"), seed=1)
+    apply_initializer(model, InitSpec("he"), seed=seed)
+    return model
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_cnn_statistics_equal_direct_per_channel_computation(inplace: bool) -> None:
+    torch.manual_seed(0)
+    model = _seed_cnn(inplace, seed=1)
     x = torch.rand(16, 1, 28, 28)
     ref_out, ref_grad = _capture(model, x)
     with Recorder(model, max_per_channel=None) as rec:
@@ -367,11 +373,7 @@ def test_layer_and_relu_recorded_as_one_pair_equal_direct_computation(inplace: b
     gradients from one backward hook; the numbers must still be those of the tensors themselves."""
     _fused_kernel()
     torch.manual_seed(0)
-    model = seed_cnn()
-    for i, m in enumerate(model):
-        if isinstance(m, nn.ReLU):
-            model[i] = nn.ReLU(inplace=inplace)
-    apply_initializer(model, InitSpec("he"), seed=3)
+    model = _seed_cnn(inplace, seed=3)
     x = torch.rand(32, 1, 28, 28)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
