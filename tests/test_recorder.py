@@ -141,6 +141,7 @@ def test_channels_last_layout_gives_same_statistics(fast: bool) -> None:
 
 
 def test_c_kernel_and_torch_ops_record_the_same_frame() -> None:
+    was = _moments.FAST_KERNEL is not None
     if not _moments.use_fast_kernel(True):
         pytest.skip("the C kernel is not built")
     torch.manual_seed(0)
@@ -158,7 +159,7 @@ def test_c_kernel_and_torch_ops_record_the_same_frame() -> None:
             frames.append(rec.frame())
             model.zero_grad(set_to_none=True)
     finally:
-        _moments.use_fast_kernel(True)
+        _moments.use_fast_kernel(was)  # as found (INITDIAG_NO_FAST_KERNEL runs the other tests without it)
     fast_frame, torch_frame = frames
     assert len(fast_frame) == len(torch_frame) > 0
     key = ["phase", "layer", "kind", "stat"]
