@@ -21,7 +21,9 @@ import torch
 
 try:  # built by setup.py when a C compiler is present; optional
     from . import _fastmoments  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the build
+
+    _fastmoments.bind(torch.float32, torch.channels_last)
+except (ImportError, AttributeError):  # pragma: no cover - depends on the build (AttributeError: a stale one)
     _fastmoments = None
 
 __all__ = ["FAST_KERNEL", "Geometry", "Stream", "channel_moments", "channel_view", "kernel_geometry", "kernel_usable",

@@ -38,34 +38,38 @@ written as one row of a preallocated buffer per layer and kind (:mod:`initdiag._
 one pass of a small C kernel). The rows are copied to the host when a buffer fills, never one sync
 per hook call, and turned into statistics many steps at a time.
 
-A Conv/Linear layer followed by ``nn.ReLU`` inside an ``nn.Sequential`` (the ReLU provably the only
-reader of the layer's output, see ``Recorder._fusable_pairs``) is recorded as a pair from the second
-training step on: one C pass over the layer's output gives both forward rows, and one post-hook on the
-ReLU's autograd node both backward rows. The statistics are the same; a step costs two hook calls,
-one hook registration and one memory read less per pair, which is what recording costs on a CPU
-(Python running cold between the training kernels: ~17 µs per reduction there against 4 µs warm).
+What recording costs on a CPU is mostly Python running cold between the training kernels (~17 µs for
+a reduction there against 4 µs warm), so the usual training step takes a short path:
+
+* each plain ``nn.Sequential`` calls its children's ``forward`` and the recorder's hooks itself while
+  recording, instead of torch's generic hook dispatch (:mod:`initdiag._dispatch`);
+* a Conv/Linear layer followed by ``nn.ReLU`` in such a Sequential is recorded as a pair (the ReLU is
+  then the only reader of the layer's output, :meth:`Recorder.run_pair`): one C pass over the layer's
+  output gives both forward rows, and one post-hook on the ReLU's autograd node, itself in C, both
+  backward rows;
+* a tensor laid out as the last one of its layer and kind is reduced, and its row labelled, by one C
+  call (``_fastmoments.tap``), the weights and their gradients by another (``_fastmoments.weights``).
+
+The statistics are those of the general path (tested side by side), which any other case takes.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.nn.modules import module as _nn_module
 from torch.utils.hooks import RemovableHandle
 
-from . import _moments
+from . import _dispatch, _moments
 from ._moments import Stream, channel_view, last_samples
 from .initializers import WEIGHT_LAYER_TYPES
 from .recorded import (
@@ -101,44 +105,12 @@ HOST_ROWS_BYTES = 32 << 20
 """Moment rows kept on the host before they are turned into statistics (the seed CNN: about 2,000
 recorded steps)."""
 
-_FLOAT32 = torch.float32
-_SEQUENTIAL_FORWARD = nn.Sequential.forward.__code__
-_MODULE_CALL = getattr(nn.Module, "_wrapped_call_impl", nn.Module._call_impl).__code__  # Module.__call__
-# hooks on every module, which might read a layer's output: a fused pair needs them empty (unknown: not empty)
-_GLOBAL_HOOKS = tuple(getattr(_nn_module, name, {None: None}) for name in
-                      ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_always_called"))
-def _fits(site: tuple[Any, ...], y: torch.Tensor) -> bool:
-    """True when ``y`` has the layout of a layer's cached ``site`` (``LayerState.sites``: shape, strides,
-    float32 on the CPU), so the C kernel can read it with the site's arguments, and the site's stream has
-    room for a row."""
-    return (y.shape == site[0] and y.stride() == site[1] and y.dtype is _FLOAT32 and y.is_cpu
-            and not site[2].full and _moments.FAST_KERNEL is not None)
 
 
-def _called_by_sequential(frame: FrameType | None) -> bool:
-    """True when the module call that ``frame`` (a frame inside ``Module.__call__``) belongs to was made
-    by ``nn.Sequential.forward``."""
-    for _ in range(8):  # torch's own frames between Module.__call__ and the hook: a few
-        if frame is None:
-            return False
-        if frame.f_code is _MODULE_CALL:
-            return frame.f_back is not None and frame.f_back.f_code is _SEQUENTIAL_FORWARD
-        frame = frame.f_back
-    return False
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A fused layer whose forward hook ran and whose ReLU's has not yet (see Recorder._push_fused)."""
-
-    relu: nn.Module
-    y: torch.Tensor  # the layer's output
-    layer: LayerState
-    relu_layer: LayerState
-    step: int
-    epoch: int
-    relu_stream: Stream
-    relu_row: int  # the ReLU's row, written from y
+def _weight_attr(module: nn.Module) -> str | None:
+    """The name of :func:`main_weight`'s parameter of ``module`` when it is a registered parameter."""
+    weight = main_weight(module)
+    return next((name for name, p in module._parameters.items() if p is weight and weight is not None), None)
 
 
 def _iter_tensors(output: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -192,6 +164,9 @@ class Recorder:
         self._phase = "train"
         self._recording = False
         self._handles: list[RemovableHandle] = []
+        self._taken: list[nn.Sequential] = []  # the model's nn.Sequential, run by _dispatch while attached
+        self.direct_hooks: dict[int, tuple[int, Any]] = {}
+        """``id(module) -> (handle id, forward hook)`` while attached, for :mod:`initdiag._dispatch`."""
         self._layers: list[LayerState] = []
         self._by_key: dict[tuple[int, int, str], LayerState] = {}
         self._first_site: dict[int, LayerState] = {}
@@ -206,11 +181,16 @@ class Recorder:
         # weights (or their gradients) of all layers of a step: (kind, layer codes, sizes) -> rows of
         # [s1, s2, nonzero, saturated] per layer
         self._weight_streams: dict[tuple[str, tuple[int, ...], tuple[int, ...]], Stream] = {}
-        self._step_weights: list[tuple[LayerState, torch.Tensor]] = []
+        self._step_layers: list[LayerState] = []  # the weight layers of this step, in call order
+        self._step_tensors: list[torch.Tensor] = []  # and their weights
         self._weights_queued = False
+        # (layers, weight stream, gradient stream, sizes) of the last step whose weights the C kernel read
+        self._weight_plan: tuple[list[LayerState], Stream, Stream, tuple[int, ...]] | None = None
         self._geometry: dict[tuple[Any, ...], _moments.Geometry | None] = {}  # layout -> kernel arguments
-        self._fused: dict[int, nn.Module] = {}  # id(weight layer) -> the nn.ReLU that alone reads its output
-        self._pending: _Pending | None = None  # a fused pair between its two forward hooks
+        self.pairs: dict[int, nn.Module] = {}
+        """``id(weight layer) -> the nn.ReLU after it`` (:meth:`_fusable_pairs`), for :mod:`initdiag._dispatch`."""
+        # id(weight layer) -> (its layer, the ReLU's layer, its weight's name) once both were recorded apart
+        self._pair_layers: dict[int, tuple[LayerState, LayerState, str | None]] = {}
         self.fused_calls = 0
         """Forward passes of a layer and its ReLU recorded as one pair (:meth:`_fusable_pairs`)."""
         self._host: dict[int, list[tuple[np.ndarray, list[tuple[int, int, str, int]]]]] = {}  # stream -> rows
@@ -240,30 +220,38 @@ class Recorder:
 
     def _attach(self) -> None:
         self._names = {id(m): n for n, m in self.model.named_modules()}
-        self._fused = self._fusable_pairs()
-        self._handles.append(self.model.register_forward_pre_hook(self._on_root_forward))
+        self.pairs = self._fusable_pairs()
+        self._taken = _dispatch.take_over(self)
+        if self.model not in self._taken:  # else RecordingSequential.forward calls _on_root_forward
+            self._handles.append(self.model.register_forward_pre_hook(self._on_root_forward))
         for module in self.model.modules():
-            if isinstance(module, RECORDED_WEIGHT_TYPES):
-                self._handles.append(module.register_forward_hook(self._make_forward_hook(module, "weight")))
-            elif activation_name(module) is not None:
-                self._handles.append(
-                    module.register_forward_hook(self._make_forward_hook(module, "activation"))
-                )
+            role = ("weight" if isinstance(module, RECORDED_WEIGHT_TYPES)
+                    else "activation" if activation_name(module) is not None else None)
+            if role is not None:
+                hook = self._make_forward_hook(module, role)
+                handle = module.register_forward_hook(hook)
+                self._handles.append(handle)
+                self.direct_hooks[id(module)] = (handle.id, hook)
 
     def _detach(self) -> None:
         handles, self._handles = self._handles, []
-        for handle in handles:
-            handle.remove()
-        self._recording = False
-        if self._pending is not None:
-            self._unfuse()
+        try:
+            for handle in handles:
+                handle.remove()
+        finally:
+            taken, self._taken = self._taken, []
+            _dispatch.release(taken)
+            self.direct_hooks = {}
+            self._recording = False
 
     def _fusable_pairs(self) -> dict[int, nn.Module]:
         """Conv/Linear layers followed by an ``nn.ReLU`` in an ``nn.Sequential``, each module used once in
-        the model: the ReLU is the only reader of the layer's output, so one pass over that output gives
-        the ReLU's forward statistics too (``max(y, 0)``), and one hook on the ReLU's backward node both
-        gradients (dL/d relu-output in, dL/dy out). Saves a hook, a hook registration and a read of
-        memory per pair and step; the statistics are the same (tested)."""
+        the model (``id(layer) -> the ReLU``). When the Sequential's own loop runs them
+        (:class:`~initdiag._dispatch.RecordingSequential`), the ReLU is the only reader of the layer's
+        output, so one pass over that output gives the ReLU's forward statistics too (``max(y, 0)``),
+        and one hook on the ReLU's backward node both gradients (dL/d relu-output in, dL/dy out)
+        (:meth:`run_pair`). Saves per pair and step a hook call, a hook registration and a read of
+        memory; the statistics are the same (tested)."""
         uses = Counter(id(m) for _, m in self.model.named_modules(remove_duplicate=False))
         pairs: dict[int, nn.Module] = {}
         for seq in self.model.modules():
@@ -282,8 +270,6 @@ class Recorder:
 
     # -- step / probe control ----------------------------------------------------------------------
     def _on_root_forward(self, module: nn.Module, args: Any) -> None:
-        if self._pending is not None:
-            self._unfuse()
         self._calls.clear()
         self._last_weight = None
         if self._phase != "train":
@@ -294,7 +280,7 @@ class Recorder:
             return
         self.step += 1
         self._recording = self.step % self.every == 0
-        self._step_weights = []
+        self._step_layers, self._step_tensors = [], []
         self._weights_queued = False
 
     @contextmanager
@@ -346,22 +332,28 @@ class Recorder:
         act = activation_name(module)
         sat_bounds = SATURATING.get(act or "")
         weight_role = role == "weight"
-        fused_relu = self._fused.get(id(module))
+        module_id = id(module)
+        weight_attr = _weight_attr(module) if weight_role else None
+        first: list[LayerState] = []  # the layer of this module's first call, once known
 
         def hook(mod: nn.Module, args: Any, output: Any) -> None:
             if not self._recording:
                 return
-            if self._pending is not None and self._take_pending(mod, args, output):
-                return
             train = self._phase == "train"
-            call = self._calls.get(id(mod), 0) + 1
-            self._calls[id(mod)] = call
+            calls = self._calls
+            call = calls.get(module_id, 0) + 1
+            calls[module_id] = call
+            if (call == 1 and first and train and weight_role and type(output) is torch.Tensor
+                    and self._forward_weight_layer(mod, first[0], output, weight_attr)):
+                return  # the usual training call of a weight layer, all done
             if isinstance(output, torch.Tensor):  # the common case, without walking
                 tensors: Any = (("", output),) if output.is_floating_point() and output.numel() > 0 else ()
             else:
                 tensors = _iter_tensors(output)
             for suffix, y in tensors:
                 layer = self._by_key.get((id(mod), call, suffix)) or self._layer_for(mod, role, call, suffix)
+                if call == 1 and not suffix and not first:
+                    first.append(layer)
                 cdim = layer.cdims.get(y.dim())
                 if cdim is None:
                     cdim = layer.cdims[y.dim()] = self._channel_dim(mod, role, y)
@@ -372,8 +364,6 @@ class Recorder:
                 elif self._last_weight is not None and not self._act_seen:
                     self._last_weight.activation = act
                     self._act_seen = True
-                if fused_relu is not None and train and call == 1 and self._push_fused(mod, layer, fused_relu, y):
-                    break  # the ReLU's hook registers the backward hook of both
                 self._push(layer, Kind.FORWARD, y, cdim, sat_bounds, self.step, self.epoch)
                 if train and y.requires_grad:
                     node = y.grad_fn
@@ -385,71 +375,83 @@ class Recorder:
                 if weight_role:  # its first floating-point output only (see the module docstring)
                     break
             if weight_role and call == 1 and train:
-                weight = main_weight(mod)
-                if weight is not None:
-                    self._step_weights.append((self._first_site[id(mod)], weight))
+                self._take_weight(mod, self._first_site[id(mod)], weight_attr)
 
         return hook
 
-    def _push_fused(self, mod: nn.Module, layer: LayerState, relu: nn.Module, y: torch.Tensor) -> bool:
-        """The forward rows of ``layer`` and of the ``relu`` that follows it (see :meth:`_fusable_pairs`) from
-        one C-kernel pass over ``y``; False (nothing written) unless every condition holds: both layouts
-        seen before, a training step, the layer called by ``nn.Sequential.forward``, and no other hook that
-        could read ``y``."""
-        relu_layer = self._by_key.get((id(relu), 1, ""))
-        if relu_layer is None:
+    def _forward_weight_layer(self, mod: nn.Module, layer: LayerState, y: torch.Tensor,
+                              weight_attr: str | None) -> bool:
+        """The forward hook's work for the first call of a weight layer in a training step, when its output
+        ``y`` has the layout seen before (the C kernel reads it); False, with nothing done, otherwise."""
+        cdim = layer.cdims.get(y.dim())
+        if cdim is None or layer.sites.get(Kind.FORWARD) is None:
             return False
-        site, relu_site = layer.sites.get(Kind.FORWARD), relu_layer.sites.get(Kind.FORWARD)
-        if relu_site is None or site is None or not y.requires_grad:
-            return False
-        _, _, stream, g, c, p, sg, sc, sp, count, offset, mid, thr = site
-        relu_stream = relu_site[2]
-        if not (_fits(site, y) and relu_site[:2] == site[:2] and not relu_stream.full):
-            return False
-        if len(mod._forward_hooks) != 1 or relu._forward_pre_hooks or any(_GLOBAL_HOOKS):
-            return False
-        if not _called_by_sequential(sys._getframe(2)):
-            return False
+        self._last_weight, self._act_seen = layer, False
+        self._last_weight_cdim, self._last_weight_shape = cdim, y.shape
         step, epoch = self.step, self.epoch
-        row, relu_row = stream.reserve(step, epoch, "train", count), relu_stream.reserve(step, epoch, "train", count)
-        _moments.FAST_KERNEL.moments(y.data_ptr() + offset, g, c, p, sg, sc, sp,
-                                     stream.address + row * stream.row_bytes, mid, thr,
-                                     relu_stream.address + relu_row * relu_stream.row_bytes)
-        self._pending = _Pending(relu, y, layer, relu_layer, step, epoch, relu_stream, relu_row)
+        self._push(layer, Kind.FORWARD, y, cdim, None, step, epoch)
+        if y.requires_grad:
+            node = y.grad_fn
+            if node is None:
+                y.register_hook(functools.partial(self._on_grad, layer, cdim, step, epoch, 0))
+            else:
+                node.register_prehook(functools.partial(self._on_grad, layer, cdim, step, epoch, y.output_nr))
+        self._take_weight(mod, layer, weight_attr)
         return True
 
-    def _take_pending(self, mod: nn.Module, args: Any, output: Any) -> bool:
-        """In the forward hook after a fused layer's: True when this is its ReLU applied to its output
-        (the ReLU's row is written; register the pair's backward hook), else undo the fusion."""
-        p = self._pending
-        assert p is not None
-        if mod is p.relu and args and args[0] is p.y and type(output) is torch.Tensor and id(mod) not in self._calls:
-            node = output.grad_fn
-            if node is not None and type(node).__name__ == "ReluBackward0" and output.shape == p.y.shape:
-                self._pending = None
-                self._calls[id(mod)] = 1
-                self._act_seen = True
-                self.fused_calls += 1
-                node.register_hook(functools.partial(self._on_relu_grads, p.layer, p.relu_layer,
-                                                     p.layer.cdims[p.y.dim()], p.step, p.epoch))
-                return True
-        self._unfuse()
-        return False
+    def _take_weight(self, mod: nn.Module, layer: LayerState, weight_attr: str | None) -> None:
+        """Queue the weight of ``mod`` (the ``weight_attr`` parameter, else :func:`main_weight`) for the
+        statistics at the end of the backward pass."""
+        weight: torch.Tensor | None = mod._parameters.get(weight_attr) if weight_attr is not None else None
+        if weight is None:
+            weight = main_weight(mod)
+        if weight is not None:
+            self._step_layers.append(layer)
+            self._step_tensors.append(weight)
 
-    def _unfuse(self) -> None:
-        """The layer of a pending fused pair was not followed by its ReLU as expected: take back the ReLU's
-        row and give the layer its own backward hook."""
-        p, self._pending = self._pending, None
-        assert p is not None
-        if p.relu_stream.n == p.relu_row + 1:
-            p.relu_stream.n = p.relu_row
-            p.relu_stream.meta.pop()
-        if p.y.requires_grad and self._handles:
-            p.y.register_hook(functools.partial(self._on_grad, p.layer, p.layer.cdims[p.y.dim()], p.step, p.epoch, 0))
+    def run_pair(self, mod: nn.Module, mod_hook: Any, relu: nn.Module, relu_hook: Any, x: Any) -> Any:
+        """``relu(mod(x))`` for a pair of :meth:`_fusable_pairs` that :class:`~initdiag._dispatch.
+        RecordingSequential` runs, each module with this recorder's forward hook as its only hook.
+
+        In a training step after the first, when the C kernel can read the layer's output ``y``: one pass
+        over ``y`` gives the forward rows of both (the ReLU's as ``max(y, 0)``, before an in-place ReLU
+        overwrites ``y``), and one post-hook on the ReLU's autograd node both backward rows (dL/d relu
+        output came in, dL/dy went out: the ReLU is the only reader of ``y``, so that is its whole
+        gradient; ``_fastmoments.pair_grads`` writes both rows, or hands a gradient the kernel cannot read to
+        :meth:`_push`). Otherwise the two hooks, as ``Module.__call__`` would run them."""
+        y = mod.forward(x)
+        layers = self._pair_layers.get(id(mod))
+        kernel, calls = _moments.FAST_KERNEL, self._calls
+        if (layers is not None and kernel is not None and self._recording and self._phase == "train"
+                and type(y) is torch.Tensor and y.requires_grad and id(mod) not in calls and id(relu) not in calls):
+            layer, relu_layer, weight_attr = layers
+            cdim = layer.cdims.get(y.dim())
+            step, epoch = self.step, self.epoch
+            if cdim is not None and kernel.tap(y, layer.sites.get(Kind.FORWARD), step, epoch,
+                                               relu_layer.sites.get(Kind.FORWARD)):
+                out = relu.forward(y)
+                calls[id(mod)] = calls[id(relu)] = 1
+                self._last_weight, self._act_seen = layer, True
+                self._last_weight_cdim, self._last_weight_shape = cdim, y.shape
+                node = out.grad_fn
+                if node is not None and (type(node) is _RELU_BACKWARD or len(node.next_functions) == 1):
+                    node.register_hook(functools.partial(kernel.pair_grads, self, relu_layer, layer, Kind.BACKWARD,
+                                                         cdim, step, epoch))
+                self._take_weight(mod, layer, weight_attr)
+                self.fused_calls += 1
+                return out
+        mod_hook(mod, (x,), y)
+        out = relu.forward(y)
+        relu_hook(relu, (y,), out)
+        if layers is None:
+            first, relu_first = self._by_key.get((id(mod), 1, "")), self._by_key.get((id(relu), 1, ""))
+            if first is not None and relu_first is not None:
+                self._pair_layers[id(mod)] = (first, relu_first, _weight_attr(mod))
+        return out
 
     def _queue_weights(self) -> None:
         """At the first backward hook of a step: the weight statistics once the backward pass is done."""
-        if self._step_weights and not self._weights_queued:
+        if self._step_layers and not self._weights_queued:
             self._weights_queued = True
             torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
 
@@ -463,31 +465,14 @@ class Recorder:
         self._queue_weights()
         self._push(layer, Kind.BACKWARD, grad, cdim, None, step, epoch)
 
-    def _on_relu_grads(self, layer: LayerState, relu_layer: LayerState, cdim: int, step: int, epoch: int,
-                       grad_inputs: tuple[torch.Tensor | None, ...], grad_outputs: tuple[torch.Tensor | None, ...]
-                       ) -> None:
-        """Post-hook of a fused pair's ReLU node: dL/d relu-output came in, dL/dy (the layer's output) went
-        out, and nothing else reads y, so that is the layer's whole gradient."""
-        if not self._handles:
-            return
-        self._queue_weights()
-        if grad_outputs[0] is not None:
-            self._push(relu_layer, Kind.BACKWARD, grad_outputs[0], cdim, None, step, epoch)
-        if grad_inputs[0] is not None:
-            self._push(layer, Kind.BACKWARD, grad_inputs[0], cdim, None, step, epoch)
-
     def _push(self, layer: LayerState, kind: Kind, y: torch.Tensor, cdim: int, sat_bounds: tuple[float, float] | None,
               step: int, epoch: int) -> None:
         """Reduce ``y`` to per-channel moments, written as the next row of the layer's stream."""
         phase = self._phase
-        if phase == "train":  # the hot path: a tensor laid out as the last one of this layer and kind
-            site = layer.sites.get(kind)
-            if site is not None and _fits(site, y):
-                _, _, stream, g, c, p, sg, sc, sp, count, offset, mid, thr = site
-                row = stream.reserve(step, epoch, phase, count)
-                _moments.FAST_KERNEL.moments(y.data_ptr() + offset, g, c, p, sg, sc, sp,
-                                             stream.address + row * stream.row_bytes, mid, thr)
-                return
+        kernel = _moments.FAST_KERNEL
+        # the hot path: a tensor laid out as the last one of this layer and kind, one C call
+        if phase == "train" and kernel is not None and kernel.tap(y, layer.sites.get(kind), step, epoch):
+            return
         cap = self.max_per_channel if phase == "train" else None
         channels = y.shape[cdim] if y.dim() > 1 else 1
         stream = layer.streams.get((kind, channels))
@@ -526,24 +511,30 @@ class Recorder:
         """Weights and their gradients of this step, all layers in one row each.
 
         Runs as an autograd-engine callback once the backward pass has accumulated every ``.grad``."""
-        entries, self._step_weights = self._step_weights, []
+        layers, weights = self._step_layers, self._step_tensors
+        self._step_layers, self._step_tensors = [], []
         self._weights_queued = False
-        if not self._handles or not entries:
+        if not self._handles or not layers:
             return
-        layers = [layer for layer, _ in entries]
-        weights = [w for _, w in entries]
-        self._push_weights(layers, weights, Kind.WEIGHT)
+        plan, kernel = self._weight_plan, _moments.FAST_KERNEL
+        if (plan is not None and kernel is not None and layers == plan[0]
+                and kernel.weights(plan[1], plan[2], self.step, self.epoch, weights, plan[3])):
+            return  # the usual step: the same layers as last time, one C call
+        self._weight_plan = None
+        w_stream = self._push_weights(layers, weights, Kind.WEIGHT)
         grads = [w.grad for w in weights]
         if all(g is not None for g in grads):
-            self._push_weights(layers, grads, Kind.WEIGHT_GRAD)  # type: ignore[arg-type]
+            g_stream = self._push_weights(layers, grads, Kind.WEIGHT_GRAD)  # type: ignore[arg-type]
+            if w_stream is not None and g_stream is not None:
+                self._weight_plan = (layers, w_stream, g_stream, tuple([w.numel() for w in weights]))
         else:
             present = [(layer, g) for layer, g in zip(layers, grads, strict=True) if g is not None]
             if present:
                 self._push_weights([layer for layer, _ in present], [g for _, g in present], Kind.WEIGHT_GRAD)
 
-    def _push_weights(self, layers: list[LayerState], tensors: list[torch.Tensor], kind: Kind) -> None:
+    def _push_weights(self, layers: list[LayerState], tensors: list[torch.Tensor], kind: Kind) -> Stream | None:
         """One row of ``[s1, s2, nonzero, 0]`` per tensor, each tensor read whole (on the CPU: one C call
-        for all of them)."""
+        for all of them); returns the stream when that C call read them."""
         sizes = tuple([t.numel() for t in tensors])
         key = (str(kind), tuple([layer.code for layer in layers]), sizes)
         stream = self._weight_streams.get(key)
@@ -558,7 +549,7 @@ class Recorder:
             for t in tensors:  # each whole tensor as one channel, in memory order
                 args += (t.data_ptr(), t.numel())
             _moments.FAST_KERNEL.flat(stream.address + row * stream.row_bytes, *args)
-            return
+            return stream
         with torch.no_grad():
             flat = [t.detach().float() for t in tensors]
             s1 = torch.stack([t.sum() for t in flat])
@@ -566,6 +557,7 @@ class Recorder:
             cells = stream.buffer[row].view(len(tensors), 4)
             cells[:, 0].copy_(s1)
             cells[:, 1].copy_(s2)
+        return None
 
     # -- collection ---------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -645,3 +637,5 @@ class Recorder:
 def _dense(t: torch.Tensor) -> bool:
     """True when ``t`` fills one block of memory (any dim order), so it can be read as a flat array."""
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+_RELU_BACKWARD = type(torch.relu(torch.ones(1, requires_grad=True)).grad_fn)
