@@ -1,13 +1,18 @@
 """Recorder overhead: the same training steps with and without ``Recorder(every=K)``, alternating blocks.
 
 Prints each block's time and the median ratio (with recorder / without), of wall time and of the
-process's CPU time, with a 95% bootstrap interval over blocks. Ratios, not absolute times, are what
-matter on a noisy machine; the interval says how much the median would move if the run were repeated
-(about +-0.02 with 25 blocks here, where single blocks range from 0.9 to 1.3). The process keeps
-its heap as ``initdiag report``'s training processes do (``initdiag.memory.keep_heap``). Usage::
+process's CPU time, with a 95% bootstrap interval over blocks. Only the training steps are timed: the
+recorder is attached and detached between blocks, as a training loop attaches it once. Ratios, not
+absolute times, are what matter on a noisy machine. This machine's noise has periods of seconds, so
+single steps alternated (``--steps 1 --blocks 700``: a 95% interval about +-0.005 wide) measure small
+differences more precisely than blocks of 20 steps, one second each (+-0.02-0.03 with 60 blocks;
+single blocks range from 0.9 to 1.3). ``--compare-dispatch`` alternates a third kind: the recorder with
+every hook dispatched by torch (no ``initdiag._dispatch``, so no layer/ReLU pairs either), to measure
+what the short path saves in the same run. The process keeps its heap as ``initdiag report``'s
+training processes do (``initdiag.memory.keep_heap``). Usage::
 
     python benchmarks/overhead.py [--steps 20] [--blocks 25] [--every 1] [--threads N] [--no-channels-last]
-                                  [--no-fast-kernel]
+                                  [--no-fast-kernel] [--compare-dispatch]
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from initdiag import _moments
+from initdiag import _dispatch, _moments
 from initdiag.data import load_mnist
 from initdiag.initializers import InitSpec, apply_initializer
 from initdiag.memory import keep_heap
@@ -40,6 +45,8 @@ def main() -> None:
     parser.add_argument("--max-per-channel", type=int, default=1024, help="the recorder's sample cap")
     parser.add_argument("--fast-kernel", action=argparse.BooleanOptionalAction, default=True,
                         help="the recorder's C kernel (when built)")
+    parser.add_argument("--compare-dispatch", action="store_true",
+                        help="also alternate blocks recorded without direct dispatch")
     args = parser.parse_args()
     keep_heap()
     fast = _moments.use_fast_kernel(args.fast_kernel)
@@ -52,8 +59,11 @@ def main() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
 
-    def block(steps: int) -> None:
+    def block(steps: int) -> tuple[float, float]:
+        """Train ``steps`` steps; their wall and CPU seconds."""
+        wall = cpu = 0.0
         for _ in range(steps):
+            w, c = time.perf_counter(), time.process_time()
             idx = torch.randint(0, len(data.train_x), (args.batch_size,), generator=g)
             x, y = data.train_x[idx], data.train_y[idx]
             if args.channels_last:
@@ -61,20 +71,27 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
+            wall, cpu = wall + time.perf_counter() - w, cpu + time.process_time() - c
+        return wall, cpu
 
     block(10)  # warm-up
-    times: dict[str, list[tuple[float, float]]] = {"plain": [], "recorded": []}
-    recorder = Recorder(model, every=args.every, max_per_channel=args.max_per_channel)
+    kinds = ["plain", "recorded", *(["torch-dispatch"] if args.compare_dispatch else [])]
+    times: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
+    recorders = {kind: Recorder(model, every=args.every, max_per_channel=args.max_per_channel)
+                 for kind in kinds[1:]}
     for i in range(args.blocks):
-        for kind in (("plain", "recorded") if i % 2 == 0 else ("recorded", "plain")):
-            wall, cpu = time.perf_counter(), time.process_time()
+        for kind in (kinds if i % 2 == 0 else kinds[::-1]):
             if kind == "plain":
-                block(args.steps)
-            else:
-                with recorder:  # it flushes on its own when its buffers fill, inside the timed blocks
-                    block(args.steps)
-            times[kind].append((time.perf_counter() - wall, time.process_time() - cpu))
+                times[kind].append(block(args.steps))
+                continue
+            was = _dispatch.use_dispatch(kind == "recorded")
+            try:
+                with recorders[kind]:  # it flushes on its own when its buffers fill, inside the timed steps
+                    times[kind].append(block(args.steps))
+            finally:
+                _dispatch.use_dispatch(was)
     plain, recorded = times["plain"], times["recorded"]
+    recorder = recorders["recorded"]
     rows = len(recorder.frame())
     print(f"threads={torch.get_num_threads()} channels_last={args.channels_last} every={args.every} "
           f"steps/block={args.steps} c_kernel={fast} rows recorded={rows}")
@@ -82,13 +99,15 @@ def main() -> None:
     for i, (p, r) in enumerate(zip(plain, recorded, strict=True)):
         print(f"{i:5d}  {p[0]:7.3f}  {r[0]:10.3f}  {r[0] / p[0]:5.3f}  {r[1] / p[1]:9.3f}")
     rng = np.random.default_rng(0)
-    for label, k in (("wall", 0), ("cpu", 1)):
-        ratios = np.array([r[k] / p[k] for p, r in zip(plain, recorded, strict=True)])
-        boot = np.median(rng.choice(ratios, (2000, len(ratios))), axis=1)
-        low, high = np.percentile(boot, [2.5, 97.5])
-        print(f"median ratio (recorded / plain), {label} time: {np.median(ratios):.3f} (95% CI {low:.3f}-{high:.3f})"
-              f"   ms/step: plain {1000 * statistics.median(p[k] for p in plain) / args.steps:.1f}, recorded "
-              f"{1000 * statistics.median(r[k] for r in recorded) / args.steps:.1f}")
+    for kind in kinds[1:]:
+        for label, k in (("wall", 0), ("cpu", 1)):
+            ratios = np.array([r[k] / p[k] for p, r in zip(plain, times[kind], strict=True)])
+            boot = np.median(rng.choice(ratios, (2000, len(ratios))), axis=1)
+            low, high = np.percentile(boot, [2.5, 97.5])
+            print(f"median ratio ({kind} / plain), {label} time: {np.median(ratios):.3f} "
+                  f"(95% CI {low:.3f}-{high:.3f})   ms/step: plain "
+                  f"{1000 * statistics.median(p[k] for p in plain) / args.steps:.1f}, {kind} "
+                  f"{1000 * statistics.median(r[k] for r in times[kind]) / args.steps:.1f}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from torch import nn
 from torch.fx import _symbolic_trace
 from torch.nn.modules import module as _nn_module
 
-__all__ = ["RecordingSequential", "global_hooks", "release", "take_over"]
+__all__ = ["RecordingSequential", "global_hooks", "release", "take_over", "use_dispatch"]
 
 _GLOBAL_NAMES = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_always_called",
                  "_global_backward_hooks", "_global_backward_pre_hooks")
@@ -59,6 +59,15 @@ class Owner(Protocol):
 
 
 _OWNERS: dict[int, Owner] = {}  # id(sequential) -> the recorder that took it over
+_ENABLED = True
+
+
+def use_dispatch(enabled: bool) -> bool:
+    """Switch direct dispatch on or off for recorders attached from now on (for comparisons: off, every
+    hook goes through torch and no pair is recorded as one); returns the previous setting."""
+    global _ENABLED
+    was, _ENABLED = _ENABLED, enabled
+    return was
 
 
 _FX_TLS = getattr(_symbolic_trace, "_is_fx_tracing_tls", None)  # what is_fx_symbolic_tracing() reads
@@ -141,7 +150,9 @@ def _only_hook(module: nn.Module, direct: dict[int, tuple[int, Hook]]) -> tuple[
 def take_over(owner: Owner) -> list[nn.Sequential]:
     """Make every plain ``nn.Sequential`` in ``owner.model`` that no other recorder owns a
     :class:`RecordingSequential` owned by ``owner``; returns them (for :func:`release`)."""
-    taken = []
+    taken: list[nn.Sequential] = []
+    if not _ENABLED:
+        return taken
     for module in owner.model.modules():
         if type(module) is nn.Sequential and id(module) not in _OWNERS:
             module.__class__ = RecordingSequential

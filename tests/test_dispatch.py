@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from initdiag import _moments
+from initdiag import _dispatch, _moments
 from initdiag._dispatch import RecordingSequential
 from initdiag.initializers import InitSpec, apply_initializer
 from initdiag.recorded import Kind
@@ -243,3 +243,15 @@ def test_weights_reads_weights_and_gradients_or_nothing() -> None:
     layers[1].weight.grad = torch.randn_like(layers[1].weight)
     assert kernel.weights(ws, gs, 4, 1, weights, (sizes[0], sizes[1] + 1)) is False
     assert ws.n == gs.n == 1
+
+
+def test_dispatch_switched_off_leaves_every_hook_to_torch() -> None:
+    """benchmarks/overhead.py --compare-dispatch measures the short path against this."""
+    was = _dispatch.use_dispatch(False)
+    try:
+        model = _cnn()
+        rec, by_torch = _train(model, [12, 12, 12])
+    finally:
+        _dispatch.use_dispatch(was)
+    assert rec.fused_calls == 0 and type(model) is nn.Sequential
+    _assert_same_frames(by_torch, _train(_cnn(), [12, 12, 12])[1])
