@@ -28,7 +28,7 @@ from torch import nn
 from torch.fx import _symbolic_trace
 from torch.nn.modules import module as _nn_module
 
-__all__ = ["RecordingSequential", "global_hooks", "release", "take_over", "use_dispatch"]
+__all__ = ["RecordingSequential", "global_hooks", "release", "take_over", "traced", "tracing", "use_dispatch"]
 
 _GLOBAL_NAMES = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_always_called",
                  "_global_backward_hooks", "_global_backward_pre_hooks")
@@ -73,11 +73,17 @@ def use_dispatch(enabled: bool) -> bool:
 _FX_TLS = getattr(_symbolic_trace, "_is_fx_tracing_tls", None)  # what is_fx_symbolic_tracing() reads
 
 
-def _tracing() -> bool:
-    """True under torch.jit.trace, torch.compile or torch.fx, which must see every module call."""
-    if torch._C._get_tracing_state() is not None or torch.compiler.is_compiling():
+def traced() -> bool:
+    """True under torch.jit.trace or torch.fx.symbolic_trace: shapes and outputs are traced values or
+    proxies, not numbers."""
+    if torch._C._get_tracing_state() is not None:
         return True
     return getattr(_FX_TLS, "flag", False) if _FX_TLS is not None else _symbolic_trace.is_fx_symbolic_tracing()
+
+
+def tracing() -> bool:
+    """True under :func:`traced` or torch.compile, which must see every module call."""
+    return traced() or torch.compiler.is_compiling()
 
 
 class RecordingSequential(nn.Sequential):
@@ -86,12 +92,12 @@ class RecordingSequential(nn.Sequential):
 
     def forward(self, input: Any) -> Any:
         owner = _OWNERS.get(id(self))
-        if owner is None or global_hooks() or _tracing():
+        if owner is not None and self is owner.model:  # the root's step starts here, not in a pre-hook
+            owner._on_root_forward(self, (input,))
+        if owner is None or global_hooks() or tracing():
             for module in self:
                 input = module(input)
             return input
-        if self is owner.model:  # the root: its step starts here instead of in a forward pre-hook
-            owner._on_root_forward(self, (input,))
         direct, pairs = owner.direct_hooks, owner.pairs
         children = list(self._modules.values())
         i, n = 0, len(children)

@@ -272,6 +272,9 @@ class Recorder:
     def _on_root_forward(self, module: nn.Module, args: Any) -> None:
         self._calls.clear()
         self._last_weight = None
+        if _dispatch.traced():  # torch.jit.trace, torch.fx: not a training step, and no numbers to record
+            self._recording = False
+            return
         if self._phase != "train":
             self._recording = True
             return

@@ -144,11 +144,12 @@ def test_the_users_hooks_run_as_torch_runs_them() -> None:
     assert torch.allclose(got, want) and seen == ["backward"]
     global_handle = torch.nn.modules.module.register_module_forward_hook(lambda m, a, o: seen.append("global"))
     try:
-        with Recorder(model):
+        with Recorder(model) as with_global:
             assert torch.allclose(model(x), want)
     finally:
         global_handle.remove()
     assert seen.count("global") == len(list(model.modules()))
+    assert with_global.step == 0 and (with_global.frame().kind == "forward").sum() > 0  # a step, recorded
     frame = rec.frame()
     conv1 = frame[(frame.layer == "3") & (frame.kind == "forward") & (frame.stat == "mean_sq")].value.item()
     with torch.no_grad():
@@ -160,11 +161,15 @@ def test_the_users_hooks_run_as_torch_runs_them() -> None:
 def test_tracing_during_recording_sees_every_module_call() -> None:
     model = _cnn()
     x = torch.rand(2, 1, 28, 28)
-    with Recorder(model):
+    with Recorder(model) as rec:
+        model(x).sum().backward()  # a recorded step before the traces: tracing must not be recorded
         graph = torch.fx.symbolic_trace(model)
         traced = torch.jit.trace(model, x)
+        assert rec.step == 0  # tracing is not a training step
+        model(x).sum().backward()
     assert [n.target for n in graph.graph.nodes if n.op == "call_module"] == [str(i) for i in range(9)]
     assert torch.allclose(traced(x), model(x))
+    assert set(rec.frame().step) == {0, 1}
 
 
 def test_steps_are_counted_once_per_forward_with_grad_whatever_the_root() -> None:
