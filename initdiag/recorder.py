@@ -255,7 +255,7 @@ class Recorder:
         uses = Counter(id(m) for _, m in self.model.named_modules(remove_duplicate=False))
         pairs: dict[int, nn.Module] = {}
         for seq in self.model.modules():
-            if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+            if type(seq) is not nn.Sequential:  # only RecordingSequential runs pairs (initdiag._dispatch)
                 continue
             children = list(seq)
             for a, b in itertools.pairwise(children):
@@ -362,19 +362,13 @@ class Recorder:
                     cdim = layer.cdims[y.dim()] = self._channel_dim(mod, role, y)
                     layer.numel = y[0].numel() if y.dim() >= 2 else None
                 if weight_role:
-                    self._last_weight, self._act_seen = layer, False
-                    self._last_weight_cdim, self._last_weight_shape = cdim, y.shape
+                    self._saw_weight_layer(layer, cdim, y.shape, act_seen=False)
                 elif self._last_weight is not None and not self._act_seen:
                     self._last_weight.activation = act
                     self._act_seen = True
                 self._push(layer, Kind.FORWARD, y, cdim, sat_bounds, self.step, self.epoch)
-                if train and y.requires_grad:
-                    node = y.grad_fn
-                    if node is None:  # a leaf: only a tensor hook sees its gradient
-                        y.register_hook(functools.partial(self._on_grad, layer, cdim, self.step, self.epoch, 0))
-                    else:  # the same gradient as a tensor hook, cheaper to register
-                        node.register_prehook(functools.partial(self._on_grad, layer, cdim, self.step, self.epoch,
-                                                                y.output_nr))
+                if train:
+                    self._hook_gradient(layer, y, cdim, self.step, self.epoch)
                 if weight_role:  # its first floating-point output only (see the module docstring)
                     break
             if weight_role and call == 1 and train:
@@ -389,18 +383,30 @@ class Recorder:
         cdim = layer.cdims.get(y.dim())
         if cdim is None or layer.sites.get(Kind.FORWARD) is None:
             return False
-        self._last_weight, self._act_seen = layer, False
-        self._last_weight_cdim, self._last_weight_shape = cdim, y.shape
+        self._saw_weight_layer(layer, cdim, y.shape, act_seen=False)
         step, epoch = self.step, self.epoch
         self._push(layer, Kind.FORWARD, y, cdim, None, step, epoch)
-        if y.requires_grad:
-            node = y.grad_fn
-            if node is None:
-                y.register_hook(functools.partial(self._on_grad, layer, cdim, step, epoch, 0))
-            else:
-                node.register_prehook(functools.partial(self._on_grad, layer, cdim, step, epoch, y.output_nr))
+        self._hook_gradient(layer, y, cdim, step, epoch)
         self._take_weight(mod, layer, weight_attr)
         return True
+
+    def _hook_gradient(self, layer: LayerState, y: torch.Tensor, cdim: int, step: int, epoch: int) -> None:
+        """Record dL/dy as ``layer``'s backward row of ``step`` when the backward pass reaches it: a pre-hook
+        on the node that made ``y`` (the same gradient as a tensor hook, cheaper to register), a tensor
+        hook for a leaf."""
+        if not y.requires_grad:
+            return
+        node = y.grad_fn
+        if node is None:
+            y.register_hook(functools.partial(self._on_grad, layer, cdim, step, epoch, 0))
+        else:
+            node.register_prehook(functools.partial(self._on_grad, layer, cdim, step, epoch, y.output_nr))
+
+    def _saw_weight_layer(self, layer: LayerState, cdim: int, shape: torch.Size, act_seen: bool) -> None:
+        """Note the weight layer that just ran (its output's channel dim and shape, for an activation
+        layer first seen after it: :meth:`_channel_dim`), and whether its activation was seen."""
+        self._last_weight, self._act_seen = layer, act_seen
+        self._last_weight_cdim, self._last_weight_shape = cdim, shape
 
     def _take_weight(self, mod: nn.Module, layer: LayerState, weight_attr: str | None) -> None:
         """Queue the weight of ``mod`` (the ``weight_attr`` parameter, else :func:`main_weight`) for the
@@ -434,8 +440,7 @@ class Recorder:
                                                relu_layer.sites.get(Kind.FORWARD)):
                 out = relu.forward(y)
                 calls[id(mod)] = calls[id(relu)] = 1
-                self._last_weight, self._act_seen = layer, True
-                self._last_weight_cdim, self._last_weight_shape = cdim, y.shape
+                self._saw_weight_layer(layer, cdim, y.shape, act_seen=True)
                 node = out.grad_fn
                 if node is not None and (type(node) is _RELU_BACKWARD or len(node.next_functions) == 1):
                     node.register_hook(functools.partial(kernel.pair_grads, self, relu_layer, layer, Kind.BACKWARD,
