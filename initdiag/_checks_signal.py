@@ -177,6 +177,13 @@ def signal_fit(frame: pd.DataFrame, kind: str = "forward", step: int | None = 0,
     )
 
 
+def _at_least(x: float, bound: float) -> bool:
+    """``x >= bound``, counting an ``x`` equal to ``bound`` up to float rounding (relative 1e-9) as equal, so
+    a change exactly at a threshold gets one verdict whatever the variances' scale (rescaling rounds the
+    fitted change a few ulps either way)."""
+    return x >= bound or math.isclose(x, bound, rel_tol=1e-9)
+
+
 def _g(x: float) -> str:
     return f"{x:.3g}" if math.isfinite(x) else "n/a"
 
@@ -240,8 +247,8 @@ def signal_verdict(fit: SignalFit, ev: RunEvidence, th: Thresholds = _DEFAULT,
                     f"(step {fit.step}).")
     p = fit.p_value if math.isfinite(fit.p_value) else None
     ends = (fit.fitted[0], fit.fitted[-1]) if fit.fitted else ()
-    shrinking = fit.change_fitted <= 1 / th.change_factor
-    growing = fit.change_fitted >= th.change_factor
+    shrinking = _at_least(1 / th.change_factor, fit.change_fitted)
+    growing = _at_least(fit.change_fitted, th.change_factor)
     sure_down, sure_up = fit.gain_high < 1, fit.gain_low > 1  # False when NaN (fewer than 3 layers)
     if lost is not None:
         where = (f"no signal (variance 0 or at float rounding level) in {len(fit.no_signal)} of "
@@ -260,9 +267,9 @@ def signal_verdict(fit: SignalFit, ev: RunEvidence, th: Thresholds = _DEFAULT,
         big = max(raw, 1 / raw) if raw > 0 else math.inf
         check = CheckName.EXPLODING if raw > 1 else CheckName.VANISHING
         text += " With 2 layers there is no interval: the raw change decides."
-        if big >= th.few_layers_factor:
+        if _at_least(big, th.few_layers_factor):
             return make(check, Status.FAIL, ends, text)
-        if big >= th.change_factor:
+        if _at_least(big, th.change_factor):
             return make(check, Status.WARN, ends, text)
         return make(HEALTHY, Status.PASS, (), text, adv=None)
     if growing or shrinking:

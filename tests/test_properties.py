@@ -91,6 +91,21 @@ def test_scaling_every_variance_keeps_the_signal_verdicts(n: int, data: st.DataO
             assert (a is None and b is None) or math.isclose(a, b, rel_tol=1e-6) or (a != a and b != b), key
 
 
+@pytest.mark.parametrize("steps", [[0.0, 1.0, 0.0, 1.0, 0.0, 0.0], [0.0, 2.0]], ids=["6-layers", "2-layers"])
+def test_a_change_exactly_at_the_threshold_gets_one_verdict_at_every_scale(steps: list[float]) -> None:
+    """A variance that grows exactly 100x (with 2 layers judged by the raw change) sits on a threshold;
+    rescaling moves the computed change a few ulps either way, which once flipped the verdict (found by
+    the property test above)."""
+    log_var = np.cumsum(steps)
+    n = len(steps)
+    verdicts = set()
+    for c in (1.0, 10 ** 0.99999, 1e-7, 3.3e5):
+        series = {"forward": (c * 10.0 ** log_var, 0 * log_var), "backward": (np.ones(n), np.zeros(n))}
+        v = signal(check_run(evidence(frame(series), n)))["forward"]
+        verdicts.add((v.check, v.status, v.layers))
+    assert len(verdicts) == 1 and next(iter(verdicts))[0] == "exploding", verdicts
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(2, 40), st.floats(1e-20, 1e20), st.floats(1e-20, 1e20), st.floats(0.0, 1e3))
 def test_the_same_variance_in_every_layer_is_never_vanishing(n: int, fwd: float, bwd: float, share: float) -> None:
