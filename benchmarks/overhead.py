@@ -3,16 +3,14 @@
 Prints each block's time and the median ratio (with recorder / without), of wall time and of the
 process's CPU time, with a 95% bootstrap interval over blocks. Only the training steps are timed: the
 recorder is attached and detached between blocks, as a training loop attaches it once. Ratios, not
-absolute times, are what matter on a noisy machine. This machine's noise has periods of seconds, so
-single steps alternated (``--steps 1 --blocks 700``: a 95% interval about +-0.005 wide) measure small
-differences more precisely than blocks of 20 steps, one second each (+-0.02-0.03 with 60 blocks;
-single blocks range from 0.9 to 1.3). ``--compare-dispatch`` alternates a third kind: the recorder with
-every hook dispatched by torch (no ``initdiag._dispatch``, so no layer/ReLU pairs either), to measure
-what the short path saves in the same run. The process keeps its heap as ``initdiag report``'s
-training processes do (``initdiag.memory.keep_heap``). Usage::
+absolute times, are what matter on a noisy machine: single steps alternated (``--steps 1 --blocks 400``)
+measure small differences more precisely than blocks of many steps, whose times drift with the
+machine. The process keeps its heap as ``initdiag report``'s training processes do
+(``initdiag.keep_heap``); ``benchmarks/user_loop.py`` measures the recorder with torch's defaults instead.
+Usage::
 
     python benchmarks/overhead.py [--steps 20] [--blocks 25] [--every 1] [--threads N] [--no-channels-last]
-                                  [--no-fast-kernel] [--compare-dispatch]
+                                  [--no-fast-kernel]
 """
 
 from __future__ import annotations
@@ -25,12 +23,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from initdiag import _dispatch, _moments
+from initdiag import Recorder, keep_heap
 from initdiag.data import load_mnist
 from initdiag.initializers import InitSpec, apply_initializer
-from initdiag.memory import keep_heap
 from initdiag.models import seed_cnn
-from initdiag.recorder import Recorder
+from initdiag.recording import moments
 from initdiag.training import prepare_model
 
 
@@ -44,12 +41,10 @@ def main() -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--max-per-channel", type=int, default=1024, help="the recorder's sample cap")
     parser.add_argument("--fast-kernel", action=argparse.BooleanOptionalAction, default=True,
-                        help="the recorder's C kernel (when built)")
-    parser.add_argument("--compare-dispatch", action="store_true",
-                        help="also alternate blocks recorded without direct dispatch")
+                        help="the recorder's compiled kernel (when built)")
     args = parser.parse_args()
     keep_heap()
-    fast = _moments.use_fast_kernel(args.fast_kernel)
+    fast = moments.use_kernel(args.fast_kernel)
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_mnist(dataset="mnist-sample")
@@ -75,7 +70,7 @@ def main() -> None:
         return wall, cpu
 
     block(10)  # warm-up
-    kinds = ["plain", "recorded", *(["torch-dispatch"] if args.compare_dispatch else [])]
+    kinds = ["plain", "recorded"]
     times: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
     recorders = {kind: Recorder(model, every=args.every, max_per_channel=args.max_per_channel)
                  for kind in kinds[1:]}
@@ -84,17 +79,13 @@ def main() -> None:
             if kind == "plain":
                 times[kind].append(block(args.steps))
                 continue
-            was = _dispatch.use_dispatch(kind == "recorded")
-            try:
-                with recorders[kind]:  # it flushes on its own when its buffers fill, inside the timed steps
-                    times[kind].append(block(args.steps))
-            finally:
-                _dispatch.use_dispatch(was)
+            with recorders[kind]:  # it flushes on its own when its buffers fill, inside the timed steps
+                times[kind].append(block(args.steps))
     plain, recorded = times["plain"], times["recorded"]
     recorder = recorders["recorded"]
     rows = len(recorder.frame())
     print(f"threads={torch.get_num_threads()} channels_last={args.channels_last} every={args.every} "
-          f"steps/block={args.steps} c_kernel={fast} rows recorded={rows}")
+          f"steps/block={args.steps} compiled_kernel={fast} rows recorded={rows}")
     print("block  plain_s  recorded_s  ratio  cpu_ratio")
     for i, (p, r) in enumerate(zip(plain, recorded, strict=True)):
         print(f"{i:5d}  {p[0]:7.3f}  {r[0]:10.3f}  {r[0] / p[0]:5.3f}  {r[1] / p[1]:9.3f}")

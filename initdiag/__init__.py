@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .audit import AuditResult, audit  # the function: `initdiag.audit(...)`
+from .audit import AuditResult, audit
+from .checks import Verdict
 from .errors import DataError, InitDiagError, ModelLoadError, OutputError, UsageError
 from .initializers import INITIALIZERS, InitSpec, apply_initializer
 from .memory import keep_heap
-from .recorder import Recorder
+from .recording import Recorder
+from .vocab import __version__
 
 __all__ = [
     "INITIALIZERS",
@@ -20,6 +20,7 @@ __all__ = [
     "OutputError",
     "Recorder",
     "UsageError",
+    "Verdict",
     "__version__",
     "apply_initializer",
     "audit",

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .data import DATASETS
 from .errors import UsageError, did_you_mean
-from .initializers import DEFAULT_INITIALIZERS, INITIALIZERS, InitSpec
+from .initializers import DEFAULT_INITIALIZERS, INITIALIZERS, InitSpec, split_init_list, unique_labels
 from .models import ModelSpec
+from .vocab import FORMATS, PAPERS, AuditInputKind, CheckName, Device, InputDtype, LossMode
 
-__all__ = ["AUDIT_INPUTS", "AUDIT_LOSSES", "FORMATS", "INPUT_DTYPES", "KEEP", "PAPERS", "AuditConfig",
-           "ExperimentConfig", "parse_audit_inits", "parse_input_shape"]
+__all__ = ["AUDIT_INPUTS", "AUDIT_LOSSES", "INPUT_DTYPES", "KEEP", "AuditConfig", "ExperimentConfig",
+           "parse_audit_inits", "parse_fail_on", "parse_formats", "parse_input_shape"]
 
-FORMATS: tuple[str, ...] = ("html", "pdf", "json", "csv")
-PAPERS: tuple[str, ...] = ("a4", "letter")
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+DEVICES: tuple[str, ...] = tuple(Device)
+FAIL_ON_CHOICES: tuple[str, ...] = tuple(CheckName)
 
 
 MAX_SEED = 2**32 - 1
@@ -34,6 +34,30 @@ def _positive(name: str, value: int | float, minimum: int | float = 1) -> None:
 def _at_most(name: str, value: int, maximum: int) -> None:
     if value > maximum:
         raise UsageError(f"{name} must be at most {maximum} (got {value})")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"unknown {name} '{value}'{did_you_mean(value, choices)}; choose from {', '.join(choices)}")
+
+
+def _device(value: str) -> None:
+    if value not in DEVICES and not value.startswith("cuda:"):
+        raise UsageError(f"unknown device '{value}'; choose from {', '.join(DEVICES)}")
+
+
+def _check_names(names: tuple[str, ...]) -> None:
+    for name in names:
+        if name not in FAIL_ON_CHOICES:
+            raise UsageError(f"unknown check '{name}'{did_you_mean(name, FAIL_ON_CHOICES)}; "
+                             f"choose from {', '.join(FAIL_ON_CHOICES)}")
+
+
+def parse_fail_on(text: str) -> tuple[str, ...]:
+    """Parse ``vanishing,exploding`` (``--fail-on``) into check names; an unknown name is a UsageError."""
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    _check_names(names)
+    return names
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -94,16 +118,12 @@ class ExperimentConfig:
             raise UsageError(f"--lr must be a positive number (got {self.lr})")
         if self.limit_train is not None:
             _positive("--limit-train", self.limit_train)
-        if self.dataset not in DATASETS:
-            raise UsageError(f"unknown dataset '{self.dataset}'{did_you_mean(self.dataset, DATASETS)}; "
-                             f"choose from {', '.join(DATASETS)}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise UsageError(f"unknown device '{self.device}'; choose from {', '.join(DEVICES)}")
-        if self.paper not in PAPERS:
-            raise UsageError(f"unknown paper size '{self.paper}'; choose from {', '.join(PAPERS)}")
+        _choice("dataset", self.dataset, DATASETS)
+        _device(self.device)
+        _choice("paper size", self.paper, PAPERS)
         for fmt in self.formats:
-            if fmt not in FORMATS:
-                raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
+            _choice("format", fmt, FORMATS)
+        _check_names(self.fail_on)
 
     @property
     def run_seeds(self) -> tuple[int, ...]:
@@ -111,7 +131,7 @@ class ExperimentConfig:
         return tuple(range(self.seed, self.seed + self.seeds))
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-safe view for summary.json and the report's provenance."""
+        """JSON-safe view for summary.json, the report's provenance and the resume store."""
         data = asdict(self)
         data["model"] = asdict(self.model)
         data["initializers"] = [s.label for s in self.initializers]
@@ -121,13 +141,31 @@ class ExperimentConfig:
         data["fail_on"] = list(self.fail_on)
         return data
 
+    @classmethod
+    def from_json(cls, data: Any) -> ExperimentConfig:
+        """The config :meth:`to_json` wrote, validated as on construction: a malformed value is a UsageError,
+        a missing or unknown key a ValueError."""
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            raise ValueError("not an experiment configuration")
+        names = {f.name for f in fields(cls)}
+        if set(data) - names or {"model", "initializers"} - set(data):
+            raise ValueError(f"unexpected keys {sorted(set(data) - names)} in an experiment configuration")
+        values = dict(data)
+        values["model"] = ModelSpec(**data["model"])
+        values["initializers"] = tuple(InitSpec.parse(str(label)) for label in data["initializers"])
+        for key in ("data_dir", "out"):
+            values[key] = Path(data[key]) if data.get(key) else None
+        for key in ("formats", "fail_on"):
+            values[key] = tuple(str(x) for x in data.get(key, ()))
+        return cls(**values)
+
 
 # -- audit -------------------------------------------------------------------------------------------------
 KEEP = "keep"
 """``--init`` name of the model's own initialization (audited as the user left it)."""
-AUDIT_INPUTS: tuple[str, ...] = ("normal", "mnist")
-INPUT_DTYPES: tuple[str, ...] = ("float", "long")
-AUDIT_LOSSES: tuple[str, ...] = ("auto", "ce", "mse")
+AUDIT_INPUTS: tuple[str, ...] = tuple(AuditInputKind)
+INPUT_DTYPES: tuple[str, ...] = tuple(InputDtype)
+AUDIT_LOSSES: tuple[str, ...] = tuple(LossMode)
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
@@ -156,15 +194,9 @@ def _check_init(item: str) -> str:
 
 
 def parse_audit_inits(text: str) -> tuple[str, ...]:
-    """Parse ``keep,he,random:std=0.05`` into labels (``keep`` = the model as given); as ``parse_init_list``,
-    an item with ``=`` but no ``:`` continues the previous initializer's parameters."""
-    items: list[str] = []
-    for part in (p.strip() for p in text.split(",")):
-        if part and "=" in part and ":" not in part and items:
-            items[-1] += "," + part
-        elif part:
-            items.append(part)
-    return AuditConfig.check_inits(items)
+    """Parse ``keep,he,random:std=0.05`` into labels (``keep`` = the model as given), split as
+    :func:`~initdiag.initializers.split_init_list` does."""
+    return AuditConfig.check_inits(split_init_list(text))
 
 
 @dataclass(frozen=True)
@@ -204,14 +236,10 @@ class AuditConfig:
             raise UsageError("give the initializations to audit as a list, e.g. ('keep', 'he')" if items
                              else "no initializer given")
         labels = tuple(_check_init(str(item)) for item in items)
-        dup = sorted({x for x in labels if labels.count(x) > 1})
-        if dup:
-            raise UsageError(f"initializer given twice: {', '.join(dup)}")
+        unique_labels(list(labels))
         return labels
 
     def __post_init__(self) -> None:
-        from .checks import FAIL_ON_CHOICES
-
         object.__setattr__(self, "inits", self.check_inits(self.inits))
         _positive("--batches", self.batches)
         _positive("--batch-size", self.batch_size, 2)
@@ -220,11 +248,8 @@ class AuditConfig:
         for name, value, choices in (("--inputs", self.inputs, AUDIT_INPUTS),
                                      ("--input-dtype", self.input_dtype, INPUT_DTYPES),
                                      ("--loss", self.loss, AUDIT_LOSSES), ("paper size", self.paper, PAPERS)):
-            if value not in choices:
-                raise UsageError(f"unknown {name} '{value}'{did_you_mean(value, choices)}; "
-                                 f"choose from {', '.join(choices)}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise UsageError(f"unknown device '{self.device}'; choose from {', '.join(DEVICES)}")
+            _choice(name, value, choices)
+        _device(self.device)
         if self.input_shape is not None:
             shape = tuple(self.input_shape)
             if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
@@ -239,12 +264,8 @@ class AuditConfig:
         if self.vocab is not None:
             _positive("--vocab", self.vocab)
         for fmt in self.formats:
-            if fmt not in FORMATS:
-                raise UsageError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
-        for name in self.fail_on:
-            if name not in FAIL_ON_CHOICES:
-                raise UsageError(f"unknown check '{name}'{did_you_mean(name, FAIL_ON_CHOICES)}; "
-                                 f"choose from {', '.join(FAIL_ON_CHOICES)}")
+            _choice("format", fmt, FORMATS)
+        _check_names(self.fail_on)
 
     @property
     def specs(self) -> tuple[InitSpec | None, ...]:

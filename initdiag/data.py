@@ -348,7 +348,7 @@ def load_mnist(
             )
         train_images, train_labels = train_images[:limit_train], train_labels[:limit_train]
     provenance = DataProvenance(
-        name=dataset,
+        name="mnist-sample" if kind == "bundled" else dataset,  # the sample is named so wherever it is used
         source=source,
         kind=kind,
         train_size=len(train_labels),

@@ -1,4 +1,9 @@
-"""The experiment: every initializer x seed trained and recorded, then checked; results as dataclasses."""
+"""One training run of the experiment (an initializer x seed), recorded and checked; the experiment's result.
+
+:func:`run_one` builds the model, initializes it, trains it under the recorder with probes before and after,
+and runs the checks; :func:`assemble` collects finished runs into an :class:`~initdiag.results.ExperimentResult`
+with the comparisons between initializers.
+"""
 
 from __future__ import annotations
 
@@ -8,97 +13,38 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
-from . import __version__
 from .checks import (
-    Comparison,
     RunEvidence,
-    TheoryRow,
     Verdict,
     accuracy_summary,
     check_run,
     compare_accuracies,
+    snapshot_weights,
+    theory_profiles,
     theory_rows,
 )
 from .config import ExperimentConfig
-from .data import DataProvenance, MnistData
-from .initializers import InitSpec, apply_initializer, weight_layers
+from .data import MnistData
+from .errors import UsageError
+from .initializers import InitSpec, apply_initializer
 from .models import build_model
 from .progress import NullProgress, Progress
-from .recorder import LayerInfo, Recorder
-from .training import EpochStats, prepare_model, to_batch, train, uses_channels_last
+from .recording import Recorder
+from .results import ExperimentResult, RunResult
+from .structure.layers import weight_layers
+from .training import prepare_model, to_batch, train, uses_channels_last
+from .vocab import CheckName, Status, __version__
 
-__all__ = ["ExperimentResult", "RunResult", "assemble", "diverged_step", "environment", "resolve_device",
-           "run_one", "snapshot_weights"]
-
-WeightSnapshot = dict[str, tuple[np.ndarray, np.ndarray | None]]
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """One initializer x seed: its training history, predictions, series and verdicts."""
-
-    name: str
-    spec: InitSpec
-    seed: int
-    history: tuple[EpochStats, ...]
-    test_accuracy: float
-    test_loss: float
-    predictions: np.ndarray
-    step_losses: np.ndarray
-    frame: pd.DataFrame
-    layers: tuple[LayerInfo, ...]
-    verdicts: tuple[Verdict, ...]
-    theory: tuple[TheoryRow, ...]
-    diverged_step: int | None
-    seconds: float
-
-    @property
-    def label(self) -> str:
-        return self.spec.label
-
-    @property
-    def status(self) -> str:
-        return "diverged" if self.diverged_step is not None else "ok"
-
-
-@dataclass(frozen=True)
-class ExperimentResult:
-    """Everything a report needs: config, data provenance, runs, comparisons and the environment."""
-
-    config: ExperimentConfig
-    provenance: DataProvenance
-    runs: tuple[RunResult, ...]
-    comparisons: tuple[Comparison, ...]
-    accuracy: dict[str, dict[str, Any]]
-    test_labels: np.ndarray
-    started: datetime
-    seconds: float
-    command: str
-    environment: dict[str, str] = field(default_factory=dict)
-    missing: tuple[str, ...] = ()
-    """Runs that were planned but did not finish (a partial report says so)."""
-
-    def frame(self) -> pd.DataFrame:
-        """All runs' series in one tidy DataFrame."""
-        frames = [r.frame for r in self.runs]
-        if not frames:
-            return pd.DataFrame()
-        return pd.concat(frames, ignore_index=True)
-
+__all__ = ["assemble", "diverged_step", "environment", "resolve_device", "run_one", "theory_variances"]
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is a UsageError."""
-    from .errors import UsageError
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -122,13 +68,11 @@ def environment(device: torch.device) -> dict[str, str]:
     return env
 
 
-def snapshot_weights(model: nn.Module) -> WeightSnapshot:
-    """Copies of every Conv/Linear weight and bias as numpy arrays (float32), keyed by module name."""
-    snap: WeightSnapshot = {}
-    for name, module in weight_layers(model):
-        bias = module.bias.detach().float().cpu().numpy().copy() if module.bias is not None else None
-        snap[name] = (module.weight.detach().float().cpu().numpy().copy(), bias)
-    return snap
+def theory_variances(model: nn.Module, spec: InitSpec) -> dict[str, float]:
+    """Conv/Linear module name -> the Var(W) that ``spec``'s formula gives for its weight (what the theory
+    overlay uses for a named initializer)."""
+    init, params = spec.initializer, spec.resolved
+    return {name: init.variance(tuple(module.weight.shape), params) for name, module in weight_layers(model)}
 
 
 def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData,
@@ -158,15 +102,17 @@ def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData
                 model(probe_x)
     frame = recorder.frame()
     layers = tuple(recorder.layers())
-    evidence = RunEvidence(run=name, spec=spec, frame=frame, layers=layers, weights_init=weights_init,
+    evidence = RunEvidence(run=name, initializer=spec.label, frame=frame, layers=layers, weights_init=weights_init,
                            weights_final=snapshot_weights(model), losses=outcome.step_losses,
-                           grad_norms=outcome.grad_norms)
+                           grad_norms=outcome.grad_norms, weight_vars=theory_variances(model, spec),
+                           default_init=spec.name == "pytorch-default")
     verdicts = check_run(evidence, rng_seed=seed)
     return RunResult(
         name=name, spec=spec, seed=seed, history=outcome.history, test_accuracy=outcome.test_accuracy,
         test_loss=outcome.test_loss, predictions=outcome.predictions, step_losses=outcome.step_losses,
         frame=frame, layers=layers, verdicts=verdicts, theory=theory_rows(evidence),
         diverged_step=diverged_step(verdicts, outcome.diverged_step), seconds=time.perf_counter() - start,
+        grad_norms=outcome.grad_norms, profiles=theory_profiles(evidence),
     )
 
 
@@ -175,8 +121,8 @@ def diverged_step(verdicts: Sequence[Verdict], stopped_at: int | None) -> int | 
     norm) and where the ``diverged`` verdict found the first non-finite value (a statistic can overflow
     before the loss does; the initialization probe counts as step 0). None when neither happened, so a
     run's status is "diverged" exactly when it stopped early or its ``diverged`` check failed."""
-    steps = [max(0, int(step)) for v in verdicts
-             if v.check == "diverged" and v.status == "fail" and (step := v.effect.get("step")) is not None]
+    steps = [max(0, int(step)) for v in verdicts if v.check == CheckName.DIVERGED and v.status == Status.FAIL
+             and (step := v.effect.get("step")) is not None]
     if stopped_at is not None:
         steps.append(stopped_at)
     return min(steps) if steps else None
@@ -189,8 +135,6 @@ def _first_line(exc: BaseException) -> str:
 @contextmanager
 def _too_large(name: str, config: ExperimentConfig) -> Iterator[None]:
     """Turn "the model or a batch does not fit" (sizes such as --width 1000000) into one-line UsageErrors."""
-    from .errors import UsageError
-
     advice = "use a smaller --width, --depth or --batch-size"
     try:
         yield

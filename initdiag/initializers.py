@@ -11,7 +11,7 @@ out_channels x kernel area.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import UsageError, did_you_mean
+from .structure.layers import fans, shape_fans, weight_layers
 
 __all__ = [
     "DEFAULT_INITIALIZERS",
@@ -27,10 +28,9 @@ __all__ = [
     "InitSpec",
     "Initializer",
     "apply_initializer",
-    "expected_gain",
-    "fans",
     "parse_init_list",
-    "weight_layers",
+    "split_init_list",
+    "unique_labels",
 ]
 
 
@@ -50,27 +50,6 @@ class InitName(StrEnum):
 
 
 DEFAULT_INITIALIZERS: tuple[str, ...] = ("zeros", "random", "xavier", "he")
-
-WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
-
-
-def weight_layers(model: nn.Module) -> Iterator[tuple[str, WeightLayer]]:
-    """Yield ``(qualified name, module)`` for every Conv/Linear module, in registration order."""
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            yield name, module
-
-
-def fans(weight: torch.Tensor) -> tuple[int, int]:
-    """Return ``(fan_in, fan_out)`` of a Conv/Linear weight of shape (out, in, *kernel)."""
-    return _fans(tuple(weight.shape))
-
-
-def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
-    receptive = math.prod(shape[2:])
-    return shape[1] * receptive, shape[0] * receptive
-
 
 WeightFn = Callable[[torch.Tensor, torch.Generator, Mapping[str, float]], None]
 
@@ -149,24 +128,24 @@ INITIALIZERS: dict[str, Initializer] = {
         Initializer(
             InitName.XAVIER, "Glorot & Bengio (2010), normal: keeps variance for linear/tanh layers",
             "W ~ N(0, gain^2 * 2 / (fan_in + fan_out))", _xavier,
-            lambda sh, p: p["gain"] ** 2 * 2.0 / sum(_fans(sh)), {"gain": 1.0},
+            lambda sh, p: p["gain"] ** 2 * 2.0 / sum(shape_fans(sh)), {"gain": 1.0},
         ),
         Initializer(
             InitName.XAVIER_UNIFORM, "Glorot & Bengio (2010), uniform",
             "W ~ U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out))", _xavier_uniform,
-            lambda sh, p: p["gain"] ** 2 * 2.0 / sum(_fans(sh)), {"gain": 1.0},
+            lambda sh, p: p["gain"] ** 2 * 2.0 / sum(shape_fans(sh)), {"gain": 1.0},
         ),
         Initializer(
             InitName.HE, "He et al. (2015), normal, fan_in: keeps variance through ReLU layers",
-            "W ~ N(0, 2 / fan_in)", _he, lambda sh, p: 2.0 / _fans(sh)[0],
+            "W ~ N(0, 2 / fan_in)", _he, lambda sh, p: 2.0 / shape_fans(sh)[0],
         ),
         Initializer(
             InitName.HE_UNIFORM, "He et al. (2015), uniform, fan_in", "W ~ U(-a, a), a = sqrt(6 / fan_in)",
-            _he_uniform, lambda sh, p: 2.0 / _fans(sh)[0],
+            _he_uniform, lambda sh, p: 2.0 / shape_fans(sh)[0],
         ),
         Initializer(
             InitName.LECUN, "LeCun et al. (1998), normal: keeps variance for linear/SELU layers",
-            "W ~ N(0, 1 / fan_in)", _lecun, lambda sh, p: 1.0 / _fans(sh)[0],
+            "W ~ N(0, 1 / fan_in)", _lecun, lambda sh, p: 1.0 / shape_fans(sh)[0],
         ),
         Initializer(
             InitName.ORTHOGONAL, "Saxe et al. (2014): a (semi-)orthogonal matrix of the flattened weight",
@@ -176,7 +155,7 @@ INITIALIZERS: dict[str, Initializer] = {
         Initializer(
             InitName.PYTORCH_DEFAULT, "what PyTorch does when you do nothing (reset_parameters), biases too",
             "W ~ U(-a, a), a = 1 / sqrt(fan_in) (kaiming_uniform, a=sqrt(5)); b ~ U(-a, a)", None,
-            lambda sh, p: 1.0 / (3.0 * _fans(sh)[0]), zero_bias=False,
+            lambda sh, p: 1.0 / (3.0 * shape_fans(sh)[0]), zero_bias=False,
         ),
     )
 }
@@ -234,12 +213,9 @@ class InitSpec:
         return cls(name, params)
 
 
-def parse_init_list(text: str) -> tuple[InitSpec, ...]:
-    """Parse a comma-separated list such as ``zeros,random:std=0.05,mean=0,he``.
-
-    A comma-separated item that contains ``=`` but no ``:`` continues the previous initializer's
-    parameters.
-    """
+def split_init_list(text: str) -> list[str]:
+    """The items of a comma-separated initializer list such as ``zeros,random:std=0.05,mean=0,he``: an item
+    that contains ``=`` but no ``:`` continues the previous initializer's parameters."""
     items: list[str] = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
@@ -248,13 +224,24 @@ def parse_init_list(text: str) -> tuple[InitSpec, ...]:
             items[-1] += "," + part
         else:
             items.append(part)
+    return items
+
+
+def unique_labels(labels: list[str]) -> None:
+    """UsageError when an initializer is given twice."""
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise UsageError(f"initializer given twice: {', '.join(dup)}")
+
+
+def parse_init_list(text: str) -> tuple[InitSpec, ...]:
+    """Parse a comma-separated list (:func:`split_init_list`) into specs; no list, an unknown name or a
+    name given twice is a UsageError."""
+    items = split_init_list(text)
     if not items:
         raise UsageError("no initializer given")
     specs = tuple(InitSpec.parse(item) for item in items)
-    labels = [s.label for s in specs]
-    dup = {x for x in labels if labels.count(x) > 1}
-    if dup:
-        raise UsageError(f"initializer given twice: {', '.join(sorted(dup))}")
+    unique_labels([s.label for s in specs])
     return specs
 
 
@@ -288,28 +275,3 @@ def apply_initializer(model: nn.Module, spec: InitSpec, seed: int) -> None:
             weight.copy_(fresh)
             if init.zero_bias and module.bias is not None:
                 module.bias.zero_()
-
-
-# Second moment E[phi(z)^2] / Var(z) for z ~ N(0, s^2), the factor each activation applies to the
-# variance that the next layer sums (He et al. 2015, eq. 7; Glorot & Bengio 2010 for the linear case).
-ACTIVATION_FACTOR: dict[str, float] = {"relu": 0.5, "linear": 1.0, "identity": 1.0, "tanh": 1.0}
-
-
-def expected_gain(
-    spec: InitSpec, activation: str, shape: tuple[int, ...], direction: str = "forward"
-) -> float | None:
-    """Expected per-layer variance gain for ``spec`` followed by ``activation``.
-
-    Forward: ``gain = fan_in * Var(W) * c``; backward: ``gain = fan_out * Var(W) * c``, with
-    ``c = E[phi(z)^2]/Var(z)`` (1/2 for ReLU, 1 for linear; 1 for tanh in its linear regime, an upper
-    bound). Examples for square layers: Xavier + ReLU 1/2, He + ReLU 1, LeCun + linear 1,
-    PyTorch default + ReLU 1/6, random(std) + ReLU ``n std^2 / 2``. None for an activation whose
-    factor theory does not fix here (sigmoid, GELU, ...). ``shape`` is the weight's shape.
-    """
-    factor = ACTIVATION_FACTOR.get(activation)
-    if factor is None:
-        return None
-    fan_in, fan_out = _fans(shape)
-    var = spec.initializer.variance(shape, spec.resolved)
-    fan = fan_in if direction == "forward" else fan_out
-    return fan * var * factor

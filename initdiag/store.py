@@ -2,34 +2,53 @@
 
 Layout inside the report directory::
 
-    .initdiag/plan.pkl            the ExperimentConfig and the command line that started it
-    .initdiag/runs/<run>.pkl      one pickled RunResult per finished run, written atomically
+    .initdiag/plan.json           the ExperimentConfig and the command line that started it
+    .initdiag/runs/<run>.json     one finished run: its scalars, history, layers, verdicts, theory rows
+    .initdiag/runs/<run>.npz      and its arrays: predictions, losses, gradient norms, the tidy frame
+
+Nothing read back can execute code: JSON, and ``.npz`` archives read with ``allow_pickle=False`` (every
+array is numeric or fixed-width text; a frame's text columns are stored as integer codes plus their
+categories). Everything is validated on load: a damaged or foreign file is a :class:`UsageError` naming
+the file (one line, exit code 2). Each ``.json`` carries the SHA-256 of its ``.npz``, so the two halves of a
+run cannot be mixed up.
 
 Files are written to a temporary name in the same directory, flushed and fsynced, then renamed with
-``os.replace``, so a crash or a full disk never leaves a half-written file under the final name.
+``os.replace``, so a crash or a full disk never leaves a half-written file under its final name.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import math
 import os
-import pickle
 import re
 import secrets
+import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+import numpy as np
+import pandas as pd
+
+from .checks import TheoryProfile, TheoryRow, Verdict
+from .config import ExperimentConfig
 from .errors import OutputError, UsageError
+from .initializers import InitSpec
+from .jsonable import json_safe
+from .results import RunResult
+from .series import CATEGORICAL, FRAME_COLUMNS, empty_frame
+from .structure.layers import LayerInfo
+from .training import EpochStats
 
-if TYPE_CHECKING:
-    from .config import ExperimentConfig
-    from .experiment import RunResult
-
-__all__ = ["Plan", "RunStore", "atomic_write"]
+__all__ = ["STATE_DIR", "Plan", "RunStore", "atomic_write"]
 
 STATE_DIR = ".initdiag"
-FORMAT_VERSION = 1
+FORMAT = "initdiag-store"
+FORMAT_VERSION = 2
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -66,9 +85,127 @@ def _safe(name: str) -> str:
 class Plan:
     """What an experiment directory was started with (for ``--resume``)."""
 
-    version: int
     config: ExperimentConfig
     argv: tuple[str, ...]
+
+
+class _Bad(Exception):
+    """A stored file is not what initdiag wrote (the message says what is wrong)."""
+
+
+def _header(kind: str) -> dict[str, Any]:
+    return {"format": FORMAT, "version": FORMAT_VERSION, "kind": kind}
+
+
+def _read_json(path: Path, kind: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _Bad(f"not readable as JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("kind") != kind:
+        raise _Bad(f"not an initdiag {kind} file")
+    if data.get("version") != FORMAT_VERSION:
+        raise _Bad(f"written by another version of initdiag (store version {data.get('version')!r})")
+    return data
+
+
+def _frame_arrays(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for column in FRAME_COLUMNS:
+        values = frame[column]
+        if column in CATEGORICAL:
+            cat = values.astype("category")
+            arrays[f"frame.{column}.codes"] = cat.cat.codes.to_numpy(np.int32)
+            arrays[f"frame.{column}.categories"] = np.asarray([str(c) for c in cat.cat.categories], dtype=np.str_)
+        else:
+            arrays[f"frame.{column}"] = values.to_numpy(np.float64 if column == "value" else np.int64)
+    return arrays
+
+
+def _frame_from(arrays: dict[str, np.ndarray]) -> pd.DataFrame:
+    n = len(arrays["frame.value"])
+    if n == 0:
+        return empty_frame()
+    data: dict[str, Any] = {}
+    for column in FRAME_COLUMNS:
+        if column in CATEGORICAL:
+            codes, categories = arrays[f"frame.{column}.codes"], arrays[f"frame.{column}.categories"]
+            if codes.shape != (n,) or codes.dtype.kind != "i" or categories.dtype.kind != "U" or (
+                    n and (codes.min() < 0 or codes.max() >= len(categories))):
+                raise _Bad(f"frame column '{column}' is malformed")
+            data[column] = pd.Categorical.from_codes(codes, categories=list(categories))
+        else:
+            values = arrays[f"frame.{column}"]
+            if values.shape != (n,) or values.dtype.kind not in "if":
+                raise _Bad(f"frame column '{column}' is malformed")
+            data[column] = values
+    return pd.DataFrame(data, columns=list(FRAME_COLUMNS))
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def _load_npz(path: Path, sha256: str) -> dict[str, np.ndarray]:
+    try:
+        payload = path.read_bytes()
+    except OSError as exc:
+        raise _Bad(f"its arrays {path.name} cannot be read ({exc.strerror or exc})") from None
+    if hashlib.sha256(payload).hexdigest() != sha256:
+        raise _Bad(f"its arrays {path.name} do not match it (a different or damaged file)")
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise _Bad(f"its arrays {path.name} are not a valid .npz archive ({exc})") from None
+
+
+def _number(x: Any) -> float:
+    if x is None:
+        return math.nan
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise _Bad(f"{x!r} is not a number")
+    return float(x)
+
+
+def _run_json(run: RunResult, sha256: str) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        **_header("run"), "arrays": sha256, "name": run.name, "initializer": run.spec.label, "seed": run.seed,
+        "history": [asdict(e) for e in run.history], "test_accuracy": run.test_accuracy,
+        "test_loss": run.test_loss, "layers": [asdict(la) for la in run.layers],
+        "verdicts": [v.to_json() for v in run.verdicts], "theory": [t.to_json() for t in run.theory],
+        "profiles": [p.to_json() for p in run.profiles],
+        "diverged_step": run.diverged_step, "seconds": run.seconds,
+    }
+    return json_safe(data)
+
+
+def _run_from(data: dict[str, Any], arrays: dict[str, np.ndarray]) -> RunResult:
+    try:
+        missing = {"predictions", "step_losses", "grad_norms", "frame.value"} - set(arrays)
+        if missing:
+            raise _Bad(f"its arrays lack {', '.join(sorted(missing))}")
+        layers = tuple(LayerInfo(**{**la, "weight_shape": None if la["weight_shape"] is None
+                                    else tuple(int(d) for d in la["weight_shape"])}) for la in data["layers"])
+        history = tuple(EpochStats(int(e["epoch"]), _number(e["train_loss"]), _number(e["test_loss"]),
+                                   _number(e["test_accuracy"]), _number(e["seconds"])) for e in data["history"])
+        step = data["diverged_step"]
+        return RunResult(
+            name=str(data["name"]), spec=InitSpec.parse(str(data["initializer"])), seed=int(data["seed"]),
+            history=history, test_accuracy=_number(data["test_accuracy"]), test_loss=_number(data["test_loss"]),
+            predictions=arrays["predictions"].astype(np.int64), step_losses=arrays["step_losses"].astype(np.float64),
+            frame=_frame_from(arrays), layers=layers, verdicts=tuple(Verdict.from_json(v) for v in data["verdicts"]),
+            theory=tuple(TheoryRow.from_json(t) for t in data["theory"]),
+            diverged_step=None if step is None else int(step), seconds=_number(data["seconds"]),
+            grad_norms=arrays["grad_norms"].astype(np.float64),
+            profiles=tuple(TheoryProfile.from_json(p) for p in data["profiles"]),
+        )
+    except _Bad:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, AssertionError, UsageError) as exc:
+        raise _Bad(f"malformed run record ({type(exc).__name__}: {exc})") from None
 
 
 class RunStore:
@@ -79,42 +216,60 @@ class RunStore:
         self.runs_dir = self.root / "runs"
 
     def save_plan(self, config: ExperimentConfig, argv: Sequence[str]) -> None:
-        """Start a new experiment here: runs saved by an earlier one (other settings, perhaps) are
-        removed first, so that only ``--resume`` ever reuses saved runs."""
+        """Start a new experiment here: runs saved by an earlier one (other settings, perhaps) are removed
+        first, so that only ``--resume`` ever reuses saved runs."""
         if self.runs_dir.is_dir():
-            for path in self.runs_dir.glob("*.pkl"):
+            for path in [*self.runs_dir.glob("*.json"), *self.runs_dir.glob("*.npz"), *self.runs_dir.glob("*.pkl")]:
                 try:
                     path.unlink()
                 except FileNotFoundError:
                     pass
                 except OSError as exc:
                     raise OutputError(f"cannot remove the earlier run {path}: {exc.strerror or exc}") from None
-        atomic_write(self.root / "plan.pkl", pickle.dumps(Plan(FORMAT_VERSION, config, tuple(argv))))
+        data = {**_header("plan"), "config": config.to_json(), "argv": list(argv)}
+        atomic_write(self.root / "plan.json", json.dumps(json_safe(data), indent=1) + "\n")
 
     def load_plan(self) -> Plan:
-        path = self.root / "plan.pkl"
+        """The plan this directory was started with; UsageError (one line) when there is none or it is damaged."""
+        path = self.root / "plan.json"
         if not path.is_file():
-            raise UsageError(f"--resume: {path.parent.parent} is not an initdiag report directory (no {path})")
+            raise UsageError(f"--resume: {self.root.parent} is not an initdiag report directory (no {path})")
         try:
-            plan = pickle.loads(path.read_bytes())
-        except Exception as exc:
-            raise UsageError(f"--resume: cannot read {path}: {type(exc).__name__}: {exc}") from None
-        if not isinstance(plan, Plan) or plan.version != FORMAT_VERSION:
-            raise UsageError(f"--resume: {path} was written by another version of initdiag")
-        return plan
+            data = _read_json(path, "plan")
+            argv = data.get("argv")
+            if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+                raise _Bad("its command line is malformed")
+            try:
+                config = ExperimentConfig.from_json(data.get("config"))
+            except (ValueError, TypeError, UsageError) as exc:
+                raise _Bad(f"its configuration is malformed ({exc})") from None
+        except _Bad as exc:
+            raise UsageError(f"--resume: cannot use {path}: {exc}") from None
+        return Plan(config, tuple(argv))
 
     def save_run(self, run: RunResult) -> None:
-        atomic_write(self.runs_dir / f"{_safe(run.name)}.pkl", pickle.dumps(run, protocol=pickle.HIGHEST_PROTOCOL))
+        """Save a finished run: its arrays first, then the record that names their checksum."""
+        arrays = {"predictions": np.asarray(run.predictions, np.int64),
+                  "step_losses": np.asarray(run.step_losses, np.float64),
+                  "grad_norms": np.asarray(run.grad_norms, np.float64), **_frame_arrays(run.frame)}
+        payload = _npz_bytes(arrays)
+        base = self.runs_dir / _safe(run.name)
+        atomic_write(base.with_suffix(".npz"), payload)
+        record = _run_json(run, hashlib.sha256(payload).hexdigest())
+        atomic_write(base.with_suffix(".json"), json.dumps(record, allow_nan=False) + "\n")
 
     def load_runs(self) -> dict[str, RunResult]:
-        """Finished runs by name; unreadable files (e.g. from another version) are skipped."""
+        """Finished runs by name; UsageError (one line, naming the file) for a damaged or foreign one."""
         runs: dict[str, RunResult] = {}
         if not self.runs_dir.is_dir():
             return runs
-        for path in sorted(self.runs_dir.glob("*.pkl")):
+        for path in sorted(self.runs_dir.glob("*.json")):
             try:
-                run = pickle.loads(path.read_bytes())
-            except Exception:
-                continue
+                data = _read_json(path, "run")
+                if not isinstance(data.get("arrays"), str):
+                    raise _Bad("it names no arrays")
+                run = _run_from(data, _load_npz(path.with_suffix(".npz"), data["arrays"]))
+            except _Bad as exc:
+                raise UsageError(f"--resume: cannot use the saved run {path}: {exc}") from None
             runs[run.name] = run
         return runs

@@ -17,14 +17,16 @@ import pandas as pd
 import pytest
 
 from initdiag import cli
-from initdiag.checks import Comparison, TheoryRow, Verdict
+from initdiag.checks import Comparison, RunEvidence, TheoryRow, Verdict, theory_profiles
 from initdiag.config import ExperimentConfig
 from initdiag.data import DataProvenance
-from initdiag.experiment import ExperimentResult, RunResult
 from initdiag.initializers import Initializer, InitSpec
 from initdiag.models import ModelSpec
-from initdiag.recorder import FRAME_COLUMNS, LayerInfo
-from initdiag.report_context import Method, ReportContext, build_context
+from initdiag.report import ReportContext, build_context
+from initdiag.report.context import Method
+from initdiag.results import ExperimentResult, RunResult
+from initdiag.series import FRAME_COLUMNS
+from initdiag.structure import LayerInfo
 from initdiag.training import EpochStats
 
 EVIL_LAYER = "<script>alert(1)</script>"
@@ -123,12 +125,16 @@ def _run(spec: InitSpec | LabelSpec, seed: int, layers: tuple[LayerInfo, ...], s
     zero = scale == 0
     theory = (TheoryRow(label, "ReLU", "forward", 0.0 if zero else 1.0, None if zero else 0.97, None if zero else 0.9,
                         None if zero else 1.05, "fan_in x Var(W) x c per layer (c = 1/2 ReLU, 1 linear)"),)
+    frame = _frame(name, label, seed, layers, scale)
+    variances = {la.module_name: spec.initializer.variance(la.weight_shape, spec.resolved) for la in layers
+                 if la.weight_shape is not None}
+    evidence = RunEvidence(name, label, frame, layers, {}, {}, np.zeros(1), weight_vars=variances)
     return RunResult(
         name=name, spec=cast(InitSpec, spec), seed=seed, history=history, test_accuracy=accs[-1],
         test_loss=history[-1].test_loss,
         predictions=np.zeros(20, dtype=np.int64), step_losses=np.linspace(2.3, 1.0, STEPS),
-        frame=_frame(name, label, seed, layers, scale), layers=layers, verdicts=_verdicts(layers, zero),
-        theory=theory, diverged_step=diverged, seconds=3.25 if zero else 4.5,
+        frame=frame, layers=layers, verdicts=_verdicts(layers, zero),
+        theory=theory, diverged_step=diverged, seconds=3.25 if zero else 4.5, profiles=theory_profiles(evidence),
     )
 
 

@@ -193,7 +193,7 @@ def _backward_layers(result: AuditResult) -> None:
         series = run.series
         with_backward = set(series.loc[(series["kind"] == "backward") & (series["stat"] == "var"), "layer"].astype(str))
         assert recorded <= with_backward, recorded - with_backward
-        assert set(series["step"]) == set(range(len(run.step_losses)))
+        assert set(series["step"]) == set(range(len(run.losses)))
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
@@ -393,7 +393,7 @@ def test_example_input_and_dict_output() -> None:
     model = DictsAndLists()
     result = initdiag.audit(model, torch.randn(6, 8))
     assert result.inputs.kind == "example" and result.inputs.batch_shape == (6, 8)
-    assert len(result.runs[0].step_losses) == 1 and math.isfinite(result.runs[0].step_losses[0])
+    assert len(result.runs[0].losses) == 1 and math.isfinite(result.runs[0].losses[0])
 
 
 def test_the_callers_input_is_not_touched() -> None:

@@ -33,8 +33,10 @@ from initdiag.checks import (
     signal_fit,
     symmetry_groups,
 )
-from initdiag.initializers import InitSpec, apply_initializer, weight_layers
-from initdiag.recorder import FRAME_COLUMNS, LayerInfo
+from initdiag.experiment import theory_variances
+from initdiag.initializers import InitSpec, apply_initializer
+from initdiag.series import FRAME_COLUMNS
+from initdiag.structure import LayerInfo, weight_layers
 
 Pair = tuple[np.ndarray, np.ndarray | None]
 Weights = dict[str, Pair]
@@ -66,8 +68,12 @@ def evidence(frame: pd.DataFrame | None = None, weights: Mapping[str, Pair] | No
              final: Weights | None = None,
              losses: Sequence[float] = (1.0,), n_layers: int = 0, init: str = "he") -> RunEvidence:
     frame = frame if frame is not None else pd.DataFrame(columns=list(FRAME_COLUMNS))
-    return RunEvidence("r", InitSpec.parse(init), frame, layer_infos(n_layers), weights or {}, final or {},
-                       np.asarray(losses, dtype=np.float64))
+    spec, infos = InitSpec.parse(init), layer_infos(n_layers)
+    variances = {la.module_name: spec.initializer.variance(la.weight_shape, spec.resolved) for la in infos
+                 if la.weight_shape is not None}
+    return RunEvidence("r", spec.label, frame, infos, weights or {}, final or {},
+                       np.asarray(losses, dtype=np.float64), weight_vars=variances,
+                       default_init=spec.name == "pytorch-default")
 
 
 def signal_verdicts(var: Sequence[float] | np.ndarray, kind: str = "forward", **kw: object) -> Verdict:
@@ -424,7 +430,7 @@ def test_thresholds_are_validated() -> None:
 
 def test_recorded_cnn_backward_uses_per_sample_energy_when_sizes_are_known() -> None:
     from initdiag.models import seed_cnn
-    from initdiag.recorder import Recorder
+    from initdiag.recording import Recorder
 
     model = seed_cnn()
     apply_initializer(model, InitSpec.parse("he"), 0)
@@ -439,15 +445,16 @@ def test_recorded_cnn_backward_uses_per_sample_energy_when_sizes_are_known() -> 
     with Recorder(model) as rec:
         torch.nn.functional.cross_entropy(model(x), torch.arange(32) % 10).backward()
     weights = snapshot(model)
-    base = RunEvidence("he/seed0", InitSpec.parse("he"), rec.frame(), tuple(rec.layers()), weights, weights,
-                       np.array([2.3]))
+    base = RunEvidence("he/seed0", "he", rec.frame(), tuple(rec.layers()), weights, weights, np.array([2.3]),
+                       weight_vars=theory_variances(model, InitSpec("he")))
     unsized = check_run(base)
     assert {v.family for v in unsized} == {"diverged", "signal", "symmetry", "dead"}
     assert all(json.dumps(v.to_json(), allow_nan=False) for v in unsized)
     # per element, dL/dy falls ~1e-4 from the head to conv 0 under He (widths, pooling): only a warning
     (back,) = [v for v in unsized if v.signal == "backward"]
     assert back.status != "fail"
-    sized = RunEvidence(base.run, base.spec, base.frame, base.layers, weights, weights, base.losses, sizes)
+    sized = RunEvidence(base.run, base.initializer, base.frame, base.layers, weights, weights, base.losses, sizes,
+                        weight_vars=base.weight_vars)
     (back,) = [v for v in check_run(sized) if v.signal == "backward"]
     assert (back.check, back.status) == ("healthy", "pass")
     assert 0.5 < back.effect["gain"] < 2  # type: ignore[operator]

@@ -1,7 +1,7 @@
 """The checks on recorded deep nets whose answer theory fixes (He et al. 2015; Glorot & Bengio 2010).
 
 Each case records one forward + backward pass of 256 MNIST-like inputs (``torch.rand``) and random
-labels through ``initdiag.recorder.Recorder``, then checks the verdict and the estimated effect.
+labels through ``initdiag.Recorder``, then checks the verdict and the estimated effect.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from initdiag.checks import RunEvidence, Verdict, check_run, failed_checks, theory_rows
-from initdiag.initializers import InitSpec, apply_initializer, weight_layers
+from initdiag.experiment import theory_variances
+from initdiag.initializers import InitSpec, apply_initializer
 from initdiag.models import deep_mlp
-from initdiag.recorder import Recorder
+from initdiag.recording import Recorder
+from initdiag.structure import weight_layers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,8 +53,9 @@ def record(init: str, depth: int = 30, width: int = 512, activation: str = "relu
             model(x)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
-    return RunEvidence(f"{spec.label}/seed{seed}", spec, rec.frame(), tuple(rec.layers()), weights, {},
-                       np.array([loss.item()]))
+    return RunEvidence(f"{spec.label}/seed{seed}", spec.label, rec.frame(), tuple(rec.layers()), weights, {},
+                       np.array([loss.item()]), weight_vars=theory_variances(model, spec),
+                       default_init=spec.name == "pytorch-default")
 
 
 @functools.cache
@@ -112,7 +115,7 @@ def test_random_std_01_explodes_forward_and_backward() -> None:
 
 def test_std_given_on_the_command_line_is_honoured() -> None:
     ev = record("random:std=0.05")
-    assert ev.spec.label == "random:std=0.05"
+    assert ev.initializer == "random:std=0.05"
     assert float(np.std(ev.weights_init["3"][0])) == pytest.approx(0.05, rel=0.02)
     fwd = signal(verdicts("random:std=0.05"), "forward")
     expected = 512 * 0.05**2 / 2  # 0.64

@@ -302,7 +302,7 @@ def test_cache_hit(tmp_path: Path) -> None:
 def test_no_download_falls_back_to_sample_with_notice(tmp_path: Path) -> None:
     got = load_mnist(cache_dir=tmp_path / "cache" / "mnist", allow_download=False)
     p = got.provenance
-    assert (p.name, p.kind, p.train_size, p.test_size) == ("mnist", "bundled", 10000, 10000)
+    assert (p.name, p.kind, p.train_size, p.test_size) == ("mnist-sample", "bundled", 10000, 10000)
     assert p.notice is not None
     assert "bundled sample" in p.notice and "10,000 training" in p.notice and "--data-dir" in p.notice
 

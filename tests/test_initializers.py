@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from initdiag.errors import UsageError
-from initdiag.initializers import INITIALIZERS, InitSpec, apply_initializer, expected_gain, parse_init_list
+from initdiag.initializers import INITIALIZERS, InitSpec, apply_initializer, parse_init_list
+from initdiag.theory import expected_gain
 
 SHAPES = [(400, 300), (128, 64, 3, 3)]
 
@@ -105,4 +106,6 @@ def test_bad_initializer_lists(text: str, match: str) -> None:
     ("random", "relu", 512 * 0.01 / 2),
 ])
 def test_expected_gain_for_square_layers(name: str, activation: str, gain: float) -> None:
-    assert expected_gain(InitSpec(name), activation, (512, 512)) == pytest.approx(gain)
+    spec = InitSpec(name)
+    variance = spec.initializer.variance((512, 512), spec.resolved)
+    assert expected_gain(activation, variance, (512, 512)) == pytest.approx(gain)

@@ -27,14 +27,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from initdiag import data as data_mod
-from initdiag import runner
 from initdiag.checks import RunEvidence, Verdict, check_run
 from initdiag.cli import main
 from initdiag.config import ExperimentConfig
-from initdiag.initializers import InitSpec
 from initdiag.models import ACTIVATIONS
-from initdiag.recorder import FRAME_COLUMNS, LayerInfo
+from initdiag.series import FRAME_COLUMNS
 from initdiag.store import RunStore
+from initdiag.structure import LayerInfo
 
 
 # -- made-up evidence ------------------------------------------------------------------------------------
@@ -57,7 +56,7 @@ def layers(n: int, width: int = 16) -> tuple[LayerInfo, ...]:
 
 def evidence(fr: pd.DataFrame | None = None, n_layers: int = 0,
              weights: dict[str, tuple[np.ndarray, np.ndarray | None]] | None = None) -> RunEvidence:
-    return RunEvidence("r", InitSpec("he"), fr if fr is not None else pd.DataFrame(columns=list(FRAME_COLUMNS)),
+    return RunEvidence("r", "he", fr if fr is not None else pd.DataFrame(columns=list(FRAME_COLUMNS)),
                        layers(n_layers), weights or {}, {}, np.array([2.3, 2.2]))
 
 
@@ -242,7 +241,7 @@ def no_long_work(monkeypatch: pytest.MonkeyPatch, places: dict[str, list[str]]) 
     def reached(*args: Any, **kwargs: Any) -> None:
         raise Reached
 
-    monkeypatch.setattr(runner, "run_experiment", reached)
+    monkeypatch.setattr(importlib.import_module("initdiag.backends"), "run_experiment", reached)
     monkeypatch.setattr(importlib.import_module("initdiag.audit"), "run_audit", reached)
     monkeypatch.setattr(data_mod, "_read_sample", functools.cache(data_mod._read_sample))
     monkeypatch.setattr(data_mod, "_download_into", reached)

@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 import initdiag
+from initdiag import backends, experiment
 from initdiag import data as data_mod
-from initdiag import experiment, runner
+from initdiag.backends import local as runner
 from initdiag.checks import RunEvidence, check_run
 from initdiag.cli import main
 from initdiag.config import ExperimentConfig
@@ -35,7 +36,7 @@ from initdiag.data import MnistData, load_mnist
 from initdiag.errors import ModelLoadError
 from initdiag.initializers import InitSpec, parse_init_list
 from initdiag.models import ModelSpec
-from initdiag.recorder import FRAME_COLUMNS
+from initdiag.series import FRAME_COLUMNS
 from initdiag.store import RunStore
 from initdiag.training import train
 
@@ -207,7 +208,7 @@ def test_a_gradient_norm_beyond_float32_stops_training_and_fails_the_check() -> 
     outcome = train(Amplify(), data.train_x, data.train_y, data.test_x, data.test_y, epochs=1, batch_size=64)
     assert outcome.diverged_step == 0
     assert np.isfinite(outcome.step_losses).all() and np.isinf(outcome.grad_norms[0])
-    ev = RunEvidence("r", InitSpec("he"), pd.DataFrame(columns=list(FRAME_COLUMNS)), (), {}, {},
+    ev = RunEvidence("r", "he", pd.DataFrame(columns=list(FRAME_COLUMNS)), (), {}, {},
                      outcome.step_losses, grad_norms=outcome.grad_norms)
     (verdict,) = [v for v in check_run(ev) if v.check == "diverged"]
     assert (verdict.status, verdict.effect["step"]) == ("fail", 0.0)
@@ -226,7 +227,7 @@ def test_a_run_whose_statistics_overflow_is_diverged_and_stops_there() -> None:
 
 
 def test_status_is_diverged_exactly_when_the_check_fails() -> None:
-    ev = RunEvidence("r", InitSpec("he"), pd.DataFrame(columns=list(FRAME_COLUMNS)), (), {}, {},
+    ev = RunEvidence("r", "he", pd.DataFrame(columns=list(FRAME_COLUMNS)), (), {}, {},
                      np.array([1.0, 0.5]))
     assert experiment.diverged_step(check_run(ev), None) is None
     frame = pd.DataFrame.from_records([{
@@ -503,7 +504,7 @@ def test_a_disk_that_fills_while_the_report_is_written(tmp_path: Path, monkeypat
         monkeypatch.setattr("os.fdopen", lambda fd, mode="r", *a, **k: _FullDisk(fd, "wb"))
         return result
 
-    monkeypatch.setattr(runner, "run_experiment", run_then_fill_the_disk)
+    monkeypatch.setattr(backends, "run_experiment", run_then_fill_the_disk)  # where the CLI looks it up
     code, _, err = run_cli(["report", "--model", "mlp", "--init", "he", "--dataset", "mnist-sample",
                             "--limit-train", "64", "--epochs", "1", "--jobs", "1", "--format", "json,csv",
                             "--out", str(out)])

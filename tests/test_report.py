@@ -19,10 +19,13 @@ import pandas as pd
 import pytest
 from report_fixtures import EVIL_LABEL, EVIL_LAYER, fixed_context, fixed_result
 
-from initdiag import plots, report, report_signal
+from initdiag import report
 from initdiag.errors import OutputError
-from initdiag.experiment import ExperimentResult
-from initdiag.recorder import LayerInfo
+from initdiag.report import format as report_format
+from initdiag.report import plots, render
+from initdiag.results import ExperimentResult
+from initdiag.structure import LayerInfo
+from initdiag.theory import variance_profile
 
 GOLDEN = Path(__file__).parent / "golden" / "report.html"
 UPDATE = os.environ.get("INITDIAG_UPDATE_GOLDEN") == "1"
@@ -151,7 +154,7 @@ def test_url_fetcher_refuses_all_but_data(tmp_path: Path) -> None:
     data = report.pdf_bytes(html, refused=refused)
     assert data.startswith(b"%PDF")
     assert sorted(refused) == ["file:///etc/passwd", "http://example.com/x.png", "https://example.com/s.css"]
-    fetcher = report._fetcher()
+    fetcher = render._fetcher()
     response = fetcher.fetch("data:text/plain,hi") if hasattr(fetcher, "fetch") else None
     if response is not None:
         assert response.read() == b"hi"
@@ -216,24 +219,20 @@ def test_audit_variant_reuses_the_context() -> None:
     assert "<td>Linear</td>" in table and "0.125" in table  # fc1's weight variance at init
 
 
-def test_theory_overlay_matches_hand_computation(result: ExperimentResult) -> None:
+def test_theory_overlay_matches_hand_computation() -> None:
     """He init on fc1 (16x784) -> ReLU -> fc2 (16x16) -> ReLU -> head (10x16), Var(W) = 2/fan_in = 1/8:
     forward gain fan_in x Var(W) x 1/2 = 1 per layer; backward fan_out x Var(W) x 1/2 = 1 (fc2), 0.625 (head)."""
-    he, zeros = result.runs
-    names = ["fc1", "fc2", "head"]
-    assert report_signal.theory_profile(he, names, "forward", [2.0, 5.0, 7.0]) == [2.0, 2.0, 2.0]
-    back = report_signal.theory_profile(he, names, "backward", [None, None, 1e-4])
-    assert back == pytest.approx([0.625e-4, 0.625e-4, 1e-4])
-    assert report_signal.theory_profile(zeros, names, "forward", [0.0, 0.0, 0.0]) == [None] * 3
-    assert report_signal.theory_profile(he, names, "forward", [None, 1.0, 1.0]) == [None] * 3  # no anchor
-    assert report_signal.theory_profile(he, ["fc1", "nope", "head"], "forward", [1.0] * 3) == [None] * 3
+    transitions = [("relu", 1 / 8, (16, 16)), ("relu", 1 / 8, (10, 16))]
+    assert variance_profile(2.0, transitions, "forward") == [2.0, 2.0, 2.0]
+    assert variance_profile(1e-4, transitions, "backward") == pytest.approx([0.625e-4, 0.625e-4, 1e-4])
+    assert variance_profile(1.0, [("gelu", 1 / 8, (16, 16))], "forward") is None  # no factor for GELU here
 
 
 def test_layer_labels_name_the_module() -> None:
     def info(name: str) -> LayerInfo:
         return LayerInfo(name, name, "Conv2d", "weight", 0, "relu", (8, 1, 3, 3))
 
-    assert [report_signal.layer_label(info(n)) for n in ("0", "features.3", "0@2", "conv1", "fc")] == \
+    assert [report_format.layer_label(info(n)) for n in ("0", "features.3", "0@2", "conv1", "fc")] == \
         ["0 Conv2d", "features.3 Conv2d", "0@2 Conv2d", "conv1", "fc"]
 
 

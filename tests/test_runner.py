@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from initdiag import runner
+from initdiag.backends import local as runner
+from initdiag.backends.local import execute, plan
 from initdiag.cli import main
 from initdiag.config import ExperimentConfig
 from initdiag.data import load_mnist
 from initdiag.initializers import parse_init_list
 from initdiag.models import ModelSpec
-from initdiag.runner import execute, plan
 from initdiag.store import RunStore, atomic_write
 
 SMALL = ["--dataset", "mnist-sample", "--limit-train", "192", "--epochs", "1", "--format", "json,html"]
@@ -90,7 +90,8 @@ def test_interrupt_keeps_finished_runs_and_resume_completes(tmp_path: Path, monk
     assert summary["missing"] == ["he/seed0"]
     assert [r["name"] for r in summary["runs"]] == ["zeros/seed0", "xavier/seed0"]
     assert "he/seed0" in (part / "report.html").read_text()  # the banner names what is missing
-    assert sorted(p.name for p in (part / ".initdiag" / "runs").iterdir()) == ["xavier_seed0.pkl", "zeros_seed0.pkl"]
+    assert sorted(p.name for p in (part / ".initdiag" / "runs").iterdir()) == [
+        "xavier_seed0.json", "xavier_seed0.npz", "zeros_seed0.json", "zeros_seed0.npz"]
 
     monkeypatch.setattr(runner, "run_one", real)
     assert main(["report", "--resume", str(part)]) == 0

@@ -1,7 +1,7 @@
 """What goes through the model in an audit, and the copy it goes through.
 
-Private part of :mod:`initdiag.audit` (import the public names from there): the batches (generated,
-MNIST, or the caller's example) and :func:`working_copy`, which keeps the caller's model untouched.
+The batches (generated, MNIST, or the caller's example) and :func:`working_copy`, which keeps the caller's
+model untouched.
 """
 
 from __future__ import annotations
@@ -9,35 +9,19 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from .config import AuditConfig
-from .errors import UsageError
+from ..config import AuditConfig
+from ..errors import UsageError
+from ..results import AuditInputs
 
 __all__ = ["AuditInputs", "Inputs", "first_embedding", "make_inputs", "working_copy"]
 
 Inputs = tuple[torch.Tensor, ...]
 """One batch: the model's positional arguments."""
-
-
-@dataclass(frozen=True)
-class AuditInputs:
-    """What went through the model: ``kind`` ("normal", "tokens", "mnist" or "example"), a description,
-    the shape of one batch (batch dimension first), its dtype, the number of batches, and the source
-    (for MNIST its provenance: files with their md5, and any notice)."""
-
-    kind: str
-    description: str
-    batch_shape: tuple[int, ...]
-    dtype: str
-    batches: int
-    source: str
-    files: dict[str, str] = field(default_factory=dict)
-    notice: str | None = None
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -77,7 +61,7 @@ def make_inputs(model: nn.Module, cfg: AuditConfig, example: Any = None) -> tupl
     gen = torch.Generator().manual_seed(cfg.seed)
     n, size = cfg.batches, cfg.batch_size
     if cfg.inputs == "mnist":
-        from .data import load_mnist
+        from ..data import load_mnist
 
         data = load_mnist(cfg.data_dir, "mnist")
         if n * size > len(data.train_x):

@@ -1,4 +1,4 @@
-"""Executing an experiment's runs: in turn, or in parallel worker processes; each run saved as it ends.
+"""The local backend: an experiment's runs in turn, or in parallel worker processes; each saved as it ends.
 
 Every run is seeded by its own seed only (initial weights, batch order), so a run gives the same
 result whether it runs alone, in turn with others, or in a worker process, as long as it runs with
@@ -25,14 +25,15 @@ from typing import Any
 
 import torch
 
-from .config import ExperimentConfig
-from .data import MnistData
-from .errors import Interrupted
-from .experiment import ExperimentResult, RunResult, assemble, resolve_device, run_one
-from .initializers import InitSpec
-from .memory import keep_heap
-from .progress import MultiProgress, NullProgress, Progress, QueueProgress
-from .store import RunStore
+from ..config import ExperimentConfig
+from ..data import MnistData
+from ..errors import Interrupted
+from ..experiment import assemble, resolve_device, run_one
+from ..initializers import InitSpec
+from ..memory import keep_heap
+from ..progress import MultiProgress, NullProgress, Progress, QueueProgress
+from ..results import ExperimentResult, RunResult
+from ..store import RunStore
 
 __all__ = ["ExperimentInterrupted", "Task", "available_cores", "default_jobs", "execute", "plan", "run_experiment",
            "threads_per_run"]

@@ -1,6 +1,6 @@
 """Accuracy comparisons between initializers: McNemar's exact test, Welch's t-test, Holm correction.
 
-Private part of :mod:`initdiag.checks`.
+Holm's correction (:func:`holm`) is shared with the symmetry check.
 """
 
 from __future__ import annotations
@@ -14,10 +14,31 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from ._checks_base import holm, json_safe
+from ..jsonable import json_safe
+
+__all__ = ["MCNEMAR", "WELCH", "Comparison", "accuracy_summary", "compare_accuracies", "holm", "mcnemar_exact",
+           "welch_t"]
 
 MCNEMAR = "mcnemar-exact"
 WELCH = "welch-t"
+
+
+def holm(p_values: Any) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (same order as given; NaN stays NaN).
+
+    With the ``m`` finite p-values sorted ascending, ``p_adj(i) = max_{j <= i} min(1, (m - j + 1) p(j))``;
+    rejecting ``p_adj < alpha`` keeps the family-wise error rate at most ``alpha`` under any dependence.
+    """
+    p = np.asarray(p_values, dtype=np.float64).ravel()
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if len(ok) == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out
 
 
 @dataclass(frozen=True)
@@ -40,6 +61,15 @@ class Comparison:
     def to_json(self) -> dict[str, Any]:
         """JSON-safe dict (NaN/Inf -> None)."""
         return json_safe(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Comparison:
+        """The comparison :meth:`to_json` wrote (undefined numbers come back as NaN)."""
+        def num(x: Any) -> float:
+            return math.nan if x is None else float(x)
+        return cls(str(data["a"]), str(data["b"]), str(data["test"]), num(data["p_value"]), num(data["p_adjusted"]),
+                   bool(data["significant"]), None if data["statistic"] is None else float(data["statistic"]),
+                   str(data["detail"]))
 
 
 def mcnemar_exact(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) -> tuple[float, int, int]:

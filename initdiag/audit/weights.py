@@ -1,30 +1,28 @@
 """The audit's view of each weight: its variance against what its activation calls for, PyTorch's default
 init recognized, and the recommendation drawn from the audited runs.
 
-Private part of :mod:`initdiag.audit` (import the public names from there): pure functions of weights,
-layers and verdicts; no hooks, no running.
+Pure functions of weights, layers and verdicts; no hooks, no running.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .checks import Status, Verdict, recommended_initializer
-from .initializers import INITIALIZERS, WEIGHT_LAYER_TYPES, fans
-from .recorder import LayerInfo, main_weight
+from ..checks import Verdict, pretty_activation, recommended_initializer
+from ..initializers import INITIALIZERS
+from ..results import LayerWeight, Recommendation
+from ..structure.layers import WEIGHT_LAYER_TYPES, LayerInfo, fans, main_weight
+from ..vocab import Role, Signal, Status
 
 __all__ = [
     "DEFAULT_INIT_MISS",
     "DEFAULT_INIT_Z",
-    "LayerWeight",
-    "Recommendation",
+    "forward_gain",
     "hidden_activation",
     "layer_weights",
     "looks_pytorch_default",
@@ -38,15 +36,8 @@ DEFAULT_INIT_MISS = 1e-6
 """Probability, under PyTorch's default (uniform) init, that the largest |w| falls short of the bound that
 :func:`looks_pytorch_default` requires, i.e. of missing a default-initialized layer on that criterion."""
 
-_PRETTY = {"relu": "ReLU", "relu6": "ReLU6", "leaky_relu": "LeakyReLU", "gelu": "GELU", "silu": "SiLU",
-           "selu": "SELU", "elu": "ELU", "tanh": "tanh", "sigmoid": "sigmoid", "linear": "linear"}
 _FORMULA = {"he": "Var(W) = 2/fan_in (gain sqrt(2))", "xavier": "Var(W) = 2/(fan_in + fan_out) (gain 1)",
             "lecun": "Var(W) = 1/fan_in"}
-
-
-def pretty(activation: str) -> str:
-    """Display name of an activation family."""
-    return _PRETTY.get(activation, activation)
 
 
 def _uniform_like(values: np.ndarray, bound: float) -> bool:
@@ -106,43 +97,12 @@ def looks_pytorch_default(module: nn.Module) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class LayerWeight:
-    """One weight layer's weight against what the activation after it calls for.
-
-    ``variance``: population variance of the weight (:func:`initdiag.recorder.main_weight`);
-    ``recommended``: the initializer the checks advise for ``activation`` (``he`` for the ReLU family,
-    ``xavier`` for tanh/sigmoid/linear, ``lecun`` for SELU; :func:`initdiag.checks.recommended_initializer`),
-    ``recommended_variance`` its Var(W) for this shape, and ``ratio = variance / recommended_variance``
-    (Conv/Linear only: the variance theory covers them; None otherwise). ``default_init``: the weights are
-    consistent with PyTorch's default (:func:`looks_pytorch_default`); ``reinitialized``: this audit replaced
-    them (Conv/Linear weights, for a named initializer).
-    """
-
-    layer: str
-    module: str
-    activation: str
-    shape: tuple[int, ...]
-    variance: float
-    recommended: str
-    recommended_variance: float | None
-    ratio: float | None
-    default_init: bool
-    reinitialized: bool
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-safe dict (NaN -> None)."""
-        data = dict(self.__dict__)
-        data["shape"] = list(self.shape)
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
-
-
 def layer_weights(model: nn.Module, layers: Sequence[LayerInfo], reinitialized: bool) -> tuple[LayerWeight, ...]:
     """One :class:`LayerWeight` per recorded weight layer (first call site) that has a weight."""
     modules = {name or type(m).__name__: m for name, m in model.named_modules()}
     rows: list[LayerWeight] = []
     seen: set[str] = set()
-    for la in sorted((la for la in layers if la.role == "weight"), key=lambda la: la.depth):
+    for la in sorted((la for la in layers if la.role == Role.WEIGHT), key=lambda la: la.depth):
         module = modules.get(la.module_name)
         weight = main_weight(module) if module is not None else None
         if module is None or weight is None or la.module_name in seen:
@@ -162,36 +122,16 @@ def layer_weights(model: nn.Module, layers: Sequence[LayerInfo], reinitialized: 
 
 def hidden_activation(layers: Sequence[LayerInfo]) -> str:
     """The most common activation after the weight layers but the last (the output layer), ``linear`` if none."""
-    acts = [la.activation or "linear" for la in sorted((la for la in layers if la.role == "weight"),
+    acts = [la.activation or "linear" for la in sorted((la for la in layers if la.role == Role.WEIGHT),
                                                        key=lambda la: la.depth)]
     hidden = acts[:-1] if len(acts) > 1 else acts
     return max(dict.fromkeys(hidden), key=hidden.count) if hidden else "linear"
 
 
-@dataclass(frozen=True)
-class Recommendation:
-    """The initializer to use (a ``--init`` label, ``keep`` for the model's own) and the evidence for it
-    (text that starts with the advice, CLI names in backticks).
-
-    ``compared``: chosen among several audited initializations by (fewest fail verdicts, fewest warnings,
-    forward gain closest to 1 in log terms); otherwise advised from one run's verdicts and activations.
-    """
-
-    initializer: str
-    evidence: str
-    compared: bool
-
-    def __str__(self) -> str:
-        return f"{self.initializer}: {self.evidence}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"initializer": self.initializer, "evidence": self.evidence, "compared": self.compared}
-
-
 def forward_gain(verdicts: Sequence[Verdict]) -> float:
     """The fitted per-layer forward variance gain of a run (NaN when not measured)."""
     for v in verdicts:
-        if v.signal == "forward":
+        if v.signal == Signal.FORWARD:
             gain = v.effect.get("gain")
             return float(gain) if gain is not None else math.nan
     return math.nan
@@ -205,7 +145,7 @@ def _rank(verdicts: Sequence[Verdict]) -> tuple[int, int, float]:
 
 
 def _fails(verdicts: Sequence[Verdict]) -> list[str]:
-    return [f"{v.check} ({v.signal})" if v.signal in ("forward", "backward") else v.check
+    return [f"{v.check} ({v.signal})" if v.signal in (Signal.FORWARD, Signal.BACKWARD) else v.check
             for v in verdicts if v.status == Status.FAIL]
 
 
@@ -234,7 +174,7 @@ def recommend(runs: Sequence[tuple[str, Sequence[Verdict], Sequence[LayerInfo], 
                 f"none of the {len(runs)} audited initializations passes every check; `{best[0]}` fails the fewest")
         text = lead + ": " + "; ".join(_outcome(r[0], r[1]) for r in runs) + "."
         if n_fail and advised not in {r[0] for r in runs}:
-            text += f" For {pretty(act)} layers the checks advise `{advised}`: audit it too."
+            text += f" For {pretty_activation(act)} layers the checks advise `{advised}`: audit it too."
         return Recommendation(best[0], text, True)
     if not runs:
         return Recommendation("keep", "nothing was audited.", False)
@@ -242,15 +182,15 @@ def recommend(runs: Sequence[tuple[str, Sequence[Verdict], Sequence[LayerInfo], 
     if not _fails(verdicts):
         return Recommendation(label, f"keep `{label}`. " + _outcome(label, verdicts) + ".", False)
     text = f"use `{advised}`. " + _outcome(label, verdicts) + "."
-    text += (f" The hidden layers use {pretty(act)} (from the module order), for which `{advised}` keeps the "
-             f"variance: {_FORMULA.get(advised, '')}.")
+    text += (f" The hidden layers use {pretty_activation(act)} (from the module order), for which `{advised}` "
+             f"keeps the variance: {_FORMULA.get(advised, '')}.")
     ratios = [w.ratio for w in weights if w.ratio is not None and w.activation == act]
     default = sum(w.default_init for w in weights if w.ratio is not None)
     if ratios:
         ratio = float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-300)))))
         text += (f" {default} of {sum(w.ratio is not None for w in weights)} Conv/Linear layers are at PyTorch's "
-                 f"default init; the Var(W) of the {len(ratios)} layers followed by {pretty(act)} is {ratio:.3g}x "
-                 f"(geometric mean) what `{advised}` gives.")
+                 f"default init; the Var(W) of the {len(ratios)} layers followed by {pretty_activation(act)} is "
+                 f"{ratio:.3g}x (geometric mean) what `{advised}` gives.")
     if label == advised:
         text += (" It is already in use: at this depth consider normalization layers (BatchNorm/LayerNorm) or "
                  "residual connections.")

@@ -1,11 +1,11 @@
 """Signal propagation: the log-variance of Conv/Linear outputs (or of dL/dy) fitted against depth.
 
-Private part of :mod:`initdiag.checks`: vanishing / exploding / no signal, divergence, the theory overlay.
+Vanishing / exploding / no signal, from a straight line through the per-layer log-variances at the first
+training step (:func:`signal_fit`), judged by :func:`signal_verdict`.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,19 +14,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._checks_base import (
-    HEALTHY,
-    CheckName,
-    RunEvidence,
-    Status,
-    Thresholds,
-    Verdict,
-    hidden_activations,
-    init_advice,
-    json_safe,
-    pretty_activation,
-)
-from .initializers import WEIGHT_LAYER_TYPES, expected_gain
+from ..structure.layers import WEIGHT_LAYER_TYPES
+from ..vocab import HEALTHY, CheckName, Status
+from .evidence import RunEvidence, init_advice
+from .verdict import Thresholds, Verdict
+
+__all__ = ["SignalFit", "earliest_step", "signal_effect", "signal_fit", "signal_verdict"]
 
 WEIGHT_MODULES = frozenset(t.__name__ for t in WEIGHT_LAYER_TYPES)
 _DEFAULT = Thresholds()
@@ -281,187 +274,3 @@ def signal_verdict(fit: SignalFit, ev: RunEvidence, th: Thresholds = _DEFAULT,
             return make(check, Status.FAIL, ends, text, p)
         return make(check, Status.WARN, ends, text + " The gain's interval includes 1, so this is uncertain.", p)
     return make(HEALTHY, Status.PASS, (), text + f" Within the {th.change_factor:g}x threshold.", p, adv=None)
-
-
-def _first_bad_layer(bad: pd.DataFrame) -> tuple[str, str] | None:
-    for kind, ascending in (("forward", True), ("backward", False), ("weight", True), ("weight_grad", True)):
-        rows = bad[bad["kind"] == kind]
-        if len(rows):
-            row = rows.sort_values("depth", ascending=ascending, kind="stable").iloc[0]
-            return str(row["layer"]), kind
-    return None
-
-
-def diverged_verdict(ev: RunEvidence) -> Verdict:
-    """NaN/Inf anywhere: the first step where the loss, the gradient norm or a recorded statistic is
-    non-finite.
-
-    ``losses[i]`` is the loss of step ``i`` and ``grad_norms[i]`` its gradient norm. The layer named is, at
-    that step, the lowest-depth forward output that is non-finite, else the first non-finite dL/dy in
-    backward order (highest depth), else a weight or weight gradient. Not a statistical test: any
-    non-finite value fails.
-    """
-    losses = np.asarray(ev.losses, dtype=np.float64).ravel()
-    bad_loss = np.flatnonzero(~np.isfinite(losses))
-    frame = ev.frame
-    bad = frame.loc[~np.isfinite(frame["value"].to_numpy(np.float64))]
-    norms = np.asarray(ev.grad_norms if ev.grad_norms is not None else (), dtype=np.float64).ravel()
-    bad_norm = np.flatnonzero(~np.isfinite(norms))
-    candidates = [int(bad_loss[0])] if len(bad_loss) else []
-    if len(bad_norm):
-        candidates.append(int(bad_norm[0]))
-    if len(bad):
-        candidates.append(int(bad["step"].min()))
-    if not candidates:
-        return Verdict(CheckName.DIVERGED, None, Status.PASS.value, (), None, {"step": None},
-                       f"The loss ({len(losses)} steps){', the gradient norm' if len(norms) else ''} and every "
-                       "recorded statistic stayed finite.", None,
-                       phase="training")
-    step = min(candidates)
-    at = bad[bad["step"] == step]
-    found = _first_bad_layer(at)
-    epochs = frame.loc[frame["step"] == step, "epoch"]
-    epoch = int(epochs.iloc[0]) if len(epochs) else None
-    when = f"step {step}" + (f" (epoch {epoch})" if epoch is not None else "") if step >= 0 else \
-        "initialization (the probe before the first training step)"
-    parts = [f"Diverged at {when}:"]
-    if len(bad_loss) and bad_loss[0] == step:
-        parts.append(f"the loss is {losses[step]}")
-    elif len(bad_norm) and bad_norm[0] == step:
-        parts.append(f"the gradient norm is {norms[step]} (the loss is {losses[step]})" if step < len(losses)
-                     else f"the gradient norm is {norms[step]}")
-    if found is not None:
-        kind_text = {"forward": "output variance", "backward": "gradient (dL/dy) variance",
-                     "weight": "weight variance", "weight_grad": "weight-gradient variance"}[found[1]]
-        parts.append(("and " if len(parts) > 1 else "") + f"the {kind_text} of layer '{found[0]}' is not finite")
-    return Verdict(CheckName.DIVERGED, None, Status.FAIL.value, (found[0],) if found else (), None,
-                   {"step": float(step), "epoch": None if epoch is None else float(epoch)},
-                   " ".join(parts) + ".",
-                   "Lower the learning rate, or start from weights of unit scale (" + init_advice(ev) + ").",
-                   phase="training")
-
-
-def zero_init_note(ev: RunEvidence, forward: SignalFit | None, backward: SignalFit | None) -> str:
-    """Plain explanation, with this run's evidence, of why all-zero weights cannot train ('' otherwise)."""
-    weights = [w for w, _ in ev.weights_init.values()]
-    if not weights or any(np.any(w != 0) for w in weights):
-        return ""
-    act = pretty_activation(next(iter(dict.fromkeys(a for a in hidden_activations(ev))), "linear"))
-    n = forward.n_layers if forward is not None else len(weights)
-    parts = [f"Zero init is not appropriate with {act}: every weight is 0, so"]
-    if forward is not None:
-        parts.append(f"(1) no signal: each layer outputs only its bias, and the activation variance is 0 "
-                     f"in {len(forward.no_signal)} of {forward.n_layers} layers;")
-    first = next(iter(ev.weights_init.items()))
-    parts.append(f"(2) symmetric neurons: all {first[1][0].shape[0]} neurons of layer '{first[0]}' (and of "
-                 "every layer) are identical, get identical gradients and stay identical;")
-    grads = ev.frame.loc[(ev.frame["kind"] == "weight_grad") & (ev.frame["stat"] == "var")]
-    if len(grads):
-        grads = grads[grads["step"] == grads["step"].min()]
-    zero_grads = int((grads["value"] == 0).sum())
-    last = ev.weight_layers[-1].name if ev.weight_layers else "the output layer"
-    back = (f"dL/dy is 0 in {len(backward.no_signal)} of {backward.n_layers} layers and " if backward else "")
-    parts.append(f"(3) only the output bias learns: {back}{zero_grads} of {len(grads) or n} weight gradients are "
-                 f"0, so nothing but the bias of the output layer '{last}' moves, and the model predicts the "
-                 "same class for every input.")
-    return " " + " ".join(parts)
-
-
-@dataclass(frozen=True)
-class TheoryRow:
-    """Expected vs measured per-layer variance gain for one run and one signal.
-
-    ``expected_gain``: the theory's per-transition gains ``g_l = fan x Var(W_l) x c(activation before
-    layer l)`` (``fan = fan_in`` forward, ``fan_out`` backward; c = 1/2 for ReLU, 1 linear, 1 tanh as an
-    upper bound; ``initializers.expected_gain``; backward per-sample energy also x ``n_{l-1} / n_l``,
-    the ratio of output sizes), turned into a log-variance profile and fitted over
-    the same layers as the measurement, so one odd layer (a 10-way head) weighs the same in both; equal
-    to the geometric mean of the ``g_l`` when they are all equal. ``measured_gain`` with its interval
-    ``gain_low``..``gain_high`` comes from :func:`signal_fit`.
-    """
-
-    initializer: str
-    activation: str
-    signal: str
-    expected_gain: float | None
-    measured_gain: float | None
-    gain_low: float | None
-    gain_high: float | None
-    note: str
-
-    def to_json(self) -> dict[str, object]:
-        """JSON-safe dict (NaN/Inf -> None)."""
-        return json_safe(self.__dict__)
-
-
-def _expected_profile_gain(ev: RunEvidence, direction: str, fit: SignalFit | None) -> tuple[float | None, str]:
-    wl = ev.weight_layers
-    if len(wl) < 2:
-        return None, "fewer than 2 Conv/Linear layers"
-    gains: list[float] = []
-    for prev, cur in itertools.pairwise(wl):
-        if cur.weight_shape is None:
-            return None, f"layer '{cur.name}' has no weight shape"
-        g = expected_gain(ev.spec, prev.activation or "linear", cur.weight_shape, direction)
-        if g is None:
-            return None, f"theory does not fix the gain of {pretty_activation(prev.activation or 'linear')}"
-        gains.append(g)
-    sizes = ev.output_sizes() if direction == "backward" and fit is not None and fit.per_sample else None
-    if sizes is not None:  # per-sample energy: var_{l-1} n_{l-1} = g_l (n_{l-1} / n_l) var_l n_l
-        gains = [g * sizes[prev.name] / sizes[cur.name] for g, (prev, cur) in
-                 zip(gains, itertools.pairwise(wl), strict=True)]
-    if min(gains) <= 0:
-        if all(not np.any(w) for w, _ in ev.weights_init.values()):
-            return 0.0, "zero weights: nothing propagates"
-        return None, "theory covers zero-mean random weights"
-    steps = np.log(np.asarray(gains))
-    # log-variance profile by position (execution order); backward accumulates from the output.
-    profile = np.concatenate([[0.0], np.cumsum(steps)]) if direction == "forward" else \
-        np.concatenate([np.cumsum(steps[::-1])[::-1], [0.0]])
-    names = [la.name for la in wl]
-    pos = [names.index(n) for n in (fit.fitted if fit is not None and len(fit.fitted) >= 2 else names)
-           if n in names]
-    if len(pos) < 2:
-        pos = list(range(len(names)))
-    slope = float(np.polyfit(np.asarray(pos, float), profile[pos], 1)[0])
-    return math.exp(slope if direction == "forward" else -slope), ""
-
-
-def theory_rows(ev: RunEvidence, fit_forward: SignalFit | None = None,
-                fit_backward: SignalFit | None = None) -> tuple[TheoryRow, ...]:
-    """Expected next to measured per-layer gain, forward and backward, where theory fixes the gain.
-
-    Fits are computed from ``ev.frame`` (earliest training step) when not given. A signal gets a row
-    only when every transition's activation has a known factor (ReLU, linear, tanh).
-    """
-    rows: list[TheoryRow] = []
-    names = [la.name for la in ev.weight_layers]
-    acts = dict.fromkeys(pretty_activation(a) for a in hidden_activations(ev))
-    act_label = "+".join(acts) if acts else "linear"
-    for direction, given in (("forward", fit_forward), ("backward", fit_backward)):
-        fit = given
-        if fit is None:
-            step = earliest_step(ev.frame, direction, "train")
-            if step is None:
-                continue
-            fit = signal_fit(ev.frame, direction, step, "train", layers=names,
-                             sizes=ev.output_sizes() if direction == "backward" else None)
-        if fit.n_layers == 0:
-            continue
-        expected, why = _expected_profile_gain(ev, direction, fit)
-        if expected is None:
-            continue
-        formula = ("fan_in x Var(W) x c" if direction == "forward" else
-                   "fan_out x Var(W) x c x n_in/n_out (per-sample energy)" if fit.per_sample else
-                   "fan_out x Var(W) x c")
-        note = why or (f"{formula} per layer (c = 1/2 ReLU, 1 linear"
-                       + ("; tanh: upper bound, exact in its linear regime" if "tanh" in acts else "") + ")")
-        if ev.spec.name == "pytorch-default":
-            note += "; theory ignores the biases, which add variance"
-
-        def opt(x: float) -> float | None:
-            return x if math.isfinite(x) else None
-
-        rows.append(TheoryRow(ev.spec.label, act_label, direction, expected, opt(fit.gain), opt(fit.gain_low),
-                              opt(fit.gain_high), note))
-    return tuple(rows)

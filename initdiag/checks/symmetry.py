@@ -1,7 +1,4 @@
-"""Unit-level checks: identical / near-duplicate neurons, dead ReLU units, saturated tanh/sigmoid outputs.
-
-Private part of :mod:`initdiag.checks`.
-"""
+"""Symmetry: identical neurons (exact groups) and near-duplicates (largest |cosine| against independent rows)."""
 
 from __future__ import annotations
 
@@ -11,19 +8,14 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from scipy import stats
 
-from ._checks_base import (
-    CheckName,
-    RunEvidence,
-    Status,
-    Thresholds,
-    Verdict,
-    Weights,
-    holm,
-    init_advice,
-)
+from ..vocab import CheckName, Signal, Status
+from .compare import holm
+from .evidence import RunEvidence, Weights, init_advice
+from .verdict import Thresholds, Verdict
+
+__all__ = ["max_cosine_pvalue", "neuron_rows", "symmetry_groups", "symmetry_verdict"]
 
 _DEFAULT = Thresholds()
 _EPS = float(np.finfo(np.float64).eps)
@@ -208,7 +200,7 @@ def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random
         message = (f"{when.capitalize()}, {len(symmetric)} of {len(reports)} Conv/Linear layers have identical "
                    f"neurons, which get identical gradients and cannot learn different features: {described}"
                    f"{more}.{persisted_text}{extra}")
-        return Verdict(CheckName.SYMMETRY, "weights", Status.FAIL.value, tuple(r["layer"] for r in symmetric),
+        return Verdict(CheckName.SYMMETRY, Signal.WEIGHTS, Status.FAIL.value, tuple(r["layer"] for r in symmetric),
                        min_p if math.isfinite(min_p) else None, effect, message,
                        "Use a random initializer to break the symmetry: " + init_advice(ev), phase, details), reports
     if flagged:
@@ -216,7 +208,7 @@ def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random
                               f"p = {r['p_adjusted']:.2g}" for r in flagged[:3])
         message = (f"{when.capitalize()}, near-duplicate neurons: more similar than independent random rows "
                    f"would be ({described}){sub_text}.{persisted_text}")
-        return Verdict(CheckName.SYMMETRY, "weights", Status.WARN.value, tuple(r["layer"] for r in flagged),
+        return Verdict(CheckName.SYMMETRY, Signal.WEIGHTS, Status.WARN.value, tuple(r["layer"] for r in flagged),
                        min_p, effect, message,
                        "Check how these weights were set (copied rows, a low-rank or shared init); "
                        + init_advice(ev), phase, details), reports
@@ -230,82 +222,5 @@ def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random
                    f"independent random rows (smallest Holm-adjusted p = {min_p:.2g}){sub_text}.{persisted_text}")
     else:
         message = f"{when.capitalize()}, no identical neurons in {len(reports)} Conv/Linear layers.{persisted_text}"
-    return Verdict(CheckName.SYMMETRY, "weights", Status.PASS.value, (), min_p if math.isfinite(min_p) else None,
+    return Verdict(CheckName.SYMMETRY, Signal.WEIGHTS, Status.PASS.value, (), min_p if math.isfinite(min_p) else None,
                    effect, message, None, phase, details), reports
-
-
-def unit_fractions(frame: pd.DataFrame, stat: str, phase: str) -> tuple[pd.DataFrame, str]:
-    """Per-layer values of ``stat`` (``dead_frac``/``sat_frac``) for ``phase`` ("init" or "final").
-
-    Taken from the probe phase of that name (the evaluation batch) when recorded, else from the first
-    ("init") or last ("final", if later than the first) training step. Returns (layer, depth, module,
-    value) rows in depth order and a description of the source.
-    """
-    rows = frame.loc[(frame["kind"] == "forward") & (frame["stat"] == stat)]
-    probe = rows[rows["phase"] == phase]
-    source = "evaluation batch"
-    if not len(probe):
-        probe = rows[rows["phase"] == "train"]
-        source = "first training batch (no probe recorded)" if phase == "init" else \
-            "last training batch (no probe recorded)"
-        if len(probe) and phase != "init" and probe["step"].max() == probe["step"].min():
-            probe = probe.iloc[0:0]
-    if len(probe):
-        step = probe["step"].min() if phase == "init" else probe["step"].max()
-        probe = probe[probe["step"] == step]
-    out = pd.DataFrame({"layer": probe["layer"].astype(str), "depth": probe["depth"],
-                        "module": probe["module"].astype(str), "value": probe["value"].astype(np.float64)})
-    return out.drop_duplicates("layer").sort_values("depth", kind="stable").reset_index(drop=True), source
-
-
-def _unit_verdict(ev: RunEvidence, phase: str, check: str, stat: str, warn: float, fail: float,
-                  what: str, advice: str) -> Verdict | None:
-    table, source = unit_fractions(ev.frame, stat, phase)
-    if not len(table):
-        return None
-    values = table["value"].to_numpy(np.float64)
-    worst_i = int(np.nanargmax(values)) if np.isfinite(values).any() else 0
-    worst = float(values[worst_i])
-    over = table[values >= warn]
-    status = Status.FAIL if worst >= fail else Status.WARN if worst >= warn else Status.PASS
-    when = "At initialization" if phase == "init" else "After training"
-    effect = {f"max_{stat}": worst, f"mean_{stat}": float(np.nanmean(values)), "layers_over_warn": float(len(over)),
-              "layers": float(len(table))}
-    if status == Status.PASS:
-        message = (f"{when} ({source}): at most {worst:.0%} {what} in a layer ('{table['layer'][worst_i]}', "
-                   f"{table['module'][worst_i]}); mean {np.nanmean(values):.0%} over {len(table)} layers "
-                   f"(warn at {warn:.0%}, fail at {fail:.0%}).")
-    else:
-        listed = ", ".join(f"'{la}' {v:.0%}" for la, v in zip(over["layer"][:5], over["value"][:5], strict=True))
-        more = f" and {len(over) - 5} more" if len(over) > 5 else ""
-        limit = fail if status == Status.FAIL else warn
-        message = (f"{when} ({source}): {len(over)} of {len(table)} layers have {warn:.0%} or more {what}: "
-                   f"{listed}{more}; worst {worst:.0%} in layer '{table['layer'][worst_i]}' "
-                   f"({status.value} threshold {limit:.0%}).")
-    details = {"source": source, "per_layer": dict(zip(table["layer"], map(float, values), strict=True))}
-    return Verdict(check, "forward", status.value, tuple(over["layer"]), None, effect, message,
-                   None if status == Status.PASS else advice, phase, details)
-
-
-def dead_verdict(ev: RunEvidence, phase: str, th: Thresholds = _DEFAULT) -> Verdict | None:
-    """Dead ReLU-family units: per layer, the fraction of channels that output 0 for every input of the batch.
-
-    Descriptive (no test): fail when any layer reaches ``th.dead_fail``, warn at ``th.dead_warn``.
-    None when the model has no ReLU-family activation.
-    """
-    advice = ("Dead ReLU units get no gradient and never recover: look for large negative biases or a too large "
-              f"learning rate; use `he` with zero biases, or LeakyReLU. ({init_advice(ev)})")
-    return _unit_verdict(ev, phase, CheckName.DEAD, "dead_frac", th.dead_warn, th.dead_fail,
-                         "dead units (0 for every input)", advice)
-
-
-def saturation_verdict(ev: RunEvidence, phase: str, th: Thresholds = _DEFAULT) -> Verdict | None:
-    """Saturated tanh/sigmoid outputs: per layer, the fraction within ``saturation_tol`` of a bound.
-
-    Descriptive (no test): fail when any layer reaches ``th.saturation_fail``, warn at
-    ``th.saturation_warn``. None without a bounded activation (bounds: ``recorder.SATURATING``).
-    """
-    advice = ("Saturated units pass almost no gradient: tanh/sigmoid layers: use `xavier` (Var(W) = "
-              "2/(fan_in + fan_out)) so pre-activations stay in the near-linear range, and normalize the inputs.")
-    return _unit_verdict(ev, phase, CheckName.SATURATION, "sat_frac", th.saturation_warn, th.saturation_fail,
-                         f"saturated outputs (within {th.saturation_tol:g} of a bound)", advice)

@@ -1,0 +1,97 @@
+"""The recorder as a user meets it: ``initdiag.Recorder`` around their own training loop, torch's defaults.
+
+The README's API example shape on the seed CNN: torch's default thread count, NCHW tensors, no
+``keep_heap``, Adam, batch 64 from the bundled MNIST sample. Blocks of ``--steps`` steps alternate
+between plain training and training inside ``with initdiag.Recorder(model, every=K):`` (attached once
+per block, its flush and frame inside the timed block, as a loop that attaches once would pay them).
+Prints the median ratio of wall time (recorded / plain) over the pairs with a 95% bootstrap interval,
+and the same for single steps timed inside the blocks (less exposed to the machine's slow drifts).
+Usage::
+
+    python benchmarks/user_loop.py [--steps 100] [--pairs 8] [--every 1] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+import initdiag
+from initdiag.data import load_mnist
+from initdiag.models import seed_cnn
+
+
+def interval(ratios: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
+    """Median of ``ratios`` and a 95% bootstrap interval of the median."""
+    boot = np.median(rng.choice(ratios, (4000, len(ratios))), axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return float(np.median(ratios)), float(low), float(high)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100, help="training steps per block")
+    parser.add_argument("--pairs", type=int, default=8, help="(plain, recorded) block pairs, alternated")
+    parser.add_argument("--every", type=int, default=1, help="Recorder(every=K)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_mnist(dataset="mnist-sample")
+    torch.manual_seed(0)
+    model = seed_cnn()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+
+    def block(steps: int) -> tuple[float, list[float]]:
+        start, per_step = time.perf_counter(), []
+        for _ in range(steps):
+            t = time.perf_counter()
+            idx = torch.randint(0, len(data.train_x), (args.batch_size,), generator=g)
+            x, y = data.train_x[idx], data.train_y[idx]
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            per_step.append(time.perf_counter() - t)
+        return time.perf_counter() - start, per_step
+
+    block(20)  # warm-up
+    plain: list[float] = []
+    recorded: list[float] = []
+    step_plain: list[float] = []
+    step_recorded: list[float] = []
+    rows = 0
+    for i in range(args.pairs):
+        for kind in (("plain", "recorded") if i % 2 == 0 else ("recorded", "plain")):
+            if kind == "plain":
+                seconds, steps = block(args.steps)
+                plain.append(seconds)
+                step_plain += steps
+                continue
+            start = time.perf_counter()
+            with initdiag.Recorder(model, every=args.every) as recorder:
+                _, steps = block(args.steps)
+            rows = len(recorder.frame())
+            recorded.append(time.perf_counter() - start)
+            step_recorded += steps
+    rng = np.random.default_rng(0)
+    print(f"threads={torch.get_num_threads()} every={args.every} steps/block={args.steps} pairs={args.pairs} "
+          f"rows per recorded block={rows}")
+    ratio = interval(np.array(recorded) / np.array(plain), rng)
+    print(f"blocks: recorded / plain wall time, median {ratio[0]:.3f} (95% CI {ratio[1]:.3f}-{ratio[2]:.3f}); "
+          f"ms/step plain {1000 * np.median(plain) / args.steps:.1f}, "
+          f"recorded {1000 * np.median(recorded) / args.steps:.1f}")
+    sp, sr = np.array(step_plain), np.array(step_recorded)
+    boot = [np.median(rng.choice(sr, len(sr))) / np.median(rng.choice(sp, len(sp))) for _ in range(2000)]
+    low, high = np.percentile(boot, [2.5, 97.5])
+    print(f"steps: median step recorded / plain {np.median(sr) / np.median(sp):.3f} (95% CI {low:.3f}-{high:.3f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""``audit``: diagnose the initialization of any PyTorch model with a few batches, without training.
+
+The same chain as ``initdiag report`` without the long training: a few batches of inputs go through a copy
+of the model, forward and backward, under the same :class:`~initdiag.Recorder`; the same checks turn the
+statistics into verdicts; the same report is written::
+
+    result = initdiag.audit(model, input_shape=(3, 32, 32), inits=("keep", "he"))
+    result.verdicts, result.frame, result.passed, result.recommendation
+    result.write("reports/my-net", formats=("html", "json"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..config import KEEP, AuditConfig, parse_audit_inits
+from ..report import write_report
+from ..results import AuditInputs, AuditRecord, AuditRun, LayerWeight, Recommendation
+from ..vocab import FORMATS
+from .inputs import make_inputs, working_copy
+from .run import audit_record, pool_batches
+from .weights import looks_pytorch_default
+
+__all__ = [
+    "AuditInputs",
+    "AuditResult",
+    "AuditRun",
+    "LayerWeight",
+    "Recommendation",
+    "audit",
+    "looks_pytorch_default",
+    "make_inputs",
+    "pool_batches",
+    "run_audit",
+    "working_copy",
+]
+
+
+@dataclass(frozen=True)
+class AuditResult(AuditRecord):
+    """Everything an audit found (:class:`~initdiag.results.AuditRecord`), and :meth:`write` for its report."""
+
+    def write(self, out_dir: str | Path, formats: Sequence[str] = FORMATS, paper: str = "a4") -> dict[str, Path]:
+        """Write the report (report.html, report.pdf, summary.json, series.csv) into ``out_dir``."""
+        return write_report(self, Path(out_dir), formats, paper)
+
+
+def run_audit(model: nn.Module, config: AuditConfig, example_input: Any = None,
+              command: str | None = None) -> AuditResult:
+    """Audit ``model`` as ``config`` says (see :func:`audit`); ``command`` is recorded in the report."""
+    record = audit_record(model, config, example_input, command)
+    return AuditResult(**{f.name: getattr(record, f.name) for f in fields(AuditRecord)})
+
+
+def audit(model: nn.Module, example_input: Any = None, *, input_shape: Sequence[int] | None = None,
+          inits: Sequence[str] = (KEEP,), batches: int = 4, batch_size: int = 16, inputs: str = "normal",
+          input_dtype: str = "float", vocab: int | None = None, loss: str = "auto", seed: int = 0,
+          device: str = "cpu", data_dir: str | Path | None = None) -> AuditResult:
+    """Diagnose the initialization of ``model``: a few batches forward and backward, no training.
+
+    Args:
+        model: any ``nn.Module``; it is left exactly as it was (parameters, buffers, train/eval mode,
+            ``requires_grad``, hooks, the global RNG state).
+        example_input: one batch (batch dimension first), or a tuple of the model's positional arguments;
+            used instead of generated inputs.
+        input_shape: one sample's shape, without the batch dimension, for generated inputs.
+        inits: ``"keep"`` (the model as it is) and/or initializers (``"he"``, ``"random:std=0.05"``, ...),
+            each applied to a copy (Conv/Linear weights) and audited side by side.
+        batches, batch_size: how many generated batches of how many samples.
+        inputs: ``"normal"`` (standard normal; token ids with ``input_dtype="long"``) or ``"mnist"``.
+        vocab: token ids are drawn from ``[0, vocab)`` (default: the first Embedding's size).
+        loss: ``"auto"`` (cross-entropy against random labels for (batch, classes) outputs, else the mean
+            of squared outputs), ``"ce"`` or ``"mse"``.
+        seed: seeds the inputs, the labels, the initializers and the forked global RNG (dropout).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        data_dir: MNIST directory for ``inputs="mnist"``.
+
+    Returns an :class:`AuditResult`: ``runs``, ``verdicts``, ``frame``, ``passed``, ``recommendation`` and
+    ``write(out_dir)``. Bad arguments raise :class:`~initdiag.errors.UsageError`; a model that fails on the
+    input raises :class:`~initdiag.errors.ModelLoadError` with the shape given and the model's error.
+    """
+    config = AuditConfig(
+        target=type(model).__name__, input_shape=tuple(input_shape) if input_shape is not None else None,
+        inits=parse_audit_inits(inits) if isinstance(inits, str) else tuple(inits),
+        batches=batches, batch_size=batch_size, inputs=inputs, input_dtype=input_dtype, vocab=vocab, loss=loss,
+        seed=seed, device=device, data_dir=Path(data_dir) if data_dir is not None else None,
+    )
+    return run_audit(model, config, example_input)

@@ -1,0 +1,196 @@
+"""Running an audit: each initialization on a copy of the model, a few batches forward and backward under the
+recorder, the same checks as ``report``, and the recommendation drawn from the runs.
+
+The user's model is never changed: each initialization is audited on ``copy.deepcopy(model)`` (or, when the
+model cannot be deep-copied, on the model itself, restored bit for bit in ``finally``), in train mode, under a
+forked and seeded global RNG. No optimizer step is taken, so every batch sees the same weights: the checks
+read each statistic averaged over the batches (:func:`pool_batches`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..checks import RunEvidence, check_run, snapshot_weights, theory_profiles, theory_rows
+from ..config import AuditConfig
+from ..errors import ModelLoadError, UsageError
+from ..experiment import environment, resolve_device, theory_variances
+from ..initializers import InitSpec, apply_initializer
+from ..recording import Recorder
+from ..results import AuditRecord, AuditRun
+from ..series import FRAME_COLUMNS
+from ..structure.layers import LayerInfo, weight_layers
+from ..vocab import Role
+from .inputs import Inputs, first_embedding, make_inputs, working_copy
+from .weights import layer_weights, looks_pytorch_default, recommend
+
+__all__ = ["audit_record", "pool_batches"]
+
+
+def _floating(output: Any) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output] if output.is_floating_point() and output.numel() else []
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in _floating(item)]
+    return []
+
+
+def _loss(output: Any, mode: str, gen: torch.Generator) -> torch.Tensor:
+    """Cross-entropy against random labels (classes on dim 1) for (batch, classes) outputs under "auto", or
+    under "ce"; otherwise the sum over the output's floating-point tensors of their mean squared value."""
+    tensors = _floating(output)
+    if not tensors:
+        raise ModelLoadError(f"the model returned a {type(output).__name__} without a floating-point tensor to "
+                             "take a loss of")
+    first = tensors[0]
+    logits = isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[1] >= 2
+    if mode == "ce" or (mode == "auto" and logits):
+        if first.dim() < 2 or first.shape[1] < 2:
+            raise UsageError(f"--loss ce needs (batch, classes, ...) outputs; the model returned shape "
+                             f"{tuple(first.shape)}")
+        labels = torch.randint(0, first.shape[1], (first.shape[0], *first.shape[2:]), generator=gen)
+        return F.cross_entropy(first.float(), labels.to(first.device))
+    return torch.stack([t.float().square().mean() for t in tensors]).sum()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _rejected(model: nn.Module, args: Inputs, cfg: AuditConfig, exc: Exception) -> ModelLoadError:
+    shapes = ", ".join(str(tuple(a.shape)) for a in args)
+    given = (f" (batch {cfg.batch_size} x input shape {','.join(map(str, cfg.input_shape))})"
+             if cfg.input_shape else "")
+    hint = ""
+    if args[0].is_floating_point() and first_embedding(model) is not None:
+        hint = "; the model has an nn.Embedding: for token ids use --input-dtype long"
+    return ModelLoadError(f"the model rejected an input of shape {shapes}{given}: {_first_line(exc)}{hint}")
+
+
+def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditConfig,
+            device: torch.device) -> tuple[pd.DataFrame, tuple[LayerInfo, ...], np.ndarray]:
+    """Each batch forward and backward under the Recorder (step = batch); labels from a seeded generator."""
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    recorder = Recorder(work, every=1, run=label, initializer=label, seed=cfg.seed)
+    losses: list[float] = []
+    with recorder, torch.enable_grad():
+        for batch in batches:
+            # a copy that requires grad (dL/dy also before the first weight), never the caller's tensor
+            args = tuple(a.detach().to(device).requires_grad_(True).clone() if a.is_floating_point()
+                         else a.to(device) for a in batch)
+            try:
+                output = work(*args)
+            except Exception as exc:
+                raise _rejected(work, args, cfg, exc) from exc
+            loss = _loss(output, cfg.loss, gen)
+            losses.append(float(loss.detach()))
+            if loss.requires_grad:
+                try:
+                    loss.backward()
+                except Exception as exc:
+                    raise ModelLoadError(f"the backward pass through the model failed: {_first_line(exc)}") from exc
+            work.zero_grad(set_to_none=True)
+    return recorder.frame(), tuple(recorder.layers()), np.asarray(losses, dtype=np.float64)
+
+
+def pool_batches(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (layer, kind, stat): the value averaged over the batches (steps), at step 0.
+
+    The weights do not change between batches (no optimizer step), so the per-batch values estimate the
+    same quantity and their mean is the better estimate; ``dead_frac`` takes the minimum instead (a unit
+    dead for every input is dead in every batch). A NaN in any batch stays NaN.
+    """
+    if frame.empty:
+        return frame
+    keys = ["layer", "depth", "module", "kind", "stat"]
+    groups = frame.groupby(keys, observed=True, sort=False)["value"]
+    pooled = groups.mean().reset_index()
+    low = groups.min().to_numpy()
+    has_nan = frame["value"].isna().groupby([frame[k] for k in keys], observed=True, sort=False).any().to_numpy()
+    values = pooled["value"].to_numpy(np.float64).copy()
+    dead = (pooled["stat"].astype(str) == "dead_frac").to_numpy()
+    values[dead] = low[dead]
+    values[has_nan] = np.nan
+    first = frame.iloc[0]
+    n = len(pooled)
+    return pd.DataFrame({
+        "run": pd.Categorical([first["run"]] * n), "initializer": pd.Categorical([first["initializer"]] * n),
+        "seed": np.full(n, int(first["seed"]), np.int64), "epoch": np.zeros(n, np.int64),
+        "step": np.zeros(n, np.int64), "phase": pd.Categorical(["train"] * n),
+        "layer": pd.Categorical(pooled["layer"].astype(str), categories=list(frame["layer"].cat.categories)),
+        "depth": pooled["depth"].to_numpy(np.int64), "module": pd.Categorical(pooled["module"].astype(str)),
+        "kind": pd.Categorical(pooled["kind"].astype(str)), "stat": pd.Categorical(pooled["stat"].astype(str)),
+        "value": values,
+    }, columns=list(FRAME_COLUMNS))
+
+
+def _kept(model: nn.Module) -> tuple[dict[str, float], bool]:
+    """The model as given, told to the theory: each Conv/Linear layer's measured second moment ``mean(W^2)``
+    (what its variance theory uses for zero-mean weights), and whether every one looks default-initialized."""
+    layers = list(weight_layers(model))
+    second = {name or type(m).__name__: float(m.weight.detach().double().square().mean()) for name, m in layers}
+    return second, bool(layers) and all(looks_pytorch_default(m) for _, m in layers)
+
+
+def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditConfig,
+               batches: Sequence[Inputs], device: torch.device) -> AuditRun:
+    start = time.perf_counter()
+    cuda = [device.index] if device.type == "cuda" and device.index is not None else []
+    with torch.random.fork_rng(devices=cuda), working_copy(model, device) as work:
+        torch.default_generator.manual_seed(cfg.seed)  # not torch.manual_seed: it would seed every GPU
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(cfg.seed)
+        if spec is not None:
+            apply_initializer(work, spec, cfg.seed)
+        series, layers, losses = _record(work, label, batches, cfg, device)
+        weights = layer_weights(work, layers, reinitialized=spec is not None)
+        snapshot = snapshot_weights(work, {la.module_name for la in layers if la.role == Role.WEIGHT})
+        if spec is None:
+            weight_vars, default = _kept(work)
+        else:
+            weight_vars, default = theory_variances(work, spec), spec.name == "pytorch-default"
+    frame = pool_batches(series)
+    evidence = RunEvidence(run=label, initializer=label, frame=frame, layers=layers, weights_init=snapshot,
+                           weights_final={}, losses=losses, weight_vars=weight_vars, default_init=default)
+    verdicts = check_run(evidence, rng_seed=cfg.seed)
+    return AuditRun(name=label, label=label, seed=cfg.seed, frame=frame, series=series, layers=layers,
+                    verdicts=verdicts, theory=theory_rows(evidence), weights=weights, losses=losses,
+                    seconds=time.perf_counter() - start, profiles=theory_profiles(evidence))
+
+
+def audit_record(model: nn.Module, config: AuditConfig, example_input: Any = None,
+                 command: str | None = None) -> AuditRecord:
+    """Audit ``model`` as ``config`` says (see :func:`initdiag.audit`); ``command`` is recorded in the report."""
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"audit needs an nn.Module, not {type(model).__name__}")
+    device = resolve_device(config.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    started, start = datetime.now(UTC), time.perf_counter()
+    batches, inputs = make_inputs(model, config, example_input)
+    runs = tuple(_audit_one(model, label, spec, config, batches, device)
+                 for label, spec in zip(config.inits, config.specs, strict=True))
+    advice = recommend([(r.label, r.verdicts, r.layers, r.weights) for r in runs])
+    return AuditRecord(config=config, model=config.target, inputs=inputs, runs=runs, recommendation=advice,
+                       started=started, seconds=time.perf_counter() - start,
+                       command=command or _api_command(config), environment=environment(device))
+
+
+def _api_command(cfg: AuditConfig) -> str:
+    defaults = AuditConfig()
+    given = [f"{k}={getattr(cfg, k)!r}" for k in ("input_shape", "inits", "batches", "batch_size", "inputs",
+                                                  "input_dtype", "vocab", "loss", "seed", "device")
+             if getattr(cfg, k) != getattr(defaults, k)]
+    return f"initdiag.audit({', '.join([cfg.target, *given])})"

@@ -1,0 +1,142 @@
+"""The evidence the checks read for one run, and the advice they give from it."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..structure.layers import WEIGHT_LAYER_TYPES, LayerInfo, main_weight
+from ..vocab import Role
+
+__all__ = ["RunEvidence", "Weights", "dominant_activation", "hidden_activations", "init_advice",
+           "pretty_activation", "recommended_initializer", "snapshot_weights"]
+
+Weights = Mapping[str, tuple[np.ndarray, np.ndarray | None]]
+"""Weight-layer module name -> (weight, bias) as numpy arrays."""
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy().copy()
+
+
+def snapshot_weights(model: nn.Module, names: Collection[str] | None = None) -> Weights:
+    """Copies of weight layers' weights and matching biases (for the symmetry check), by module name (the
+    root as its class name): the modules in ``names`` whose weight (:func:`~initdiag.structure.main_weight`)
+    has two or more dims, or, without ``names``, every Conv/Linear module."""
+    snap: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for name, module in model.named_modules():
+        key = name or type(module).__name__
+        if (names is None and not isinstance(module, WEIGHT_LAYER_TYPES)) or (names is not None and key not in names):
+            continue
+        weight = main_weight(module)
+        if weight is None or weight.dim() < 2:
+            continue
+        bias = next((b for b in (getattr(module, attr, None) for attr in ("bias", "in_proj_bias", "bias_ih_l0"))
+                     if isinstance(b, torch.Tensor)), None)
+        snap[key] = (_numpy(weight), None if bias is None else _numpy(bias))
+    return snap
+
+
+@dataclass(frozen=True)
+class RunEvidence:
+    """Everything the checks look at for one run (one initializer x seed).
+
+    ``initializer``: the run's initializer label (``he``, ``random:std=0.05``, ``keep`` for a model audited
+    as given); ``weight_vars``: weight-layer module name -> the Var(W) the theory uses (the initializer's
+    formula, or the measured variance of the weights as given); ``default_init``: the weights look like
+    PyTorch's default initialization (theory then notes the biases it ignores).
+    ``frame``: this run's recorded series; ``layers``: ``Recorder.layers()``; ``weights_init`` /
+    ``weights_final``: Conv/Linear module name -> (weight, bias) at init / after training (final may be
+    empty, e.g. for an audit); ``losses``: the training loss of each step (``losses[i]`` is step ``i``);
+    ``output_numel`` (optional): Conv/Linear call-site name -> elements per sample of its output
+    (C x H x W), used to measure the backward signal as per-sample energy (see :meth:`output_sizes`);
+    ``grad_norms`` (optional): the L2 norm of all parameter gradients of each step, as ``losses``.
+    """
+
+    run: str
+    initializer: str
+    frame: pd.DataFrame
+    layers: tuple[LayerInfo, ...]
+    weights_init: Weights
+    weights_final: Weights
+    losses: np.ndarray
+    output_numel: Mapping[str, int] = field(default_factory=dict)
+    grad_norms: np.ndarray | None = None
+    weight_vars: Mapping[str, float] = field(default_factory=dict)
+    default_init: bool = False
+
+    @property
+    def weight_layers(self) -> tuple[LayerInfo, ...]:
+        """Conv/Linear call sites in execution order."""
+        return tuple(sorted((la for la in self.layers if la.role == Role.WEIGHT), key=lambda la: la.depth))
+
+    def output_sizes(self) -> dict[str, float] | None:
+        """Elements per sample of each Conv/Linear output, or None when any is unknown.
+
+        From ``output_numel``, else a ``numel`` attribute of the LayerInfo (if the recorder provides
+        one), else ``out_features`` for a Linear layer (exact for (batch, features) outputs).
+        """
+        sizes: dict[str, float] = {}
+        for la in self.weight_layers:
+            size = self.output_numel.get(la.name) or getattr(la, "numel", None)
+            if not size and la.module == "Linear" and la.weight_shape:
+                size = la.weight_shape[0]
+            if not size:
+                return None
+            sizes[la.name] = float(size)
+        return sizes or None
+
+
+_PRETTY = {"relu": "ReLU", "relu6": "ReLU6", "leaky_relu": "LeakyReLU", "prelu": "PReLU", "elu": "ELU",
+           "selu": "SELU", "gelu": "GELU", "silu": "SiLU", "linear": "linear"}
+_USE_HE = frozenset({"relu", "relu6", "leaky_relu", "prelu", "elu", "celu", "gelu", "silu", "mish",
+                     "softplus", "hardswish"})
+
+
+def pretty_activation(activation: str) -> str:
+    """Display name of an activation family: ``relu`` -> ``ReLU``."""
+    return _PRETTY.get(activation, activation)
+
+
+def recommended_initializer(activation: str) -> str:
+    """CLI name of the initializer whose variance theory fits ``activation``.
+
+    ``he`` (Var(W) = 2/fan_in) for the ReLU family, ``lecun`` (1/fan_in) for SELU, ``xavier``
+    (2/(fan_in + fan_out)) for tanh, sigmoid and linear layers.
+    """
+    if activation in _USE_HE:
+        return "he"
+    if activation == "selu":
+        return "lecun"
+    return "xavier"
+
+
+def hidden_activations(ev: RunEvidence) -> tuple[str, ...]:
+    """Activations after each Conv/Linear layer but the last (the output layer), in order."""
+    acts = [la.activation or "linear" for la in ev.weight_layers]
+    return tuple(acts[:-1]) if len(acts) > 1 else tuple(acts)
+
+
+def dominant_activation(ev: RunEvidence) -> str:
+    """The most common activation among the hidden layers (``linear`` if none)."""
+    acts = hidden_activations(ev)
+    return max(dict.fromkeys(acts), key=acts.count) if acts else "linear"
+
+
+def init_advice(ev: RunEvidence) -> str:
+    """Which initializer to use, by CLI name, for the run's hidden activation(s)."""
+    acts = dict.fromkeys(hidden_activations(ev)) or {"linear": None}
+    parts = []
+    for act in acts:
+        rec = recommended_initializer(act)
+        parts.append(f"{pretty_activation(act)} layers: use `{rec}`")
+    text = "; ".join(parts)
+    if ev.initializer.partition(":")[0].removesuffix("-uniform") in {recommended_initializer(a) for a in acts}:
+        text += (" (already in use: at this depth consider normalization layers (BatchNorm/LayerNorm) or "
+                 "residual connections)")
+    return text

@@ -1,0 +1,142 @@
+"""A verdict: one finding about one run, and every threshold the checks decide by."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..jsonable import json_safe
+from ..vocab import HEALTHY, CheckName, Family, Status
+
+__all__ = ["DEFAULT_THRESHOLDS", "FAIL_ON_CHOICES", "SIGNAL_CHECKS", "Thresholds", "Verdict", "failed_checks",
+           "worst_status"]
+
+SIGNAL_CHECKS = frozenset({CheckName.VANISHING, CheckName.EXPLODING, CheckName.NO_SIGNAL, HEALTHY})
+FAIL_ON_CHOICES: tuple[str, ...] = tuple(CheckName)
+"""Names accepted by ``--fail-on``: a run fails one when a verdict with that ``check`` has status ``fail``."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One finding about one run, one row of ``summary.json``'s ``verdicts``.
+
+    ``check``: for the signal rows (``signal`` forward/backward) the outcome, one of ``vanishing``,
+    ``exploding``, ``no_signal`` or ``healthy``; for the other rows the family name ``symmetry``,
+    ``dead``, ``saturation`` or ``diverged``, whatever the status. A ``--fail-on`` name matches a
+    verdict whose ``check`` is that name and whose ``status`` is ``fail``. ``family`` groups them for the
+    grid. ``effect`` holds the estimated effect sizes (NaN/None when undefined), ``details`` per-layer
+    evidence (e.g. the neuron groups), ``phase`` when the evidence was taken.
+    """
+
+    check: str
+    signal: str | None
+    status: str
+    layers: tuple[str, ...]
+    p_value: float | None
+    effect: Mapping[str, float | None]
+    message: str
+    advice: str | None
+    phase: str = "init"
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        """Grid column: ``signal`` for vanishing/exploding/no_signal/healthy, else ``check`` itself."""
+        return Family.SIGNAL.value if self.check in SIGNAL_CHECKS else str(self.check)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe dict (NaN/Inf -> None) with the ``summary.json`` keys, plus family/phase/details."""
+        return json_safe({
+            "check": self.check, "family": self.family, "signal": self.signal, "status": self.status,
+            "phase": self.phase, "layers": list(self.layers), "p_value": self.p_value,
+            "effect": dict(self.effect), "message": self.message, "advice": self.advice,
+            "details": dict(self.details),
+        })
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Verdict:
+        """The verdict :meth:`to_json` wrote (undefined numbers come back as None)."""
+        return cls(str(data["check"]), data["signal"], str(data["status"]), tuple(map(str, data["layers"])),
+                   data["p_value"], dict(data["effect"]), str(data["message"]), data["advice"],
+                   str(data.get("phase", "init")), dict(data.get("details") or {}))
+
+
+_STATUS_RANK = {Status.PASS: 0, Status.WARN: 1, Status.FAIL: 2}
+
+
+def worst_status(verdicts: Any, family: str | None = None) -> str | None:
+    """The worst status among ``verdicts`` (of ``family`` if given), or None when there are none."""
+    ranks = [_STATUS_RANK[Status(v.status)] for v in verdicts if family is None or v.family == family]
+    if not ranks:
+        return None
+    return next(s for s, r in _STATUS_RANK.items() if r == max(ranks)).value
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every decision threshold of the checks, with its default.
+
+    Signal (vanishing/exploding):
+        change_factor: the fitted change across the network, ``gain ** (layers - 1)``, must reach this
+            factor (or its inverse) for ``exploding`` (``vanishing``); the slope's confidence interval
+            must also exclude 0. 100 tolerates the slow fall of deep He/ReLU nets (~10x over 30 layers,
+            from inputs growing correlated with depth).
+        few_layers_factor: with fewer than 3 layers there is no confidence interval: a raw
+            first-to-last change beyond this factor fails, beyond ``change_factor`` warns.
+        alpha: 1 - confidence level of the slope's interval (t-based), and the level of the accuracy
+            comparisons.
+        no_signal_rel, no_signal_floor: a layer carries no signal when ``var <= no_signal_rel *
+            max(mean_sq, no_signal_floor)`` (``var`` comes from float32 sums: a constant output shows
+            ``var ~ 1e-7 mean_sq``, not 0).
+    Symmetry:
+        symmetry_atol, symmetry_rtol: two neurons (weight row + bias) are identical when every entry
+            differs by at most ``atol + rtol * max|entry of the layer|``.
+        near_duplicate_alpha: family-wise level (Holm across the run's layers) of the near-duplicate test
+            (largest |cosine| between neurons vs independent random rows). 1% keeps the false-alarm rate
+            of the symmetry check below 5% per run even with both the init and final phases tested.
+        cosine_max_rows: layers with more neurons are subsampled to this many for the cosine test.
+        mc_samples: 0: analytic p-value (union bound over pairs); > 0: Monte Carlo with this many draws.
+    Dead units (ReLU family, fraction of a layer's units that are 0 for every evaluation input):
+        dead_warn, dead_fail: warn / fail when any layer reaches this fraction.
+    Saturation (tanh/sigmoid, fraction of a layer's outputs within ``saturation_tol`` of a bound):
+        saturation_tol: the tolerance the recorder used (``Recorder(saturation_tol=...)``), for the text.
+        saturation_warn, saturation_fail: warn / fail when any layer reaches this fraction.
+    """
+
+    change_factor: float = 100.0
+    few_layers_factor: float = 1e4
+    alpha: float = 0.05
+    no_signal_rel: float = 1e-6
+    no_signal_floor: float = 1e-30
+    symmetry_atol: float = 1e-7
+    symmetry_rtol: float = 1e-5
+    near_duplicate_alpha: float = 0.01
+    cosine_max_rows: int = 512
+    mc_samples: int = 0
+    dead_warn: float = 0.5
+    dead_fail: float = 0.9
+    saturation_tol: float = 0.01
+    saturation_warn: float = 0.1
+    saturation_fail: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.change_factor <= 1 or self.few_layers_factor < self.change_factor:
+            raise ValueError("need 1 < change_factor <= few_layers_factor")
+        for name in ("alpha", "near_duplicate_alpha"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in (0, 1)")
+        if not (0 <= self.dead_warn <= self.dead_fail <= 1 and 0 <= self.saturation_warn
+                <= self.saturation_fail <= 1):
+            raise ValueError("need 0 <= warn <= fail <= 1 for dead and saturation fractions")
+
+
+DEFAULT_THRESHOLDS: Thresholds = Thresholds()
+"""The defaults, as one shared instance (for function defaults)."""
+
+
+
+
+def failed_checks(verdicts: Iterable[Verdict]) -> set[str]:
+    """The ``--fail-on`` names of the verdicts whose status is ``fail``."""
+    return {str(v.check) for v in verdicts if v.status == Status.FAIL and v.check in FAIL_ON_CHOICES}

@@ -1,0 +1,266 @@
+"""What the report shows, as frozen dataclasses: the template's whole input (no computing, no rendering).
+
+Compute (checks, theory) -> structure (:mod:`.build`, this module's types) -> presentation (:mod:`.render`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "AccuracySection",
+    "Badge",
+    "ComparisonRow",
+    "DataFile",
+    "Figure",
+    "Finding",
+    "FindingGroup",
+    "GridRow",
+    "KeyValue",
+    "LayerRow",
+    "LayerTable",
+    "MeanRow",
+    "Method",
+    "Provenance",
+    "ReportContext",
+    "RunRow",
+    "SignalSection",
+    "TheoryLine",
+    "TocEntry",
+    "UnitSection",
+    "VerdictGrid",
+]
+
+
+@dataclass(frozen=True)
+class Badge:
+    """A pass/warn/fail mark: a word, a colour (CSS class ``status``) and a symbol for grey print."""
+
+    status: str
+    symbol: str
+    text: str
+
+    @property
+    def css(self) -> str:
+        """CSS class for the status ("na" for "n/a")."""
+        return "na" if self.status == "n/a" else self.status
+
+
+@dataclass(frozen=True)
+class Figure:
+    """An inline SVG figure with its anchor id and caption."""
+
+    id: str
+    svg: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    id: str
+    title: str
+
+
+@dataclass(frozen=True)
+class GridRow:
+    label: str
+    cells: tuple[Badge, ...]
+
+
+@dataclass(frozen=True)
+class VerdictGrid:
+    """Rows: initializers (one per run when seeds > 1); columns: check families."""
+
+    row_heading: str
+    columns: tuple[str, ...]
+    rows: tuple[GridRow, ...]
+
+
+@dataclass(frozen=True)
+class RunRow:
+    initializer: str
+    seed: int
+    test_accuracy: str
+    test_loss: str
+    status: Badge
+    detail: str
+    seconds: str
+
+
+@dataclass(frozen=True)
+class MeanRow:
+    initializer: str
+    mean: str
+    ci: str
+    n: int
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    a: str
+    b: str
+    test: str
+    statistic: str
+    p_value: str
+    p_adjusted: str
+    significant: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class AccuracySection:
+    runs: tuple[RunRow, ...]
+    means: tuple[MeanRow, ...]
+    comparisons: tuple[ComparisonRow, ...]
+    figure: Figure | None
+
+
+@dataclass(frozen=True)
+class TheoryLine:
+    run: str
+    activation: str
+    signal: str
+    expected: str
+    measured: str
+    interval: str
+    note: str
+
+
+@dataclass(frozen=True)
+class SignalSection:
+    forward: Figure | None
+    backward: Figure | None
+    theory: tuple[TheoryLine, ...]
+    heatmaps: tuple[Figure, ...]
+    heatmap_note: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One verdict as table row / plain-language finding."""
+
+    run: str
+    check: str
+    family: str
+    badge: Badge
+    layers: str
+    p_value: str
+    effect: str
+    message: str
+    advice: str
+    phase: str
+
+
+@dataclass(frozen=True)
+class FindingGroup:
+    run: str
+    findings: tuple[Finding, ...]
+
+
+@dataclass(frozen=True)
+class UnitSection:
+    """Verdicts of the symmetry, dead-unit and saturation checks."""
+
+    symmetry: tuple[Finding, ...]
+    dead: tuple[Finding, ...]
+    saturation: tuple[Finding, ...]
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    name: str
+    module: str
+    depth: int
+    activation: str
+    forward_var: str
+    backward_var: str
+    weight_var: str
+    weight_vs_recommended: str = ""
+    """Audit: Var(W) over the Var(W) of the initializer advised for the activation, e.g. "0.167x he"."""
+    init: str = ""
+    """Audit: how the weight was set ("PyTorch default", "re-initialized: he", ...)."""
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    """Per-layer statistics at initialization for one run (the audit variant's main table); ``weights``:
+    show the rows' ``weight_vs_recommended`` and ``init`` columns."""
+
+    run: str
+    rows: tuple[LayerRow, ...]
+    weights: bool = False
+
+
+@dataclass(frozen=True)
+class Method:
+    check: str
+    title: str
+    description: str
+    null_hypothesis: str
+    threshold: str
+
+
+@dataclass(frozen=True)
+class DataFile:
+    name: str
+    md5: str
+
+
+@dataclass(frozen=True)
+class Provenance:
+    command: str
+    date: str
+    versions: str
+    seeds: str
+    dataset: str
+    source: str
+    sizes: str
+    duration: str
+    machine: str
+    files: tuple[DataFile, ...]
+    environment: tuple[KeyValue, ...]
+    config: tuple[KeyValue, ...]
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """Everything the template shows. ``kind`` is "experiment" or "audit" (no training: ``accuracy`` is
+    None and ``layer_tables`` holds the per-layer table); optional sections are None or empty."""
+
+    kind: str
+    title: str
+    model: str
+    generated: str
+    provenance: Provenance
+    notices: tuple[str, ...]
+    missing: tuple[str, ...]
+    grid: VerdictGrid
+    accuracy: AccuracySection | None
+    signal: SignalSection | None
+    units: UnitSection
+    findings: tuple[FindingGroup, ...]
+    methods: tuple[Method, ...]
+    layer_tables: tuple[LayerTable, ...] = ()
+    recommendation: str = ""
+    """Audit: the initializer to use and the evidence (shown under the verdict summary)."""
+
+    @property
+    def toc(self) -> tuple[TocEntry, ...]:
+        """The sections present, in order, with their anchor ids."""
+        entries = [TocEntry("summary", "Verdict summary")]
+        if self.accuracy is not None:
+            entries.append(TocEntry("accuracy", "Accuracy comparison"))
+        if self.layer_tables:
+            entries.append(TocEntry("layers", "Layers at initialization"))
+        if self.signal is not None:
+            entries.append(TocEntry("signal", "Signal propagation"))
+        entries += [TocEntry("units", "Symmetry, dead and saturated units"),
+                    TocEntry("findings", "Findings and advice"), TocEntry("methods", "Methods"),
+                    TocEntry("provenance", "Provenance")]
+        return tuple(entries)

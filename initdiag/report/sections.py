@@ -1,0 +1,152 @@
+"""The report's two figure sections: accuracy (runs, comparisons, accuracy per epoch), and the signal per
+layer (measured beside theory) and over training."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..checks import TheoryRow
+from ..results import AuditRun, ExperimentResult, RunResult
+from ..series import first_step_values
+from ..vocab import Kind, Phase, Role, RunStatus, Stat, Status
+from . import plots
+from .context import AccuracySection, ComparisonRow, Figure, MeanRow, RunRow, SignalSection, TheoryLine
+from .format import badge, fixed, fmt, fmt_p, layer_labels
+
+__all__ = ["MAX_HEATMAP_STEPS", "accuracy_section", "run_label", "signal_section"]
+
+MAX_HEATMAP_STEPS = 200
+"""Heatmaps show at most this many training steps (every k-th recorded step) to keep files small."""
+
+Run = RunResult | AuditRun
+
+
+def run_label(run: Run, multi: bool) -> str:
+    """A run's name in tables: its initializer, or ``initializer/seedN`` when there are several seeds."""
+    return run.name if multi else run.label
+
+
+def accuracy_section(result: ExperimentResult, labels: list[str], styles: dict[str, int],
+                     multi: bool) -> AccuracySection:
+    """Test accuracy and loss per run, means with intervals over seeds, the comparisons, accuracy per epoch."""
+    rows = tuple(
+        RunRow(r.label, r.seed, fixed(r.test_accuracy), fixed(r.test_loss),
+               badge(Status.FAIL, "diverged") if r.status == RunStatus.DIVERGED else badge(Status.PASS, "ok"),
+               f"diverged at step {r.diverged_step}" if r.diverged_step is not None else "", f"{r.seconds:.1f}")
+        for r in result.runs)
+    means = tuple(
+        MeanRow(label, fixed(s.get("mean")), f"[{fixed(s.get('ci_low'))}, {fixed(s.get('ci_high'))}]",
+                int(s.get("n", 0)))
+        for label, s in result.accuracy.items()) if multi else ()
+    comparisons = tuple(ComparisonRow(c.a, c.b, c.test, fmt(c.statistic), fmt_p(c.p_value), fmt_p(c.p_adjusted),
+                                      bool(c.significant), c.detail) for c in result.comparisons)
+    curves = []
+    for label in labels:
+        hist = [r.history for r in result.runs if r.label == label]
+        epochs = sorted({e.epoch for h in hist for e in h})
+        per = [[e.test_accuracy for h in hist for e in h if e.epoch == ep] for ep in epochs]
+        curves.append(plots.Curve(label, tuple(epochs), tuple(float(np.mean(p)) for p in per),
+                                  tuple(min(p) for p in per), tuple(max(p) for p in per)))
+    figure = Figure("fig-accuracy", plots.accuracy_plot(curves, salt="fig-accuracy", styles=styles),
+                    "Test accuracy after each epoch, one line per initializer"
+                    + (" (mean over seeds; the band spans min to max)" if multi else "")
+                    + "; right: the test error (1 − accuracy) on a log scale, which separates runs that all "
+                    "end near 1.") if curves else None
+    return AccuracySection(rows, means, comparisons, figure)
+
+
+def _layer_order(runs: Sequence[Run]) -> list[str]:
+    """Conv/Linear call sites in execution order (all recorded layers when there are none)."""
+    weights = list(dict.fromkeys(la.name for r in runs for la in r.layers if la.role == Role.WEIGHT))
+    return weights or list(dict.fromkeys(la.name for r in runs for la in r.layers))
+
+
+def _heat_steps(frame: pd.DataFrame) -> np.ndarray:
+    """The training steps a heatmap shows: every k-th recorded step, at most ``MAX_HEATMAP_STEPS``."""
+    if frame.empty:
+        return np.zeros(0, dtype=np.int64)
+    steps = np.unique(frame.loc[frame["phase"] == Phase.TRAIN, "step"].to_numpy())
+    return steps[:: max(1, math.ceil(len(steps) / MAX_HEATMAP_STEPS))]
+
+
+def _matrix(frame: pd.DataFrame, kind: str, layers: list[str], steps: np.ndarray) -> np.ndarray:
+    """Layer x step matrix of the ``var`` of ``kind`` during training (NaN where not recorded)."""
+    if frame.empty or len(steps) == 0:
+        return np.full((len(layers), len(steps)), np.nan)
+    sub = frame[(frame["phase"] == Phase.TRAIN) & (frame["kind"] == kind) & (frame["stat"] == Stat.VAR)
+                & frame["step"].isin(steps)]
+    table = sub.pivot_table(index="layer", columns="step", values="value", aggfunc="first", observed=True)
+    table.index = table.index.astype(str)
+    return table.reindex(index=layers, columns=steps).to_numpy(dtype=float)
+
+
+def _mean_or_none(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def _expected(run: Run, kind: str, layers: list[str]) -> list[float | None]:
+    """The run's predicted variance at each of ``layers`` (None where theory says nothing)."""
+    for prediction in run.profiles:
+        if prediction.signal == kind:
+            by_layer = dict(zip(prediction.layers, prediction.values, strict=True))
+            return [by_layer.get(name) for name in layers]
+    return [None] * len(layers)
+
+
+def _theory(t: TheoryRow, run: str) -> TheoryLine:
+    lo, hi = t.gain_low, t.gain_high
+    interval = f"[{fmt(lo)}, {fmt(hi)}]" if lo is not None or hi is not None else "—"
+    return TheoryLine(run, t.activation, t.signal, fmt(t.expected_gain), fmt(t.measured_gain), interval, t.note)
+
+
+def signal_section(runs: Sequence[Run], labels: list[str], styles: dict[str, int], multi: bool,
+                   over_training: bool) -> SignalSection | None:
+    """Per-layer variance at initialization with the theory line, forward and backward; the theory table;
+    and, for training runs, layer x step heatmaps per initializer."""
+    if not runs:
+        return None
+    layers = _layer_order(runs)
+    names = layer_labels([la for r in runs for la in r.layers], layers)
+    figures: list[Figure] = []
+    for kind, what, fid, fan, anchor in (
+            (Kind.FORWARD, "Activation variance", "fig-forward", "fan_in", "first"),
+            (Kind.BACKWARD, "Gradient variance (dL/d output)", "fig-backward", "fan_out", "last")):
+        values: dict[str, list[float | None]] = {}
+        expected: dict[str, list[float | None]] = {}
+        for label in labels:
+            per_seed = [first_step_values(r.frame, kind) for r in runs if r.label == label]
+            values[label] = [_mean_or_none([p.get(name) for p in per_seed]) for name in layers]
+            expected[label] = _expected(next(r for r in runs if r.label == label), kind, layers)
+        svg = plots.layer_profile(values, names, title=f"{what} per layer at initialization (step 0)",
+                                  ylabel="variance (log scale)", salt=fid, styles=styles,
+                                  xlabel="Conv/Linear layer (execution order)", theory=expected,
+                                  theory_label="theory (thin dashed)")
+        figures.append(Figure(fid, svg, f"{what} of each Conv/Linear layer's output at the first training step"
+                              + (", mean over seeds" if multi else "") + "; log scale. Thin dashed lines with "
+                              "hollow markers: the variance theory expects from each initializer (gain per layer "
+                              f"{fan} x Var(W) x c, c = 1/2 after ReLU, 1 linear), started from the measured "
+                              f"value at the {anchor} layer."))
+    heatmaps = []
+    if over_training:
+        for i, label in enumerate(labels):
+            run = next(r for r in runs if r.label == label)
+            steps = _heat_steps(run.frame)
+            if len(steps) == 0:
+                continue
+            fid = f"fig-heat-{i}"
+            svg = plots.heatmap_pair([("activation variance", _matrix(run.frame, Kind.FORWARD, layers, steps), None),
+                                      ("gradient variance", _matrix(run.frame, Kind.BACKWARD, layers, steps), None)],
+                                     names, [int(s) for s in steps], title=run.name, salt=fid)
+            heatmaps.append(Figure(fid, svg, f"{run.name}: variance per layer over training."))
+        note = (f"Each heatmap shows at most {MAX_HEATMAP_STEPS} training steps (every k-th recorded step); "
+                "each panel has its own log colour scale; grey cells are zero or not finite.")
+    else:
+        note = "An audit does not train: no variance over training."
+    theory = tuple(_theory(t, run_label(r, multi)) for r in runs for t in r.theory)
+    return SignalSection(figures[0], figures[1], theory, tuple(heatmaps), note)
+

@@ -1,0 +1,96 @@
+"""``summary.json``: the machine-readable summary of an experiment or an audit (one schema, two kinds).
+
+Strictly valid JSON (NaN/Inf become null). Schema version 1::
+
+    {"schema_version": 1, "tool": "initdiag", "version": str, "kind": "experiment" | "audit",
+     "created": ISO-8601 UTC, "command": str, "model": str,
+     "dataset": {"name", "source", "kind", "train_size", "test_size", "files": {file: md5}},
+     "config": {...}, "environment": {str: str}, "duration_seconds": float, "missing": [run name, ...],
+     "runs": [{"name", "initializer", "seed", "status": "ok"|"diverged", "diverged_step": int|null,
+               "test_accuracy", "test_loss", "seconds",
+               "history": [{"epoch", "train_loss", "test_loss", "test_accuracy"}],
+               "layers": [{"name", "module", "depth", "activation", "activation_variance_init",
+                           "gradient_variance_init", "weight_variance_init"}],
+               "verdicts": [Verdict.to_json()], "theory": [TheoryRow fields]}],
+     "comparisons": [Comparison.to_json()], "accuracy": {initializer: {"mean", "ci_low", "ci_high", "n"}}}
+
+The ``*_init`` values are the ``var`` statistic (forward, backward, weight) at the first training step
+(an audit: averaged over its batches). An audit's runs have an empty ``history``, null accuracies and two
+more keys, ``"failed"`` (its ``--fail-on`` names) and ``"weights"`` (``LayerWeight.to_json()`` per weight
+layer); its ``dataset`` describes the inputs (``name`` the input kind, ``train_size`` the samples pushed
+through, ``test_size`` 0, plus ``description``, ``batch_shape``, ``dtype``); ``comparisons`` and
+``accuracy`` are empty; and the top level adds ``"passed"`` and ``"recommendation"``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from ..jsonable import json_safe
+from ..results import AuditRecord, AuditRun, RunResult
+from ..series import first_step_values
+from ..vocab import Kind, __version__
+from .build import Result
+
+__all__ = ["SCHEMA_VERSION", "summary_json"]
+
+SCHEMA_VERSION = 1
+
+
+def _run_json(run: RunResult | AuditRun) -> dict[str, Any]:
+    fwd, bwd, wgt = (first_step_values(run.frame, k) for k in (Kind.FORWARD, Kind.BACKWARD, Kind.WEIGHT))
+    trained = run if isinstance(run, RunResult) else None
+    data: dict[str, Any] = {
+        "name": run.name, "initializer": run.label, "seed": run.seed, "status": run.status,
+        "diverged_step": run.diverged_step, "test_accuracy": trained.test_accuracy if trained else math.nan,
+        "test_loss": trained.test_loss if trained else math.nan, "seconds": run.seconds,
+        "history": [{"epoch": e.epoch, "train_loss": e.train_loss, "test_loss": e.test_loss,
+                     "test_accuracy": e.test_accuracy} for e in trained.history] if trained else [],
+        "layers": [{"name": layer.name, "module": layer.module, "depth": layer.depth,
+                    "activation": layer.activation, "activation_variance_init": fwd.get(layer.name),
+                    "gradient_variance_init": bwd.get(layer.name), "weight_variance_init": wgt.get(layer.name)}
+                   for layer in run.layers],
+        "verdicts": [v.to_json() for v in run.verdicts],
+        "theory": [t.to_json() for t in run.theory],
+    }
+    if isinstance(run, AuditRun):
+        data["failed"] = list(run.failed)
+        data["weights"] = [w.to_json() for w in run.weights]
+    return data
+
+
+def summary_json(result: Result) -> dict[str, Any]:
+    """The summary of ``result`` (see the module docstring for the schema)."""
+    audit = isinstance(result, AuditRecord)
+    data: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "tool": "initdiag", "version": __version__,
+        "kind": "audit" if audit else "experiment",
+        "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "command": result.command,
+    }
+    if isinstance(result, AuditRecord):
+        inputs = result.inputs
+        data["model"] = result.model
+        data["dataset"] = {"name": inputs.kind, "source": inputs.source, "kind": inputs.kind,
+                           "train_size": inputs.batches * inputs.batch_shape[0], "test_size": 0,
+                           "files": dict(inputs.files), "description": inputs.description,
+                           "batch_shape": list(inputs.batch_shape), "dtype": inputs.dtype}
+    else:
+        prov = result.provenance
+        data["model"] = result.config.model.label
+        data["dataset"] = {"name": prov.name, "source": prov.source, "kind": prov.kind, "train_size": prov.train_size,
+                           "test_size": prov.test_size, "files": dict(prov.files)}
+    data.update({
+        "config": result.config.to_json(), "environment": dict(result.environment),
+        "duration_seconds": result.seconds, "missing": [] if audit else list(result.missing),  # type: ignore[union-attr]
+        "runs": [_run_json(r) for r in result.runs],
+        "comparisons": [] if audit else [c.to_json() for c in result.comparisons],  # type: ignore[union-attr]
+        "accuracy": {} if audit else result.accuracy,  # type: ignore[union-attr]
+    })
+    if isinstance(result, AuditRecord):
+        data["passed"] = result.passed
+        data["recommendation"] = result.recommendation.to_json()
+    cleaned: dict[str, Any] = json_safe(data)
+    return cleaned

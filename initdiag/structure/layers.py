@@ -1,0 +1,120 @@
+"""Which modules are weight layers and activations, by type: the part of a model's structure known before it runs.
+
+A weight layer's fans follow PyTorch's convention for a weight of shape ``(out, in, *kernel)``:
+``fan_in = in x prod(kernel)`` (inputs summed into one output unit), ``fan_out = out x prod(kernel)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..vocab import Activation
+
+__all__ = [
+    "ACTIVATION_TYPES",
+    "CONV_TYPES",
+    "RECORDED_WEIGHT_TYPES",
+    "WEIGHT_LAYER_TYPES",
+    "LayerInfo",
+    "WeightLayer",
+    "activation_name",
+    "fans",
+    "main_weight",
+    "shape_fans",
+    "weight_layers",
+]
+
+CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, *CONV_TYPES)
+"""Conv/Linear: the layers initializers re-initialize and whose variance theory the checks cover."""
+WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+RECORDED_WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
+    *WEIGHT_LAYER_TYPES, nn.RNNBase, nn.MultiheadAttention, nn.Embedding,
+)
+"""Modules recorded as weight layers (role ``"weight"``, counted in ``depth``)."""
+
+ACTIVATION_TYPES: dict[type[nn.Module], Activation] = {
+    nn.ReLU: Activation.RELU,
+    nn.ReLU6: Activation.RELU6,
+    nn.LeakyReLU: Activation.LEAKY_RELU,
+    nn.PReLU: Activation.PRELU,
+    nn.ELU: Activation.ELU,
+    nn.SELU: Activation.SELU,
+    nn.CELU: Activation.CELU,
+    nn.GELU: Activation.GELU,
+    nn.SiLU: Activation.SILU,
+    nn.Mish: Activation.MISH,
+    nn.Softplus: Activation.SOFTPLUS,
+    nn.Tanh: Activation.TANH,
+    nn.Hardtanh: Activation.HARDTANH,
+    nn.Sigmoid: Activation.SIGMOID,
+    nn.Hardsigmoid: Activation.HARDSIGMOID,
+    nn.Hardswish: Activation.HARDSWISH,
+    nn.Softsign: Activation.SOFTSIGN,
+}
+
+
+def activation_name(module: nn.Module) -> Activation | None:
+    """The activation family of ``module`` (``"relu"``, ``"tanh"``, ...), or None if it is not an activation
+    module. Subclasses count (the most specific registered base wins), e.g. ``nn.ReLU6`` is ``"relu6"``."""
+    for cls in type(module).__mro__:
+        if cls in ACTIVATION_TYPES:
+            return ACTIVATION_TYPES[cls]
+    return None
+
+
+def main_weight(module: nn.Module) -> torch.Tensor | None:
+    """The weight whose variance is recorded: ``weight`` (Conv/Linear/Embedding), MultiheadAttention's
+    ``in_proj_weight`` (``q_proj_weight`` when keys/values have other sizes), a recurrent layer's
+    ``weight_ih_l0``; None when the module has none of them."""
+    for attr in ("weight", "in_proj_weight", "q_proj_weight", "weight_ih_l0"):
+        weight = getattr(module, attr, None)
+        if isinstance(weight, torch.Tensor):
+            return weight
+    return None
+
+
+def shape_fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(fan_in, fan_out)`` of a Conv/Linear weight of shape ``(out, in, *kernel)``."""
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def fans(weight: torch.Tensor) -> tuple[int, int]:
+    """:func:`shape_fans` of a weight tensor."""
+    return shape_fans(tuple(weight.shape))
+
+
+def weight_layers(model: nn.Module) -> Iterator[tuple[str, WeightLayer]]:
+    """``(qualified name, module)`` of every Conv/Linear module, in registration order."""
+    for name, module in model.named_modules():
+        if isinstance(module, WEIGHT_LAYER_TYPES):
+            yield name, module  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One recorded layer (one call site of a module), in the order of the first forward pass.
+
+    ``name`` is the call site: the module's qualified name (the root's class name), ``@k`` for its k-th
+    call in one forward (k >= 2), ``.0``/``.key`` for a tensor inside a tuple/dict output. ``depth``
+    counts weight-layer call sites from 0 in execution order; an activation takes the depth of the
+    weight layer before it. ``activation`` is, for a weight layer, the activation module that ran next
+    before the next weight layer (``"linear"`` when none did); for an activation, its own family.
+    ``weight_shape``: the shape of a Conv/Linear weight (None for other layers). ``numel``: elements per
+    sample of the output (all dims but the first) at the first recorded call.
+    """
+
+    name: str
+    module_name: str
+    module: str
+    role: str
+    depth: int
+    activation: str | None
+    weight_shape: tuple[int, ...] | None
+    numel: int | None = None

@@ -1,0 +1,231 @@
+"""Every closed set of names initdiag uses, listed once, and the package version.
+
+The recorder, the checks, the report, the store and the CLI all spell these names through the enums
+below (a ``StrEnum`` compares equal to its string, so the tidy frame and ``summary.json`` hold plain
+strings).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = [
+    "FORMATS",
+    "HEALTHY",
+    "PAPERS",
+    "RELU_FAMILY",
+    "SATURATING",
+    "Activation",
+    "AuditInputKind",
+    "CheckName",
+    "Device",
+    "Family",
+    "Format",
+    "InputDtype",
+    "Kind",
+    "LossMode",
+    "NormKind",
+    "Paper",
+    "Phase",
+    "Role",
+    "RunStatus",
+    "Signal",
+    "Stat",
+    "Status",
+    "__version__",
+]
+
+__version__ = "0.2.0"
+
+
+class Kind(StrEnum):
+    """What a recorded statistic describes."""
+
+    FORWARD = "forward"
+    """A layer's output."""
+    BACKWARD = "backward"
+    """The gradient of the loss with respect to a layer's output, dL/dy."""
+    WEIGHT = "weight"
+    WEIGHT_GRAD = "weight_grad"
+
+
+class Stat(StrEnum):
+    """Recorded statistics (formulas in :mod:`initdiag.recording.rows`)."""
+
+    VAR = "var"
+    MEAN_SQ = "mean_sq"
+    ZERO_FRAC = "zero_frac"
+    DEAD_FRAC = "dead_frac"
+    SAT_FRAC = "sat_frac"
+
+
+class Phase(StrEnum):
+    """When a row or a verdict was taken."""
+
+    TRAIN = "train"
+    """A training step (``step`` counts them from 0)."""
+    INIT = "init"
+    """The probe before training (an evaluation batch), or a verdict about initialization."""
+    FINAL = "final"
+    """The probe after training."""
+    TRAINING = "training"
+    """A verdict about the whole of training (divergence)."""
+
+
+class Role(StrEnum):
+    """What a recorded call site is."""
+
+    WEIGHT = "weight"
+    ACTIVATION = "activation"
+
+
+class Activation(StrEnum):
+    """Activation families: elementwise nonlinearities the structure recognizes, as modules or functions."""
+
+    RELU = "relu"
+    RELU6 = "relu6"
+    LEAKY_RELU = "leaky_relu"
+    PRELU = "prelu"
+    ELU = "elu"
+    SELU = "selu"
+    CELU = "celu"
+    GELU = "gelu"
+    SILU = "silu"
+    MISH = "mish"
+    SOFTPLUS = "softplus"
+    TANH = "tanh"
+    HARDTANH = "hardtanh"
+    SIGMOID = "sigmoid"
+    HARDSIGMOID = "hardsigmoid"
+    HARDSWISH = "hardswish"
+    SOFTSIGN = "softsign"
+    LINEAR = "linear"
+    """No nonlinearity between a layer and the next."""
+    MODULE = "module"
+    """An elementwise module of the model's own that no family name describes (evaluated as it is)."""
+
+
+RELU_FAMILY = frozenset({Activation.RELU, Activation.RELU6})
+"""Activations whose inactive outputs are exactly zero, so a unit can be dead."""
+SATURATING: dict[str, tuple[float, float]] = {Activation.TANH: (-1.0, 1.0), Activation.HARDTANH: (-1.0, 1.0),
+                                              Activation.SIGMOID: (0.0, 1.0)}
+"""Bounded activations and their bounds, for ``sat_frac``."""
+
+
+class Signal(StrEnum):
+    """Which signal a verdict is about."""
+
+    FORWARD = "forward"
+    BACKWARD = "backward"
+    WEIGHTS = "weights"
+
+
+class CheckName(StrEnum):
+    """What a failing verdict found; each is also a ``--fail-on`` name."""
+
+    VANISHING = "vanishing"
+    """The signal shrinks by ``change_factor`` or more across the layers."""
+    EXPLODING = "exploding"
+    """The same, growing (or overflowing to inf)."""
+    NO_SIGNAL = "no_signal"
+    """A layer's output (or dL/dy) does not vary over the batch: nothing propagates."""
+    SYMMETRY = "symmetry"
+    """Neurons of a layer are identical (or nearer to duplicates than independent random rows)."""
+    DEAD = "dead"
+    """ReLU-family units that output 0 for every input of the evaluation batch."""
+    SATURATION = "saturation"
+    """tanh/sigmoid outputs pinned at their bounds."""
+    DIVERGED = "diverged"
+    """NaN/Inf in the loss or in a recorded statistic."""
+
+
+HEALTHY = "healthy"
+"""``check`` of a signal verdict that found neither vanishing, exploding nor no signal (not a ``--fail-on``
+name, so not a member of :class:`CheckName`)."""
+
+
+class Family(StrEnum):
+    """Columns of the report's verdict summary; every verdict belongs to one."""
+
+    SIGNAL = "signal"
+    SYMMETRY = "symmetry"
+    DEAD = "dead"
+    SATURATION = "saturation"
+    DIVERGED = "diverged"
+
+
+class Status(StrEnum):
+    """Badge of a verdict: only ``fail`` counts for ``--fail-on``."""
+
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+class RunStatus(StrEnum):
+    """How a training run ended."""
+
+    OK = "ok"
+    DIVERGED = "diverged"
+
+
+class NormKind(StrEnum):
+    """Normalization layers the structure recognizes."""
+
+    BATCH = "batch"
+    LAYER = "layer"
+    GROUP = "group"
+    INSTANCE = "instance"
+    RMS = "rms"
+    OTHER = "other"
+
+
+class Format(StrEnum):
+    """Files a report can write."""
+
+    HTML = "html"
+    PDF = "pdf"
+    JSON = "json"
+    CSV = "csv"
+
+
+FORMATS: tuple[str, ...] = tuple(Format)
+"""Every format, in canonical order (``--format`` default)."""
+
+
+class Paper(StrEnum):
+    A4 = "a4"
+    LETTER = "letter"
+
+
+PAPERS: tuple[str, ...] = tuple(Paper)
+
+
+class Device(StrEnum):
+    """``--device`` choices (``cuda:N`` is accepted too)."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class AuditInputKind(StrEnum):
+    """``--inputs`` of an audit."""
+
+    NORMAL = "normal"
+    MNIST = "mnist"
+
+
+class InputDtype(StrEnum):
+    """``--input-dtype`` of an audit: float inputs, or token ids."""
+
+    FLOAT = "float"
+    LONG = "long"
+
+
+class LossMode(StrEnum):
+    """``--loss`` of an audit."""
+
+    AUTO = "auto"
+    CE = "ce"
+    MSE = "mse"
