@@ -18,16 +18,23 @@ from datetime import datetime
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .checks import (
     RunEvidence,
     Verdict,
+    Weights,
     accuracy_summary,
     check_run,
     compare_accuracies,
+    norm_gains,
+    snapshot_grads,
     snapshot_weights,
+    stream_prediction,
     theory_profiles,
     theory_rows,
+    weight_moments,
+    zero_parameters,
 )
 from .config import ExperimentConfig
 from .data import MnistData
@@ -37,11 +44,12 @@ from .models import build_model
 from .progress import NullProgress, Progress
 from .recording import Recorder
 from .results import ExperimentResult, RunResult
+from .structure import discover
 from .structure.layers import weight_layers
 from .training import prepare_model, to_batch, train, uses_channels_last
 from .vocab import CheckName, Status, __version__
 
-__all__ = ["assemble", "diverged_step", "environment", "resolve_device", "run_one", "theory_variances"]
+__all__ = ["assemble", "diverged_step", "environment", "lookahead", "resolve_device", "run_one", "theory_variances"]
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is a UsageError."""
@@ -75,6 +83,24 @@ def theory_variances(model: nn.Module, spec: InitSpec) -> dict[str, float]:
     return {name: init.variance(tuple(module.weight.shape), params) for name, module in weight_layers(model)}
 
 
+def lookahead(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Weights, dict[str, bool]]:
+    """One look ahead at the first training step: each weight's gradient on ``(x, y)`` (cross-entropy) and the
+    zero parameters with whether they learn (:func:`~initdiag.checks.zero_parameters`). Leaves the model as it
+    was: gradients cleared, buffers (BatchNorm statistics) restored, the RNG forked (dropout)."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    devices = [x.device.index or 0] if x.is_cuda else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            F.cross_entropy(model(x), y).backward()
+        grads = snapshot_grads(model, {name or type(m).__name__ for name, m in model.named_modules()})
+        return grads, zero_parameters(model)
+    finally:
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
 def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData,
             progress: Progress | None = None, device: torch.device | None = None) -> RunResult:
     """Build the model, initialize it with ``spec`` and ``seed``, train it under the recorder, check it."""
@@ -88,7 +114,11 @@ def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData
         prepare_model(model, device)
         weights_init = snapshot_weights(model)
         probe_x = to_batch(data.test_x[: config.probe_size], device, uses_channels_last(model))
-        recorder = Recorder(model, every=config.record_every, run=name, initializer=spec.label, seed=seed)
+        structure = discover(model, probe_x)
+        grads_init, zero = lookahead(model, probe_x, data.test_y[: config.probe_size].to(device))
+        weight_vars = {**weight_moments(model, structure), **theory_variances(model, spec)}
+        recorder = Recorder(model, every=config.record_every, run=name, initializer=spec.label, seed=seed,
+                            structure=structure)
         with recorder:
             with recorder.probe("init"), torch.no_grad():
                 model(probe_x)
@@ -104,15 +134,17 @@ def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData
     layers = tuple(recorder.layers())
     evidence = RunEvidence(run=name, initializer=spec.label, frame=frame, layers=layers, weights_init=weights_init,
                            weights_final=snapshot_weights(model), losses=outcome.step_losses,
-                           grad_norms=outcome.grad_norms, weight_vars=theory_variances(model, spec),
-                           default_init=spec.name == "pytorch-default")
+                           grad_norms=outcome.grad_norms, weight_vars=weight_vars,
+                           default_init=spec.name == "pytorch-default", structure=structure, grads_init=grads_init,
+                           zero_params=zero, norm_gains=norm_gains(model, structure))
     verdicts = check_run(evidence, rng_seed=seed)
     return RunResult(
         name=name, spec=spec, seed=seed, history=outcome.history, test_accuracy=outcome.test_accuracy,
         test_loss=outcome.test_loss, predictions=outcome.predictions, step_losses=outcome.step_losses,
         frame=frame, layers=layers, verdicts=verdicts, theory=theory_rows(evidence),
         diverged_step=diverged_step(verdicts, outcome.diverged_step), seconds=time.perf_counter() - start,
-        grad_norms=outcome.grad_norms, profiles=theory_profiles(evidence),
+        grad_norms=outcome.grad_norms, profiles=theory_profiles(evidence, structure.segments()),
+        structure=structure, stream=stream_prediction(evidence),
     )
 
 

@@ -22,7 +22,9 @@ from .config import AuditConfig, ExperimentConfig
 from .data import DataProvenance
 from .initializers import InitSpec
 from .series import concat
+from .structure import Structure
 from .structure.layers import LayerInfo
+from .theory.stream import StreamTheory
 from .training import EpochStats
 from .vocab import RunStatus, Status
 
@@ -54,6 +56,10 @@ class RunResult:
     grad_norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     profiles: tuple[TheoryProfile, ...] = ()
     """The variance theory expects per layer at initialization (:func:`~initdiag.checks.theory_profiles`)."""
+    structure: Structure | None = None
+    """What the model is (weight layers, activations, normalizations, residual blocks), seen at initialization."""
+    stream: StreamTheory | None = None
+    """The residual stream theory predicts (models with residual blocks)."""
 
     @property
     def label(self) -> str:
@@ -173,6 +179,8 @@ class AuditRun:
     losses: np.ndarray
     seconds: float
     profiles: tuple[TheoryProfile, ...] = ()
+    structure: Structure | None = None
+    stream: StreamTheory | None = None
 
     @property
     def diverged_step(self) -> int | None:

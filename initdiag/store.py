@@ -41,7 +41,9 @@ from .initializers import InitSpec
 from .jsonable import json_safe
 from .results import RunResult
 from .series import CATEGORICAL, FRAME_COLUMNS, empty_frame
+from .structure import Structure
 from .structure.layers import LayerInfo
+from .theory.stream import StreamTheory
 from .training import EpochStats
 
 __all__ = ["STATE_DIR", "Plan", "RunStore", "atomic_write"]
@@ -177,6 +179,9 @@ def _run_json(run: RunResult, sha256: str) -> dict[str, Any]:
         "test_loss": run.test_loss, "layers": [asdict(la) for la in run.layers],
         "verdicts": [v.to_json() for v in run.verdicts], "theory": [t.to_json() for t in run.theory],
         "profiles": [p.to_json() for p in run.profiles],
+        "structure": None if run.structure is None else run.structure.to_json(),
+        "stream": None if run.stream is None else {"values": list(run.stream.values), "bounded": run.stream.bounded,
+                                                   "rules": list(run.stream.rules)},
         "diverged_step": run.diverged_step, "seconds": run.seconds,
     }
     return json_safe(data)
@@ -201,6 +206,10 @@ def _run_from(data: dict[str, Any], arrays: dict[str, np.ndarray]) -> RunResult:
             diverged_step=None if step is None else int(step), seconds=_number(data["seconds"]),
             grad_norms=arrays["grad_norms"].astype(np.float64),
             profiles=tuple(TheoryProfile.from_json(p) for p in data["profiles"]),
+            structure=None if data["structure"] is None else Structure.from_json(data["structure"]),
+            stream=None if data["stream"] is None else StreamTheory(
+                tuple(None if v is None else float(v) for v in data["stream"]["values"]),
+                bool(data["stream"]["bounded"]), tuple(map(str, data["stream"]["rules"]))),
         )
     except _Bad:
         raise

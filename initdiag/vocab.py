@@ -15,7 +15,7 @@ __all__ = [
     "PAPERS",
     "RELU_FAMILY",
     "SATURATING",
-    "Activation",
+    "ActivationName",
     "AuditInputKind",
     "CheckName",
     "Device",
@@ -47,6 +47,8 @@ class Kind(StrEnum):
     """The gradient of the loss with respect to a layer's output, dL/dy."""
     WEIGHT = "weight"
     WEIGHT_GRAD = "weight_grad"
+    UPDATE = "update"
+    """A training step's change of a layer's weight, W_{t+1} - W_t (row ``step`` = t)."""
 
 
 class Stat(StrEnum):
@@ -77,9 +79,11 @@ class Role(StrEnum):
 
     WEIGHT = "weight"
     ACTIVATION = "activation"
+    BLOCK = "block"
+    """A residual block's output: the residual stream (and ``<block>:in``, the stream entering the first)."""
 
 
-class Activation(StrEnum):
+class ActivationName(StrEnum):
     """Activation families: elementwise nonlinearities the structure recognizes, as modules or functions."""
 
     RELU = "relu"
@@ -103,12 +107,14 @@ class Activation(StrEnum):
     """No nonlinearity between a layer and the next."""
     MODULE = "module"
     """An elementwise module of the model's own that no family name describes (evaluated as it is)."""
+    OTHER = "other"
+    """An elementwise torch function outside the families (e.g. ``exp``), evaluated by name."""
 
 
-RELU_FAMILY = frozenset({Activation.RELU, Activation.RELU6})
+RELU_FAMILY = frozenset({ActivationName.RELU, ActivationName.RELU6})
 """Activations whose inactive outputs are exactly zero, so a unit can be dead."""
-SATURATING: dict[str, tuple[float, float]] = {Activation.TANH: (-1.0, 1.0), Activation.HARDTANH: (-1.0, 1.0),
-                                              Activation.SIGMOID: (0.0, 1.0)}
+SATURATING: dict[str, tuple[float, float]] = {ActivationName.TANH: (-1.0, 1.0), ActivationName.HARDTANH: (-1.0, 1.0),
+                                              ActivationName.SIGMOID: (0.0, 1.0)}
 """Bounded activations and their bounds, for ``sat_frac``."""
 
 

@@ -214,12 +214,15 @@ def test_architecture_is_audited_and_left_unchanged(name: str) -> None:
 
 def test_architecture_specifics() -> None:
     torch.manual_seed(0)
-    layers = {name: [la.name for la in initdiag.audit(build(), batches=1, batch_size=4, **kw).runs[0].layers]
-              for name, (build, kw) in ARCHITECTURES.items() if name != "resnet18"}
+    runs = {name: initdiag.audit(build(), batches=1, batch_size=4, **kw).runs[0]
+            for name, (build, kw) in ARCHITECTURES.items() if name != "resnet18"}
+    layers = {name: [la.name for la in run.layers if la.role != "block"] for name, run in runs.items()}
     assert layers["shared-weights"] == ["fc", "act", "fc@2", "act@2", "head"]  # each call recorded
     assert layers["lstm"] == ["rnn.0", "head"]  # the output sequence, not the final states
     assert layers["gru-bare"] == ["GRU.0"]
     assert layers["transformer-encoder"][:2] == ["emb", "encoder.layers.0.self_attn.0"]
+    blocks = [la.name for la in runs["transformer-encoder"].layers if la.role == "block"]
+    assert blocks[0] == "encoder.layers.0:in" and "encoder.layers.1" in blocks  # the residual stream too
     assert {"block.a", "block.b", "lists.fc", "head"} <= set(layers["dicts-and-lists"])
     assert layers["no-weights"] == ["0", "1", "5", "6", "7"]
 
@@ -325,7 +328,7 @@ def test_write_report(deep: AuditResult, tmp_path: Path) -> None:
         raise ValueError(token)
 
     summary = json.loads(paths["json"].read_text(), parse_constant=strict)
-    assert summary["kind"] == "audit" and summary["schema_version"] == 1 and summary["passed"] is False
+    assert summary["kind"] == "audit" and summary["schema_version"] == 2 and summary["passed"] is False
     assert [r["initializer"] for r in summary["runs"]] == ["keep", "he", "xavier"]
     assert summary["recommendation"]["initializer"] == "he"
     keep = summary["runs"][0]

@@ -180,7 +180,39 @@ def test_every_k_steps_and_epoch_labels() -> None:
     frame = rec.frame()
     assert sorted(frame.step.unique()) == [0, 3, 6]
     assert dict(frame.groupby("step").epoch.first()) == {0: 1, 3: 1, 6: 2}
-    assert set(frame.kind) == {"forward", "backward", "weight", "weight_grad"}
+    assert set(frame.kind) == {"forward", "backward", "weight", "weight_grad", "update"}
+
+
+def test_update_rows_are_the_optimizers_change_of_each_recorded_step() -> None:
+    """``update`` at step t: var and mean_sq of W_{t+1} - W_t, read at the next forward whatever ran in between
+    (here SGD with momentum); the update of the last step has no next forward and is not recorded; a step without an
+    optimizer step (gradient accumulation) records a zero update; ``updates=False`` records none."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    before: list[torch.Tensor] = []
+    with Recorder(model, every=2) as rec:
+        for step in range(7):
+            before.append(model[2].weight.detach().clone())
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            if step != 2:
+                opt.step()
+        before.append(model[2].weight.detach().clone())
+    frame = rec.frame()
+    rows = frame[(frame.kind == "update") & (frame.layer == "2")]
+    assert sorted(rows.step.unique()) == [0, 2, 4]  # step 6's update would be read at an 8th forward
+    for step in (0, 2, 4):
+        change = (before[step + 1] - before[step]).double()
+        got = rows[rows.step == step].set_index("stat").value
+        assert got["var"] == pytest.approx(change.var(unbiased=False).item(), rel=1e-5, abs=1e-30)
+        assert got["mean_sq"] == pytest.approx(change.mean().item() ** 2, rel=1e-4, abs=1e-30)
+    assert rows[rows.step == 2].value.max() == 0.0  # no optimizer step at step 2
+    with Recorder(model, updates=False) as quiet:
+        for _ in range(2):
+            model(x).sum().backward()
+    assert "update" not in set(quiet.frame().kind)
 
 
 def test_probe_phase_records_forward_only() -> None:

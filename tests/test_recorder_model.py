@@ -114,11 +114,13 @@ def test_the_model_is_given_back_as_it_was_even_when_training_raises() -> None:
 
 def test_pickling_or_copying_during_recording_works_as_without_it() -> None:
     """(A module with the recorder's hooks cannot be pickled, as with any hook made by a closure; a
-    Sequential without recorded layers can, and a copy of anything can.)"""
+    Sequential without recorded layers can once the first forward has shown the structure (until then the
+    structure probe hooks every module), and a copy of anything can.)"""
     tail = nn.Sequential(nn.Flatten(), nn.Dropout(0.0))
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), tail)
     x = torch.rand(2, 1, 8, 8)
     with Recorder(model):
+        model(x)
         buffer = io.BytesIO()
         torch.save(tail, buffer)
         twin = copy.deepcopy(model)

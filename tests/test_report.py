@@ -180,7 +180,7 @@ def test_write_report_files(evil: tuple[ExperimentResult, dict[str, Path]]) -> N
     assert set(summary) == {"schema_version", "tool", "version", "kind", "created", "command", "model", "dataset",
                             "config", "environment", "duration_seconds", "missing", "runs", "comparisons",
                             "accuracy"}
-    assert summary["schema_version"] == 1 and summary["kind"] == "experiment" and summary["model"] == "mlp"
+    assert summary["schema_version"] == 2 and summary["kind"] == "experiment" and summary["model"] == "mlp"
     assert summary["created"].endswith("Z") and summary["missing"] == ["xavier/seed0"]
     run = summary["runs"][0]
     assert run["initializer"] == EVIL_LABEL and run["status"] == "ok"
@@ -225,7 +225,12 @@ def test_theory_overlay_matches_hand_computation() -> None:
     transitions = [("relu", 1 / 8, (16, 16)), ("relu", 1 / 8, (10, 16))]
     assert variance_profile(2.0, transitions, "forward") == [2.0, 2.0, 2.0]
     assert variance_profile(1e-4, transitions, "backward") == pytest.approx([0.625e-4, 0.625e-4, 1e-4])
-    assert variance_profile(1.0, [("gelu", 1 / 8, (16, 16))], "forward") is None  # no factor for GELU here
+    # GELU: fan_in Var(W) E[gelu(z)^2] for z ~ N(0, q=1), integrated here independently of the quadrature
+    import numpy as np
+    from scipy import integrate, stats
+
+    second_moment = integrate.quad(lambda z: (z * stats.norm.cdf(z)) ** 2 * stats.norm.pdf(z), -np.inf, np.inf)[0]
+    assert variance_profile(1.0, [("gelu", 1 / 8, (16, 16))], "forward") == pytest.approx([1.0, 2 * second_moment])
 
 
 def test_layer_labels_name_the_module() -> None:

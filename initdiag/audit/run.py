@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +21,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..checks import RunEvidence, check_run, snapshot_weights, theory_profiles, theory_rows
+from ..checks import (
+    RunEvidence,
+    Weights,
+    check_run,
+    norm_gains,
+    snapshot_grads,
+    snapshot_weights,
+    stream_prediction,
+    theory_profiles,
+    theory_rows,
+    transposed_weights,
+    weight_moments,
+    zero_parameters,
+)
 from ..config import AuditConfig
 from ..errors import ModelLoadError, UsageError
 from ..experiment import environment, resolve_device, theory_variances
@@ -28,6 +42,7 @@ from ..initializers import InitSpec, apply_initializer
 from ..recording import Recorder
 from ..results import AuditRecord, AuditRun
 from ..series import FRAME_COLUMNS
+from ..structure import Structure, discover
 from ..structure.layers import LayerInfo, weight_layers
 from ..vocab import Role
 from .inputs import Inputs, first_embedding, make_inputs, working_copy
@@ -79,17 +94,35 @@ def _rejected(model: nn.Module, args: Inputs, cfg: AuditConfig, exc: Exception) 
     return ModelLoadError(f"the model rejected an input of shape {shapes}{given}: {_first_line(exc)}{hint}")
 
 
-def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditConfig,
-            device: torch.device) -> tuple[pd.DataFrame, tuple[LayerInfo, ...], np.ndarray]:
+@dataclass
+class _Recorded:
+    """What the batches showed: the series, the layers, each batch's loss, and the first batch's look-ahead
+    (each weight's gradient, the zero parameters and whether they learn)."""
+
+    series: pd.DataFrame
+    layers: tuple[LayerInfo, ...]
+    losses: np.ndarray
+    grads: Weights
+    zero_params: dict[str, bool]
+
+
+def _args(batch: Inputs, device: torch.device) -> Inputs:
+    """A copy that requires grad (dL/dy also before the first weight), never the caller's tensor."""
+    return tuple(a.detach().to(device).requires_grad_(True).clone() if a.is_floating_point() else a.to(device)
+                 for a in batch)
+
+
+def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditConfig, device: torch.device,
+            structure: Structure | None, transposed: set[str]) -> _Recorded:
     """Each batch forward and backward under the Recorder (step = batch); labels from a seeded generator."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    recorder = Recorder(work, every=1, run=label, initializer=label, seed=cfg.seed)
+    recorder = Recorder(work, every=1, run=label, initializer=label, seed=cfg.seed, structure=structure)
     losses: list[float] = []
+    grads: Weights = {}
+    zero: dict[str, bool] = {}
     with recorder, torch.enable_grad():
-        for batch in batches:
-            # a copy that requires grad (dL/dy also before the first weight), never the caller's tensor
-            args = tuple(a.detach().to(device).requires_grad_(True).clone() if a.is_floating_point()
-                         else a.to(device) for a in batch)
+        for i, batch in enumerate(batches):
+            args = _args(batch, device)
             try:
                 output = work(*args)
             except Exception as exc:
@@ -101,8 +134,19 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
                     loss.backward()
                 except Exception as exc:
                     raise ModelLoadError(f"the backward pass through the model failed: {_first_line(exc)}") from exc
+            if i == 0:
+                names = {la.module_name for la in recorder.layers() if la.role == Role.WEIGHT}
+                grads, zero = snapshot_grads(work, names, transposed), zero_parameters(work)
             work.zero_grad(set_to_none=True)
-    return recorder.frame(), tuple(recorder.layers()), np.asarray(losses, dtype=np.float64)
+    return _Recorded(recorder.frame(), tuple(recorder.layers()), np.asarray(losses, dtype=np.float64), grads, zero)
+
+
+def _structure(work: nn.Module, batch: Inputs, device: torch.device) -> Structure | None:
+    """The model's structure from one forward of the first batch (no grad; buffers and RNG as before)."""
+    try:
+        return discover(work, *_args(batch, device))
+    except Exception:  # the recorder's pass reports a model that rejects the input; no structure otherwise
+        return None
 
 
 def pool_batches(frame: pd.DataFrame) -> pd.DataFrame:
@@ -136,12 +180,10 @@ def pool_batches(frame: pd.DataFrame) -> pd.DataFrame:
     }, columns=list(FRAME_COLUMNS))
 
 
-def _kept(model: nn.Module) -> tuple[dict[str, float], bool]:
-    """The model as given, told to the theory: each Conv/Linear layer's measured second moment ``mean(W^2)``
-    (what its variance theory uses for zero-mean weights), and whether every one looks default-initialized."""
+def _looks_default(model: nn.Module) -> bool:
+    """Whether every Conv/Linear layer looks default-initialized."""
     layers = list(weight_layers(model))
-    second = {name or type(m).__name__: float(m.weight.detach().double().square().mean()) for name, m in layers}
-    return second, bool(layers) and all(looks_pytorch_default(m) for _, m in layers)
+    return bool(layers) and all(looks_pytorch_default(m) for _, m in layers)
 
 
 def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditConfig,
@@ -154,20 +196,26 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
             torch.cuda.default_generators[index].manual_seed(cfg.seed)
         if spec is not None:
             apply_initializer(work, spec, cfg.seed)
-        series, layers, losses = _record(work, label, batches, cfg, device)
-        weights = layer_weights(work, layers, reinitialized=spec is not None)
-        snapshot = snapshot_weights(work, {la.module_name for la in layers if la.role == Role.WEIGHT})
-        if spec is None:
-            weight_vars, default = _kept(work)
-        else:
-            weight_vars, default = theory_variances(work, spec), spec.name == "pytorch-default"
-    frame = pool_batches(series)
-    evidence = RunEvidence(run=label, initializer=label, frame=frame, layers=layers, weights_init=snapshot,
-                           weights_final={}, losses=losses, weight_vars=weight_vars, default_init=default)
+        structure = _structure(work, batches[0], device)
+        transposed = transposed_weights(structure)
+        rec = _record(work, label, batches, cfg, device, structure, transposed)
+        weights = layer_weights(work, rec.layers, reinitialized=spec is not None)
+        snapshot = snapshot_weights(work, {la.module_name for la in rec.layers if la.role == Role.WEIGHT}, transposed)
+        weight_vars = weight_moments(work, structure)
+        if spec is not None:  # the formula for what the initializer drew, the weights as seen for the rest
+            weight_vars.update(theory_variances(work, spec))
+        default = spec.name == "pytorch-default" if spec is not None else _looks_default(work)
+        gains = norm_gains(work, structure)
+    frame = pool_batches(rec.series)
+    evidence = RunEvidence(run=label, initializer=label, frame=frame, layers=rec.layers, weights_init=snapshot,
+                           weights_final={}, losses=rec.losses, weight_vars=weight_vars, default_init=default,
+                           structure=structure, grads_init=rec.grads, zero_params=rec.zero_params, norm_gains=gains)
     verdicts = check_run(evidence, rng_seed=cfg.seed)
-    return AuditRun(name=label, label=label, seed=cfg.seed, frame=frame, series=series, layers=layers,
-                    verdicts=verdicts, theory=theory_rows(evidence), weights=weights, losses=losses,
-                    seconds=time.perf_counter() - start, profiles=theory_profiles(evidence))
+    chains = structure.segments() if structure is not None else None
+    return AuditRun(name=label, label=label, seed=cfg.seed, frame=frame, series=rec.series, layers=rec.layers,
+                    verdicts=verdicts, theory=theory_rows(evidence), weights=weights, losses=rec.losses,
+                    seconds=time.perf_counter() - start, profiles=theory_profiles(evidence, chains),
+                    structure=structure, stream=stream_prediction(evidence))
 
 
 def audit_record(model: nn.Module, config: AuditConfig, example_input: Any = None,

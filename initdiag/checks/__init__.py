@@ -19,12 +19,27 @@ from __future__ import annotations
 import numpy as np
 
 from ..vocab import HEALTHY, CheckName, Signal, Status
+from .chains import chain_fits, chain_verdicts, main_fit
 from .compare import Comparison, accuracy_summary, compare_accuracies, holm, mcnemar_exact, welch_t
 from .diverged import diverged_verdict
-from .evidence import RunEvidence, Weights, init_advice, pretty_activation, recommended_initializer, snapshot_weights
+from .evidence import (
+    RunEvidence,
+    Weights,
+    init_advice,
+    norm_gains,
+    pretty_activation,
+    recommended_initializer,
+    snapshot_grads,
+    snapshot_weights,
+    transposed_weights,
+    weight_moments,
+    zero_parameters,
+)
+from .intentional import Explained, explained
 from .methods import METHODS, MethodNote, methods
-from .overlay import TheoryProfile, TheoryRow, theory_profiles, theory_rows
-from .signal import SignalFit, earliest_step, signal_fit, signal_verdict
+from .overlay import TheoryProfile, TheoryRow, chain_predictions, expected_chain_gain, theory_profiles, theory_rows
+from .signal import SignalFit, signal_fit
+from .stream import stream_prediction, stream_values, stream_verdicts
 from .symmetry import max_cosine_pvalue, neuron_rows, symmetry_groups, symmetry_verdict
 from .units import dead_verdict, saturation_verdict
 from .verdict import DEFAULT_THRESHOLDS, FAIL_ON_CHOICES, Thresholds, Verdict, failed_checks, worst_status
@@ -37,6 +52,7 @@ __all__ = [
     "METHODS",
     "CheckName",
     "Comparison",
+    "Explained",
     "MethodNote",
     "RunEvidence",
     "SignalFit",
@@ -49,6 +65,7 @@ __all__ = [
     "accuracy_summary",
     "check_run",
     "compare_accuracies",
+    "explained",
     "failed_checks",
     "holm",
     "init_advice",
@@ -56,46 +73,41 @@ __all__ = [
     "mcnemar_exact",
     "methods",
     "neuron_rows",
+    "norm_gains",
     "pretty_activation",
     "recommended_initializer",
     "run_fits",
     "signal_fit",
+    "snapshot_grads",
     "snapshot_weights",
+    "stream_prediction",
+    "stream_values",
     "symmetry_groups",
     "theory_profiles",
     "theory_rows",
+    "transposed_weights",
+    "weight_moments",
     "welch_t",
     "worst_status",
+    "zero_parameters",
 ]
 
 
 def run_fits(ev: RunEvidence, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, SignalFit]:
-    """Forward and backward :class:`SignalFit` at initialization: the earliest training step.
+    """Forward and backward :class:`SignalFit` at initialization (the earliest training step): for each
+    direction the longest chain's (:func:`~initdiag.checks.chains.main_fit`; a plain network is one chain).
 
     Forward: per-element variance of the outputs (what He/Xavier preserve). Backward: per-sample energy of
     dL/dy (variance x elements per output, :meth:`RunEvidence.output_sizes`), which He preserves across
     width changes and max-pooling; per-element variance when the sizes are unknown. Without training
     rows, the forward fit falls back to the ``init`` probe (there is no backward).
     """
-    names = [la.name for la in ev.weight_layers] or None
-    fits: dict[str, SignalFit] = {}
-    for kind in (Signal.FORWARD, Signal.BACKWARD):
-        phase, step = "train", earliest_step(ev.frame, kind, "train")
-        if step is None and kind == "forward":
-            phase, step = "init", earliest_step(ev.frame, kind, "init")
-        if step is None:
-            continue
-        fit = signal_fit(ev.frame, kind, step, phase, layers=names, alpha=thresholds.alpha,
-                         no_signal_rel=thresholds.no_signal_rel, no_signal_floor=thresholds.no_signal_floor,
-                         sizes=ev.output_sizes() if kind == "backward" else None)
-        if fit.n_layers:
-            fits[kind] = fit
-    return fits
+    return {kind: main_fit(fits) for kind, fits in chain_fits(ev, thresholds, explained(ev)).items()}
 
 
 def check_run(ev: RunEvidence, thresholds: Thresholds = DEFAULT_THRESHOLDS, rng_seed: int = 0) -> tuple[Verdict, ...]:
-    """All verdicts for one run, in the order: diverged, signal forward, signal backward, symmetry
-    (init, final), dead (init, final), saturation (init, final).
+    """All verdicts for one run, in the order: diverged, signal forward and backward (the chains of layers,
+    then the residual stream), symmetry (init, final), dead (init, final), saturation (init, final).
 
     A check without evidence (no backward rows, no ReLU, no final weights, ...) gives no verdict.
     ``rng_seed`` seeds the subsampling of large layers for the cosine test. A diverged run still gets
@@ -103,16 +115,26 @@ def check_run(ev: RunEvidence, thresholds: Thresholds = DEFAULT_THRESHOLDS, rng_
     """
     th = thresholds
     rng = np.random.default_rng(rng_seed)
-    fits = run_fits(ev, th)
-    expected = {row.signal: row.expected_gain
-                for row in theory_rows(ev, fits.get("forward"), fits.get("backward"))}
-    note = zero_init_note(ev, fits.get("forward"), fits.get("backward"))
+    why = explained(ev)
+    fits = chain_fits(ev, th, why)
+    main = {kind: main_fit(kind_fits) for kind, kind_fits in fits.items()}
+    expected = {kind: {f.layers: expected_chain_gain(ev, f) for f in kind_fits} for kind, kind_fits in fits.items()}
+    note = zero_init_note(ev, main.get(Signal.FORWARD), main.get(Signal.BACKWARD))
+    design = "".join(f" {n}" for n in why.notes)
+    notes: dict[str, str] = {Signal.FORWARD: note + design, Signal.BACKWARD: design}
     found: list[Verdict | None] = [diverged_verdict(ev)]
-    for kind, fit in fits.items():
-        found.append(signal_verdict(fit, ev, th, expected.get(kind), extra=note if kind == "forward" else ""))
-    sym_init, reports = symmetry_verdict(ev, "init", th, rng, extra=note)
+    found += chain_verdicts(ev, th, fits, expected, notes, chain_predictions(ev, fits))
+    if ev.structure is not None and ev.structure.blocks:
+        theory = stream_prediction(ev)
+        bounded = theory.bounded if theory is not None else \
+            all(b.post_norm or b.branch_normalized for b in ev.structure.blocks)
+        found += stream_verdicts(ev, th, theory.values if theory else (), bounded, silent_backward=(
+            f"the output head '{why.head}' is zero-initialized and learns from step 1, and the gradient flows from "
+            "then on" if why.head else ""))
+    sym_init, reports = symmetry_verdict(ev, "init", th, rng, extra=note + design)
     sym_final, _ = symmetry_verdict(ev, "final", th, rng, init_reports=reports)
     found += [sym_init, sym_final]
     found += [dead_verdict(ev, phase, th) for phase in ("init", "final")]
     found += [saturation_verdict(ev, phase, th) for phase in ("init", "final")]
     return tuple(v for v in found if v is not None)
+

@@ -113,10 +113,42 @@ def methods(th: Thresholds = DEFAULT_THRESHOLDS) -> tuple[MethodNote, ...]:
             f"significant when the Holm-adjusted p < {th.alpha:g}.",
         ),
         MethodNote(
+            "vanishing/exploding", "Chains and the residual stream",
+            "The model's structure is seen at its first forward (weight layers of any type with the fans seen, the "
+            "activation each output reaches, whether a module or a function, normalizations, residual blocks). The "
+            "fit above is made for each chain of weight layers on its own (layers joined without a normalization, "
+            "a residual add or a block boundary), and the run's verdict is the worst chain's. With residual blocks, "
+            "the stream (the blocks' outputs) is judged across blocks: the geometric mean of the per-block variance "
+            "ratios within stages (identity shortcuts; over the later half of them where theory predicts linear "
+            "growth) is raised to the number of blocks. Theory: Var(x + f(x)) = Var(x) + Var(f(x)) at init, so "
+            "unnormalized branches grow the stream geometrically and normalized or zero ones at most linearly "
+            "(Brock et al. 2021; De & Smith 2020). A chain whose variance changes sub-geometrically, as the length "
+            "map predicts for a non-homogeneous activation (tanh at sigma_w^2 = 1: q_l ~ 1/(2l), Schoenholz et al. "
+            "2017), is judged against that curve: healthy.",
+            "the stream's variance changes at most linearly across blocks.",
+            f"stream: fail when the change reaches {th.change_factor:g}x for a design theory says grows "
+            f"geometrically, {th.change_factor ** 2:g}x (warn at {th.change_factor:g}x) for a bounded one, whose "
+            "gradient on the stream is reported, not judged (normalized branches are scale-invariant).",
+        ),
+        MethodNote(
+            "no_signal", "Intentional zeros and constant inputs",
+            "A parameter that is all zero at initialization but gets a non-zero gradient (a zero-initialized output "
+            "head; the last layer or scale of a residual branch under zero_init_residual, SkipInit, Fixup) leaves "
+            "zero at the first step: the missing signal it causes (forward at and after it in its chain, backward "
+            "before it) is by design and passes with a note, and so do identical neurons whose gradients differ. A "
+            "layer whose input is the same for every sample (an embedding of one token type id) has a constant "
+            "output because its input is. Every weight zero, with zero gradients, still fails.",
+            "not a statistical test (exact zeros and equal inputs).",
+            "a one-step look-ahead: the gradient of the first batch.",
+        ),
+        MethodNote(
             "theory", "Theory overlay",
-            "Expected per-layer variance gain fan x Var(W) x c (fan_in forward, fan_out backward; c = 1/2 for "
-            "ReLU, 1 for linear; tanh: 1, an upper bound) from He et al. (2015) and Glorot & Bengio (2010), "
-            "accumulated over the layers and fitted like the measurement, next to the measured gain.",
+            "The length map q' = sigma_w^2 E_z[phi(sqrt(q) z)^2] + sigma_b^2 with sigma_w^2 = fan_in Var(W), and "
+            "backward sigma_w^2 = fan_out Var(W) times E_z[phi'(sqrt(q) z)^2] (Poole et al. 2016; Schoenholz et al. "
+            "2017), for any elementwise activation by Gauss-Hermite or composite Gauss-Legendre quadrature with phi' "
+            "from autograd (closed forms for the ReLU family and linear: c = 1/2 for ReLU, 1 linear; He et al. 2015, "
+            "Glorot & Bengio 2010). Each chain's profile starts from its measured first (forward) or last "
+            "(backward) layer; the expected per-layer gain is fitted over the chain like the measurement.",
             "descriptive.",
             "none (for reading the measured gain).",
         ),

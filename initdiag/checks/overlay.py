@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..jsonable import json_safe
 from ..series import first_step_values
-from ..theory import expected_gain, variance_profile
+from ..structure.layers import LayerInfo, shape_fans
+from ..theory import Transition, chain_profile, expected_gain
 from ..vocab import Signal
+from .chains import chain_fits, main_fit
 from .evidence import RunEvidence, hidden_activations, pretty_activation
-from .signal import SignalFit, earliest_step, signal_fit
+from .intentional import explained
+from .signal import SignalFit
+from .verdict import DEFAULT_THRESHOLDS
 
-__all__ = ["TheoryProfile", "TheoryRow", "theory_profiles", "theory_rows"]
+__all__ = ["TheoryProfile", "TheoryRow", "chain_predictions", "expected_chain_gain", "theory_profiles", "theory_rows"]
 
 
 @dataclass(frozen=True)
@@ -53,21 +58,45 @@ class TheoryRow:
                    num(data["measured_gain"]), num(data["gain_low"]), num(data["gain_high"]), str(data["note"]))
 
 
-def _expected_profile_gain(ev: RunEvidence, direction: str, fit: SignalFit | None) -> tuple[float | None, str]:
-    wl = ev.weight_layers
-    if len(wl) < 2:
-        return None, "fewer than 2 Conv/Linear layers"
+def _activation(ev: RunEvidence, layer: LayerInfo) -> tuple[str, tuple[tuple[str, object], ...]]:
+    """The activation after ``layer`` with its parameters (from the structure when known)."""
+    if ev.structure is not None:
+        try:
+            act = ev.structure.layer(layer.name).activation
+            return act.name, act.params
+        except KeyError:
+            pass
+    return layer.activation or "linear", ()
+
+
+def _gains(ev: RunEvidence, direction: str, wl: list[LayerInfo]) -> tuple[list[float] | None, str]:
+    """The gain theory predicts for each step from one layer of a chain to the next."""
+    measured = first_step_values(ev.frame, Signal.FORWARD)
     gains: list[float] = []
     for prev, cur in itertools.pairwise(wl):
-        if cur.weight_shape is None:
-            return None, f"layer '{cur.name}' has no weight shape"
         weight_var = ev.weight_vars.get(cur.module_name)
         if weight_var is None:
             return None, f"layer '{cur.name}' has no known weight variance"
-        g = expected_gain(prev.activation or "linear", weight_var, cur.weight_shape, direction)
+        fans = (cur.fan_in, cur.fan_out) if cur.fan_in is not None and cur.fan_out is not None else None
+        if fans is None and cur.weight_shape is None:
+            return None, f"layer '{cur.name}' has no known fan-in"
+        act, params = _activation(ev, prev)
+        g = expected_gain(act, weight_var, cur.weight_shape, direction, fans=fans,
+                          q=max(measured.get(prev.name, 1.0), 0.0), params=params)
         if g is None:
-            return None, f"theory does not fix the gain of {pretty_activation(prev.activation or 'linear')}"
+            return None, f"theory cannot evaluate the activation after '{prev.name}' ({act})"
         gains.append(g)
+    return gains, ""
+
+
+def _expected_profile_gain(ev: RunEvidence, direction: str, fit: SignalFit | None) -> tuple[float | None, str]:
+    infos = {la.name: la for la in ev.weight_layers}
+    wl = [infos[n] for n in (fit.layers if fit is not None else infos) if n in infos]
+    if len(wl) < 2:
+        return None, "fewer than 2 layers in the chain"
+    gains, why = _gains(ev, direction, wl)
+    if gains is None:
+        return None, why
     sizes = ev.output_sizes() if direction == "backward" and fit is not None and fit.per_sample else None
     if sizes is not None:  # per-sample energy: var_{l-1} n_{l-1} = g_l (n_{l-1} / n_l) var_l n_l
         gains = [g * sizes[prev.name] / sizes[cur.name] for g, (prev, cur) in
@@ -89,26 +118,27 @@ def _expected_profile_gain(ev: RunEvidence, direction: str, fit: SignalFit | Non
     return math.exp(slope if direction == "forward" else -slope), ""
 
 
+def expected_chain_gain(ev: RunEvidence, fit: SignalFit) -> float | None:
+    """The per-layer gain theory predicts for the chain of ``fit`` (None where it cannot say)."""
+    return _expected_profile_gain(ev, fit.kind, fit)[0]
+
+
 def theory_rows(ev: RunEvidence, fit_forward: SignalFit | None = None,
                 fit_backward: SignalFit | None = None) -> tuple[TheoryRow, ...]:
     """Expected next to measured per-layer gain, forward and backward, where theory fixes the gain.
 
-    Fits are computed from ``ev.frame`` (earliest training step) when not given. A signal gets a row
-    only when every transition's activation has a known factor (ReLU, linear, tanh).
+    Fits are those of the longest chain (:func:`~initdiag.checks.chains.main_fit`) when not given. A signal
+    gets a row only when theory can evaluate every activation of the chain.
     """
     rows: list[TheoryRow] = []
     names = [la.name for la in ev.weight_layers]
     acts = dict.fromkeys(pretty_activation(a) for a in hidden_activations(ev))
     act_label = "+".join(acts) if acts else "linear"
+    computed = chain_fits(ev, DEFAULT_THRESHOLDS, explained(ev)) if fit_forward is None or fit_backward is None \
+        else {}
     for direction, given in (("forward", fit_forward), ("backward", fit_backward)):
-        fit = given
-        if fit is None:
-            step = earliest_step(ev.frame, direction, "train")
-            if step is None:
-                continue
-            fit = signal_fit(ev.frame, direction, step, "train", layers=names,
-                             sizes=ev.output_sizes() if direction == "backward" else None)
-        if fit.n_layers == 0:
+        fit = given if given is not None else main_fit(computed[direction]) if computed.get(direction) else None
+        if fit is None or fit.n_layers == 0:
             continue
         expected, why = _expected_profile_gain(ev, direction, fit)
         if expected is None:
@@ -116,8 +146,10 @@ def theory_rows(ev: RunEvidence, fit_forward: SignalFit | None = None,
         formula = ("fan_in x Var(W) x c" if direction == "forward" else
                    "fan_out x Var(W) x c x n_in/n_out (per-sample energy)" if fit.per_sample else
                    "fan_out x Var(W) x c")
-        note = why or (f"{formula} per layer (c = 1/2 ReLU, 1 linear"
-                       + ("; tanh: upper bound, exact in its linear regime" if "tanh" in acts else "") + ")")
+        note = why or (f"{formula} per layer, c = E[phi(sqrt(q) z)^2] / q forward and E[phi'(sqrt(q) z)^2] backward "
+                       "at each layer's measured q (1/2 for ReLU, 1 linear)")
+        if len(fit.layers) < len(names):
+            note += f"; over the chain '{fit.layers[0]}' to '{fit.layers[-1]}' ({fit.n_layers} layers)"
         if ev.default_init:
             note += "; theory ignores the biases, which add variance"
 
@@ -154,22 +186,56 @@ class TheoryProfile:
                    tuple(None if v is None else float(v) for v in values))
 
 
-def theory_profiles(ev: RunEvidence) -> tuple[TheoryProfile, ...]:
-    """One :class:`TheoryProfile` per recorded signal, over the Conv/Linear call sites in execution order."""
-    shaped = [(la, la.weight_shape) for la in ev.weight_layers if la.weight_shape is not None]
-    layers = [la for la, _ in shaped]
+def theory_profiles(ev: RunEvidence, chains: Sequence[tuple[str, ...]] | None = None) -> tuple[TheoryProfile, ...]:
+    """One :class:`TheoryProfile` per recorded signal over the weight layers in execution order: each chain
+    (``chains``, default one chain of all layers) anchored at its own first (forward) or last (backward)
+    layer's measured variance and carried through :func:`~initdiag.theory.chain_profile`."""
+    layers = list(ev.weight_layers)
     names = tuple(la.name for la in layers)
+    infos = dict(zip(names, layers, strict=True))
+    chains = chains if chains is not None else (names,)
     out: list[TheoryProfile] = []
     for signal in (Signal.FORWARD, Signal.BACKWARD):
         measured = first_step_values(ev.frame, signal)
+        forward = first_step_values(ev.frame, Signal.FORWARD)
         if len(layers) < 2 or not all(n in measured for n in names):
             continue
-        anchor = measured[names[0]] if signal == Signal.FORWARD else measured[names[-1]]
-        profile = None
-        if anchor > 0 and all(la.module_name in ev.weight_vars for la in layers[1:]):
-            transitions = [(prev.activation or "linear", ev.weight_vars[cur.module_name], shape)
-                           for (prev, _), (cur, shape) in itertools.pairwise(shaped)]
-            profile = variance_profile(anchor, transitions, signal)
-        values = tuple(v if v is not None and v > 0 else None for v in profile) if profile else (None,) * len(names)
-        out.append(TheoryProfile(str(signal), names, values))
+        values: dict[str, float | None] = {}
+        for chain in chains:
+            wl = [infos[n] for n in chain if n in infos]
+            if len(wl) < 2:
+                continue
+            transitions = []
+            for prev, cur in itertools.pairwise(wl):
+                act, params = _activation(ev, prev)
+                weight_var = ev.weight_vars.get(cur.module_name)
+                fan_in, fan_out = (cur.fan_in, cur.fan_out) if cur.fan_in is not None else \
+                    shape_fans(cur.weight_shape) if cur.weight_shape is not None else (None, None)
+                if weight_var is None or fan_in is None or fan_out is None:
+                    break
+                transitions.append(Transition(act, weight_var, fan_in, fan_out, 0.0, params))
+            if len(transitions) < len(wl) - 1:
+                continue
+            anchor = measured[wl[0].name] if signal == Signal.FORWARD else measured[wl[-1].name]
+            if not anchor > 0:
+                continue
+            profile = chain_profile(anchor, transitions, signal, inputs=[forward.get(la.name, 1.0) for la in wl])
+            if profile is not None:
+                values.update({la.name: v if v > 0 else None for la, v in zip(wl, profile, strict=True)})
+        out.append(TheoryProfile(str(signal), names, tuple(values.get(n) for n in names)))
     return tuple(out)
+
+
+def chain_predictions(ev: RunEvidence, fits: Mapping[str, Sequence[SignalFit]]
+                      ) -> dict[str, dict[tuple[str, ...], list[float | None]]]:
+    """Per direction and fitted chain, the variance theory predicts at each of the chain's layers."""
+    out: dict[str, dict[tuple[str, ...], list[float | None]]] = {}
+    for kind, kind_fits in fits.items():
+        for fit in kind_fits:
+            if fit.n_layers < 3:
+                continue
+            profile = next((p for p in theory_profiles(ev, [fit.layers]) if p.signal == kind), None)
+            if profile is not None:
+                values = dict(zip(profile.layers, profile.values, strict=True))
+                out.setdefault(kind, {})[fit.layers] = [values.get(n) for n in fit.layers]
+    return out

@@ -147,16 +147,29 @@ def _layer_report(name: str, weight: np.ndarray, bias: np.ndarray | None, th: Th
             "p_value": p, "rows_tested": int(min(len(reps), th.cosine_max_rows))}
 
 
+def _breaks(group: list[int], grad: np.ndarray, grad_bias: np.ndarray | None, th: Thresholds) -> bool:
+    """Whether the neurons of ``group`` get different gradients (so the first step makes them differ)."""
+    rows = neuron_rows(grad, grad_bias)[group]
+    if not np.isfinite(rows).all():
+        return False
+    tol = th.symmetry_atol + th.symmetry_rtol * float(np.abs(rows).max(initial=0.0))
+    return bool(np.abs(rows - rows[0]).max(initial=0.0) > tol)
+
+
 def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random.Generator,
                      init_reports: list[dict[str, Any]] | None = None,
                      extra: str = "") -> tuple[Verdict | None, list[dict[str, Any]]]:
     """Identical neurons (fail) or near-duplicates (warn) in the Conv/Linear layers at ``phase``.
 
-    Exact: groups from :func:`symmetry_groups` with ``th.symmetry_atol``/``symmetry_rtol``; any group
-    fails. Near-duplicates: :func:`max_cosine_pvalue` on one neuron per group, Holm-adjusted across
-    the layers; warn when an adjusted p < ``th.near_duplicate_alpha`` — at initialization only, since
-    trained neurons are not independent random rows (the null). For ``final``, ``persisted`` says
-    whether every group present at init is still identical.
+    Exact: groups from :func:`symmetry_groups` with ``th.symmetry_atol``/``symmetry_rtol``; a group fails
+    when it persists: at initialization, when the neurons' gradients of the first step (``ev.grads_init``)
+    are identical too (identical weights and gradients stay identical; a zero-initialized output head or
+    zero last layer of a residual branch gets a different gradient per unit and breaks at the first step,
+    which passes with a note); without gradients, any group fails. Near-duplicates:
+    :func:`max_cosine_pvalue` on one neuron per group, Holm-adjusted across the layers; warn when an
+    adjusted p < ``th.near_duplicate_alpha``, at initialization only, since trained neurons are not
+    independent random rows (the null). For ``final``, ``persisted`` says whether every group present at
+    init is still identical.
     """
     weights: Weights = ev.weights_init if phase == "init" else ev.weights_final
     if not weights:
@@ -168,6 +181,15 @@ def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random
         r["p_adjusted"] = float(q)
         if phase != "init":
             r["persisted"] = _persisted(before.get(r["layer"], []), r["groups"])
+    broken: list[dict[str, Any]] = []
+    if phase == "init":
+        for r in reports:
+            grads = ev.grads_init.get(r["layer"])
+            if r["groups"] and grads is not None and grads[0].shape == weights[r["layer"]][0].shape:
+                r["breaking"] = [g for g in r["groups"] if _breaks(g, grads[0], grads[1], th)]
+                r["groups"] = [g for g in r["groups"] if g not in r["breaking"]]
+                if r["breaking"] and not r["groups"]:
+                    broken.append(r)
     symmetric = [r for r in reports if r["groups"]]
     # The null (independent random rows) describes an initialization: trained neurons are correlated by
     # learning, so near-duplicates are only tested at init; after training only exact groups count.
@@ -222,5 +244,10 @@ def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random
                    f"independent random rows (smallest Holm-adjusted p = {min_p:.2g}){sub_text}.{persisted_text}")
     else:
         message = f"{when.capitalize()}, no identical neurons in {len(reports)} Conv/Linear layers.{persisted_text}"
+    if broken:
+        names = ", ".join(f"'{r['layer']}'" for r in broken[:3]) + (" ..." if len(broken) > 3 else "")
+        message += (f" Layers {names} start with identical neurons (e.g. zero-initialized) but each neuron gets its "
+                    "own gradient, so they differ from the first step: symmetry is broken by design.")
+        effect["layers_breaking"] = float(len(broken))
     return Verdict(CheckName.SYMMETRY, Signal.WEIGHTS, Status.PASS.value, (), min_p if math.isfinite(min_p) else None,
                    effect, message, None, phase, details), reports

@@ -24,8 +24,16 @@ output, not the attention weights):
 * ``backward``: the same of dL/dy, from a hook set in the forward hook on the autograd node that made the
   output (a pre-hook: the gradient a tensor hook on the output would get; a tensor hook for a leaf). Works
   with in-place activations, where ``register_full_backward_hook`` fails.
-* ``weight`` / ``weight_grad``: ``var`` of each weight layer's weight (:func:`~initdiag.structure.main_weight`)
-  and of its gradient, read once the backward pass has accumulated every ``.grad``.
+* ``weight`` / ``weight_grad``: ``var`` and ``mean_sq`` of each weight layer's weight
+  (:func:`~initdiag.structure.main_weight`) and of its gradient, read once the backward pass has accumulated
+  every ``.grad``; ``update`` (``updates=True``): the same of the change the optimizer made to the weight
+  after the recorded step, read at the next forward (:mod:`~initdiag.recording.updates`).
+* with the model's :class:`~initdiag.structure.Structure` (given, or discovered during the first forward
+  inside the recorder): every weight layer it found (any module whose parameter of 2+ dims acts as a
+  linear map: transformers' ``Conv1D``, timm's standardized convs, ...), its elementwise activation
+  modules, and each residual block's output, the residual stream (role ``block``, ``depth`` = its index
+  in the stream; ``<first block>:in`` is the stream entering it, depth -1), forward and backward.
+  Discovered during the first forward, the structure adds its layers and blocks from the next step on.
 
 One path per statistic: plain forward hooks, hooks on the output's autograd node, and one reduction
 (:func:`~initdiag.recording.moments.reduce`) into a preallocated row per layer and kind. Hooks keep no
@@ -42,41 +50,23 @@ from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..series import FRAME_COLUMNS, empty_frame
-from ..structure.layers import CONV_TYPES, RECORDED_WEIGHT_TYPES, LayerInfo, activation_name, main_weight
+from ..structure import Structure, StructureProbe
+from ..structure.layers import RECORDED_WEIGHT_TYPES, LayerInfo, activation_name, main_weight
 from ..vocab import SATURATING, Kind, Phase, Role
-from .moments import Geometry, Stream, reduce
-from .rows import LayerState, Meta, moment_chunk
+from .collect import Collector
+from .moments import Geometry, reduce
+from .rows import LayerState, layer_infos
+from .sites import channel_dim, iter_tensors, traced
+from .updates import StepWeights
 
 __all__ = ["Recorder"]
 
-HOST_ROWS_BYTES = 32 << 20
-"""Moment rows kept on the host before they are turned into statistics (the seed CNN: ~2,000 steps)."""
-
-
-def _iter_tensors(output: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """Walk a module output (tensor, tuple/list, dict) and yield (suffix, floating-point tensor)."""
-    if isinstance(output, torch.Tensor):
-        if output.is_floating_point() and output.numel() > 0:
-            yield path, output
-    elif isinstance(output, (tuple, list)):
-        for i, item in enumerate(output):
-            yield from _iter_tensors(item, f"{path}.{i}")
-    elif isinstance(output, dict):
-        for key, item in output.items():
-            yield from _iter_tensors(item, f"{path}.{key}")
-
-
-def _traced() -> bool:
-    """True while torch.jit.trace or torch.compile traces the model: not a training step, no numbers (under
-    torch.fx the outputs are proxies, not tensors, and nothing is recorded either)."""
-    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
+_STEP_KINDS = frozenset({Kind.WEIGHT, Kind.WEIGHT_GRAD, Kind.UPDATE})
 
 
 class Recorder:
@@ -93,11 +83,14 @@ class Recorder:
             channels far closer) and cut the cost for large conv maps.
         flush_every: moment rows buffered per layer and kind (fewer for layers so wide that the buffer
             would pass 1 MiB) before they are copied to the host, all streams in one copy.
+        structure: the model's structure (:func:`initdiag.structure.discover`); None: discovered during
+            the first forward inside the recorder (its blocks and extra layers recorded from the next step).
+        updates: record each recorded step's weight update (one copy of the weights per recorded step).
     """
 
     def __init__(self, model: nn.Module, every: int = 1, *, run: str = "run", initializer: str = "",
                  seed: int = 0, saturation_tol: float = 0.01, max_per_channel: int | None = 1024,
-                 flush_every: int = 256) -> None:
+                 flush_every: int = 256, structure: Structure | None = None, updates: bool = True) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1 (got {every})")
         if flush_every < 1:
@@ -108,13 +101,16 @@ class Recorder:
         self.initializer = initializer
         self.seed = seed
         self.saturation_tol = saturation_tol
-        self.flush_every = flush_every
         self.max_per_channel = max_per_channel
+        self.structure = structure
+        """The model's structure: given, or discovered during the first forward inside the recorder."""
         self.epoch = 0
         self.step = -1
         self._phase: str = Phase.TRAIN
         self._recording = False
         self._handles: list[RemovableHandle] = []
+        self._hooked: set[int] = set()  # id() of the modules with a recording hook
+        self._probe: StructureProbe | None = None
         self._names: dict[int, str] = {}
         self._layers: list[LayerState] = []
         self._by_key: dict[tuple[int, int, str], LayerState] = {}
@@ -123,14 +119,9 @@ class Recorder:
         self._last_weight: LayerState | None = None  # the weight layer that ran last, for its activation
         self._act_seen = False
         self._last_weight_out: tuple[torch.Size, int] | None = None  # its output's shape and channel dim
-        self._step_weights: list[tuple[LayerState, torch.Tensor]] = []  # this step's weights, read after backward
-        self._weights_queued = False
+        self._weights = StepWeights(updates)  # this step's weights, read after backward; the last step's copies
         self._layouts: dict[tuple[Any, ...], Geometry | None] = {}
-        self._streams: list[tuple[LayerState, str, Stream]] = []  # every stream, in creation order
-        self._host: dict[int, list[tuple[np.ndarray, Meta]]] = {}  # stream index -> rows on the host
-        self._host_bytes = 0
-        self._chunks: list[dict[str, np.ndarray]] = []
-        self._frame: pd.DataFrame | None = None
+        self._collector = Collector(flush_every)
 
     # -- attaching ----------------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -159,15 +150,62 @@ class Recorder:
             role = (Role.WEIGHT if isinstance(module, RECORDED_WEIGHT_TYPES)
                     else Role.ACTIVATION if activation_name(module) is not None else None)
             if role is not None:
-                self._handles.append(module.register_forward_hook(self._make_forward_hook(module, role)))
+                self._hook(module, role)
+        if self.structure is not None:
+            self._hook_structure(self.structure)
+        else:
+            self._probe = StructureProbe(self.model)
+            self._probe.__enter__()
+
+    def _hook(self, module: nn.Module, role: str) -> None:
+        if id(module) not in self._hooked:
+            self._hooked.add(id(module))
+            self._handles.append(module.register_forward_hook(self._make_forward_hook(module, role)))
+
+    def _hook_structure(self, structure: Structure) -> None:
+        """Hooks for what only the structure knows: weight layers of other types, elementwise activation
+        modules of the model's own, the residual blocks and the stream entering the first."""
+        modules = dict(self.model.named_modules())
+        for layer in structure.weight_layers:
+            if layer.module_name in modules:
+                self._hook(modules[layer.module_name], Role.WEIGHT)
+        for act in structure.activations:
+            if act.source == "module" and act.module_name in modules:
+                self._hook(modules[act.module_name], Role.ACTIVATION)
+        for block in structure.blocks:
+            module = modules.get(block.module_name)
+            if module is None or id(module) in self._hooked:
+                continue
+            if block.index == 0:
+                self._handles.append(module.register_forward_pre_hook(self._make_stream_input_hook(module, block.name),
+                                                                      with_kwargs=True))
+            self._hook(module, Role.BLOCK)
+
+    def _end_discovery(self) -> None:
+        """Leave the structure probe; with a structure seen, hook what it found (from the next step on)."""
+        probe, self._probe = self._probe, None
+        if probe is None:
+            return
+        probe.__exit__(None, None, None)
+        with suppress(RuntimeError):  # no complete forward was seen: the recorder keeps to module types
+            self.structure = probe.structure()
+        if self.structure is not None and self._handles:
+            self._hook_structure(self.structure)
 
     def _detach(self) -> None:
         handles, self._handles = self._handles, []
         try:
+            if self._probe is not None:
+                probe, self._probe = self._probe, None
+                probe.__exit__(None, None, None)
+                with suppress(RuntimeError):
+                    self.structure = probe.structure()
+        finally:
             for handle in handles:
                 handle.remove()
-        finally:
+            self._hooked.clear()
             self._recording = False
+            self._weights.clear()
 
     @property
     def active(self) -> bool:
@@ -178,17 +216,21 @@ class Recorder:
     def _on_root_forward(self, module: nn.Module, args: Any) -> None:
         self._calls.clear()
         self._last_weight = None
-        if _traced():
+        if self._probe is not None and self._probe.seen:
+            self._end_discovery()
+        if traced():
             self._recording = False
-        elif self._phase != Phase.TRAIN:
+            return
+        for layer, update, step, epoch in self._weights.updates():
+            self._push(layer, Kind.UPDATE, update, -1, None, step, epoch)
+        if self._phase != Phase.TRAIN:
             self._recording = True
         elif not torch.is_grad_enabled():
             self._recording = False
         else:
             self.step += 1
             self._recording = self.step % self.every == 0
-            self._step_weights = []
-            self._weights_queued = False
+            self._weights.reset()
 
     @contextmanager
     def probe(self, phase: str) -> Iterator[None]:
@@ -216,25 +258,24 @@ class Recorder:
             if role == Role.WEIGHT:
                 depth = sum(1 for lay in self._layers if lay.role == Role.WEIGHT)
                 activation: str | None = "linear"
+            elif role == Role.BLOCK:
+                depth = self._block_index(name, suffix)
+                activation = None
             else:
                 depth = self._last_weight.depth if self._last_weight is not None else 0
-                activation = activation_name(module)
+                activation = activation_name(module) or "module"
             layer = LayerState(len(self._layers), name, base, module, role, depth, activation)
             self._layers.append(layer)
             self._by_key[key] = layer
             self._first_site.setdefault(id(module), layer)
         return layer
 
-    def _channel_dim(self, module: nn.Module, role: str, y: torch.Tensor) -> int:
-        """Channels of a conv output are dim 1, of other weight layers the last dim; an activation's are
-        those of the weight layer before it when the shapes agree."""
-        if y.dim() <= 1:
-            return 0
-        if role == Role.WEIGHT:
-            return 1 if isinstance(module, CONV_TYPES) else y.dim() - 1
-        if self._last_weight_out is not None and y.shape == self._last_weight_out[0]:
-            return self._last_weight_out[1]
-        return 1 if y.dim() >= 4 else y.dim() - 1
+    def _block_index(self, name: str, suffix: str) -> int:
+        """A block's index in the stream (-1 for the stream entering the first block)."""
+        if suffix == ":in":
+            return -1
+        blocks = self.structure.blocks if self.structure is not None else ()
+        return next((b.index for b in blocks if b.name == name), len(blocks))
 
     def _make_forward_hook(self, module: nn.Module, role: str) -> Any:
         sat = SATURATING.get(activation_name(module) or "")
@@ -251,27 +292,46 @@ class Recorder:
             if isinstance(output, torch.Tensor):
                 tensors: Any = (("", output),) if output.is_floating_point() and output.numel() > 0 else ()
             else:
-                tensors = _iter_tensors(output)
+                tensors = iter_tensors(output)
             for suffix, y in tensors:
                 layer = self._by_key.get((module_id, call, suffix)) or self._layer_for(mod, role, call, suffix)
                 cdim = layer.cdims.get(y.dim())
                 if cdim is None:
-                    cdim = layer.cdims[y.dim()] = self._channel_dim(mod, role, y)
+                    cdim = layer.cdims[y.dim()] = channel_dim(mod, role, y, self._last_weight_out)
                     layer.numel = y[0].numel() if y.dim() >= 2 else None
                 if weight_role:
                     self._last_weight, self._act_seen, self._last_weight_out = layer, False, (y.shape, cdim)
-                elif self._last_weight is not None and not self._act_seen:
+                elif role == Role.ACTIVATION and self._last_weight is not None and not self._act_seen:
                     self._last_weight.activation = layer.activation
                     self._act_seen = True
                 self._push(layer, Kind.FORWARD, y, cdim, sat)
                 if self._phase == Phase.TRAIN and y.requires_grad:
                     self._hook_gradient(layer, y, cdim)
-                if weight_role:  # its first floating-point output only (see the module docstring)
+                if role != Role.ACTIVATION:  # a weight layer's or block's first floating-point output only
                     break
             if weight_role and call == 1 and self._phase == Phase.TRAIN:
                 current = mod._parameters.get(weight_name) if weight_name is not None else main_weight(mod)
                 if current is not None:
-                    self._step_weights.append((self._first_site[module_id], current))
+                    self._weights.add(self._first_site[module_id], current)
+
+        return hook
+
+    def _make_stream_input_hook(self, module: nn.Module, name: str) -> Any:
+        """A forward pre-hook on the first block: its input, the stream entering the blocks."""
+        def hook(mod: nn.Module, args: Any, kwargs: Any) -> None:
+            if not self._recording or self._calls.get(id(mod), 0):
+                return
+            y = next((t for _, t in iter_tensors((args, kwargs))), None)
+            if y is None:
+                return
+            layer = self._by_key.get((id(mod), 1, ":in")) or self._layer_for(mod, Role.BLOCK, 1, ":in")
+            cdim = layer.cdims.get(y.dim())
+            if cdim is None:
+                cdim = layer.cdims[y.dim()] = channel_dim(mod, Role.BLOCK, y, None)
+                layer.numel = y[0].numel() if y.dim() >= 2 else None
+            self._push(layer, Kind.FORWARD, y, cdim, None)
+            if self._phase == Phase.TRAIN and y.requires_grad:
+                self._hook_gradient(layer, y, cdim)
 
         return hook
 
@@ -291,18 +351,17 @@ class Recorder:
         grad = grads if isinstance(grads, torch.Tensor) else grads[index]
         if grad is None or not self._handles:
             return
-        if self._step_weights and not self._weights_queued:
-            self._weights_queued = True
+        if self._weights.pending and not self._weights.queued:
+            self._weights.queued = True
             torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
         self._push(layer, Kind.BACKWARD, grad, cdim, None, step, epoch)
 
     def _on_backward_end(self) -> None:
         """Each weight of this step and its gradient, once the backward pass has accumulated every ``.grad``."""
-        taken, self._step_weights = self._step_weights, []
-        self._weights_queued = False
         if not self._handles:
+            self._weights.reset()
             return
-        for layer, weight in taken:
+        for layer, weight in self._weights.take(self.step, self.epoch):
             self._push(layer, Kind.WEIGHT, weight, -1, None)
             if weight.grad is not None:
                 self._push(layer, Kind.WEIGHT_GRAD, weight.grad, -1, None)
@@ -310,14 +369,8 @@ class Recorder:
     def _push(self, layer: LayerState, kind: str, y: torch.Tensor, cdim: int,
               sat: tuple[float, float] | None, step: int | None = None, epoch: int | None = None) -> None:
         """Reduce ``y`` into the next row of the layer's stream of ``kind`` (``cdim < 0``: one channel)."""
-        phase = self._phase if kind != Kind.WEIGHT and kind != Kind.WEIGHT_GRAD else Phase.TRAIN
-        channels = y.shape[cdim] if y.dim() > 1 and cdim >= 0 else 1
-        stream = layer.streams.get((kind, channels))
-        if stream is None:
-            stream = layer.streams[(kind, channels)] = Stream(2 * channels + 2, y.device, self.flush_every)
-            self._streams.append((layer, kind, stream))
-        elif stream.full:
-            self.flush()
+        phase = Phase.TRAIN if kind in _STEP_KINDS else self._phase
+        stream = self._collector.stream(layer, kind, y.shape[cdim] if y.dim() > 1 and cdim >= 0 else 1, y.device)
         mid, thr = 0.0, -1.0
         if sat is not None:
             lo, hi = sat
@@ -328,66 +381,14 @@ class Recorder:
 
     # -- collection ----------------------------------------------------------------------------------
     def flush(self) -> None:
-        """Copy the buffered rows to the host (one device-to-host copy in all) and empty the buffers.
-
-        The statistics are derived later, many flushes at once (:meth:`frame`, or once the rows on the host
-        pass :data:`HOST_ROWS_BYTES`): numpy costs a few microseconds per call whatever the number of rows."""
-        taken = [(index, *stream.take()) for index, (_, _, stream) in enumerate(self._streams) if stream.n]
-        if not taken:
-            return
-        raw = [rows for _, rows, _ in taken]
-        if all(r.device.type == "cpu" for r in raw):
-            host = [r.numpy().copy() for r in raw]
-        else:
-            flat = torch.cat([r.reshape(-1) for r in raw]).cpu().numpy()
-            parts = np.split(flat, np.cumsum([r.numel() for r in raw])[:-1])
-            host = [h.reshape(r.shape) for h, r in zip(parts, raw, strict=True)]
-        for (index, _, meta), rows in zip(taken, host, strict=True):
-            self._host.setdefault(index, []).append((rows, meta))
-            self._host_bytes += rows.nbytes
-        self._frame = None
-        if self._host_bytes > HOST_ROWS_BYTES:
-            self._derive()
-
-    def _derive(self) -> None:
-        host, self._host, self._host_bytes = self._host, {}, 0
-        for index, parts in sorted(host.items()):
-            layer, kind, _ = self._streams[index]
-            rows = np.concatenate([r for r, _ in parts]) if len(parts) > 1 else parts[0][0]
-            meta = [m for _, ms in parts for m in ms]
-            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-                self._chunks.append(moment_chunk(layer, kind, rows, meta))
+        """Copy the buffered rows to the host (one transfer) and empty the device buffers."""
+        self._collector.flush()
 
     def layers(self) -> list[LayerInfo]:
-        """The recorded layers, in the order of the first forward pass."""
-        return [layer.info() for layer in self._layers]
+        """The recorded layers, in the order of the first forward pass; with the structure, each weight
+        layer's fans, activation, block, normalization and constant input as it saw them."""
+        return layer_infos(self._layers, self.structure)
 
     def frame(self) -> pd.DataFrame:
         """All statistics so far as one tidy DataFrame with the columns of :data:`~initdiag.series.FRAME_COLUMNS`."""
-        self.flush()
-        if self._frame is not None:
-            return self._frame
-        self._derive()
-        if not self._chunks:
-            self._frame = empty_frame()
-            return self._frame
-        cols = {k: np.concatenate([c[k] for c in self._chunks]) for k in self._chunks[0]}
-        codes = cols.pop("layer")
-        names = np.array([lay.name for lay in self._layers], dtype=object)
-        n = len(codes)
-        data = {
-            "run": pd.Categorical([self.run] * n),
-            "initializer": pd.Categorical([self.initializer] * n),
-            "seed": np.full(n, self.seed, dtype=np.int64),
-            "epoch": cols["epoch"],
-            "step": cols["step"],
-            "phase": pd.Categorical(cols["phase"]),
-            "layer": pd.Categorical(names[codes], categories=list(dict.fromkeys(names))),
-            "depth": np.array([lay.depth for lay in self._layers], dtype=np.int64)[codes],
-            "module": pd.Categorical(np.array([lay.module for lay in self._layers], dtype=object)[codes]),
-            "kind": pd.Categorical(cols["kind"]),
-            "stat": pd.Categorical(cols["stat"]),
-            "value": cols["value"],
-        }
-        self._frame = pd.DataFrame(data, columns=list(FRAME_COLUMNS))
-        return self._frame
+        return self._collector.frame(self._layers, self.run, self.initializer, self.seed)

@@ -8,21 +8,24 @@ saturated]``, one per step. :func:`moment_chunk` derives the statistics of many 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import nn
 
+from ..structure import Structure
 from ..structure.layers import WEIGHT_LAYER_TYPES, LayerInfo
 from ..vocab import RELU_FAMILY, SATURATING, Kind, Role, Stat
 from .moments import Stream
 
-__all__ = ["LayerState", "Meta", "moment_chunk"]
+__all__ = ["LayerState", "Meta", "layer_infos", "moment_chunk"]
 
 Meta = list[tuple[int, int, str, int]]
 """Row labels: ``(step, epoch, phase, values per channel)``."""
 
 _OUTPUT_STATS = (Stat.VAR, Stat.MEAN_SQ, Stat.ZERO_FRAC)
-_WEIGHT_STATS = (Stat.VAR,)
+_WEIGHT_STATS = (Stat.VAR, Stat.MEAN_SQ)
 
 
 class LayerState:
@@ -62,15 +65,17 @@ def moment_chunk(layer: LayerState, kind: str, rows: np.ndarray, meta: Meta) -> 
     offsets such as biases, Brock et al. 2021), ``mean_sq = mean_c (s1_c / n)^2``, ``zero_frac = 1 -
     nonzero / (n C)``; for a ReLU-family activation's output ``dead_frac = mean_c [s1_c == 0]`` (outputs
     are >= 0, so a channel is all zero iff its sum is 0); for a bounded activation ``sat_frac = saturated /
-    (n C)``. A weight or its gradient is one channel of all its elements, and only ``var`` is kept. Rows of
+    (n C)``. A weight, its gradient or its update is one channel of all its elements (``var`` and ``mean_sq``;
+the second moment ``E[w^2] = var + mean_sq``, so ``||W||^2 = numel (var + mean_sq)``). Rows of
     a diverged step (inf/NaN sums) give NaN, silently: the checks report the divergence."""
     channels = (rows.shape[1] - 2) // 2
     s1, s2 = rows[:, :channels], rows[:, channels:2 * channels]
     n = np.fromiter((m[3] for m in meta), np.float64, len(meta))[:, None]
     mean = s1 / n
     var = np.maximum(s2 / n - mean * mean, 0.0)
-    if kind in (Kind.WEIGHT, Kind.WEIGHT_GRAD):
-        return {**labels(meta, layer.code, kind, _WEIGHT_STATS), "value": var.mean(1)}
+    if kind in (Kind.WEIGHT, Kind.WEIGHT_GRAD, Kind.UPDATE):
+        moments = np.stack([var[:, 0], (mean * mean)[:, 0]], 1)
+        return {**labels(meta, layer.code, kind, _WEIGHT_STATS), "value": moments.reshape(-1)}
     total = n[:, 0] * channels
     columns = [var.mean(1), (mean * mean).mean(1), 1.0 - rows[:, 2 * channels] / total]
     stats: tuple[str, ...] = _OUTPUT_STATS
@@ -94,3 +99,20 @@ def labels(meta: Meta, code: int, kind: str, stats: tuple[str, ...]) -> dict[str
         "kind": np.full(steps * width, str(kind), dtype=object),
         "stat": np.tile(np.asarray([str(s) for s in stats], dtype=object), steps),
     }
+
+
+def layer_infos(layers: list[LayerState], structure: Structure | None) -> list[LayerInfo]:
+    """The recorded layers as :class:`LayerInfo`; with the structure, each weight layer's fans, activation,
+    block, normalization and constant input as it saw them."""
+    infos = [layer.info() for layer in layers]
+    if structure is None:
+        return infos
+    found = {w.name: w for w in structure.weight_layers}
+    out = []
+    for info in infos:
+        w = found.get(info.name) if info.role == Role.WEIGHT else None
+        if w is not None:
+            info = dataclasses.replace(info, fan_in=w.fan_in, fan_out=w.fan_out, activation=w.activation.name,
+                                       block=w.block, norm_after=w.norm_after, constant_input=w.constant_input)
+        out.append(info)
+    return out

@@ -34,6 +34,7 @@ from .context import (
 )
 from .format import RANK, badge, check_title, family, fmt, fmt_p, fmt_seconds, layers_text
 from .sections import accuracy_section, run_label, signal_section
+from .structure import structure_section
 
 __all__ = ["FAMILIES", "Result", "build_context", "layer_table"]
 
@@ -79,6 +80,8 @@ def build_context(result: Result) -> ReportContext:
         findings=_findings(runs, multi),
         methods=tuple(Method(m.check, m.title, m.description, m.null_hypothesis, str(m.threshold)) for m in METHODS),
         layer_tables=tuple(_audit_layer_table(r) for r in result.runs) if isinstance(result, AuditRecord) else (),
+        structure=tuple(s for r in result.runs if (s := structure_section(r)) is not None)
+        if isinstance(result, AuditRecord) else (),
         recommendation=result.recommendation.evidence if isinstance(result, AuditRecord) else "",
     )
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 __all__ = [
     "AccuracySection",
     "Badge",
+    "BlockRow",
     "ComparisonRow",
     "DataFile",
     "Figure",
@@ -25,6 +26,8 @@ __all__ = [
     "ReportContext",
     "RunRow",
     "SignalSection",
+    "StructureRow",
+    "StructureSection",
     "TheoryLine",
     "TocEntry",
     "UnitSection",
@@ -139,6 +142,45 @@ class SignalSection:
     theory: tuple[TheoryLine, ...]
     heatmaps: tuple[Figure, ...]
     heatmap_note: str
+    stream: tuple[Figure, ...] = ()
+    """The residual stream per block (models with residual blocks), forward and backward."""
+
+
+@dataclass(frozen=True)
+class StructureRow:
+    """One weight layer as the structure saw it."""
+
+    block: str
+    layer: str
+    module: str
+    op: str
+    activation: str
+    norm: str
+    fans: str
+    init: str
+
+
+@dataclass(frozen=True)
+class BlockRow:
+    """One residual block."""
+
+    index: int
+    name: str
+    module: str
+    adds: int
+    branch: str
+    shortcut: str
+    theory: str
+
+
+@dataclass(frozen=True)
+class StructureSection:
+    """What the model is, for one audited initialization: its weight layers, residual blocks and chains."""
+
+    run: str
+    summary: str
+    layers: tuple[StructureRow, ...]
+    blocks: tuple[BlockRow, ...]
 
 
 @dataclass(frozen=True)
@@ -247,6 +289,7 @@ class ReportContext:
     findings: tuple[FindingGroup, ...]
     methods: tuple[Method, ...]
     layer_tables: tuple[LayerTable, ...] = ()
+    structure: tuple[StructureSection, ...] = ()
     recommendation: str = ""
     """Audit: the initializer to use and the evidence (shown under the verdict summary)."""
 
@@ -256,6 +299,8 @@ class ReportContext:
         entries = [TocEntry("summary", "Verdict summary")]
         if self.accuracy is not None:
             entries.append(TocEntry("accuracy", "Accuracy comparison"))
+        if self.structure:
+            entries.append(TocEntry("structure", "Structure"))
         if self.layer_tables:
             entries.append(TocEntry("layers", "Layers at initialization"))
         if self.signal is not None:

@@ -16,6 +16,7 @@ from ..vocab import Kind, Phase, Role, RunStatus, Stat, Status
 from . import plots
 from .context import AccuracySection, ComparisonRow, Figure, MeanRow, RunRow, SignalSection, TheoryLine
 from .format import badge, fixed, fmt, fmt_p, layer_labels
+from .structure import stream_figures
 
 __all__ = ["MAX_HEATMAP_STEPS", "accuracy_section", "run_label", "signal_section"]
 
@@ -148,5 +149,5 @@ def signal_section(runs: Sequence[Run], labels: list[str], styles: dict[str, int
     else:
         note = "An audit does not train: no variance over training."
     theory = tuple(_theory(t, run_label(r, multi)) for r in runs for t in r.theory)
-    return SignalSection(figures[0], figures[1], theory, tuple(heatmaps), note)
+    return SignalSection(figures[0], figures[1], theory, tuple(heatmaps), note, stream_figures(runs, labels, styles))
 

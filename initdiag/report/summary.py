@@ -1,8 +1,9 @@
 """``summary.json``: the machine-readable summary of an experiment or an audit (one schema, two kinds).
 
-Strictly valid JSON (NaN/Inf become null). Schema version 1::
+Strictly valid JSON (NaN/Inf become null). Schema version 2 (version 1 had neither ``structure`` nor
+``stream``)::
 
-    {"schema_version": 1, "tool": "initdiag", "version": str, "kind": "experiment" | "audit",
+    {"schema_version": 2, "tool": "initdiag", "version": str, "kind": "experiment" | "audit",
      "created": ISO-8601 UTC, "command": str, "model": str,
      "dataset": {"name", "source", "kind", "train_size", "test_size", "files": {file: md5}},
      "config": {...}, "environment": {str: str}, "duration_seconds": float, "missing": [run name, ...],
@@ -11,7 +12,8 @@ Strictly valid JSON (NaN/Inf become null). Schema version 1::
                "history": [{"epoch", "train_loss", "test_loss", "test_accuracy"}],
                "layers": [{"name", "module", "depth", "activation", "activation_variance_init",
                            "gradient_variance_init", "weight_variance_init"}],
-               "verdicts": [Verdict.to_json()], "theory": [TheoryRow fields]}],
+               "verdicts": [Verdict.to_json()], "theory": [TheoryRow fields],
+               "structure": Structure.to_json() | null, "stream": {"values", "bounded", "rules"} | null}],
      "comparisons": [Comparison.to_json()], "accuracy": {initializer: {"mean", "ci_low", "ci_high", "n"}}}
 
 The ``*_init`` values are the ``var`` statistic (forward, backward, weight) at the first training step
@@ -36,7 +38,7 @@ from .build import Result
 
 __all__ = ["SCHEMA_VERSION", "summary_json"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _run_json(run: RunResult | AuditRun) -> dict[str, Any]:
@@ -54,6 +56,9 @@ def _run_json(run: RunResult | AuditRun) -> dict[str, Any]:
                    for layer in run.layers],
         "verdicts": [v.to_json() for v in run.verdicts],
         "theory": [t.to_json() for t in run.theory],
+        "structure": None if run.structure is None else run.structure.to_json(),
+        "stream": None if run.stream is None else {"values": list(run.stream.values), "bounded": run.stream.bounded,
+                                                   "rules": list(run.stream.rules)},
     }
     if isinstance(run, AuditRun):
         data["failed"] = list(run.failed)

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..vocab import Activation
+from ..vocab import ActivationName
 
 __all__ = [
     "ACTIVATION_TYPES",
     "CONV_TYPES",
     "RECORDED_WEIGHT_TYPES",
     "WEIGHT_LAYER_TYPES",
+    "ConvLinear",
     "LayerInfo",
-    "WeightLayer",
     "activation_name",
     "fans",
     "main_weight",
@@ -32,34 +32,34 @@ __all__ = [
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, *CONV_TYPES)
 """Conv/Linear: the layers initializers re-initialize and whose variance theory the checks cover."""
-WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+ConvLinear = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
 RECORDED_WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
     *WEIGHT_LAYER_TYPES, nn.RNNBase, nn.MultiheadAttention, nn.Embedding,
 )
 """Modules recorded as weight layers (role ``"weight"``, counted in ``depth``)."""
 
-ACTIVATION_TYPES: dict[type[nn.Module], Activation] = {
-    nn.ReLU: Activation.RELU,
-    nn.ReLU6: Activation.RELU6,
-    nn.LeakyReLU: Activation.LEAKY_RELU,
-    nn.PReLU: Activation.PRELU,
-    nn.ELU: Activation.ELU,
-    nn.SELU: Activation.SELU,
-    nn.CELU: Activation.CELU,
-    nn.GELU: Activation.GELU,
-    nn.SiLU: Activation.SILU,
-    nn.Mish: Activation.MISH,
-    nn.Softplus: Activation.SOFTPLUS,
-    nn.Tanh: Activation.TANH,
-    nn.Hardtanh: Activation.HARDTANH,
-    nn.Sigmoid: Activation.SIGMOID,
-    nn.Hardsigmoid: Activation.HARDSIGMOID,
-    nn.Hardswish: Activation.HARDSWISH,
-    nn.Softsign: Activation.SOFTSIGN,
+ACTIVATION_TYPES: dict[type[nn.Module], ActivationName] = {
+    nn.ReLU: ActivationName.RELU,
+    nn.ReLU6: ActivationName.RELU6,
+    nn.LeakyReLU: ActivationName.LEAKY_RELU,
+    nn.PReLU: ActivationName.PRELU,
+    nn.ELU: ActivationName.ELU,
+    nn.SELU: ActivationName.SELU,
+    nn.CELU: ActivationName.CELU,
+    nn.GELU: ActivationName.GELU,
+    nn.SiLU: ActivationName.SILU,
+    nn.Mish: ActivationName.MISH,
+    nn.Softplus: ActivationName.SOFTPLUS,
+    nn.Tanh: ActivationName.TANH,
+    nn.Hardtanh: ActivationName.HARDTANH,
+    nn.Sigmoid: ActivationName.SIGMOID,
+    nn.Hardsigmoid: ActivationName.HARDSIGMOID,
+    nn.Hardswish: ActivationName.HARDSWISH,
+    nn.Softsign: ActivationName.SOFTSIGN,
 }
 
 
-def activation_name(module: nn.Module) -> Activation | None:
+def activation_name(module: nn.Module) -> ActivationName | None:
     """The activation family of ``module`` (``"relu"``, ``"tanh"``, ...), or None if it is not an activation
     module. Subclasses count (the most specific registered base wins), e.g. ``nn.ReLU6`` is ``"relu6"``."""
     for cls in type(module).__mro__:
@@ -90,7 +90,7 @@ def fans(weight: torch.Tensor) -> tuple[int, int]:
     return shape_fans(tuple(weight.shape))
 
 
-def weight_layers(model: nn.Module) -> Iterator[tuple[str, WeightLayer]]:
+def weight_layers(model: nn.Module) -> Iterator[tuple[str, ConvLinear]]:
     """``(qualified name, module)`` of every Conv/Linear module, in registration order."""
     for name, module in model.named_modules():
         if isinstance(module, WEIGHT_LAYER_TYPES):
@@ -107,7 +107,12 @@ class LayerInfo:
     weight layer before it. ``activation`` is, for a weight layer, the activation module that ran next
     before the next weight layer (``"linear"`` when none did); for an activation, its own family.
     ``weight_shape``: the shape of a Conv/Linear weight (None for other layers). ``numel``: elements per
-    sample of the output (all dims but the first) at the first recorded call.
+    sample of the output (all dims but the first) at the first recorded call. With the model's
+    :class:`~initdiag.structure.Structure` known, a weight layer also has ``fan_in``/``fan_out`` as seen
+    (any weight layer: transformers' ``Conv1D`` too), the activation its output reaches (a module or a
+    function call), the ``block`` it belongs to, the normalization after it (``norm_after``) and whether its
+    input did not vary over the batch (``constant_input``); a block (role ``block``) has its stream index as
+    ``depth``.
     """
 
     name: str
@@ -118,3 +123,8 @@ class LayerInfo:
     activation: str | None
     weight_shape: tuple[int, ...] | None
     numel: int | None = None
+    fan_in: float | None = None
+    fan_out: float | None = None
+    block: str | None = None
+    norm_after: str | None = None
+    constant_input: bool = False

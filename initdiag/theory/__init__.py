@@ -1,7 +1,40 @@
-"""What theory predicts at initialization: per-layer variance gains from the weights and the activations."""
+"""What theory predicts at initialization: Gaussian expectations of any activation (the length map and its
+backward twin), per-layer gains, chains of layers, residual streams and normalization."""
 
 from __future__ import annotations
 
-from .gains import ACTIVATION_FACTOR, expected_gain, variance_profile
+from .activations import ACTIVATION_FUNCTIONS, ActivationSpec, activation_function, as_activation
+from .gains import Transition, activation_factors, chain_profile, expected_gain, phi_spec, variance_profile
+from .gauss import (
+    GaussMoments,
+    batchnorm_relu_gradient_gain,
+    chi,
+    gaussian_moments,
+    late_gain,
+    length_map,
+    normalized,
+    propagate_stream,
+    residual_step,
+)
 
-__all__ = ["ACTIVATION_FACTOR", "expected_gain", "variance_profile"]
+__all__ = [
+    "ACTIVATION_FUNCTIONS",
+    "ActivationSpec",
+    "GaussMoments",
+    "Transition",
+    "activation_factors",
+    "activation_function",
+    "as_activation",
+    "batchnorm_relu_gradient_gain",
+    "chain_profile",
+    "chi",
+    "expected_gain",
+    "gaussian_moments",
+    "late_gain",
+    "length_map",
+    "normalized",
+    "phi_spec",
+    "propagate_stream",
+    "residual_step",
+    "variance_profile",
+]

@@ -1,48 +1,113 @@
-"""The variance gain each layer should have at initialization, from its weights' variance and its activation.
+"""The variance gain each layer should have at initialization, from its weights and its activation.
 
-For a layer ``y = W phi(x)`` with zero-mean i.i.d. weights of variance ``Var(W)``, the variance of ``y``
-is ``fan_in x Var(W) x c x Var(x)`` and, backward, that of dL/dx is ``fan_out x Var(W) x c x Var(dL/dy)``,
-with ``c = E[phi(z)^2] / Var(z)`` for the activation between the two layers: 1/2 for ReLU, 1 for linear
-(He et al. 2015, eq. 7-13; Glorot & Bengio 2010). Examples for square layers: Xavier + ReLU 1/2,
-He + ReLU 1, LeCun + linear 1, PyTorch's default + ReLU 1/6.
+For a layer ``y = W phi(x)`` with zero-mean i.i.d. weights of variance ``Var(W)`` and input ``x`` of
+second moment ``q``, the length map gives ``E[y^2] = fan_in Var(W) E[phi(sqrt(q) z)^2] + Var(b)``, and
+going backward ``E[(dL/dx)^2] = fan_out Var(W) E[phi'(sqrt(q) z)^2] E[(dL/dy)^2]`` (Poole et al. 2016;
+Schoenholz et al. 2017; He et al. 2015 and Glorot & Bengio 2010 for ReLU and linear). The Gaussian
+expectations come from :mod:`initdiag.theory.gauss` for any elementwise activation. The per-layer factor
+``E[phi(sqrt(q) z)^2] / q`` is 1/2 for ReLU and 1 for linear at any ``q``; for tanh it falls below 1 as
+``q`` grows (so a deep tanh net's variance decays polynomially at sigma_w^2 = 1, not geometrically).
+Examples for square layers: Xavier + ReLU 1/2, He + ReLU 1, LeCun + linear 1, PyTorch's default + ReLU 1/6.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..structure.layers import shape_fans
+from .activations import ActivationSpec, activation_function
+from .gauss import gaussian_moments
 
-__all__ = ["ACTIVATION_FACTOR", "expected_gain", "variance_profile"]
+__all__ = ["Transition", "activation_factors", "chain_profile", "expected_gain", "phi_spec", "variance_profile"]
 
-ACTIVATION_FACTOR: dict[str, float] = {"relu": 0.5, "linear": 1.0, "identity": 1.0, "tanh": 1.0}
-"""``c = E[phi(z)^2] / Var(z)`` for z ~ N(0, s^2): exact for ReLU and linear; for tanh 1 is an upper bound,
-exact in its linear regime."""
+Params = tuple[tuple[str, object], ...]
 
 
-def expected_gain(activation: str, weight_var: float, shape: tuple[int, ...], direction: str = "forward"
-                  ) -> float | None:
-    """``fan x Var(W) x c``: the per-layer variance gain of a Conv/Linear weight of ``shape`` and variance
-    ``weight_var`` after ``activation`` (``fan = fan_in`` forward, ``fan_out`` backward). None for an
-    activation whose factor ``c`` is not fixed here."""
-    factor = ACTIVATION_FACTOR.get(activation)
-    if factor is None:
+def phi_spec(name: str, params: Params = ()) -> ActivationSpec | None:
+    """The theory's activation for a family name and its parameters; None for one it cannot evaluate (an
+    unrecognized module of the model's own, an unknown function)."""
+    if name in ("linear", "identity", "none", ""):
+        return activation_function("linear")
+    try:
+        return activation_function(name, **dict(params))  # type: ignore[arg-type]
+    except (KeyError, ValueError, TypeError):
         return None
-    fan_in, fan_out = shape_fans(shape)
-    return (fan_in if direction == "forward" else fan_out) * weight_var * factor
+
+
+def activation_factors(name: str, q: float, params: Params = ()) -> tuple[float, float] | None:
+    """``(E[phi(sqrt(q) z)^2] / q, E[phi'(sqrt(q) z)^2])``: what the activation does to the second moment of
+    the signal going forward and of the gradient going backward, at input second moment ``q`` (the limit
+    q -> 0 at 0); None when the activation cannot be evaluated."""
+    spec = phi_spec(name, params)
+    if spec is None or not math.isfinite(q) or q < 0:
+        return None
+    moments = gaussian_moments(spec, q)
+    forward = moments.second / q if q > 0 else moments.slope_second
+    return forward, moments.slope_second
+
+
+def expected_gain(activation: str, weight_var: float, shape: tuple[int, ...] | None, direction: str = "forward",
+                  *, fans: tuple[float, float] | None = None, q: float = 1.0, params: Params = ()) -> float | None:
+    """``fan x Var(W) x c``: the per-layer gain of a weight of variance ``weight_var`` after ``activation``
+    (``fan = fan_in`` forward, ``fan_out`` backward, from ``fans`` or a Conv/Linear ``shape``; ``c`` from
+    :func:`activation_factors` at input second moment ``q``). None when the activation cannot be evaluated."""
+    factors = activation_factors(activation, q, params)
+    if factors is None or (fans is None and shape is None):
+        return None
+    fan_in, fan_out = fans if fans is not None else shape_fans(shape)  # type: ignore[arg-type]
+    return (fan_in * factors[0] if direction == "forward" else fan_out * factors[1]) * weight_var
+
+
+@dataclass(frozen=True)
+class Transition:
+    """From one layer of a chain to the next: the activation between them (family name and parameters), and
+    the next layer's ``Var(W)``, ``Var(b)``, ``fan_in`` and ``fan_out``."""
+
+    activation: str
+    weight_var: float
+    fan_in: float
+    fan_out: float
+    bias_var: float = 0.0
+    params: Params = ()
+
+
+def chain_profile(anchor: float, transitions: Sequence[Transition], direction: str,
+                  inputs: Sequence[float] | None = None) -> list[float] | None:
+    """The second moment theory expects at each of ``len(transitions) + 1`` layers of a chain.
+
+    Forward, from the measured ``anchor`` at the first layer's output: ``q_l = fan_in Var(W_l) E[phi(sqrt(q_{l-1})
+    z)^2] + Var(b_l)``. Backward (dL/dy flows from the loss), from the measured ``anchor`` at the last layer:
+    ``g_{l-1} = g_l fan_out Var(W_l) E[phi'(sqrt(q_{l-1}) z)^2]``, with ``q_{l-1}`` the forward second moment
+    of layer l-1's output: ``inputs`` (measured) where given, else the forward profile from ``inputs[0]``.
+    None when an activation cannot be evaluated."""
+    if direction == "forward":
+        profile = [float(anchor)]
+        for t in transitions:
+            moments = activation_factors(t.activation, profile[-1], t.params)
+            if moments is None:
+                return None
+            profile.append(t.fan_in * t.weight_var * moments[0] * profile[-1] + t.bias_var)
+        return profile
+    qs = list(inputs) if inputs is not None and len(inputs) == len(transitions) + 1 else None
+    if qs is None:
+        return None
+    back = [float(anchor)]
+    for t, q in zip(transitions[::-1], qs[-2::-1], strict=True):
+        moments = activation_factors(t.activation, q, t.params)
+        if moments is None:
+            return None
+        back.append(back[-1] * t.fan_out * t.weight_var * moments[1])
+    return back[::-1]
 
 
 def variance_profile(anchor: float, transitions: Sequence[tuple[str, float, tuple[int, ...]]],
                      direction: str) -> list[float] | None:
-    """The variance theory expects at each of ``len(transitions) + 1`` layers, from the measured ``anchor``.
-
-    ``transitions[i] = (activation before layer i+1, Var(W) of layer i+1, its weight shape)``. Forward the
-    profile starts at the first layer, ``var_l = g_l var_{l-1}``; backward (dL/dy flows from the loss) at the
-    last, ``var_{l-1} = g_l var_l``, with ``g_l`` from :func:`expected_gain`. None when a gain is not fixed."""
-    gains = [expected_gain(act, var, shape, direction) for act, var, shape in transitions]
-    if any(g is None for g in gains):
-        return None
-    profile = [float(anchor)]
-    for gain in gains if direction == "forward" else gains[::-1]:
-        profile.append(profile[-1] * float(gain))  # type: ignore[arg-type]
-    return profile if direction == "forward" else profile[::-1]
+    """:func:`chain_profile` for Conv/Linear weights given by shape, ``(activation, Var(W), shape)`` per
+    transition, biases zero; backward with the inputs' second moment taken as 1 (exact for ReLU and linear,
+    whose factors do not depend on it). None when an activation cannot be evaluated."""
+    steps = [Transition(act, var, *shape_fans(shape)) for act, var, shape in transitions]
+    if direction == "forward":
+        return chain_profile(anchor, steps, direction)
+    return chain_profile(anchor, steps, direction, inputs=[1.0] * (len(steps) + 1))

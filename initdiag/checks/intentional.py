@@ -1,0 +1,112 @@
+"""Zeros and constants by design: what a no-signal finding is explained by, so it is not read as a failure.
+
+Two designs leave a layer without signal at initialization on purpose:
+
+* **intentional zeros** that a one-step look-ahead resolves: a parameter that is all zero and whose
+  gradient is not (a zero-initialized output head, as in torchvision's ViT and timm's MLP-Mixer; the last
+  layer or the scale of a residual branch under ``zero_init_residual``, SkipInit or Fixup, De & Smith 2020,
+  Zhang et al. 2019). It leaves zero at the first step, and the signal flows from then on. Forward, the zero
+  layer and the layers after it in its chain carry no signal; backward, the layers before it in its chain
+  and in its block (all layers, for a zero head) get no gradient.
+* **constant inputs**: a layer whose input does not vary over the batch (an embedding of token type ids
+  that are all 0) has a constant output because its input is, not because of its weights.
+
+A zero parameter whose gradient is zero too (every weight of the network zero) stays zero: nothing
+explains it, and the checks fail as before. Not a statistical test: exact zeros and equal inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .evidence import RunEvidence
+
+__all__ = ["Explained", "explained"]
+
+
+@dataclass(frozen=True)
+class Explained:
+    """Layer call site -> why its missing signal is by design, per direction; and the notes naming each design."""
+
+    forward: dict[str, str] = field(default_factory=dict)
+    backward: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    learners: tuple[str, ...] = ()
+    """The parameters that are zero at initialization and learn from step 1."""
+    head: str | None = None
+    """The output head, when it is zero-initialized and learns: every gradient upstream of it is 0 at init."""
+
+
+def _owner(param: str) -> str:
+    return param.rpartition(".")[0]
+
+
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".") if prefix else True
+
+
+def explained(ev: RunEvidence) -> Explained:
+    """What explains each layer's missing signal in ``ev`` (see the module docstring)."""
+    layers = list(ev.weight_layers)
+    if not layers:
+        return Explained()
+    learners = tuple(name for name, learns in ev.zero_params.items() if learns)
+    segments: Sequence[tuple[str, ...]] = ev.structure.segments() if ev.structure is not None else \
+        (tuple(la.name for la in layers),)
+    order = {la.name: i for i, la in enumerate(layers)}
+    forward: dict[str, str] = {}
+    backward: dict[str, str] = {}
+    notes: list[str] = []
+    zero_layers = [la for la in layers if any(_owner(p) == la.module_name for p in learners)]
+    last = layers[-1]
+    for z in zero_layers:
+        why = f"'{z.name}' is zero-initialized and learns from step 1 (its gradient is not zero)"
+        for seg in segments:
+            if z.name in seg:
+                at = seg.index(z.name)
+                for name in seg[at:]:
+                    forward.setdefault(name, why)
+                for name in seg[:at]:
+                    backward.setdefault(name, why)
+        if z.name == last.name:
+            for la in layers[:-1]:
+                backward.setdefault(la.name, why)
+            notes.append(f"The output head '{z.name}' is zero-initialized on purpose: each output unit gets its own "
+                         "gradient, so it breaks symmetry and learns from step 1, and the gradient reaches the trunk "
+                         "from then on.")
+        elif z.block is not None:
+            for la in layers:
+                if la.block == z.block and order[la.name] < order[z.name]:
+                    backward.setdefault(la.name, why)
+    layer_modules = {la.module_name for la in layers}
+    for scope in {_owner(p) for p in learners} - layer_modules:  # a zero scale or gain outside any weight layer
+        if ev.structure is None or not any(_within(b.module_name, scope) for b in ev.structure.blocks):
+            why = f"the zero parameter(s) of '{scope or 'the model'}' learn from step 1"
+            for la in layers:
+                if _within(la.module_name, scope):
+                    backward.setdefault(la.name, why)
+    blocks = ev.structure.blocks if ev.structure is not None else ()
+    zero_blocks = [b for b in blocks if any(_within(_owner(p), b.module_name) for p in learners)]
+    for b in zero_blocks:
+        why = f"block '{b.name}' starts as the identity: a zero scale or last layer of its branch learns from step 1"
+        for la in layers:
+            if la.block == b.name:
+                backward.setdefault(la.name, why)
+    if zero_blocks:
+        notes.append(f"{len(zero_blocks)} of {len(blocks)} residual blocks start as the identity: the last layer or "
+                     "the scale of each branch is zero and learns from step 1 (zero_init_residual, SkipInit, "
+                     "Fixup), so the stream passes unchanged at initialization.")
+    constant = [la for la in layers if la.constant_input]
+    for c in constant:
+        why = f"'{c.name}' gets the same input for every sample"
+        for seg in segments:
+            if c.name in seg:
+                for name in seg[seg.index(c.name):]:
+                    forward.setdefault(name, why)
+    if constant:
+        names = ", ".join(f"'{c.name}'" for c in constant[:3]) + (" ..." if len(constant) > 3 else "")
+        notes.append(f"{names} get the same input for every sample (e.g. one token type id for every token): their "
+                     "output is constant because their input is, not because of their initialization.")
+    head = last.name if any(z.name == last.name for z in zero_layers) else None
+    return Explained(forward, backward, tuple(notes), learners, head)

@@ -1,0 +1,105 @@
+"""Where the recorder's rows go: streams on the device, copied to the host when full, turned into the frame.
+
+The hooks write one row per recorded tensor into a :class:`~initdiag.recording.moments.Stream`; a
+:class:`Collector` owns every stream of a recorder, copies their rows to the host in one transfer when a
+buffer fills (never one sync per hook call), derives the statistics many steps at a time with numpy
+(:func:`~initdiag.recording.rows.moment_chunk`) and builds the tidy frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..series import FRAME_COLUMNS, empty_frame
+from .moments import Stream
+from .rows import LayerState, Meta, moment_chunk
+
+__all__ = ["HOST_ROWS_BYTES", "Collector"]
+
+HOST_ROWS_BYTES = 32 << 20
+"""Moment rows kept on the host before they are turned into statistics (the seed CNN: ~2,000 steps)."""
+
+
+class Collector:
+    """Every stream of one recorder, and the statistics derived from their rows so far."""
+
+    def __init__(self, flush_every: int) -> None:
+        self.flush_every = flush_every
+        self.streams: list[tuple[LayerState, str, Stream]] = []
+        self._host: dict[int, list[tuple[np.ndarray, Meta]]] = {}
+        self._host_bytes = 0
+        self._chunks: list[dict[str, np.ndarray]] = []
+        self._frame: pd.DataFrame | None = None
+
+    def stream(self, layer: LayerState, kind: str, channels: int, device: torch.device) -> Stream:
+        """The layer's stream of ``kind`` with room for a row (taken to the host first when full)."""
+        stream = layer.streams.get((kind, channels))
+        if stream is None:
+            stream = layer.streams[(kind, channels)] = Stream(2 * channels + 2, device, self.flush_every)
+            self.streams.append((layer, kind, stream))
+        elif stream.full:
+            self.flush()
+        return stream
+
+    def flush(self) -> None:
+        """Copy the buffered rows to the host (one device-to-host copy in all) and empty the buffers.
+
+        The statistics are derived later, many flushes at once (:meth:`frame`, or once the rows on the host
+        pass :data:`HOST_ROWS_BYTES`): numpy costs a few microseconds per call whatever the number of rows."""
+        taken = [(index, *stream.take()) for index, (_, _, stream) in enumerate(self.streams) if stream.n]
+        if not taken:
+            return
+        raw = [rows for _, rows, _ in taken]
+        if all(r.device.type == "cpu" for r in raw):
+            host = [r.numpy().copy() for r in raw]
+        else:
+            flat = torch.cat([r.reshape(-1) for r in raw]).cpu().numpy()
+            parts = np.split(flat, np.cumsum([r.numel() for r in raw])[:-1])
+            host = [h.reshape(r.shape) for h, r in zip(parts, raw, strict=True)]
+        for (index, _, meta), rows in zip(taken, host, strict=True):
+            self._host.setdefault(index, []).append((rows, meta))
+            self._host_bytes += rows.nbytes
+        self._frame = None
+        if self._host_bytes > HOST_ROWS_BYTES:
+            self._derive()
+
+    def _derive(self) -> None:
+        host, self._host, self._host_bytes = self._host, {}, 0
+        for index, parts in sorted(host.items()):
+            layer, kind, _ = self.streams[index]
+            rows = np.concatenate([r for r, _ in parts]) if len(parts) > 1 else parts[0][0]
+            meta = [m for _, ms in parts for m in ms]
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                self._chunks.append(moment_chunk(layer, kind, rows, meta))
+
+    def frame(self, layers: list[LayerState], run: str, initializer: str, seed: int) -> pd.DataFrame:
+        """All statistics so far, one row each, with the columns of :data:`~initdiag.series.FRAME_COLUMNS`."""
+        self.flush()
+        if self._frame is not None:
+            return self._frame
+        self._derive()
+        if not self._chunks:
+            self._frame = empty_frame()
+            return self._frame
+        cols = {k: np.concatenate([c[k] for c in self._chunks]) for k in self._chunks[0]}
+        codes = cols.pop("layer")
+        names = np.array([lay.name for lay in layers], dtype=object)
+        n = len(codes)
+        data = {
+            "run": pd.Categorical([run] * n),
+            "initializer": pd.Categorical([initializer] * n),
+            "seed": np.full(n, seed, dtype=np.int64),
+            "epoch": cols["epoch"],
+            "step": cols["step"],
+            "phase": pd.Categorical(cols["phase"]),
+            "layer": pd.Categorical(names[codes], categories=list(dict.fromkeys(names))),
+            "depth": np.array([lay.depth for lay in layers], dtype=np.int64)[codes],
+            "module": pd.Categorical(np.array([lay.module for lay in layers], dtype=object)[codes]),
+            "kind": pd.Categorical(cols["kind"]),
+            "stat": pd.Categorical(cols["stat"]),
+            "value": cols["value"],
+        }
+        self._frame = pd.DataFrame(data, columns=list(FRAME_COLUMNS))
+        return self._frame

@@ -1,0 +1,61 @@
+"""The weights a training step used, read after its backward pass, and the update the optimizer made to them.
+
+A recorded step notes each weight layer's weight as its forward runs (:meth:`StepWeights.add`); once the
+backward pass has accumulated every ``.grad``, the recorder reduces each weight and its gradient and, when
+updates are recorded, keeps a copy of the weight (:meth:`StepWeights.take`). At the model's next forward,
+whatever ran in between (the optimizer's step, in any loop), the change ``W_{t+1} - W_t`` is the update of
+step ``t`` (:meth:`StepWeights.updates`): one copy of the recorded weights per recorded step, on their
+device, and one subtraction, with no host sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .rows import LayerState
+
+__all__ = ["StepWeights"]
+
+
+class StepWeights:
+    """This step's weights (to read after backward) and the copies of the last recorded step's weights."""
+
+    def __init__(self, updates: bool) -> None:
+        self.record_updates = updates
+        self.pending: list[tuple[LayerState, torch.Tensor]] = []
+        self.queued = False
+        self._copies: list[tuple[LayerState, torch.Tensor, torch.Tensor]] = []
+        self._copied_at: tuple[int, int] = (-1, 0)
+
+    def reset(self) -> None:
+        """A new step: nothing noted yet."""
+        self.pending = []
+        self.queued = False
+
+    def add(self, layer: LayerState, weight: torch.Tensor) -> None:
+        self.pending.append((layer, weight))
+
+    def take(self, step: int, epoch: int) -> list[tuple[LayerState, torch.Tensor]]:
+        """The weights noted this step (emptied); with updates recorded, a copy of each is kept as ``W_t``."""
+        taken, self.pending = self.pending, []
+        self.queued = False
+        if self.record_updates and taken:
+            with torch.no_grad():
+                self._copies = [(layer, w, w.detach().clone()) for layer, w in taken]
+            self._copied_at = (step, epoch)
+        return taken
+
+    def updates(self) -> Iterator[tuple[LayerState, torch.Tensor, int, int]]:
+        """``(layer, W_now - W_t, t, epoch)`` for the weights copied at recorded step ``t`` (then forgotten)."""
+        copies, self._copies = self._copies, []
+        step, epoch = self._copied_at
+        with torch.no_grad():
+            for layer, weight, before in copies:
+                if weight.shape == before.shape:
+                    yield layer, weight.detach() - before, step, epoch
+
+    def clear(self) -> None:
+        self.reset()
+        self._copies = []

@@ -1,0 +1,117 @@
+"""The residual stream at initialization: what each block adds, and whether the stream grows without bound.
+
+A block computes ``x_{l+1} = s(x_l) + f(x_l)`` (``s`` the shortcut: the identity, or a projection) and,
+with the branch's last weights zero-mean and independent of ``x``, ``Var(x + f(x)) = Var(x) + Var(f(x))``
+(Brock et al. 2021; De & Smith 2020). What ``Var(f(x))`` is decides the stream's fate:
+
+* an unnormalized branch multiplies its input: ``Var(f(x)) = G Var(x)`` with ``G`` the product of its layers'
+  gains, so the stream grows geometrically, by ``1 + G`` per block (He-initialized ReLU branches: about
+  doubling per block, Brock et al. 2021, fig. 1);
+* a branch that passes a normalization outputs a fixed variance whatever ``Var(x)`` is (``gamma^2`` times the
+  gains after the norm), so the stream grows linearly in the block index, or not at all when that variance is
+  0 (``zero_init_residual``, SkipInit, Fixup; De & Smith 2020, Zhang et al. 2019);
+* a normalization after the add (post-LN, BERT) resets the stream to ``gamma^2`` at every block;
+* a projection shortcut, or a normalization on it, restarts the sum from its own output.
+
+Assumptions: wide layers, zero-mean i.i.d. weights, Gaussian pre-activations; an activation applied after the
+add (ResNet's final ReLU) and the averaging of attention over positions are not modelled (the latter makes
+the prediction an upper bound for attention branches).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..structure import Block, Structure
+from .gains import Transition, chain_profile
+
+__all__ = ["StreamTheory", "stream_theory"]
+
+
+@dataclass(frozen=True)
+class StreamTheory:
+    """The stream's predicted second moment entering the first block and after each (``values[0]`` is the
+    measured anchor; None from a block on whose branch theory cannot evaluate), and ``bounded``: every block
+    adds a variance that does not scale with the stream (normalized or zero branches, post-norms), so the
+    stream grows at most linearly; else geometrically."""
+
+    values: tuple[float | None, ...]
+    bounded: bool
+    rules: tuple[str, ...]
+    """Per block: "post-norm", "normalized branch", "zero branch" or "multiplicative branch"."""
+
+
+def _branch(structure: Structure, block: Block, tail: str, v: float, weight_var: Mapping[str, float],
+            bias_var: Mapping[str, float], norm_gain: Mapping[str, float]) -> float | None:
+    """``Var(f(x))`` of the branch whose output ``tail`` (a norm or a weight layer) is added to the stream."""
+    if tail in norm_gain or any(n.name == tail for n in structure.norms):
+        return norm_gain.get(tail, 1.0)
+    chain = next((seg for seg in structure.segments() if tail in seg), None)
+    if chain is None:
+        return None
+    chain = chain[:chain.index(tail) + 1]
+    layers = [structure.layer(name) for name in chain]
+    if any(la.module_name not in weight_var for la in layers):
+        return None
+    first = layers[0]
+    q_in = 1.0 if block.branch_normalized else v
+    anchor = first.fan_in * weight_var[first.module_name] * q_in + bias_var.get(first.module_name, 0.0)
+    transitions = [Transition(prev.activation.name, weight_var[cur.module_name], cur.fan_in, cur.fan_out,
+                              bias_var.get(cur.module_name, 0.0), prev.activation.params)
+                   for prev, cur in itertools.pairwise(layers)]
+    profile = chain_profile(anchor, transitions, "forward")
+    return None if profile is None else profile[-1]
+
+
+def _shortcut(structure: Structure, block: Block, v: float, weight_var: Mapping[str, float],
+              norm_gain: Mapping[str, float]) -> float | None:
+    if isinstance(block.shortcut, str):
+        return v
+    out = v
+    for name in block.shortcut:
+        layer = structure.layer(name)
+        if layer.norm_after is not None:
+            out = norm_gain.get(layer.norm_after, 1.0)
+        elif layer.module_name in weight_var:
+            out = layer.fan_in * weight_var[layer.module_name] * out
+        else:
+            return None
+    return out
+
+
+def stream_theory(structure: Structure, v0: float, weight_var: Mapping[str, float], bias_var: Mapping[str, float],
+                  norm_gain: Mapping[str, float]) -> StreamTheory:
+    """The stream's predicted second moment from the measured ``v0`` entering the first block (see the module
+    docstring). ``weight_var``/``bias_var``: Var(W), Var(b) by module name; ``norm_gain``: normalization call
+    site -> ``mean(gamma^2) + mean(beta^2)``."""
+    values: list[float | None] = [float(v0)]
+    rules: list[str] = []
+    bounded = True
+    for block in structure.blocks:
+        v = values[-1]
+        if block.post_norm:
+            last = block.norms[-1] if block.norms else ""
+            values.append(norm_gain.get(last, 1.0))
+            rules.append("post-norm")
+            continue
+        if v is None:
+            values.append(None)
+            rules.append("unknown")
+            continue
+        total = _shortcut(structure, block, v, weight_var, norm_gain)
+        added = 0.0
+        for tail in block.last_branch_layers:
+            b = None if total is None else _branch(structure, block, tail, total + added, weight_var, bias_var,
+                                                   norm_gain)
+            if b is None:
+                total = None
+                break
+            added += b
+        zero = total is not None and added == 0.0
+        rules.append("zero branch" if zero else "normalized branch" if block.branch_normalized
+                     else "multiplicative branch")
+        bounded = bounded and (zero or block.branch_normalized)
+        values.append(None if total is None else total + added)
+    return StreamTheory(tuple(values), bounded, tuple(rules))
