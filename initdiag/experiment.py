@@ -7,6 +7,7 @@ with the comparisons between initializers.
 
 from __future__ import annotations
 
+import math
 import platform
 import shlex
 import sys
@@ -124,7 +125,8 @@ def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData
                 model(probe_x)
             outcome = train(
                 model, data.train_x, data.train_y, data.test_x, data.test_y,
-                epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed, device=device,
+                epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                optimizer=config.optimizer, seed=seed, device=device,
                 eval_batch_size=config.eval_batch_size, progress=progress, label=name,
                 on_epoch_start=lambda e: setattr(recorder, "epoch", e),
             )
@@ -136,7 +138,8 @@ def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData
                            weights_final=snapshot_weights(model), losses=outcome.step_losses,
                            grad_norms=outcome.grad_norms, weight_vars=weight_vars,
                            default_init=spec.name == "pytorch-default", structure=structure, grads_init=grads_init,
-                           zero_params=zero, norm_gains=norm_gains(model, structure))
+                           zero_params=zero, norm_gains=norm_gains(model, structure),
+                           steps_per_epoch=math.ceil(len(data.train_x) / config.batch_size))
     verdicts = check_run(evidence, rng_seed=seed)
     return RunResult(
         name=name, spec=spec, seed=seed, history=outcome.history, test_accuracy=outcome.test_accuracy,

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from .checks import Comparison, TheoryProfile, TheoryRow, Verdict, failed_checks
-from .config import AuditConfig, ExperimentConfig
+from .config import AuditConfig, ExperimentConfig, SweepConfig
 from .data import DataProvenance
 from .initializers import InitSpec
+from .models import ModelSpec
 from .series import concat
 from .structure import Structure
 from .structure.layers import LayerInfo
@@ -29,7 +30,7 @@ from .training import EpochStats
 from .vocab import RunStatus, Status
 
 __all__ = ["AuditInputs", "AuditRecord", "AuditRun", "ExperimentResult", "LayerWeight", "Recommendation",
-           "RunResult"]
+           "RunResult", "SweepResult", "cell_key"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,44 @@ class ExperimentResult:
     def frame(self) -> pd.DataFrame:
         """All runs' series in one tidy DataFrame."""
         return concat([r.frame for r in self.runs])
+
+
+def cell_key(model: ModelSpec) -> str:
+    """A sweep cell's name: ``cnn``, ``mlp``, or ``deep-mlp-d30-w256-relu``."""
+    if model.name == "deep-mlp":
+        return f"{model.name}-d{model.depth}-w{model.width}-{model.activation}"
+    return str(model.name)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Everything ``initdiag sweep`` found: one :class:`ExperimentResult` per model cell (its ``config.model``
+    is the cell; its runs the initializers x seeds), in grid order, and where it ran (``backend``)."""
+
+    config: SweepConfig
+    cells: tuple[ExperimentResult, ...]
+    backend: str
+    started: datetime
+    seconds: float
+    command: str
+    environment: dict[str, str] = field(default_factory=dict)
+    missing: tuple[str, ...] = ()
+    """``cell/initializer/seedN`` of the runs planned but not finished."""
+
+    @property
+    def provenance(self) -> DataProvenance:
+        return self.cells[0].provenance
+
+    def frame(self) -> pd.DataFrame:
+        """Every run's series; ``run`` is ``cell/initializer/seedN``."""
+        frames = []
+        for cell in self.cells:
+            key = cell_key(cell.config.model)
+            for run in cell.runs:
+                f = run.frame.copy()
+                f["run"] = f"{key}/{run.name}"
+                frames.append(f)
+        return concat(frames)
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,7 @@ def train(
     epochs: int = 5,
     batch_size: int = 64,
     lr: float = 1e-3,
+    optimizer: str = "adam",
     seed: int = 0,
     device: torch.device | str = "cpu",
     eval_batch_size: int = 500,
@@ -143,7 +144,8 @@ def train(
     label: str = "run",
     on_epoch_start: Callable[[int], None] | None = None,
 ) -> TrainOutcome:
-    """Train with Adam(lr) on cross-entropy, shuffling with a generator seeded by ``seed``.
+    """Train with Adam(lr) (``optimizer="sgd"``: SGD(lr, momentum 0.9), as He et al. 2015) on cross-entropy,
+    shuffling with a generator seeded by ``seed``.
 
     After every epoch the full test set is evaluated. A training loss or gradient norm that is NaN/Inf
     (the norm overflows float32 beyond ~1.8e19) stops training at that step (``diverged_step``; on a GPU
@@ -156,18 +158,27 @@ def train(
     modes = _modes(model)
     try:
         return _train(model, train_x, train_y, test_x, test_y, epochs=epochs, batch_size=batch_size, lr=lr,
-                      seed=seed, device=device, eval_batch_size=eval_batch_size, progress=progress, label=label,
-                      on_epoch_start=on_epoch_start)
+                      optimizer=optimizer, seed=seed, device=device, eval_batch_size=eval_batch_size,
+                      progress=progress, label=label, on_epoch_start=on_epoch_start)
     finally:
         _restore_modes(modes)
 
 
+def _optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    raise ValueError(f"unknown optimizer {name!r}: adam or sgd")
+
+
 def _train(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-           test_y: torch.Tensor, *, epochs: int, batch_size: int, lr: float, seed: int, device: torch.device,
+           test_y: torch.Tensor, *, epochs: int, batch_size: int, lr: float, optimizer: str, seed: int,
+           device: torch.device,
            eval_batch_size: int, progress: Progress, label: str,
            on_epoch_start: Callable[[int], None] | None) -> TrainOutcome:
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = _optimizer(optimizer, model, lr)
     n = len(train_x)
     steps = math.ceil(n / batch_size)
     check_every = 1 if device.type == "cpu" else 50
@@ -190,11 +201,11 @@ def _train(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_
             idx = order[i * batch_size:(i + 1) * batch_size]
             xb = to_batch(train_x[idx], device, channels_last)
             yb = train_y[idx].to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(xb), yb)
             loss.backward()
             norms.append(grad_norm(parameters, device))
-            optimizer.step()
+            opt.step()
             losses.append(loss.detach())
             if (i + 1) % RELEASE_EVERY == 0:
                 release_heap()

@@ -17,6 +17,7 @@ __all__ = [
     "SATURATING",
     "ActivationName",
     "AuditInputKind",
+    "Backend",
     "CheckName",
     "Device",
     "Family",
@@ -25,6 +26,7 @@ __all__ = [
     "Kind",
     "LossMode",
     "NormKind",
+    "Optimizer",
     "Paper",
     "Phase",
     "Role",
@@ -143,6 +145,14 @@ class CheckName(StrEnum):
     """tanh/sigmoid outputs pinned at their bounds."""
     DIVERGED = "diverged"
     """NaN/Inf in the loss or in a recorded statistic."""
+    UNSTABLE = "unstable"
+    """The training loss rose well above its starting value while staying finite."""
+    STALLED = "stalled"
+    """The training loss did not fall over the first epoch."""
+    UPDATE_RATIO = "update_ratio"
+    """A layer's step updates are far outside the usual size against its weight (||dW|| / ||W||)."""
+    DEAD_GROWTH = "dead_growth"
+    """The fraction of dead ReLU units grew during training."""
 
 
 HEALTHY = "healthy"
@@ -158,6 +168,9 @@ class Family(StrEnum):
     DEAD = "dead"
     SATURATION = "saturation"
     DIVERGED = "diverged"
+    TRAINING = "training"
+    """The verdicts about training itself: unstable, stalled, update_ratio, dead_growth (a grid column only
+    for runs that trained)."""
 
 
 class Status(StrEnum):
@@ -213,6 +226,20 @@ class Device(StrEnum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
+
+
+class Optimizer(StrEnum):
+    """``--optimizer`` of ``report``: Adam (the seed experiment's) or SGD with momentum 0.9 (He et al. 2015)."""
+
+    ADAM = "adam"
+    SGD = "sgd"
+
+
+class Backend(StrEnum):
+    """``--backend`` of ``sweep``: worker processes on this machine, or tasks on a Ray cluster."""
+
+    LOCAL = "local"
+    RAY = "ray"
 
 
 class AuditInputKind(StrEnum):

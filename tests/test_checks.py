@@ -410,7 +410,8 @@ def test_verdict_json_and_fail_on_names() -> None:
     healthy = Verdict("healthy", "forward", "pass", (), None, {}, "m", None)
     assert failed_checks([v, warn, healthy]) == {"vanishing"}
     assert set(FAIL_ON_CHOICES) == {"vanishing", "exploding", "no_signal", "symmetry", "dead", "saturation",
-                                    "diverged"} == {c.value for c in CheckName}
+                                    "diverged", "unstable", "stalled", "update_ratio", "dead_growth"} == {
+        c.value for c in CheckName}
 
 
 def test_methods_cover_every_check_with_its_threshold() -> None:

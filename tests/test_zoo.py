@@ -19,7 +19,7 @@ IN_CI = (
     "resnet18_no_norm_he", "resnet18_zeros", "vgg11_normal1", "cnn30_default",
     # other families and designs: zero-init residuals, normalizer-free, mixers, RMS norms, encoder-decoders
     "resnet50_zero_init_residual", "mobilenet_v2", "efficientnet_b0", "densenet121", "swin_t",
-    "timm_mixer_s16", "timm_nf_resnet26", "timm_deit_tiny", "llama_4l", "t5_2l", "distilbert_4l",
+    "timm_mixer_s16", "timm_nf_resnet26", "timm_nfnet_l0", "timm_deit_tiny", "llama_4l", "t5_2l", "distilbert_4l",
     # broken variants of each kind, and the theory cases
     "resnet50_no_norm_he", "mobilenet_v2_zeros", "timm_vit_tiny_zeros", "bert_6l_zeros", "mlp30_relu_he",
     "mlp30_relu_default", "mlp30_relu_xavier", "mlp30_functional_relu_he", "mlp30_functional_relu_default",

@@ -116,7 +116,8 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
             structure: Structure | None, transposed: set[str]) -> _Recorded:
     """Each batch forward and backward under the Recorder (step = batch); labels from a seeded generator."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    recorder = Recorder(work, every=1, run=label, initializer=label, seed=cfg.seed, structure=structure)
+    recorder = Recorder(work, every=1, run=label, initializer=label, seed=cfg.seed, structure=structure,
+                        updates=False)
     losses: list[float] = []
     grads: Weights = {}
     zero: dict[str, bool] = {}

@@ -9,6 +9,8 @@ in :class:`Thresholds`) are listed in :data:`METHODS` for the report's methods s
 * ``symmetry``: identical neurons and near-duplicates (:mod:`.symmetry`);
 * ``dead`` ReLU units and ``saturation`` of tanh/sigmoid, from the evaluation-batch probes (:mod:`.units`);
 * ``diverged``: NaN/Inf in the loss, the gradient norm or the statistics (:mod:`.diverged`);
+* training itself: ``unstable`` loss, ``stalled`` first epoch, ``update_ratio`` per layer, ``dead_growth``
+  (:mod:`.dynamics`);
 * accuracy comparisons between initializers (:mod:`.compare`) and the theory overlay (:mod:`.overlay`).
 
 Only this package imports ``scipy.stats``.
@@ -22,6 +24,7 @@ from ..vocab import HEALTHY, CheckName, Signal, Status
 from .chains import chain_fits, chain_verdicts, main_fit
 from .compare import Comparison, accuracy_summary, compare_accuracies, holm, mcnemar_exact, welch_t
 from .diverged import diverged_verdict
+from .dynamics import dead_growth_verdict, stalled_verdict, unstable_verdict, update_ratio_verdict, update_ratios
 from .evidence import (
     RunEvidence,
     Weights,
@@ -65,6 +68,8 @@ __all__ = [
     "accuracy_summary",
     "check_run",
     "compare_accuracies",
+    "diverged_verdict",
+    "dynamics_verdicts",
     "explained",
     "failed_checks",
     "holm",
@@ -86,6 +91,7 @@ __all__ = [
     "theory_profiles",
     "theory_rows",
     "transposed_weights",
+    "update_ratios",
     "weight_moments",
     "welch_t",
     "worst_status",
@@ -105,8 +111,20 @@ def run_fits(ev: RunEvidence, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> di
     return {kind: main_fit(fits) for kind, fits in chain_fits(ev, thresholds, explained(ev)).items()}
 
 
+def dynamics_verdicts(ev: RunEvidence, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Verdict]:
+    """The verdicts about training itself (:mod:`.dynamics`): ``unstable``, ``stalled`` (not when the loss
+    rose: ``unstable`` failed), ``update_ratio``, ``dead_growth``; none without the evidence (an audit trains
+    nothing)."""
+    unstable = unstable_verdict(ev, thresholds)
+    rose = unstable is not None and unstable.status == Status.FAIL  # then "did not fall" says nothing more
+    found = [unstable, None if rose else stalled_verdict(ev, thresholds, ev.steps_per_epoch),
+             update_ratio_verdict(ev, thresholds), dead_growth_verdict(ev, thresholds)]
+    return [v for v in found if v is not None]
+
+
 def check_run(ev: RunEvidence, thresholds: Thresholds = DEFAULT_THRESHOLDS, rng_seed: int = 0) -> tuple[Verdict, ...]:
-    """All verdicts for one run, in the order: diverged, signal forward and backward (the chains of layers,
+    """All verdicts for one run, in the order: diverged, training (unstable, stalled, update_ratio,
+    dead_growth), signal forward and backward (the chains of layers,
     then the residual stream), symmetry (init, final), dead (init, final), saturation (init, final).
 
     A check without evidence (no backward rows, no ReLU, no final weights, ...) gives no verdict.
@@ -122,7 +140,7 @@ def check_run(ev: RunEvidence, thresholds: Thresholds = DEFAULT_THRESHOLDS, rng_
     note = zero_init_note(ev, main.get(Signal.FORWARD), main.get(Signal.BACKWARD))
     design = "".join(f" {n}" for n in why.notes)
     notes: dict[str, str] = {Signal.FORWARD: note + design, Signal.BACKWARD: design}
-    found: list[Verdict | None] = [diverged_verdict(ev)]
+    found: list[Verdict | None] = [diverged_verdict(ev), *dynamics_verdicts(ev, th)]
     found += chain_verdicts(ev, th, fits, expected, notes, chain_predictions(ev, fits))
     if ev.structure is not None and ev.structure.blocks:
         theory = stream_prediction(ev)
@@ -134,7 +152,7 @@ def check_run(ev: RunEvidence, thresholds: Thresholds = DEFAULT_THRESHOLDS, rng_
     sym_init, reports = symmetry_verdict(ev, "init", th, rng, extra=note + design)
     sym_final, _ = symmetry_verdict(ev, "final", th, rng, init_reports=reports)
     found += [sym_init, sym_final]
-    found += [dead_verdict(ev, phase, th) for phase in ("init", "final")]
+    found += [dead_verdict(ev, "init", th, why.forward), dead_verdict(ev, "final", th)]
     found += [saturation_verdict(ev, phase, th) for phase in ("init", "final")]
     return tuple(v for v in found if v is not None)
 

@@ -93,6 +93,8 @@ class RunEvidence:
     grads_init: Weights = field(default_factory=dict)
     zero_params: Mapping[str, bool] = field(default_factory=dict)
     norm_gains: Mapping[str, float] = field(default_factory=dict)
+    steps_per_epoch: int | None = None
+    """Training steps per epoch (the ``stalled`` check judges the first epoch); None: unknown or no training."""
 
     @property
     def blocks(self) -> tuple[LayerInfo, ...]:

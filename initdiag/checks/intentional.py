@@ -75,10 +75,12 @@ def explained(ev: RunEvidence) -> Explained:
             notes.append(f"The output head '{z.name}' is zero-initialized on purpose: each output unit gets its own "
                          "gradient, so it breaks symmetry and learns from step 1, and the gradient reaches the trunk "
                          "from then on.")
-        elif z.block is not None:
+        elif z.block is not None:  # the rest of its block's branch sees its zero output (e.g. an SE after it)
             for la in layers:
                 if la.block == z.block and order[la.name] < order[z.name]:
                     backward.setdefault(la.name, why)
+                elif la.block == z.block and order[la.name] > order[z.name]:
+                    forward.setdefault(la.name, why)
     layer_modules = {la.module_name for la in layers}
     for scope in {_owner(p) for p in learners} - layer_modules:  # a zero scale or gain outside any weight layer
         if ev.structure is None or not any(_within(b.module_name, scope) for b in ev.structure.blocks):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
-from ..vocab import CheckName, Signal, Status
+from ..vocab import CheckName, Role, Signal, Status
 from .evidence import RunEvidence, init_advice
 from .verdict import Thresholds, Verdict
 
@@ -39,8 +41,16 @@ def unit_fractions(frame: pd.DataFrame, stat: str, phase: str) -> tuple[pd.DataF
 
 
 def _unit_verdict(ev: RunEvidence, phase: str, check: str, stat: str, warn: float, fail: float,
-                  what: str, advice: str) -> Verdict | None:
+                  what: str, advice: str, excused: Mapping[str, str] | None = None) -> Verdict | None:
     table, source = unit_fractions(ev.frame, stat, phase)
+    note = ""
+    if excused:
+        gone = table["layer"].isin(list(excused))
+        if gone.any():
+            first = str(table["layer"][gone].iloc[0])
+            note = (f" Not counted: {int(gone.sum())} layer(s) whose input is zero by design ({excused[first]}; "
+                    f"'{first}' first).")
+            table = table[~gone].reset_index(drop=True)
     if not len(table):
         return None
     values = table["value"].to_numpy(np.float64)
@@ -63,20 +73,31 @@ def _unit_verdict(ev: RunEvidence, phase: str, check: str, stat: str, warn: floa
                    f"{listed}{more}; worst {worst:.0%} in layer '{table['layer'][worst_i]}' "
                    f"({status.value} threshold {limit:.0%}).")
     details = {"source": source, "per_layer": dict(zip(table["layer"], map(float, values), strict=True))}
-    return Verdict(check, Signal.FORWARD, status.value, tuple(over["layer"]), None, effect, message,
+    return Verdict(check, Signal.FORWARD, status.value, tuple(over["layer"]), None, effect, message + note,
                    None if status == Status.PASS else advice, phase, details)
 
 
-def dead_verdict(ev: RunEvidence, phase: str, th: Thresholds = _DEFAULT) -> Verdict | None:
+def dead_verdict(ev: RunEvidence, phase: str, th: Thresholds = _DEFAULT,
+                 zero_by_design: Mapping[str, str] | None = None) -> Verdict | None:
     """Dead ReLU-family units: per layer, the fraction of channels that output 0 for every input of the batch.
 
     Descriptive (no test): fail when any layer reaches ``th.dead_fail``, warn at ``th.dead_warn``.
-    None when the model has no ReLU-family activation.
+    None when the model has no ReLU-family activation. ``zero_by_design``: weight layers whose output is
+    zero by design at this phase (after a zero-initialized layer that learns from step 1,
+    :func:`~initdiag.checks.intentional.explained`), with the reason; the activations after them are not
+    counted (an all-zero input is not a dead unit that never recovers).
     """
+    excused: dict[str, str] = {}
+    if zero_by_design:
+        weight_at = {la.depth: la.name for la in ev.layers if la.role == Role.WEIGHT}
+        for la in ev.layers:
+            owner = weight_at.get(la.depth)
+            if la.role == Role.ACTIVATION and owner is not None and owner in zero_by_design:
+                excused[la.name] = zero_by_design[owner]
     advice = ("Dead ReLU units get no gradient and never recover: look for large negative biases or a too large "
               f"learning rate; use `he` with zero biases, or LeakyReLU. ({init_advice(ev)})")
     return _unit_verdict(ev, phase, CheckName.DEAD, "dead_frac", th.dead_warn, th.dead_fail,
-                         "dead units (0 for every input)", advice)
+                         "dead units (0 for every input)", advice, excused)
 
 
 def saturation_verdict(ev: RunEvidence, phase: str, th: Thresholds = _DEFAULT) -> Verdict | None:

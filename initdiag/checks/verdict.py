@@ -9,10 +9,11 @@ from typing import Any
 from ..jsonable import json_safe
 from ..vocab import HEALTHY, CheckName, Family, Status
 
-__all__ = ["DEFAULT_THRESHOLDS", "FAIL_ON_CHOICES", "SIGNAL_CHECKS", "Thresholds", "Verdict", "failed_checks",
-           "worst_status"]
+__all__ = ["DEFAULT_THRESHOLDS", "FAIL_ON_CHOICES", "SIGNAL_CHECKS", "TRAINING_CHECKS", "Thresholds", "Verdict",
+           "failed_checks", "worst_status"]
 
 SIGNAL_CHECKS = frozenset({CheckName.VANISHING, CheckName.EXPLODING, CheckName.NO_SIGNAL, HEALTHY})
+TRAINING_CHECKS = frozenset({CheckName.UNSTABLE, CheckName.STALLED, CheckName.UPDATE_RATIO, CheckName.DEAD_GROWTH})
 FAIL_ON_CHOICES: tuple[str, ...] = tuple(CheckName)
 """Names accepted by ``--fail-on``: a run fails one when a verdict with that ``check`` has status ``fail``."""
 
@@ -42,8 +43,11 @@ class Verdict:
 
     @property
     def family(self) -> str:
-        """Grid column: ``signal`` for vanishing/exploding/no_signal/healthy, else ``check`` itself."""
-        return Family.SIGNAL.value if self.check in SIGNAL_CHECKS else str(self.check)
+        """Grid column: ``signal`` for vanishing/exploding/no_signal/healthy, ``training`` for unstable/stalled/
+        update_ratio/dead_growth, else ``check`` itself."""
+        if self.check in SIGNAL_CHECKS:
+            return Family.SIGNAL.value
+        return Family.TRAINING.value if self.check in TRAINING_CHECKS else str(self.check)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe dict (NaN/Inf -> None) with the ``summary.json`` keys, plus family/phase/details."""
@@ -102,6 +106,31 @@ class Thresholds:
     Saturation (tanh/sigmoid, fraction of a layer's outputs within ``saturation_tol`` of a bound):
         saturation_tol: the tolerance the recorder used (``Recorder(saturation_tol=...)``), for the text.
         saturation_warn, saturation_fail: warn / fail when any layer reaches this fraction.
+    Training (:mod:`~initdiag.checks.dynamics`):
+        loss_window: steps per window of the loss checks: the running median of ``unstable`` and the two
+            windows ``stalled`` compares (shrunk to half the run when it is shorter; 10 finite steps at
+            least). 20 steps damp the batch-to-batch noise of a loss (the median of 20 batch losses spreads
+            ~3.5x less than one, 1.25 / sqrt(20)) and still see a blow-up that takes tens of steps.
+        unstable_factor: fail ``unstable`` when the running median of the loss reaches this multiple of the
+            starting loss. 2: a cross-entropy starts at ~ln(classes) (2.3 for 10); twice that is worse than
+            the uniform guess by ln(classes) again, far beyond batch noise, while the loss spikes of healthy
+            runs are relative to a loss already below the start.
+        stalled_min_drop: fail ``stalled`` when the median loss of the first epoch's last window is less
+            than this fraction below the first window's (a fall must also be significant at ``alpha``,
+            one-sided Mann-Whitney U, else warn). 5%: a network that learns anything beyond the label
+            frequencies cuts a cross-entropy by far more within an epoch (He init, 5 ReLU layers: ~30% in
+            300 SGD steps), while learning the class prior of nearly balanced labels gives ~1%.
+        update_warn_low, update_warn_high: warn when a layer's median step update ratio ||W_{t+1} - W_t|| /
+            ||W_t|| is outside this range. 1e-3 is the usual size (Karpathy's rule of thumb); below 1e-5 a
+            layer moves less than 1% in 1000 steps even if every step pointed the same way; above 1e-1 it
+            is rewritten every ~10 steps.
+        update_fail_low, update_fail_high: fail outside this range. Below 1e-7 the update is at float32's
+            rounding (2**-24 ~ 6e-8 relative): most of it is lost when added to the weight; at 1 or more each
+            step replaces the weight, which then holds nothing it learned.
+        dead_growth_warn, dead_growth_fail: warn / fail when, in any ReLU-family layer, the fraction of dead
+            units after training exceeds the fraction at initialization by this much (absolute). A quarter
+            of a layer lost to training is a capacity loss a reviewer should see; half is a failure (the
+            ``dead`` check's warn level, reached from nothing).
     """
 
     change_factor: float = 100.0
@@ -119,6 +148,15 @@ class Thresholds:
     saturation_tol: float = 0.01
     saturation_warn: float = 0.1
     saturation_fail: float = 0.5
+    loss_window: int = 20
+    unstable_factor: float = 2.0
+    stalled_min_drop: float = 0.05
+    update_warn_low: float = 1e-5
+    update_warn_high: float = 1e-1
+    update_fail_low: float = 1e-7
+    update_fail_high: float = 1.0
+    dead_growth_warn: float = 0.25
+    dead_growth_fail: float = 0.5
 
     def __post_init__(self) -> None:
         if self.change_factor <= 1 or self.few_layers_factor < self.change_factor:
@@ -129,6 +167,14 @@ class Thresholds:
         if not (0 <= self.dead_warn <= self.dead_fail <= 1 and 0 <= self.saturation_warn
                 <= self.saturation_fail <= 1):
             raise ValueError("need 0 <= warn <= fail <= 1 for dead and saturation fractions")
+        if self.loss_window < 5:
+            raise ValueError("loss_window must be at least 5 steps")
+        if self.unstable_factor <= 1 or not 0 < self.stalled_min_drop < 1:
+            raise ValueError("need unstable_factor > 1 and 0 < stalled_min_drop < 1")
+        if not 0 < self.update_fail_low <= self.update_warn_low < self.update_warn_high <= self.update_fail_high:
+            raise ValueError("need 0 < update_fail_low <= update_warn_low < update_warn_high <= update_fail_high")
+        if not 0 < self.dead_growth_warn <= self.dead_growth_fail <= 1:
+            raise ValueError("need 0 < dead_growth_warn <= dead_growth_fail <= 1")
 
 
 DEFAULT_THRESHOLDS: Thresholds = Thresholds()

@@ -1,14 +1,11 @@
 """Per-layer statistics recorded with hooks, reduced on the device, collected into one tidy DataFrame.
 
-This is the only module that registers recording hooks. Usage in any training loop::
+This is the only module that registers recording hooks. In any training loop (each forward of the model
+with grad enabled is one step; ``rec.epoch = e`` labels the rows)::
 
     with Recorder(model, every=1) as rec:
-        for epoch in range(epochs):
-            rec.epoch = epoch
-            for x, y in batches:
-                loss = loss_fn(model(x), y)   # each forward of the model with grad enabled is one step
-                loss.backward()
-                ...
+        for x, y in batches:
+            loss_fn(model(x), y).backward(); ...
     frame = rec.frame()
 
 What is recorded, for every weight layer (:data:`~initdiag.structure.RECORDED_WEIGHT_TYPES`: Conv/Linear,
@@ -35,18 +32,18 @@ output, not the attention weights):
   in the stream; ``<first block>:in`` is the stream entering it, depth -1), forward and backward.
   Discovered during the first forward, the structure adds its layers and blocks from the next step on.
 
-One path per statistic: plain forward hooks, hooks on the output's autograd node, and one reduction
-(:func:`~initdiag.recording.moments.reduce`) into a preallocated row per layer and kind. Hooks keep no
-activations; rows are copied to the host when a buffer fills (never one sync per hook call) and turned
-into statistics many steps at a time. The model is never altered: every hook comes off in ``finally``,
-the user's own hooks keep working, and train/eval mode and parameters are untouched.
+One path per statistic: forward hooks, hooks on the output's autograd node, one reduction
+(:func:`~initdiag.recording.moments.reduce`) into a row per layer and kind, copied to the host when a buffer
+fills (no sync per hook). The model is never altered: hooks come off in ``finally``, the user's own hooks
+keep working, train/eval mode and parameters are untouched.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -86,13 +83,19 @@ class Recorder:
         structure: the model's structure (:func:`initdiag.structure.discover`); None: discovered during
             the first forward inside the recorder (its blocks and extra layers recorded from the next step).
         updates: record each recorded step's weight update (one copy of the weights per recorded step).
+        grads_at: ``"backward"``: weights and their gradients are read when the backward pass ends;
+            ``"optimizer"``: when :meth:`before_optimizer_step` is called (after gradient clipping).
     """
 
     def __init__(self, model: nn.Module, every: int = 1, *, run: str = "run", initializer: str = "",
                  seed: int = 0, saturation_tol: float = 0.01, max_per_channel: int | None = 1024,
-                 flush_every: int = 256, structure: Structure | None = None, updates: bool = True) -> None:
+                 flush_every: int = 256, structure: Structure | None = None, updates: bool = True,
+                 grads_at: str = "backward") -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1 (got {every})")
+        if grads_at not in ("backward", "optimizer"):
+            raise ValueError(f"grads_at must be 'backward' or 'optimizer' (got {grads_at!r})")
+        self.grads_at = grads_at
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1 (got {flush_every})")
         self.model = model
@@ -137,11 +140,8 @@ class Recorder:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._detach()
-        if exc_type is None:
+        with suppress(Exception) if exc_type is not None else nullcontext():  # the original error matters more
             self.flush()
-        else:
-            with suppress(Exception):  # the original error matters more than a flush of partial data
-                self.flush()
 
     def _attach(self) -> None:
         self._names = {id(m): n for n, m in self.model.named_modules()}
@@ -234,10 +234,8 @@ class Recorder:
 
     @contextmanager
     def probe(self, phase: str) -> Iterator[None]:
-        """Record the forward passes inside the block under ``phase`` (e.g. "init", "final").
-
-        Meant for an evaluation batch under ``torch.no_grad()``: rows get the current step and epoch, and
-        ``phase`` instead of "train"; steps are not advanced."""
+        """Record the forward passes inside the block under ``phase`` (e.g. "init", "final"): an evaluation
+        batch under ``torch.no_grad()``; rows get the current step and epoch; steps are not advanced."""
         if phase == Phase.TRAIN:
             raise ValueError("probe phase must not be 'train'")
         old = self._phase
@@ -259,7 +257,8 @@ class Recorder:
                 depth = sum(1 for lay in self._layers if lay.role == Role.WEIGHT)
                 activation: str | None = "linear"
             elif role == Role.BLOCK:
-                depth = self._block_index(name, suffix)
+                blocks = self.structure.blocks if self.structure is not None else ()  # stream index; -1 entering
+                depth = -1 if suffix == ":in" else next((b.index for b in blocks if b.name == name), len(blocks))
                 activation = None
             else:
                 depth = self._last_weight.depth if self._last_weight is not None else 0
@@ -269,13 +268,6 @@ class Recorder:
             self._by_key[key] = layer
             self._first_site.setdefault(id(module), layer)
         return layer
-
-    def _block_index(self, name: str, suffix: str) -> int:
-        """A block's index in the stream (-1 for the stream entering the first block)."""
-        if suffix == ":in":
-            return -1
-        blocks = self.structure.blocks if self.structure is not None else ()
-        return next((b.index for b in blocks if b.name == name), len(blocks))
 
     def _make_forward_hook(self, module: nn.Module, role: str) -> Any:
         sat = SATURATING.get(activation_name(module) or "")
@@ -351,10 +343,16 @@ class Recorder:
         grad = grads if isinstance(grads, torch.Tensor) else grads[index]
         if grad is None or not self._handles:
             return
-        if self._weights.pending and not self._weights.queued:
+        if self._weights.pending and not self._weights.queued and self.grads_at == "backward":
             self._weights.queued = True
             torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
         self._push(layer, Kind.BACKWARD, grad, cdim, None, step, epoch)
+
+    def before_optimizer_step(self) -> None:
+        """With ``grads_at="optimizer"``: read the recorded step's weights and gradients now (call it after
+        gradient clipping, before the optimizer's step; Hugging Face's ``on_pre_optimizer_step``)."""
+        if self.grads_at == "optimizer":
+            self._on_backward_end()
 
     def _on_backward_end(self) -> None:
         """Each weight of this step and its gradient, once the backward pass has accumulated every ``.grad``."""
@@ -388,6 +386,11 @@ class Recorder:
         """The recorded layers, in the order of the first forward pass; with the structure, each weight
         layer's fans, activation, block, normalization and constant input as it saw them."""
         return layer_infos(self._layers, self.structure)
+
+    def to_tensorboard(self, log_dir: str | Path) -> Path:
+        """:meth:`frame` as TensorBoard event files (:func:`~initdiag.integrations.tensorboard.write_tensorboard`)."""
+        from ..integrations.tensorboard import write_tensorboard  # optional: needs the tensorboard package
+        return write_tensorboard(self.frame(), log_dir)
 
     def frame(self) -> pd.DataFrame:
         """All statistics so far as one tidy DataFrame with the columns of :data:`~initdiag.series.FRAME_COLUMNS`."""

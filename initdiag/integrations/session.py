@@ -1,0 +1,245 @@
+"""initdiag attached to someone else's training: the audit at the first batch, the recorder during training,
+the training-phase verdicts and the report at the end. What the Lightning and Hugging Face callbacks drive.
+
+A :class:`TrainingSession` knows nothing of a framework; a callback calls, in this order::
+
+    session.begin(model, example_input)   # first training batch: audit (on a copy), then attach the recorder
+    session.loss(loss)                    # after each training step (a tensor: no host sync)
+    session.publish(sinks)                # now and then: new per-layer rows to the dashboards
+    session.finish(model, write=rank0)    # end of fit: hooks off, checks, report
+    session.close()                       # always (finally / on exception): hooks off, modes restored
+
+The user's model is never altered: the audit works on a copy, the recorder only adds hooks that come off in
+:meth:`close` (also when the fit raises), and the train/eval mode of every module at :meth:`begin` is
+restored when the session ends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..audit import run_audit
+from ..checks import RunEvidence, Verdict, Weights, diverged_verdict, dynamics_verdicts, snapshot_weights
+from ..config import KEEP, AuditConfig, parse_fail_on
+from ..errors import UsageError
+from ..recording import Recorder
+from ..report import write_report
+from ..results import AuditRecord, AuditRun
+from ..series import concat
+from ..vocab import FORMATS, Kind, Phase, Stat
+from ._series import SeriesCursor, StepValues
+
+__all__ = ["LOGGED", "Sink", "TrainingSession", "first_tensors"]
+
+LOGGED: frozenset[tuple[str, str]] = frozenset({(Kind.FORWARD, Stat.VAR), (Kind.BACKWARD, Stat.VAR),
+                                                (Kind.WEIGHT_GRAD, Stat.VAR), (Kind.UPDATE, Stat.VAR)})
+"""(kind, stat) series sent to a framework's own logger (the dashboards get every series)."""
+
+
+class Sink(Protocol):
+    """Where new rows go: :class:`~initdiag.integrations.tensorboard.TensorBoardSink`, ``WandbSink``, or a
+    framework's logger wrapped by :class:`LoggerSink`."""
+
+    def log(self, frame: pd.DataFrame) -> int: ...
+
+    def text(self, verdicts: Sequence[Verdict]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LoggerSink:
+    """A framework logger's ``log_metrics(metrics: dict, step: int)`` as a :class:`Sink` of the
+    :data:`LOGGED` series (Lightning's loggers; anything with that method)."""
+
+    def __init__(self, log_metrics: Callable[[dict[str, float], int], Any]) -> None:
+        self._log_metrics = log_metrics
+        self._cursor = SeriesCursor()
+
+    def log(self, frame: pd.DataFrame) -> int:
+        keep = pd.Series(list(zip(frame["kind"].astype(str), frame["stat"].astype(str), strict=True)),
+                         index=frame.index).isin(LOGGED) if len(frame) else pd.Series(dtype=bool)
+        batches: list[StepValues] = self._cursor.take(frame[keep] if len(frame) else frame)
+        for batch in batches:
+            self._log_metrics({t: v for t, v in zip(batch.tags, batch.values, strict=True) if math.isfinite(v)},
+                              batch.step)
+        return sum(len(b.values) for b in batches)
+
+    def text(self, verdicts: Sequence[Verdict]) -> None:
+        """Loggers have no common text API: the verdicts go to the report and the dashboards."""
+
+    def close(self) -> None:
+        """The framework owns its logger."""
+
+
+def first_tensors(batch: Any) -> tuple[torch.Tensor, ...]:
+    """The model's inputs in a training batch: a tensor; the first element of a tuple/list ``(x, y)``; a
+    dict's ``input_ids`` (or ``pixel_values``, ``x``, ``input``), else its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    if isinstance(batch, (tuple, list)) and batch:
+        return first_tensors(batch[0])
+    if isinstance(batch, dict):
+        for key in ("input_ids", "pixel_values", "inputs_embeds", "x", "input", "inputs"):
+            if isinstance(batch.get(key), torch.Tensor):
+                return (batch[key],)
+        found = [v for v in batch.values() if isinstance(v, torch.Tensor)]
+        if found:
+            return (found[0],)
+    raise UsageError(f"cannot find the model's input in a training batch of type {type(batch).__name__}; "
+                     "pass input_fn=lambda batch: ... to the callback")
+
+
+class TrainingSession:
+    """The audit at initialization, the recording during training and the report at the end (module docstring).
+
+    Args:
+        out: where the report goes (created at the end, on the process that writes).
+        every: record every ``every``-th training step.
+        formats: report files (``html``, ``pdf``, ``json``, ``csv``).
+        fail_on: check names that, failing in the audit at initialization, stop the fit.
+        label: the framework, for the report's command line.
+        grads_at: when the recorder reads weight gradients (:class:`~initdiag.Recorder`'s ``grads_at``).
+    """
+
+    def __init__(self, out: str | Path, every: int = 10, formats: Sequence[str] = ("html", "json"),
+                 fail_on: Iterable[str] = (), label: str = "training", grads_at: str = "backward") -> None:
+        if every < 1:
+            raise UsageError(f"every must be >= 1 (got {every})")
+        unknown = [f for f in formats if f not in FORMATS]
+        if unknown:
+            raise UsageError(f"unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+        self.out = Path(out)
+        self.every = every
+        self.formats = tuple(formats)
+        self.fail_on = parse_fail_on(",".join(fail_on)) if not isinstance(fail_on, str) else parse_fail_on(fail_on)
+        self.label = label
+        self.grads_at = grads_at
+        self.audit: AuditRecord | None = None
+        self.recorder: Recorder | None = None
+        self.verdicts: tuple[Verdict, ...] = ()
+        """The training-phase verdicts, after :meth:`finish`."""
+        self.written: dict[str, Path] = {}
+        self._losses: list[torch.Tensor] = []
+        self._modes: list[tuple[nn.Module, bool]] = []
+        self._weights_init: Weights = {}
+        self._started = datetime.now(UTC)
+        self._start = time.perf_counter()
+        self.steps_per_epoch: int | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.audit is not None
+
+    def begin(self, model: nn.Module, example_input: Any, seed: int = 0) -> str | None:
+        """Audit ``model`` on ``example_input`` (the first training batch's inputs), then start recording.
+
+        Returns the line that says why training should stop (a ``fail_on`` check failed at initialization),
+        else None."""
+        if self.audit is not None:
+            raise RuntimeError("the session has already begun")
+        if not self._modes:
+            self.save_modes(model)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        config = AuditConfig(target=type(model).__name__, inits=(KEEP,), seed=seed, device=str(device))
+        self.audit = run_audit(model, config, example_input, command=f"{self.label} (initdiag callback)")
+        run = self.audit.runs[0]
+        self._weights_init = snapshot_weights(model)
+        self.recorder = Recorder(model, every=self.every, run=self.label, initializer=KEEP, seed=seed,
+                                 structure=run.structure, grads_at=self.grads_at)
+        self.recorder.__enter__()
+        failed = sorted(self.audit.failed(self.fail_on))
+        if not failed:
+            return None
+        why = "; ".join(v.message.split(". ")[0] for v in run.verdicts if v.check in failed and v.status == "fail")
+        return f"initdiag: the initialization fails {', '.join(failed)}: {why}"
+
+    def save_modes(self, model: nn.Module) -> None:
+        """Remember every module's train/eval mode now (before the framework switches to training): what
+        the session restores when it ends."""
+        self._modes = [(m, m.training) for m in model.modules()]
+
+    def loss(self, value: torch.Tensor | float | None) -> None:
+        """Note the training loss of one step (kept on its device until :meth:`finish`)."""
+        if value is None:
+            return
+        t = value.detach().float().reshape(-1)[:1] if isinstance(value, torch.Tensor) else \
+            torch.tensor([float(value)])
+        self._losses.append(t)
+
+    def frame(self) -> pd.DataFrame:
+        """Everything recorded during training so far (the recorder's tidy frame)."""
+        if self.recorder is None:
+            raise RuntimeError("the session has not begun")
+        return self.recorder.frame()
+
+    def publish(self, sinks: Iterable[Sink]) -> None:
+        """Send the rows recorded since the last call to each sink."""
+        sinks = list(sinks)
+        if sinks and self.recorder is not None:
+            frame = self.recorder.frame()
+            for sink in sinks:
+                sink.log(frame)
+
+    def losses(self) -> np.ndarray:
+        """The training loss of every noted step (float64)."""
+        if not self._losses:
+            return np.zeros(0)
+        return torch.cat([t.cpu() for t in self._losses]).double().numpy()
+
+    def finish(self, model: nn.Module, write: bool = True, sinks: Iterable[Sink] = ()) -> dict[str, Path]:
+        """Stop recording, judge the training (``unstable``, ``stalled``, ``update_ratio``, ``dead_growth``,
+        ``diverged``) and, when ``write``, write the report into ``out``. Returns the files written."""
+        if self.audit is None or self.recorder is None:
+            self.close()
+            return {}
+        self.recorder.__exit__(None, None, None)
+        sinks = list(sinks)
+        self.publish(sinks)
+        frame, layers = self.recorder.frame(), tuple(self.recorder.layers())
+        init = self.audit.runs[0]
+        losses = self.losses()
+        ev = RunEvidence(run=self.label, initializer=KEEP, frame=frame, layers=layers,
+                         weights_init=self._weights_init, weights_final=snapshot_weights(model), losses=losses,
+                         structure=init.structure, steps_per_epoch=self.steps_per_epoch)
+        self.verdicts = (diverged_verdict(ev), *dynamics_verdicts(ev))
+        for sink in sinks:
+            sink.text((*init.verdicts, *self.verdicts))
+        self._restore_modes()
+        if write:
+            self.written = write_report(self.record(frame, losses), self.out, self.formats)
+        return self.written
+
+    def record(self, frame: pd.DataFrame, losses: np.ndarray) -> AuditRecord:
+        """The report's data: the audit at initialization, then the training as a second run (its verdicts
+        are the training-phase ones; ``series`` every recorded step; ``frame`` its first recorded step)."""
+        assert self.audit is not None
+        init = self.audit.runs[0]
+        train = frame[frame["phase"] == Phase.TRAIN]
+        first = train[train["step"] == train["step"].min()] if len(train) else train
+        run = AuditRun(name=self.label, label=self.label, seed=init.seed, frame=first.reset_index(drop=True),
+                       series=concat([frame]), layers=tuple(self.recorder.layers()) if self.recorder else (),
+                       verdicts=self.verdicts, theory=(), weights=(), losses=losses,
+                       seconds=time.perf_counter() - self._start, structure=init.structure)
+        return replace(self.audit, runs=(init, run), seconds=time.perf_counter() - self._start,
+                       started=self._started)
+
+    def close(self) -> None:
+        """Hooks off and modes restored, whatever happened (idempotent)."""
+        if self.recorder is not None and self.recorder.active:
+            self.recorder.__exit__(None, None, None)
+        self._restore_modes()
+
+    def _restore_modes(self) -> None:
+        for module, training in self._modes:
+            module.training = training
