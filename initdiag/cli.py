@@ -1,4 +1,4 @@
-"""Command line: ``initdiag report``, ``initdiag audit``, ``initdiag list``. ``main(argv) -> exit code``.
+"""Command line: ``initdiag report``, ``audit``, ``sweep``, ``list``. ``main(argv) -> exit code``.
 
 Every option is declared once (:mod:`initdiag.options`); each command lists the options it takes (with its own
 default where the commands differ, e.g. ``--init``). Exit codes: 0 success; 2 bad usage or input (one line,
@@ -26,10 +26,12 @@ from typing import TextIO
 from .config import (
     AuditConfig,
     ExperimentConfig,
+    SweepConfig,
     parse_audit_inits,
     parse_fail_on,
     parse_formats,
     parse_input_shape,
+    sweep_models,
 )
 from .errors import InitDiagError, Interrupted, OutputError, UsageError
 from .initializers import DEFAULT_INITIALIZERS, INITIALIZERS, parse_init_list
@@ -125,14 +127,19 @@ RESUME_KEEPS = ("resume", "jobs", "debug", "command")
 def _resume_config(args: argparse.Namespace) -> tuple[ExperimentConfig, list[str]]:
     from .store import RunStore
 
-    defaults = vars(build_parser().parse_args(["report"]))
+    _only_resume(args, "report")
+    plan = RunStore(args.resume).load_plan()
+    config = dataclasses.replace(plan.config, out=args.resume, jobs=args.jobs or plan.config.jobs)
+    return config, list(plan.argv)
+
+
+def _only_resume(args: argparse.Namespace, command: str) -> None:
+    """--resume takes every setting from the directory: any other option given is a UsageError."""
+    defaults = vars(build_parser().parse_args([command]))
     changed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
                if k not in RESUME_KEEPS and v != defaults.get(k)]
     if changed:
         raise UsageError(f"--resume takes its settings from {args.resume}; drop {', '.join(changed)}")
-    plan = RunStore(args.resume).load_plan()
-    config = dataclasses.replace(plan.config, out=args.resume, jobs=args.jobs or plan.config.jobs)
-    return config, list(plan.argv)
 
 
 def _wrote(paths: dict[str, Path], out_dir: Path, out: TextIO) -> None:
@@ -231,8 +238,64 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
     raise Interrupted(EXIT_TERMINATED)
 
 
+def _sweep_config(args: argparse.Namespace) -> SweepConfig:
+    models = sweep_models(args.model, args.depth, args.width, args.activation)
+    base = ExperimentConfig(
+        model=models[0], initializers=parse_init_list(args.init), seed=args.seed, seeds=args.seeds,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        limit_train=args.limit_train, record_every=args.record_every, dataset=args.dataset, data_dir=args.data_dir,
+        out=args.out, formats=parse_formats(args.format), device=args.device, fail_on=parse_fail_on(args.fail_on),
+        jobs=args.jobs, paper=args.paper)
+    return SweepConfig(base, models, args.backend, args.ray_address)
+
+
+def _cmd_sweep(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    from .backends.sweep import SweepInterrupted, run_sweep
+    from .checks import failed_checks
+    from .data import load_mnist
+    from .progress import Progress
+    from .report.sweep import write_sweep_report
+    from .results import cell_key
+    from .store import RunStore
+
+    if args.resume is not None:
+        _only_resume(args, "sweep")
+        config, saved_argv = RunStore(args.resume).load_sweep()
+        argv, out_dir = list(saved_argv), prepare_out_dir(args.resume, "sweep")
+    else:
+        config = _sweep_config(args)
+        out_dir = prepare_out_dir(config.base.out, "sweep")
+        RunStore(out_dir).save_sweep(config, argv)
+    base = config.base
+    data = load_mnist(base.data_dir, base.dataset, base.limit_train)
+    if data.provenance.notice:
+        err.write(f"initdiag: notice: {data.provenance.notice}\n")
+    err.write(f"initdiag: sweep: {len(config.models)} cells x {len(base.initializers)} initializers x {base.seeds} "
+              f"seeds = {config.runs} runs on {config.backend}\n")
+    try:
+        result = run_sweep(config, data, out_dir, progress=Progress(err), argv=argv, resume=args.resume is not None)
+    except SweepInterrupted as exc:
+        if any(cell.runs for cell in exc.result.cells):
+            write_sweep_report(exc.result, out_dir, base.formats, base.paper)
+        err.write(f"\ninitdiag: interrupted: {len(exc.result.missing)} run(s) missing\n"
+                  f"initdiag: continue with: initdiag sweep --resume {out_dir}\n")
+        return exc.exit_code
+    paths = write_sweep_report(result, out_dir, base.formats, base.paper)
+    rows = [("cell", "initializer", "seeds", "mean accuracy", "failed checks")]
+    for cell in result.cells:
+        for label, summary in cell.accuracy.items():
+            runs = [r for r in cell.runs if r.label == label]
+            rows.append((cell_key(cell.config.model), label, str(len(runs)), f"{summary['mean']:.4f}",
+                         ", ".join(sorted({c for r in runs for c in r.failed})) or "-"))
+    out.write("\n")
+    _table(rows, out)
+    _wrote(paths, out_dir, out)
+    verdicts = [v for cell in result.cells for run in cell.runs for v in run.verdicts]
+    return _gate(failed_checks(verdicts) & set(base.fail_on), err)
+
+
 _RUNNERS: dict[str, Callable[[argparse.Namespace, Sequence[str], TextIO, TextIO], int]] = {
-    "report": _cmd_report, "audit": _cmd_audit,
+    "report": _cmd_report, "audit": _cmd_audit, "sweep": _cmd_sweep,
 }
 
 

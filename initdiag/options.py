@@ -18,7 +18,7 @@ from .initializers import DEFAULT_INITIALIZERS
 from .models import ACTIVATIONS, MODELS
 from .vocab import FORMATS, PAPERS, __version__
 
-__all__ = ["COMMANDS", "OPTIONS", "Command", "Option", "build_parser"]
+__all__ = ["COMMANDS", "OPTIONS", "Axis", "Command", "Option", "build_parser"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,6 +102,10 @@ OPTIONS: dict[str, Option] = {o.flag.lstrip("-").replace("-", "_"): o for o in (
                      "outputs, else mean squared output (default %(default)s)", {"default": "auto"}),
     Option("--kwargs", "keyword arguments for the class or factory, a JSON object, e.g. '{\"num_classes\": 10}'",
            {"default": None, "metavar": "JSON"}),
+    Option("--backend", "sweep: local (worker processes) or ray (Ray tasks) (default %(default)s)",
+           {"default": "local"}),
+    Option("--ray-address", "sweep on Ray: join the cluster at ADDR (host:port, or auto); default: start a local "
+                            "Ray instance sized to this machine", {"default": None, "metavar": "ADDR"}),
     Option("--debug", "show tracebacks for known errors", {"action": "store_true", "default": argparse.SUPPRESS}),
 )}
 """Every option, declared once, by its argparse destination."""
@@ -118,6 +122,13 @@ class Command:
 
 _OWN = object()
 """No per-command default: the option's own."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A model axis of ``sweep``: the option takes a comma-separated list (a string) instead of one value."""
+
+    default: str
 
 COMMANDS: dict[str, Command] = {
     "report": Command(
@@ -137,6 +148,15 @@ COMMANDS: dict[str, Command] = {
         {"target": _OWN, "input_shape": _OWN, "init": "keep", "batches": _OWN, "batch_size": 16, "inputs": _OWN,
          "input_dtype": _OWN, "vocab": _OWN, "loss": _OWN, "kwargs": _OWN, "seed": _OWN, "device": "cpu",
          "data_dir": _OWN, "out": _OWN, "format": _OWN, "paper": _OWN, "fail_on": _OWN, "debug": _OWN}),
+    "sweep": Command(
+        "train a grid of models x initializers x seeds, locally or on Ray, and write the sweep report",
+        "The options of `report`, with the model axes taking comma-separated lists (their Cartesian product): "
+        "--model deep-mlp --depth 10,20,30 --width 128,512 --activation relu,tanh --init he,xavier --seeds 5.",
+        {"model": Axis("deep-mlp"), "depth": Axis("10,20,30"), "width": Axis("256"), "activation": Axis("relu"),
+         "init": "he,xavier", "epochs": 1, "batch_size": 64, "lr": _OWN, "optimizer": _OWN, "seed": _OWN,
+         "seeds": 2, "limit_train": _OWN, "record_every": _OWN, "dataset": _OWN, "data_dir": _OWN, "out": _OWN,
+         "format": _OWN, "paper": _OWN, "device": "cpu", "jobs": _OWN, "backend": _OWN, "ray_address": _OWN,
+         "resume": _OWN, "fail_on": _OWN, "debug": _OWN}),
 }
 
 
@@ -144,14 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="initdiag", description="Diagnose the weight initialization of PyTorch models.")
     parser.add_argument("--version", action="version", version=f"initdiag {__version__}")
     parser.add_argument("--debug", action="store_true", help=OPTIONS["debug"].help)
-    sub = parser.add_subparsers(dest="command", metavar="{report,audit,list}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{report,audit,sweep,list}", parser_class=_Parser)
     for name, command in COMMANDS.items():
         cmd = sub.add_parser(name, help=command.help, description=command.description)
         for dest, default in command.options.items():
             option = OPTIONS[dest]
             settings = dict(option.settings)
-            if default is not _OWN:
+            help_text = option.help
+            if isinstance(default, Axis):
+                settings.update(type=str, default=default.default, metavar="A,B,...")
+                help_text = help_text.replace("(default %(default)s)", "") + " (a comma-separated list; default " \
+                    "%(default)s)"
+            elif default is not _OWN:
                 settings["default"] = default
-            cmd.add_argument(option.flag, help=option.help, **settings)
+            cmd.add_argument(option.flag, help=help_text, **settings)
     sub.add_parser("list", help="list models and initializers with their formulas")
     return parser

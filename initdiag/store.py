@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .checks import TheoryProfile, TheoryRow, Verdict
-from .config import ExperimentConfig
+from .config import ExperimentConfig, SweepConfig
 from .errors import OutputError, UsageError
 from .initializers import InitSpec
 from .jsonable import json_safe
@@ -240,21 +240,37 @@ class RunStore:
 
     def load_plan(self) -> Plan:
         """The plan this directory was started with; UsageError (one line) when there is none or it is damaged."""
-        path = self.root / "plan.json"
+        config, argv = self._load_started("plan.json", "plan", "report", ExperimentConfig.from_json)
+        return Plan(config, argv)
+
+    def _load_started(self, file: str, kind: str, what: str, parse: Any) -> tuple[Any, tuple[str, ...]]:
+        """The configuration (read by ``parse``) and command line of ``file``; UsageError (one line) when there is
+        none or it is damaged."""
+        path = self.root / file
         if not path.is_file():
-            raise UsageError(f"--resume: {self.root.parent} is not an initdiag report directory (no {path})")
+            raise UsageError(f"--resume: {self.root.parent} is not an initdiag {what} directory (no {path})")
         try:
-            data = _read_json(path, "plan")
+            data = _read_json(path, kind)
             argv = data.get("argv")
             if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
                 raise _Bad("its command line is malformed")
             try:
-                config = ExperimentConfig.from_json(data.get("config"))
-            except (ValueError, TypeError, UsageError) as exc:
+                config = parse(data.get("config"))
+            except (ValueError, TypeError, KeyError, UsageError) as exc:
                 raise _Bad(f"its configuration is malformed ({exc})") from None
         except _Bad as exc:
             raise UsageError(f"--resume: cannot use {path}: {exc}") from None
-        return Plan(config, tuple(argv))
+        return config, tuple(argv)
+
+    def save_sweep(self, config: SweepConfig, argv: Sequence[str]) -> None:
+        """Start a new sweep here (``.initdiag/sweep.json``; each cell keeps its runs in its own store)."""
+        data = {**_header("sweep"), "config": config.to_json(), "argv": list(argv)}
+        atomic_write(self.root / "sweep.json", json.dumps(json_safe(data), indent=1) + "\n")
+
+    def load_sweep(self) -> tuple[SweepConfig, tuple[str, ...]]:
+        """The sweep this directory was started with; UsageError (one line) when there is none or it is damaged."""
+        config, argv = self._load_started("sweep.json", "sweep", "sweep", SweepConfig.from_json)
+        return config, argv
 
     def save_run(self, run: RunResult) -> None:
         """Save a finished run: its arrays first, then the record that names their checksum."""
