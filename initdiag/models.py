@@ -10,7 +10,7 @@ from torch import nn
 
 from .errors import UsageError, did_you_mean
 
-__all__ = ["ACTIVATIONS", "MODELS", "ModelName", "ModelSpec", "build_model", "load_model_ref"]
+__all__ = ["ACTIVATIONS", "MODELS", "ModelName", "ModelSpec", "build_model", "is_reference", "load_model_ref"]
 
 
 class ModelName(StrEnum):
@@ -34,7 +34,8 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to build: a zoo name with the depth-study knobs (ignored by ``cnn`` and ``mlp``)."""
+    """What to build: a zoo name with the depth-study knobs (ignored by ``cnn`` and ``mlp``), or a reference to
+    the user's own model for 1x28x28 inputs and 10 classes (``"pkg.mod:factory"``, ``"file.py:Class"``)."""
 
     name: str = ModelName.CNN
     depth: int = 10
@@ -42,7 +43,7 @@ class ModelSpec:
     activation: str = "relu"
 
     def __post_init__(self) -> None:
-        if self.name not in MODELS:
+        if self.name not in MODELS and not is_reference(self.name):
             raise UsageError(f"unknown model '{self.name}'{did_you_mean(self.name, MODELS)}; "
                              f"choose from {', '.join(MODELS)}")
         if self.activation not in ACTIVATIONS:
@@ -96,8 +97,17 @@ MODELS: dict[str, str] = {
 }
 
 
+def is_reference(name: str) -> bool:
+    """``pkg.mod:name`` or ``path/file.py:name``: a user's model (:func:`load_model_ref`)."""
+    module, sep, attr = name.rpartition(":")
+    return bool(sep and module and attr)
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Build a fresh zoo model (PyTorch's default init; the initializer is applied afterwards)."""
+    """Build a fresh model (PyTorch's default init; the initializer is applied afterwards): a zoo model, or
+    the user's (:func:`load_model_ref`)."""
+    if is_reference(spec.name):
+        return load_model_ref(spec.name)
     if spec.name == ModelName.CNN:
         return seed_cnn()
     if spec.name == ModelName.MLP:

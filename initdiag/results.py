@@ -8,6 +8,7 @@ lacks (each weight against its activation, the statistics batch by batch).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -103,7 +104,7 @@ def cell_key(model: ModelSpec) -> str:
     """A sweep cell's name: ``cnn``, ``mlp``, or ``deep-mlp-d30-w256-relu``."""
     if model.name == "deep-mlp":
         return f"{model.name}-d{model.depth}-w{model.width}-{model.activation}"
-    return str(model.name)
+    return re.sub(r"[^\w.=-]+", "_", str(model.name)).strip("_")
 
 
 @dataclass(frozen=True)

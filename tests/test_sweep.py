@@ -114,3 +114,18 @@ def test_an_interrupted_sweep_resumes_and_runs_only_what_is_missing(tmp_path: Pa
     assert main(["sweep", "--resume", str(out)]) == 0
     assert len(_saved(out)) == 4 and len(_summary(out)["runs"]) == 4
     assert main(["sweep", "--resume", str(out), "--depth", "9"]) == 2  # settings come from the directory
+
+
+def test_a_sweep_takes_the_seed_cnn_and_a_model_given_by_reference(tmp_path: Path) -> None:
+    (tmp_path / "mynet.py").write_text(
+        "from torch import nn\n\n"
+        "def small():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))\n")
+    out = tmp_path / "s"
+    code = main(["sweep", "--model", f"cnn,{tmp_path / 'mynet.py'}:small", "--init", "he", "--seeds", "1",
+                 "--epochs", "1", "--limit-train", "256", "--dataset", "mnist-sample", "--format", "json",
+                 "--out", str(out)])
+    assert code == 0
+    runs = _summary(out)["runs"]
+    assert len(runs) == 2 and {r["model"] for r in runs} == {"cnn", f"{tmp_path / 'mynet.py'}:small"}
+    assert main(["sweep", "--model", "nope", "--dataset", "mnist-sample"]) == 2
