@@ -35,6 +35,7 @@ from .config import (
 )
 from .errors import InitDiagError, Interrupted, OutputError, UsageError
 from .initializers import DEFAULT_INITIALIZERS, INITIALIZERS, parse_init_list
+from .jsonable import file_name
 from .models import MODELS, ModelSpec
 from .options import OPTIONS, build_parser
 from .vocab import Status
@@ -48,9 +49,11 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 
-def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    """Validate the ``report`` arguments into an ExperimentConfig (UsageError on bad input)."""
-    model = ModelSpec(args.model, depth=args.depth, width=args.width, activation=args.activation)
+def config_from_args(args: argparse.Namespace, model: ModelSpec | None = None) -> ExperimentConfig:
+    """Validate the ``report`` arguments (``sweep``'s, with ``model`` one of its cells) into an ExperimentConfig
+    (UsageError on bad input)."""
+    if model is None:
+        model = ModelSpec(args.model, depth=args.depth, width=args.width, activation=args.activation)
     return ExperimentConfig(
         model=model, initializers=parse_init_list(args.init), seed=args.seed, seeds=args.seeds,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
@@ -193,7 +196,7 @@ def _cmd_report(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err:
     if args.tensorboard is not None:
         from .integrations.tensorboard import write_tensorboard
         for run in result.runs:
-            write_tensorboard(run.frame, args.tensorboard / re.sub(r"[^\w.=-]+", "_", run.name), run.verdicts)
+            write_tensorboard(run.frame, args.tensorboard / file_name(run.name), run.verdicts)
     out.write("\n")
     rows = [("initializer", "seed", "test accuracy", "test loss", "status", "verdicts")]
     rows += [(run.label, str(run.seed), f"{run.test_accuracy:.4f}", f"{run.test_loss:.4f}", run.status,
@@ -240,13 +243,7 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
 
 def _sweep_config(args: argparse.Namespace) -> SweepConfig:
     models = sweep_models(args.model, args.depth, args.width, args.activation)
-    base = ExperimentConfig(
-        model=models[0], initializers=parse_init_list(args.init), seed=args.seed, seeds=args.seeds,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-        limit_train=args.limit_train, record_every=args.record_every, dataset=args.dataset, data_dir=args.data_dir,
-        out=args.out, formats=parse_formats(args.format), device=args.device, fail_on=parse_fail_on(args.fail_on),
-        jobs=args.jobs, paper=args.paper)
-    return SweepConfig(base, models, args.backend, args.ray_address)
+    return SweepConfig(config_from_args(args, models[0]), models, args.backend, args.ray_address)
 
 
 def _cmd_sweep(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:

@@ -1,8 +1,10 @@
-"""Plain JSON values from initdiag's results: numpy scalars and arrays to Python, NaN/Inf to null."""
+"""Plain JSON values from initdiag's results (numpy scalars and arrays to Python, NaN/Inf to null), and names
+made safe for file names."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import PurePath
@@ -10,7 +12,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["finite", "json_safe"]
+__all__ = ["file_name", "finite", "json_safe"]
+
+
+def file_name(name: str) -> str:
+    """``name`` as a file or directory name: every run of characters other than ``A-Za-z0-9._=-`` becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name)
 
 
 def finite(x: Any) -> float | None:

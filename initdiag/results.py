@@ -8,7 +8,6 @@ lacks (each weight against its activation, the statistics batch by batch).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +21,7 @@ from .checks import Comparison, TheoryProfile, TheoryRow, Verdict, failed_checks
 from .config import AuditConfig, ExperimentConfig, SweepConfig
 from .data import DataProvenance
 from .initializers import InitSpec
+from .jsonable import file_name
 from .models import ModelSpec
 from .series import concat
 from .structure import Structure
@@ -104,7 +104,7 @@ def cell_key(model: ModelSpec) -> str:
     """A sweep cell's name: ``cnn``, ``mlp``, or ``deep-mlp-d30-w256-relu``."""
     if model.name == "deep-mlp":
         return f"{model.name}-d{model.depth}-w{model.width}-{model.activation}"
-    return re.sub(r"[^\w.=-]+", "_", str(model.name)).strip("_")
+    return file_name(str(model.name)).strip("_")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ import io
 import json
 import math
 import os
-import re
 import secrets
 import zipfile
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from .checks import TheoryProfile, TheoryRow, Verdict
 from .config import ExperimentConfig, SweepConfig
 from .errors import OutputError, UsageError
 from .initializers import InitSpec
-from .jsonable import json_safe
+from .jsonable import file_name, json_safe
 from .results import RunResult
 from .series import CATEGORICAL, FRAME_COLUMNS, empty_frame
 from .structure import Structure
@@ -77,10 +76,6 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", name)
 
 
 @dataclass(frozen=True)
@@ -278,7 +273,7 @@ class RunStore:
                   "step_losses": np.asarray(run.step_losses, np.float64),
                   "grad_norms": np.asarray(run.grad_norms, np.float64), **_frame_arrays(run.frame)}
         payload = _npz_bytes(arrays)
-        base = self.runs_dir / _safe(run.name)
+        base = self.runs_dir / file_name(run.name)
         atomic_write(base.with_suffix(".npz"), payload)
         record = _run_json(run, hashlib.sha256(payload).hexdigest())
         atomic_write(base.with_suffix(".json"), json.dumps(record, allow_nan=False) + "\n")

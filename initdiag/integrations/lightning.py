@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .session import LoggerSink, Sink, TrainingSession, first_tensors
+from .session import LoggerSink, Sink, TrainingSession, dashboard_sinks, first_tensors
 
 __all__ = ["InitDiagCallback"]
 
@@ -112,14 +112,7 @@ class _Hooks:
         sinks: list[Sink] = []
         if self.log_to_loggers:
             sinks += [LoggerSink(logger.log_metrics) for logger in getattr(trainer, "loggers", None) or ()]
-        if self.tensorboard is not None:
-            from .tensorboard import TensorBoardSink
-            sinks.append(TensorBoardSink(self.tensorboard))
-        if self.wandb:
-            from .wandb import WandbSink, active_run
-            if active_run() is not None:
-                sinks.append(WandbSink())
-        return sinks
+        return sinks + dashboard_sinks(self.tensorboard, self.wandb)
 
     def _close_sinks(self) -> None:
         sinks, self._sinks = self._sinks, []

@@ -40,7 +40,7 @@ from ..series import concat
 from ..vocab import FORMATS, Kind, Phase, Stat
 from ._series import SeriesCursor, StepValues
 
-__all__ = ["LOGGED", "Sink", "TrainingSession", "first_tensors"]
+__all__ = ["LOGGED", "Sink", "TrainingSession", "dashboard_sinks", "first_tensors"]
 
 LOGGED: frozenset[tuple[str, str]] = frozenset({(Kind.FORWARD, Stat.VAR), (Kind.BACKWARD, Stat.VAR),
                                                 (Kind.WEIGHT_GRAD, Stat.VAR), (Kind.UPDATE, Stat.VAR)})
@@ -80,6 +80,20 @@ class LoggerSink:
 
     def close(self) -> None:
         """The framework owns its logger."""
+
+
+def dashboard_sinks(tensorboard: Path | None, wandb: bool) -> list[Sink]:
+    """The dashboards a callback writes to: TensorBoard event files in ``tensorboard``, and the active W&B run
+    when ``wandb`` (none when no run is active). The optional packages are imported only when asked for."""
+    sinks: list[Sink] = []
+    if tensorboard is not None:
+        from .tensorboard import TensorBoardSink
+        sinks.append(TensorBoardSink(tensorboard))
+    if wandb:
+        from .wandb import WandbSink, active_run
+        if active_run() is not None:
+            sinks.append(WandbSink())
+    return sinks
 
 
 def first_tensors(batch: Any) -> tuple[torch.Tensor, ...]:

@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import UsageError
-from .session import Sink, TrainingSession
+from .session import Sink, TrainingSession, dashboard_sinks
 
 __all__ = ["InitDiagCallback"]
 
@@ -87,7 +87,7 @@ class InitDiagCallback(TrainerCallback):
         self._remove_handles()  # before the audit copies the model: the copy must not carry our hooks
         self._stop = self.session.begin(model, self.input_fn(args, kwargs))
         self._handles.append(model.register_forward_hook(self._loss_of))
-        self._sinks = self._make_sinks()
+        self._sinks = dashboard_sinks(self.tensorboard, self.wandb)
         if self._stop is not None:
             print(self._stop, file=sys.stderr)
 
@@ -140,14 +140,3 @@ class InitDiagCallback(TrainerCallback):
         handles, self._handles = self._handles, []
         for handle in handles:
             handle.remove()
-
-    def _make_sinks(self) -> list[Sink]:
-        sinks: list[Sink] = []
-        if self.tensorboard is not None:
-            from .tensorboard import TensorBoardSink
-            sinks.append(TensorBoardSink(self.tensorboard))
-        if self.wandb:
-            from .wandb import WandbSink, active_run
-            if active_run() is not None:
-                sinks.append(WandbSink())
-        return sinks
