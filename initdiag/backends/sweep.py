@@ -91,10 +91,10 @@ def run_sweep(config: SweepConfig, data: MnistData, out_dir: Path, *, progress: 
         seconds = earlier + time.perf_counter() - start
         for i, cell in enumerate(cells):
             names = [f"{spec.label}/seed{seed}" for spec, seed in plan(cell)]
-            missing += [_name(keys[i], n) for n in names if n not in finished[i]]
+            absent = [n for n in names if n not in finished[i]]
+            missing += [_name(keys[i], n) for n in absent]
             runs = [finished[i][n] for n in names if n in finished[i]]
-            results.append(assemble(cell, data, runs, started, seconds, argv, device,
-                                    [n for n in names if n not in finished[i]]))
+            results.append(assemble(cell, data, runs, started, seconds, argv, device, absent))
         env = {**environment(device), "backend": config.backend, **({"ray": address[0]} if address else {})}
         return SweepResult(config=config, cells=tuple(results), backend=config.backend, started=started,
                            seconds=seconds, command=results[0].command, environment=env, missing=tuple(missing))

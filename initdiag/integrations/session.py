@@ -36,7 +36,7 @@ from ..errors import UsageError
 from ..recording import Recorder
 from ..report import write_report
 from ..results import AuditRecord, AuditRun
-from ..series import concat
+from ..structure.layers import LayerInfo
 from ..vocab import FORMATS, Kind, Phase, Stat
 from ._series import SeriesCursor, StepValues
 
@@ -231,10 +231,10 @@ class TrainingSession:
             sink.text((*init.verdicts, *self.verdicts))
         self._restore_modes()
         if write:
-            self.written = write_report(self.record(frame, losses), self.out, self.formats)
+            self.written = write_report(self.record(frame, layers, losses), self.out, self.formats)
         return self.written
 
-    def record(self, frame: pd.DataFrame, losses: np.ndarray) -> AuditRecord:
+    def record(self, frame: pd.DataFrame, layers: tuple[LayerInfo, ...], losses: np.ndarray) -> AuditRecord:
         """The report's data: the audit at initialization, then the training as a second run (its verdicts
         are the training-phase ones; ``series`` every recorded step; ``frame`` its first recorded step)."""
         assert self.audit is not None
@@ -242,7 +242,7 @@ class TrainingSession:
         train = frame[frame["phase"] == Phase.TRAIN]
         first = train[train["step"] == train["step"].min()] if len(train) else train
         run = AuditRun(name=self.label, label=self.label, seed=init.seed, frame=first.reset_index(drop=True),
-                       series=concat([frame]), layers=tuple(self.recorder.layers()) if self.recorder else (),
+                       series=frame, layers=layers,
                        verdicts=self.verdicts, theory=(), weights=(), losses=losses,
                        seconds=time.perf_counter() - self._start, structure=init.structure)
         return replace(self.audit, runs=(init, run), seconds=time.perf_counter() - self._start,
