@@ -116,6 +116,25 @@ def test_signal_fit_equals_polyfit_and_a_hand_made_t_interval() -> None:
     assert fit.layers == tuple(f"fc{i}" for i in range(12)) and fit.n_layers == 12
 
 
+def test_signal_rows_give_every_chain_the_fit_of_its_own_layers() -> None:
+    # rows filtered once (SignalRows) and fitted per chain: each fit equals a fit of a frame holding only
+    # that chain's layers, in whatever order the chain names them
+    from initdiag.checks.signal import SignalRows
+
+    rng = np.random.default_rng(1)
+    var = np.exp(-0.2 * np.arange(10) + rng.normal(0, 0.1, 10))
+    frame = series(var)
+    rows = SignalRows.of(frame, "forward", "train")
+    for chain in ([f"fc{i}" for i in (7, 2, 5, 3)], [f"fc{i}" for i in range(10)], ["fc4", "fc9"]):
+        alone = frame[frame["layer"].astype(str).isin(chain)].copy()
+        alone["layer"] = alone["layer"].astype(str)
+        a, b = signal_fit(rows, layers=chain), signal_fit(alone)
+        assert a.layers == b.layers == tuple(sorted(chain, key=lambda n: int(n[2:])))
+        assert (a.slope, a.gain_low, a.change_raw) == pytest.approx((b.slope, b.gain_low, b.change_raw), nan_ok=True)
+    with pytest.raises(ValueError, match="given for a fit"):
+        signal_fit(rows, "backward")
+
+
 def test_backward_gain_is_measured_from_the_output_toward_the_input() -> None:
     var = 4.0 ** -np.arange(6.0)  # dL/dy shrinks with depth: grows 4x per layer toward the input
     fit = signal_fit(series(var, "backward"), "backward")

@@ -20,7 +20,7 @@ from ..theory import late_gain
 from ..vocab import HEALTHY, CheckName, Phase, Signal, Status
 from .evidence import RunEvidence
 from .intentional import Explained
-from .signal import SignalFit, earliest_step, signal_fit, signal_verdict
+from .signal import SignalFit, SignalRows, earliest_step, signal_fit, signal_verdict
 from .verdict import Thresholds, Verdict
 
 __all__ = ["chain_fits", "chain_verdicts", "main_fit"]
@@ -57,11 +57,12 @@ def chain_fits(ev: RunEvidence, th: Thresholds, skip: Explained | None = None) -
             continue
         left_out: Mapping[str, str] = {} if skip is None else skip.forward if kind == Signal.FORWARD else skip.backward
         sizes = ev.output_sizes() if kind == Signal.BACKWARD else None
+        rows = SignalRows.of(ev.frame, str(kind), str(phase))
         for chain in _chains(ev):
             names = [n for n in chain if n not in left_out]
             if not names:
                 continue
-            fit = signal_fit(ev.frame, kind, step, phase, layers=names, alpha=th.alpha,
+            fit = signal_fit(rows, str(kind), step, str(phase), layers=names, alpha=th.alpha,
                              no_signal_rel=th.no_signal_rel, no_signal_floor=th.no_signal_floor, sizes=sizes)
             if fit.n_layers:
                 fits.setdefault(str(kind), []).append(fit)

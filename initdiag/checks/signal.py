@@ -19,7 +19,7 @@ from ..vocab import HEALTHY, CheckName, Status
 from .evidence import RunEvidence, init_advice
 from .verdict import Thresholds, Verdict
 
-__all__ = ["SignalFit", "earliest_step", "signal_effect", "signal_fit", "signal_verdict"]
+__all__ = ["SignalFit", "SignalRows", "earliest_step", "signal_effect", "signal_fit", "signal_verdict"]
 
 WEIGHT_MODULES = frozenset(t.__name__ for t in WEIGHT_LAYER_TYPES)
 _DEFAULT = Thresholds()
@@ -86,18 +86,66 @@ class SignalFit:
         return (self.n_layers - 1) * math.log10(self.gain)
 
 
-def _weight_rows(frame: pd.DataFrame, kind: str, phase: str, layers: Sequence[str] | None) -> pd.DataFrame:
-    sub = frame.loc[(frame["kind"] == kind) & (frame["phase"] == phase)
-                    & frame["stat"].isin(["var", "mean_sq"])]
-    names = sub["layer"].astype(str)
-    if layers is not None:
-        keep = names.isin(set(layers))
-    else:
+@dataclass(frozen=True)
+class SignalRows:
+    """The ``var`` and ``mean_sq`` rows of one signal (``kind`` at ``phase``) of a frame, as arrays: filtered
+    once, then fitted over any chain or step by :func:`signal_fit` without touching the frame again.
+
+    ``layer`` holds codes into ``names``; ``weight_like[code]`` says whether the layer is a Conv/Linear call
+    site by default (its module is one, or it has ``weight`` rows)."""
+
+    kind: str
+    phase: str
+    names: tuple[str, ...]
+    weight_like: np.ndarray
+    layer: np.ndarray
+    depth: np.ndarray
+    step: np.ndarray
+    is_var: np.ndarray
+    value: np.ndarray
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, kind: str, phase: str) -> SignalRows:
+        layers = frame["layer"].astype("category")
+        names = tuple(str(c) for c in layers.cat.categories)
+        stat = frame["stat"].astype(str) if frame["stat"].dtype != "category" else frame["stat"]
+        mask = ((frame["kind"] == kind) & (frame["phase"] == phase) & stat.isin(["var", "mean_sq"])).to_numpy()
+        codes = layers.cat.codes.to_numpy()
         weight_names = set(frame.loc[frame["kind"] == "weight", "layer"].astype(str))
-        keep = sub["module"].astype(str).isin(WEIGHT_MODULES) | names.str.split("@").str[0].isin(weight_names)
-    return pd.DataFrame({"layer": names[keep], "depth": sub["depth"][keep].astype(np.int64),
-                         "step": sub["step"][keep], "stat": sub["stat"][keep].astype(str),
-                         "value": sub["value"][keep].astype(np.float64)})
+        modules = frame["module"].astype(str).to_numpy()
+        weight_like = np.zeros(len(names), bool)
+        weight_like[np.unique(codes[mask & np.isin(modules, list(WEIGHT_MODULES))])] = True
+        weight_like |= np.array([n.split("@")[0] in weight_names for n in names], bool)
+        return cls(kind, phase, names, weight_like, codes[mask].astype(np.int64),
+                   frame["depth"].to_numpy()[mask].astype(np.int64), frame["step"].to_numpy()[mask].astype(np.int64),
+                   (stat.to_numpy()[mask] == "var"), frame["value"].to_numpy(np.float64)[mask])
+
+    def table(self, step: int, layers: Sequence[str] | None
+              ) -> tuple[tuple[str, ...], tuple[int, ...], np.ndarray, np.ndarray]:
+        """``(names, depths, var, mean_sq)`` of the layers (default: the Conv/Linear call sites) at ``step``,
+        ordered by (depth, name), each statistic's first row where a layer has several; a statistic a layer
+        lacks is NaN (``mean_sq`` is 0 when no layer has one)."""
+        if layers is None:
+            keep = self.weight_like
+        else:
+            keep = np.zeros(len(self.names), bool)
+            wanted = set(layers)
+            keep[[i for i, n in enumerate(self.names) if n in wanted]] = True
+        sel = np.flatnonzero((self.step == step) & keep[self.layer])
+        codes = self.layer[sel]
+        present, first = np.unique(codes, return_index=True)
+        depth_of = self.depth[sel][first]
+        var = np.full(len(present), _NAN)
+        msq = np.full(len(present), _NAN)
+        if not (~self.is_var[sel]).any():
+            msq[:] = 0.0
+        for target, want in ((var, True), (msq, False)):
+            pick = sel[self.is_var[sel] == want]
+            found, where = np.unique(self.layer[pick], return_index=True)
+            target[np.searchsorted(present, found)] = self.value[pick][where]
+        order = sorted(range(len(present)), key=lambda i: (int(depth_of[i]), self.names[present[i]]))
+        names = tuple(self.names[present[i]] for i in order)
+        return names, tuple(int(depth_of[i]) for i in order), var[order], msq[order]
 
 
 def earliest_step(frame: pd.DataFrame, kind: str, phase: str) -> int | None:
@@ -106,7 +154,7 @@ def earliest_step(frame: pd.DataFrame, kind: str, phase: str) -> int | None:
     return int(steps.min()) if len(steps) else None
 
 
-def signal_fit(frame: pd.DataFrame, kind: str = "forward", step: int | None = 0, phase: str = "train", *,
+def signal_fit(frame: pd.DataFrame | SignalRows, kind: str = "forward", step: int | None = 0, phase: str = "train", *,
                layers: Sequence[str] | None = None, alpha: float = _DEFAULT.alpha,
                no_signal_rel: float = _DEFAULT.no_signal_rel,
                no_signal_floor: float = _DEFAULT.no_signal_floor,
@@ -117,15 +165,12 @@ def signal_fit(frame: pd.DataFrame, kind: str = "forward", step: int | None = 0,
     (default: rows whose module is Conv/Linear or that have ``weight`` rows). ``sizes`` (layer -> elements
     per sample) switches to per-sample energy ``var x size`` when it covers every layer. See :class:`SignalFit`.
     """
-    rows = _weight_rows(frame, kind, phase, layers)
+    rows = frame if isinstance(frame, SignalRows) else SignalRows.of(frame, kind, phase)
+    if (rows.kind, rows.phase) != (kind, phase):
+        raise ValueError(f"rows of {rows.kind!r} at {rows.phase!r} given for a fit of {kind!r} at {phase!r}")
     if step is None:
-        step = int(rows["step"].min()) if len(rows) else 0
-    rows = rows[rows["step"] == step].drop_duplicates(["layer", "stat"])
-    table = rows.pivot(index=["depth", "layer"], columns="stat", values="value").sort_index()
-    var = table["var"].to_numpy(np.float64) if "var" in table else np.full(len(table), _NAN)
-    msq = table["mean_sq"].to_numpy(np.float64) if "mean_sq" in table else np.zeros(len(table))
-    names = tuple(str(n) for n in table.index.get_level_values("layer"))
-    depths = tuple(int(d) for d in table.index.get_level_values("depth"))
+        step = int(rows.step.min()) if len(rows.step) else 0
+    names, depths, var, msq = rows.table(step, layers)
     per_sample = bool(sizes) and all(n in sizes for n in names)  # type: ignore[operator]
     scale = np.array([sizes[n] for n in names], np.float64) if per_sample and sizes else np.ones(len(names))
     finite = np.isfinite(var) & np.isfinite(msq)
