@@ -21,13 +21,21 @@ _DEFAULT = Thresholds()
 _EPS = float(np.finfo(np.float64).eps)
 
 
-def neuron_rows(weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    """One row per neuron (output channel): the weight reshaped to ``(out, -1)``, the bias appended."""
-    w = np.asarray(weight, dtype=np.float64)
+def neuron_rows(weight: np.ndarray, bias: np.ndarray | None, dtype: Any = np.float64) -> np.ndarray:
+    """One row per neuron (output channel): the weight reshaped to ``(out, -1)``, the bias appended, in
+    ``dtype`` (a view of the weight when that needs no copy)."""
+    w = np.asarray(weight, dtype=dtype)
     rows = w.reshape(w.shape[0], -1)
     if bias is not None:
-        rows = np.hstack([rows, np.asarray(bias, dtype=np.float64).reshape(-1, 1)])
+        rows = np.hstack([rows, np.asarray(bias, dtype=dtype).reshape(-1, 1)])
     return rows
+
+
+def _native_rows(weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """:func:`neuron_rows` in float32 for weights of 32 bits or fewer (float32 holds them exactly), else
+    float64: the checks read every weight once or twice, at half the memory traffic."""
+    small = np.asarray(weight).dtype.itemsize <= 4 and (bias is None or np.asarray(bias).dtype.itemsize <= 4)
+    return neuron_rows(weight, bias, np.float32 if small else np.float64)
 
 
 def symmetry_groups(weight: np.ndarray, bias: np.ndarray | None, atol: float,
@@ -39,30 +47,41 @@ def symmetry_groups(weight: np.ndarray, bias: np.ndarray | None, atol: float,
     visited in the order of a fixed random projection, so only rows whose projections are within the
     tolerance are compared: about ``O(out * in)`` work for a random layer or a fully symmetric one.
     """
-    rows = neuron_rows(weight, bias)
+    return _groups(_native_rows(weight, bias), atol, rtol)
+
+
+def _groups(rows: np.ndarray, atol: float, rtol: float) -> list[list[int]]:
+    """:func:`symmetry_groups` of the rows of :func:`neuron_rows` (float32 or float64), projected and compared
+    in float64."""
     d = rows.shape[1]
     finite = np.flatnonzero(np.isfinite(rows).all(axis=1))
     if len(finite) < 2:
         return []
-    scale = float(np.abs(rows[finite]).max())
+    if len(finite) < len(rows):
+        rows = rows[finite]
+    scale = float(max(rows.max(), -rows.min()))
     tol = atol + rtol * scale
     v = 1.0 + np.random.default_rng(20240611).random(d)
-    proj = rows[finite] @ v
+    step = max(1, (1 << 18) // max(d, 1))  # float64 projections, a cache-sized block of rows at a time
+    proj = np.concatenate([rows[i:i + step].astype(np.float64) @ v for i in range(0, len(rows), step)])
     window = (tol + 2 * d * _EPS * scale) * float(np.sum(v))
+    order = np.argsort(proj, kind="stable")
+    if not (np.diff(proj[order]) <= window).any():  # no two projections close enough for any pair to match
+        return []
     leader_proj: list[float] = []
     leaders: list[int] = []
     members: list[list[int]] = []
-    for pos in np.argsort(proj, kind="stable"):
+    for pos in order:
         i, p = int(finite[pos]), float(proj[pos])
         lo = bisect.bisect_left(leader_proj, p - window)
         if lo < len(leaders):
-            diff = np.abs(rows[leaders[lo:]] - rows[i]).max(axis=1)
+            diff = np.abs(rows[leaders[lo:]].astype(np.float64) - rows[pos].astype(np.float64)).max(axis=1)
             hit = np.flatnonzero(diff <= tol)
             if hit.size:
                 members[lo + int(hit[0])].append(i)
                 continue
         leader_proj.append(p)
-        leaders.append(i)
+        leaders.append(int(pos))
         members.append([i])
     return sorted(sorted(m) for m in members if len(m) >= 2)
 
@@ -77,9 +96,11 @@ def _null_max_cos(n: int, d: int, n_samples: int) -> np.ndarray:
     return np.sort(out)
 
 
-def _max_abs_cos(rows: np.ndarray) -> float:
-    """Largest |cosine| between two different rows (the Gram matrix in float32: error ~1e-6)."""
-    u = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+def _max_abs_cos(rows: np.ndarray, norms: np.ndarray | None = None) -> float:
+    """Largest |cosine| between two different rows (the Gram matrix in float32: error ~1e-6); ``norms``: the
+    rows' Euclidean norms when already known."""
+    norms = np.linalg.norm(rows, axis=1) if norms is None else norms
+    u = (rows / norms[:, None]).astype(np.float32)
     gram = np.abs(u @ u.T)
     np.fill_diagonal(gram, 0.0)
     return float(min(1.0, gram.max()))
@@ -99,17 +120,29 @@ def max_cosine_pvalue(weight: np.ndarray, bias: np.ndarray | None, n_samples: in
     where decisions are made); ``n_samples > 0``: Monte Carlo, ``p = (1 + #{null >= c}) / (1 + n_samples)``
     with the null drawn once per ``(n, d)`` and cached. Returns ``(nan, nan)`` when ``n < 2`` or ``d < 2``.
     """
-    rows = neuron_rows(weight, bias)
-    rows = rows[np.isfinite(rows).all(axis=1)]
-    rows = rows[np.linalg.norm(rows, axis=1) > 0]
-    rows = rows[:, np.any(rows != 0, axis=0)] if len(rows) else rows
+    return _max_cos(_native_rows(weight, bias), n_samples, rng, max_rows)
+
+
+def _max_cos(rows: np.ndarray, n_samples: int, rng: np.random.Generator | None,
+             max_rows: int) -> tuple[float, float]:
+    """:func:`max_cosine_pvalue` of the rows of :func:`neuron_rows` (copied only where rows or columns go)."""
+    keep = np.isfinite(rows).all(axis=1)
+    if not keep.all():
+        rows = rows[keep]
+    norms = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+    if not (norms > 0).all():
+        rows, norms = rows[norms > 0], norms[norms > 0]
+    used = np.any(rows != 0, axis=0) if len(rows) else np.ones(rows.shape[1], bool)
+    if not used.all():
+        rows = rows[:, used]
     if len(rows) > max_rows:
         rng = rng if rng is not None else np.random.default_rng(0)
-        rows = rows[np.sort(rng.choice(len(rows), size=max_rows, replace=False))]
+        pick = np.sort(rng.choice(len(rows), size=max_rows, replace=False))
+        rows, norms = rows[pick], norms[pick]
     n, d = rows.shape
     if n < 2 or d < 2:
         return math.nan, math.nan
-    c = _max_abs_cos(rows)
+    c = _max_abs_cos(rows, np.sqrt(norms))
     if n_samples <= 0:
         q = float(stats.beta.sf(c * c, 0.5, (d - 1) / 2.0))
         return c, min(1.0, n * (n - 1) / 2.0 * q)
@@ -136,13 +169,12 @@ def _persisted(init: list[list[int]], final: list[list[int]]) -> bool:
 
 def _layer_report(name: str, weight: np.ndarray, bias: np.ndarray | None, th: Thresholds,
                   rng: np.random.Generator) -> dict[str, Any]:
-    groups = symmetry_groups(weight, bias, th.symmetry_atol, th.symmetry_rtol)
+    rows = _native_rows(weight, bias)
+    groups = _groups(rows, th.symmetry_atol, th.symmetry_rtol)
     n = int(weight.shape[0])
     later = {i for g in groups for i in g[1:]}
     reps = np.array([i for i in range(n) if i not in later], dtype=np.int64)
-    rep_bias = None if bias is None else np.asarray(bias)[reps]
-    max_cos, p = max_cosine_pvalue(np.asarray(weight)[reps], rep_bias, th.mc_samples, rng,
-                                   max_rows=th.cosine_max_rows)
+    max_cos, p = _max_cos(rows[reps] if later else rows, th.mc_samples, rng, th.cosine_max_rows)
     return {"layer": name, "neurons": n, "distinct": n - len(later), "groups": groups, "max_cos": max_cos,
             "p_value": p, "rows_tested": int(min(len(reps), th.cosine_max_rows))}
 
