@@ -445,3 +445,24 @@ def test_readme_audit_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert result.recommendation.initializer == "he"
     assert (tmp_path / "reports" / "my-net" / "summary.json").is_file()
     assert "he" in capsys.readouterr().out
+
+
+def test_structure_found_on_two_rows_is_that_of_the_whole_batch() -> None:
+    # the audit discovers the structure on the first rows of a generated batch (DISCOVERY_ROWS): it must be
+    # the structure the whole batch gives, also with batch norm and drop path (a random per-row mask) in train mode
+    import copy
+
+    import torchvision
+
+    from initdiag.audit import make_inputs
+    from initdiag.config import AuditConfig
+    from initdiag.structure import discover
+
+    torch.manual_seed(0)
+    model = torchvision.models.efficientnet_b0(weights=None)
+    result = initdiag.audit(model, input_shape=(3, 32, 32), batches=1, batch_size=8)
+    batches, _ = make_inputs(model, AuditConfig(input_shape=(3, 32, 32), batches=1, batch_size=8))
+    torch.manual_seed(0)
+    whole = discover(copy.deepcopy(model).train(), *batches[0])
+    assert result.runs[0].structure == whole
+    assert whole.blocks and whole.norms

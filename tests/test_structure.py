@@ -110,6 +110,20 @@ def test_module_activation_params_and_unknown_elementwise_module() -> None:
     assert (acts[3].name, acts[3].params) == ("gelu", (("approximate", "tanh"),))
 
 
+
+def test_drop_path_is_never_an_activation_whatever_the_draw() -> None:
+    # a random per-sample mask scaled by 1/p: when no row is dropped it passes the elementwise test, so a
+    # reading by the numbers would depend on the draw and the batch size; drop path is dropout-like.
+    m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), torchvision.ops.StochasticDepth(0.5, "row"), nn.Linear(8, 2)).train()
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        for batch in (2, 16):
+            s = discover(m, torch.randn(batch, 8))
+            assert s.weight_layers[0].activation.name == "relu"
+            assert all(a.module_name != "2" for a in s.activations)
+            seen.add(s)
+    assert len(seen) == 1  # one structure for every draw and batch size
 # -- torchvision ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def resnet18() -> Structure:

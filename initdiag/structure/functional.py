@@ -279,11 +279,14 @@ def module_role(module: nn.Module) -> int:
     """How a module's calls are read: a known activation class, an activation by its class name
     (parameter-free library classes such as transformers' ``NewGELUActivation``), a candidate for the
     numeric elementwise test (parameter- and buffer-free leaf modules outside ``torch.nn``), a torch
-    normalization, dropout/identity (SKIP), or OTHER."""
+    normalization, dropout, drop path (timm's ``DropPath``, torchvision's ``StochasticDepth``) and identity
+    (SKIP), or OTHER."""
     if norm_kind(module) is not None:
         return NORM_MODULE
     cls = type(module)
-    if isinstance(module, (nn.Identity, nn.modules.dropout._DropoutNd)) or "drop" in cls.__name__.lower():
+    lowered = cls.__name__.lower()
+    if isinstance(module, (nn.Identity, nn.modules.dropout._DropoutNd)) or "drop" in lowered or \
+            "stochasticdepth" in lowered:  # drop path: a random per-sample mask, identity in eval mode
         return SKIP
     if any(c in _MODULE_FAMILIES for c in cls.__mro__):
         return ACT_MODULE
