@@ -5,15 +5,18 @@ The README's API example shape on the seed CNN: torch's default thread count, NC
 between plain training and training inside ``with initdiag.Recorder(model, every=K):`` (attached once
 per block, its flush and frame inside the timed block, as a loop that attaches once would pay them).
 Prints the median ratio of wall time (recorded / plain) over the pairs with a 95% bootstrap interval,
-and the same for single steps timed inside the blocks (less exposed to the machine's slow drifts).
-Usage::
+and the same for single steps timed inside the blocks. Then ``--paired`` steps of a second protocol, the
+least exposed to the machine's drifts: two copies of the model, one inside the recorder for the whole
+run, train on the same batches in alternation (the order swapped every step), and the ratio of each pair
+of steps (of each cycle of ``every`` steps) is taken. Usage::
 
-    python benchmarks/user_loop.py [--steps 100] [--pairs 8] [--every 1] [--threads N]
+    python benchmarks/user_loop.py [--steps 100] [--pairs 8] [--every 1] [--threads N] [--paired 600]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
@@ -21,7 +24,7 @@ import torch
 from torch.nn import functional as F
 
 import initdiag
-from initdiag.data import load_mnist
+from initdiag.data import MnistData, load_mnist
 from initdiag.models import seed_cnn
 
 
@@ -39,6 +42,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="Recorder(every=K)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--paired", type=int, default=600, help="steps of the paired protocol (0: skip it)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,6 +95,41 @@ def main() -> None:
     boot = [np.median(rng.choice(sr, len(sr))) / np.median(rng.choice(sp, len(sp))) for _ in range(2000)]
     low, high = np.percentile(boot, [2.5, 97.5])
     print(f"steps: median step recorded / plain {np.median(sr) / np.median(sp):.3f} (95% CI {low:.3f}-{high:.3f})")
+    if args.paired:
+        paired(model, data, args, rng)
+
+
+def paired(model: torch.nn.Module, data: MnistData, args: argparse.Namespace,
+           rng: np.random.Generator) -> None:
+    """Two copies of ``model`` on the same batches, one recorded throughout, steps alternated."""
+    plain, recorded = copy.deepcopy(model), copy.deepcopy(model)
+    opts = {id(m): torch.optim.Adam(m.parameters(), lr=1e-3) for m in (plain, recorded)}
+    g = torch.Generator().manual_seed(1)
+
+    def step(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+        t = time.perf_counter()
+        loss = F.cross_entropy(m(x), y)
+        opts[id(m)].zero_grad()
+        loss.backward()
+        opts[id(m)].step()
+        return time.perf_counter() - t
+
+    times: dict[int, list[float]] = {id(plain): [], id(recorded): []}
+    warm = 2 * args.every
+    with initdiag.Recorder(recorded, every=args.every):
+        for i in range(warm + args.paired):
+            idx = torch.randint(0, len(data.train_x), (args.batch_size,), generator=g)
+            x, y = data.train_x[idx], data.train_y[idx]
+            for m in ((plain, recorded) if i % 2 else (recorded, plain)):
+                seconds = step(m, x, y)
+                if i >= warm:
+                    times[id(m)].append(seconds)
+    n = len(times[id(plain)]) // args.every * args.every
+    a = np.array(times[id(recorded)][:n]).reshape(-1, args.every).sum(1)
+    b = np.array(times[id(plain)][:n]).reshape(-1, args.every).sum(1)
+    ratio = interval(a / b, rng)
+    print(f"paired: {len(a)} cycles of {args.every} step(s), recorded / plain median {ratio[0]:.3f} "
+          f"(95% CI {ratio[1]:.3f}-{ratio[2]:.3f}); ratio of the sums {a.sum() / b.sum():.3f}")
 
 
 if __name__ == "__main__":
