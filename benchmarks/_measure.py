@@ -1,6 +1,7 @@
-"""Shared helpers for the benchmarks: run a command, sampling the wall time and the peak memory of its
-whole process tree (workers included) from /proc: the sum of each process's proportional set size
-(PSS), so pages that forked workers share with their parent are counted once, not once per process."""
+"""Shared helpers for the benchmarks: the bootstrap interval of a median ratio (:func:`interval`); run a
+command, sampling the wall time and the peak memory of its whole process tree (workers included) from /proc:
+the sum of each process's proportional set size (PSS), so pages that forked workers share with their parent
+are counted once, not once per process."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,10 @@ def measure(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: str | No
     done.set()
     sampler.join()
     return Measured(time.perf_counter() - start, peak / 1024, proc.returncode, output)
+
+
+def interval(ratios: np.ndarray, rng: np.random.Generator, draws: int = 4000) -> tuple[float, float, float]:
+    """Median of ``ratios`` and a 95% bootstrap interval of the median (``draws`` resamples)."""
+    boot = np.median(rng.choice(ratios, (draws, len(ratios))), axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return float(np.median(ratios)), float(low), float(high)

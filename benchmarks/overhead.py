@@ -28,6 +28,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from _measure import interval
 from torch.nn import functional as F
 
 from initdiag import Recorder, keep_heap
@@ -132,9 +133,8 @@ def main() -> None:
     for kind in kinds[1:]:
         for label, k in (("wall", 0), ("cpu", 1)):
             ratios = np.array([r[k] / p[k] for p, r in zip(plain, times[kind], strict=True)])
-            boot = np.median(rng.choice(ratios, (2000, len(ratios))), axis=1)
-            low, high = np.percentile(boot, [2.5, 97.5])
-            print(f"median ratio ({kind} / plain), {label} time: {np.median(ratios):.3f} "
+            median, low, high = interval(ratios, rng, draws=2000)
+            print(f"median ratio ({kind} / plain), {label} time: {median:.3f} "
                   f"(95% CI {low:.3f}-{high:.3f})   ms/step: plain "
                   f"{1000 * statistics.median(p[k] for p in plain) / args.steps:.1f}, {kind} "
                   f"{1000 * statistics.median(r[k] for r in times[kind]) / args.steps:.1f}")

@@ -21,18 +21,12 @@ import time
 
 import numpy as np
 import torch
+from _measure import interval
 from torch.nn import functional as F
 
 import initdiag
 from initdiag.data import MnistData, load_mnist
 from initdiag.models import seed_cnn
-
-
-def interval(ratios: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
-    """Median of ``ratios`` and a 95% bootstrap interval of the median."""
-    boot = np.median(rng.choice(ratios, (4000, len(ratios))), axis=1)
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return float(np.median(ratios)), float(low), float(high)
 
 
 def main() -> None:
