@@ -5,8 +5,8 @@ process's CPU time, with a 95% bootstrap interval over blocks. Only the training
 recorder is attached and detached between blocks, as a training loop attaches it once. Ratios, not
 absolute times, are what matter on a noisy machine: single steps alternated (``--steps 1 --blocks 400``)
 measure small differences more precisely than blocks of many steps, whose times drift with the
-machine. The process keeps its heap as ``initdiag report``'s training processes do
-(``initdiag.keep_heap``); ``benchmarks/user_loop.py`` measures the recorder with torch's defaults instead.
+machine. The process keeps its heap for reuse as ``initdiag report``'s training processes do;
+``benchmarks/user_loop.py`` measures the recorder with torch's defaults instead.
 Usage::
 
     python benchmarks/overhead.py [--steps 20] [--blocks 25] [--every 1] [--threads N] [--no-channels-last]
@@ -31,9 +31,10 @@ import torch
 from _measure import interval
 from torch.nn import functional as F
 
-from initdiag import Recorder, keep_heap
+from initdiag import Recorder
 from initdiag.data import load_mnist
 from initdiag.initializers import InitSpec, apply_initializer
+from initdiag.memory import keep_heap
 from initdiag.models import seed_cnn
 from initdiag.recording import moments
 from initdiag.training import prepare_model
@@ -73,7 +74,10 @@ def main() -> None:
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     keep_heap()
-    fast = moments.use_kernel(args.fast_kernel)
+    torch_path = contextlib.ExitStack()  # held to the end of the process
+    if not args.fast_kernel:
+        torch_path.enter_context(moments.kernel_disabled())
+    fast = moments.kernel_in_use()
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_mnist(dataset="mnist-sample")

@@ -296,6 +296,17 @@ _RUNNERS: dict[str, Callable[[argparse.Namespace, Sequence[str], TextIO, TextIO]
 }
 
 
+def _asked_for_version(argv: Sequence[str]) -> bool:
+    """Whether argparse's ``--version`` (options.py) answered ``argv``: the first top-level option that
+    stops the parse is ``--version`` or an abbreviation of it, not ``--help``."""
+    for word in argv:
+        if not word.startswith("--") or len(word) < 3:
+            return False
+        if "--version".startswith(word) or "--help".startswith(word):
+            return "--version".startswith(word)
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -322,6 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.write("\ninitdiag: interrupted\n")
         return exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
     except SystemExit as exc:  # --help / --version: argparse printed them and exits
+        if exc.code in (0, None) and _asked_for_version(argv):
+            from .recording.moments import kernel_status  # only here: --version stays fast
+
+            out.write(f"{kernel_status()}\n")
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     finally:
         if previous_sigterm is not None:

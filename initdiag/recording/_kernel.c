@@ -1,175 +1,225 @@
-/* Per-channel moments of a float32 tensor in CPU memory, in one pass: a pure function of memory.
+/* Per-channel moments of a float32 array in memory: a pure function of memory with a C ABI.
  *
- * moments(ptr, G, C, P, sg, sc, sp, out, mid, thr) -> None
- *   Reads x[g, c, p] = ((const float *) ptr)[g*sg + c*sc + p*sp] (strides in elements) for g < G, c < C,
- *   p < P and writes 2*C + 2 doubles at out:
+ * Plain C99, no Python headers: built by setup.py as a shared library and loaded with ctypes by
+ * initdiag.recording.moments, whose torch twin moments_torch() is the reference the tests compare it with.
+ *
+ * int initdiag_moments(x, G, C, P, sg, sc, sp, out, mid, thr)
+ *   Reads x[g, c, p] = x[g*sg + c*sc + p*sp] (strides in elements) for g < G, c < C, p < P and writes
+ *   2*C + 2 doubles at out:
  *     out[c]       = sum_{g,p} x[g,c,p]
  *     out[C + c]   = sum_{g,p} x[g,c,p]^2
  *     out[2C]      = number of non-zero elements
- *     out[2C + 1]  = number of elements with |x - mid| >= thr (0 when thr < 0)
- *   Every argument is a number (addresses as integers); nothing else is read. The caller
- *   (initdiag.recording.moments.reduce) guarantees that the memory is alive and on the CPU for the call
- *   and that out does not overlap it. Its torch twin, moments_torch() there, is the reference the tests
- *   compare this kernel with.
+ *     out[2C + 1]  = number of elements with |x - mid| >= thr, computed in float (0 when thr < 0)
+ *   Returns 0, or -1 (nothing written) for a negative size, C < 1 or a null pointer. Nothing but the
+ *   arguments and the memory they point to is read. The caller guarantees that the memory is alive for
+ *   the call and that out does not overlap it.
  *
- *   Sums are accumulated in float over blocks of at most 64 rows (channels innermost) or 1024 values
- *   (channels outermost) and in double across blocks (relative error ~1e-7).
+ * Accuracy. Every value is widened to double (exact) and squared in double (exact: a 24-bit significand
+ * squared fits in 53 bits, and float32's range squared stays inside double's normal range), then summed in
+ * double in an order fixed by this code for each layout (LANES interleaved partial sums folded in a fixed
+ * tree, or row by row), never by the machine's vector width: the result is the same on every x86-64 and
+ * ARM CPU and compiler with IEEE 754 double arithmetic (FLT_EVAL_METHOD 0; no -ffast-math, which would
+ * let the compiler reorder the sums; a fused multiply-add changes nothing since the products are exact).
+ * With n = G*P values per channel and u = 2^-53, any summation order gives (Higham 2002, eq. 4.4)
+ *     |s1 - sum x|   <= (n - 1) u sum |x|      |s2 - sum x^2| <= (n - 1) u sum x^2
+ * (to first order in u). The counts are exact below 2^53.
+ *
+ * Overflow. A channel's sum of squares beyond float32's largest finite value (FLT_MAX, ~3.4e38) is written
+ * as +inf: a float32 model's own arithmetic on these values (a norm, a loss) overflows there, and a
+ * non-finite statistic is what the divergence check reads as overflow.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include <float.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
-#define BLOCK 64
-#define MAXC 4096
+#if defined(_WIN32)
+#define INITDIAG_EXPORT __declspec(dllexport)
+#elif defined(__GNUC__)
+#define INITDIAG_EXPORT __attribute__((visibility("default")))
+#else
+#define INITDIAG_EXPORT
+#endif
 
-/* Channels innermost: each row of C values is added to per-channel float accumulators (vectorized
- * across channels), which are added to the double sums every BLOCK rows to bound rounding. */
-__attribute__((target_clones("avx2", "default")))
-static void channels_inner(const float *restrict x, Py_ssize_t G, Py_ssize_t C, Py_ssize_t P,
-                           Py_ssize_t sg, Py_ssize_t sp, double *restrict s1, double *restrict s2,
-                           int64_t *nonzero, int64_t *sat, float mid, float thr) {
-    float a[MAXC], b[MAXC];
-    int32_t z[MAXC];
-    int64_t st = 0, nz = 0;
-    for (Py_ssize_t c0 = 0; c0 < C; c0 += MAXC) {
-        Py_ssize_t cn = C - c0 < MAXC ? C - c0 : MAXC;
-        Py_ssize_t rows = 0;
-        for (Py_ssize_t c = 0; c < cn; c++) { a[c] = 0.0f; b[c] = 0.0f; z[c] = 0; }
-        for (Py_ssize_t g = 0; g < G; g++) {
-            for (Py_ssize_t p = 0; p < P; p++) {
-                const float *restrict row = x + g * sg + p * sp + c0;
-                for (Py_ssize_t c = 0; c < cn; c++) {
-                    float v = row[c];
-                    a[c] += v;
-                    b[c] += v * v;
-                    z[c] += v != 0.0f;
-                }
-                if (thr >= 0.0f) {
-                    for (Py_ssize_t c = 0; c < cn; c++) st += fabsf(row[c] - mid) >= thr;
-                }
-                if (++rows == BLOCK) {
-                    for (Py_ssize_t c = 0; c < cn; c++) {
-                        s1[c0 + c] += a[c]; s2[c0 + c] += b[c]; nz += z[c];
-                        a[c] = 0.0f; b[c] = 0.0f; z[c] = 0;
-                    }
-                    rows = 0;
-                }
+#if defined(_MSC_VER)
+#define RESTRICT __restrict
+#else
+#define RESTRICT restrict
+#endif
+
+#define INITDIAG_ABI 3 /* bump when the signature or the meaning of out changes */
+#define LANES 16       /* interleaved partial sums of contiguous runs: vectorizable, order fixed */
+
+/* body_lanes(x, G, sg, body, a, b, z): the body lanes of one channel's runs (see channel_runs) into the
+ * zeroed a, b, z: lane k sums, run after run, the values at p = k (mod LANES) of each run's first `body`
+ * values. Plain C (compilers vectorize it as they can); on x86-64 with GCC or Clang and a CPU with AVX2,
+ * the same sums, lane for lane and bit for bit, in sixteen lanes of four 4-double registers
+ * (-DINITDIAG_SCALAR_SUMS builds the plain C loop alone, to compare the two). */
+static void body_lanes_c(const float *x, int64_t G, int64_t sg, int64_t body, double *a, double *b, int64_t *z) {
+    for (int64_t g = 0; g < G; g++) {
+        const float *RESTRICT v = x + g * sg;
+        for (int64_t p = 0; p < body; p += LANES) {
+            for (int k = 0; k < LANES; k++) {
+                double w = (double) v[p + k];
+                a[k] += w;
+                b[k] += w * w;
+                z[k] += w != 0.0;
             }
         }
-        for (Py_ssize_t c = 0; c < cn; c++) { s1[c0 + c] += a[c]; s2[c0 + c] += b[c]; nz += z[c]; }
     }
-    *nonzero += nz;
-    *sat += st;
 }
 
-/* Channels outermost: each channel's P values (strided by sp) are summed; contiguous runs are summed in
- * float lanes in blocks of BLOCK_P values, each block then added to the double sums. */
-#define BLOCK_P 1024
-
-__attribute__((target_clones("avx2", "default"), noinline))
-static void sum_block(const float *restrict blk, Py_ssize_t n, float *sum, float *sumsq, int32_t *nonzero) {
-    float fa = 0.0f, fb = 0.0f;
-    int32_t z = 0;
-#pragma omp simd reduction(+ : fa, fb, z)
-    for (Py_ssize_t p = 0; p < n; p++) {
-        float v = blk[p];
-        fa += v;
-        fb += v * v;
-        z += v != 0.0f;
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(INITDIAG_SCALAR_SUMS)
+#include <immintrin.h>
+#define AVX2_SUMS 1
+__attribute__((target("avx2"))) static void body_lanes_avx2(const float *x, int64_t G, int64_t sg, int64_t body,
+                                                           double *a, double *b, int64_t *z) {
+    const __m256d zero = _mm256_setzero_pd();
+    __m256d va[LANES / 4], vb[LANES / 4];
+    __m256i vz[LANES / 4];
+    for (int j = 0; j < LANES / 4; j++) {
+        va[j] = vb[j] = zero;
+        vz[j] = _mm256_setzero_si256();
     }
-    *sum = fa;
-    *sumsq = fb;
-    *nonzero = z;
-}
-
-static void channels_outer(const float *restrict x, Py_ssize_t G, Py_ssize_t C, Py_ssize_t P,
-                           Py_ssize_t sg, Py_ssize_t sc, Py_ssize_t sp, double *restrict s1,
-                           double *restrict s2, int64_t *nonzero, int64_t *sat, float mid, float thr) {
-    int64_t nz = 0, st = 0;
-    for (Py_ssize_t g = 0; g < G; g++) {
-        for (Py_ssize_t c = 0; c < C; c++) {
-            const float *restrict col = x + g * sg + c * sc;
-            double a = 0.0, b = 0.0;
-            if (sp == 1) {
-                for (Py_ssize_t p0 = 0; p0 < P; p0 += BLOCK_P) {
-                    Py_ssize_t pn = P - p0 < BLOCK_P ? P - p0 : BLOCK_P;
-                    float fa, fb;
-                    int32_t z;
-                    sum_block(col + p0, pn, &fa, &fb, &z);
-                    a += fa;
-                    b += fb;
-                    nz += z;
-                }
-            } else {
-                for (Py_ssize_t p = 0; p < P; p++) {
-                    double v = (double) col[p * sp];
-                    a += v;
-                    b += v * v;
-                    nz += col[p * sp] != 0.0f;
-                }
+    for (int64_t g = 0; g < G; g++) {
+        const float *v = x + g * sg;
+        for (int64_t p = 0; p < body; p += LANES) {
+            for (int j = 0; j < LANES / 4; j++) { /* lanes 4j .. 4j + 3 */
+                __m256d w = _mm256_cvtps_pd(_mm_loadu_ps(v + p + 4 * j));
+                va[j] = _mm256_add_pd(va[j], w);
+                vb[j] = _mm256_add_pd(vb[j], _mm256_mul_pd(w, w));
+                /* w != 0 (true for NaN, as in C) is -1 per lane */
+                vz[j] = _mm256_sub_epi64(vz[j], _mm256_castpd_si256(_mm256_cmp_pd(w, zero, _CMP_NEQ_UQ)));
             }
-            if (thr >= 0.0f) {
-                for (Py_ssize_t p = 0; p < P; p++) st += fabsf(col[p * sp] - mid) >= thr;
-            }
-            s1[c] += a;
-            s2[c] += b;
         }
     }
-    *nonzero += nz;
-    *sat += st;
+    for (int j = 0; j < LANES / 4; j++) {
+        _mm256_storeu_pd(a + 4 * j, va[j]);
+        _mm256_storeu_pd(b + 4 * j, vb[j]);
+        _mm256_storeu_si256((__m256i *) (z + 4 * j), vz[j]);
+    }
+}
+#endif
+
+/* One channel stored as G runs of P contiguous floats, run g at x + g*sg: its sum, sum of squares and
+ * non-zero count, added to *s1, *s2, *nz. Lane k sums, run after run, the values at p = k (mod LANES) of
+ * each run's first P - P % LANES (body_lanes); tail lane k the k-th of each run's last P % LANES; then
+ * lane k += tail lane k, and the lanes are folded pairwise (k += k + LANES/2, ..., k += k + 1). */
+static void channel_runs(const float *x, int64_t G, int64_t sg, int64_t P, double *s1, double *s2, double *nz) {
+    double a[LANES] = {0}, b[LANES] = {0}, ta[LANES] = {0}, tb[LANES] = {0};
+    int64_t z[LANES] = {0}, tz[LANES] = {0}, body = P - P % LANES;
+    if (body > 0) {
+#if defined(AVX2_SUMS)
+        (__builtin_cpu_supports("avx2") ? body_lanes_avx2 : body_lanes_c)(x, G, sg, body, a, b, z);
+#else
+        body_lanes_c(x, G, sg, body, a, b, z);
+#endif
+    }
+    for (int64_t g = 0; g < G; g++) {
+        const float *RESTRICT v = x + g * sg + body;
+        for (int64_t k = 0; k < P - body; k++) {
+            double w = (double) v[k];
+            ta[k] += w;
+            tb[k] += w * w;
+            tz[k] += w != 0.0;
+        }
+    }
+    for (int k = 0; k < LANES; k++) {
+        a[k] += ta[k];
+        b[k] += tb[k];
+        z[k] += tz[k];
+    }
+    for (int width = LANES / 2; width > 0; width /= 2) {
+        for (int k = 0; k < width; k++) {
+            a[k] += a[k + width];
+            b[k] += b[k + width];
+            z[k] += z[k + width];
+        }
+    }
+    *s1 += a[0];
+    *s2 += b[0];
+    *nz += (double) z[0];
 }
 
-/* moments() once its arguments are checked; runs without the GIL. */
-static void run_moments(const float *x, Py_ssize_t G, Py_ssize_t C, Py_ssize_t P, Py_ssize_t sg, Py_ssize_t sc,
-                        Py_ssize_t sp, double *out, double mid, double thr) {
-    int64_t nonzero = 0, sat = 0;
+/* Channels innermost (sc == 1): each row of C values is added to the C double sums at s1, s2 (row by row,
+ * vectorized across channels). */
+static double rows_into_channels(const float *RESTRICT x, int64_t G, int64_t C, int64_t P, int64_t sg,
+                                 int64_t sp, double *RESTRICT s1, double *RESTRICT s2) {
+    int64_t nz = 0;
+    for (int64_t g = 0; g < G; g++) {
+        for (int64_t p = 0; p < P; p++) {
+            const float *RESTRICT row = x + g * sg + p * sp;
+            for (int64_t c = 0; c < C; c++) {
+                double w = (double) row[c];
+                s1[c] += w;
+                s2[c] += w * w;
+                nz += row[c] != 0.0f;
+            }
+        }
+    }
+    return (double) nz;
+}
+
+/* Any other layout: channel by channel; contiguous runs (sp == 1) through channel_runs, strided values one
+ * by one. */
+static double channels_outer(const float *x, int64_t G, int64_t C, int64_t P, int64_t sg, int64_t sc,
+                             int64_t sp, double *s1, double *s2) {
+    double nz = 0.0;
+    if (sp == 1) {
+        for (int64_t c = 0; c < C; c++) channel_runs(x + c * sc, G, sg, P, s1 + c, s2 + c, &nz);
+        return nz;
+    }
+    for (int64_t g = 0; g < G; g++) {
+        for (int64_t c = 0; c < C; c++) {
+            const float *col = x + g * sg + c * sc;
+            for (int64_t p = 0; p < P; p++) {
+                double w = (double) col[p * sp];
+                s1[c] += w;
+                s2[c] += w * w;
+                nz += w != 0.0;
+            }
+        }
+    }
+    return nz;
+}
+
+/* Number of values with |x - mid| >= thr, in float arithmetic as torch does it for a float32 tensor; read
+ * in memory order for channels innermost (sc == 1), channel by channel otherwise. */
+static double saturated(const float *x, int64_t G, int64_t C, int64_t P, int64_t sg, int64_t sc, int64_t sp,
+                        float mid, float thr) {
+    int64_t count = 0, inner = sc == 1 ? C : P, outer = sc == 1 ? P : C;
+    int64_t s_in = sc == 1 ? 1 : sp, s_out = sc == 1 ? sp : sc;
+    for (int64_t g = 0; g < G; g++) {
+        for (int64_t o = 0; o < outer; o++) {
+            const float *run = x + g * sg + o * s_out;
+            for (int64_t i = 0; i < inner; i++) count += fabsf(run[i * s_in] - mid) >= thr;
+        }
+    }
+    return (double) count;
+}
+
+INITDIAG_EXPORT int initdiag_moments_abi(void) { return INITDIAG_ABI; }
+
+INITDIAG_EXPORT int initdiag_moments(const float *x, int64_t G, int64_t C, int64_t P, int64_t sg, int64_t sc,
+                                     int64_t sp, double *out, double mid, double thr) {
+    if (G < 0 || C < 1 || P < 0 || out == NULL || (x == NULL && G > 0 && P > 0)) {
+        return -1;
+    }
     double *s1 = out, *s2 = out + C;
-    for (Py_ssize_t c = 0; c < 2 * C; c++) out[c] = 0.0;
+    for (int64_t c = 0; c < 2 * C; c++) out[c] = 0.0;
+    if (G == 0 || P == 0) {
+        out[2 * C] = 0.0;
+        out[2 * C + 1] = 0.0;
+        return 0;
+    }
     if (sc == 1 && C > 1) {
-        channels_inner(x, G, C, P, sg, sp, s1, s2, &nonzero, &sat, (float) mid, (float) thr);
+        out[2 * C] = rows_into_channels(x, G, C, P, sg, sp, s1, s2);
     } else {
-        channels_outer(x, G, C, P, sg, sc, sp, s1, s2, &nonzero, &sat, (float) mid, (float) thr);
+        out[2 * C] = channels_outer(x, G, C, P, sg, sc, sp, s1, s2);
     }
-    out[2 * C] = (double) nonzero;
-    out[2 * C + 1] = (double) sat;
+    for (int64_t c = 0; c < C; c++) {
+        if (s2[c] > FLT_MAX) s2[c] = INFINITY;
+    }
+    out[2 * C + 1] = thr >= 0.0 ? saturated(x, G, C, P, sg, sc, sp, (float) mid, (float) thr) : 0.0;
+    return 0;
 }
-
-static PyObject *moments(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void) self;
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "moments(ptr, G, C, P, sg, sc, sp, out, mid, thr) takes 10 arguments");
-        return NULL;
-    }
-    const float *x = (const float *) PyLong_AsVoidPtr(args[0]);
-    Py_ssize_t dims[6];
-    for (int i = 0; i < 6; i++) {
-        dims[i] = PyLong_AsSsize_t(args[i + 1]);
-    }
-    double *out = (double *) PyLong_AsVoidPtr(args[7]);
-    double mid = PyFloat_AsDouble(args[8]);
-    double thr = PyFloat_AsDouble(args[9]);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    Py_ssize_t G = dims[0], C = dims[1], P = dims[2], sg = dims[3], sc = dims[4], sp = dims[5];
-    if (G < 0 || C < 1 || P < 0 || (x == NULL && G * P > 0) || out == NULL) {
-        PyErr_SetString(PyExc_ValueError, "moments: bad shape or null pointer");
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    run_moments(x, G, C, P, sg, sc, sp, out, mid, thr);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef methods[] = {
-    {"moments", (PyCFunction) (void (*)(void)) moments, METH_FASTCALL,
-     "moments(ptr, G, C, P, sg, sc, sp, out, mid, thr): per-channel sums, sums of squares, non-zero and "
-     "saturated counts of a float32 tensor in CPU memory, written as 2*C + 2 doubles at out."},
-    {NULL, NULL, 0, NULL},
-};
-
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", NULL, -1, methods};
-
-PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }

@@ -6,42 +6,144 @@ of elements within a tolerance of an activation's bounds, written as one row of 
 buffer (:class:`Stream`). The statistics are derived from the rows later, many at once
 (:mod:`initdiag.recording.rows`).
 
-Two implementations give the same numbers: :func:`moments_torch`, torch operations on the device (no host
-sync), the reference; and on the CPU, for float32, the optional compiled kernel
-``initdiag.recording._kernel`` (a pure function of memory: addresses, sizes and strides in, sums out),
-built by ``pip install`` when a C compiler is present (measured here: ~10 µs for the seed CNN's largest
-training-step sample, against ~100 µs for the torch operations). ``INITDIAG_NO_FAST_KERNEL=1`` switches
-it off.
+Two implementations give the same numbers to within the bound below: :func:`moments_torch`, torch
+operations on the device (no host sync), the reference; and on the CPU, for float32, the optional compiled
+kernel ``_kernel.c`` (a plain C shared library loaded with :mod:`ctypes`, a pure function of memory:
+addresses, sizes and strides in, sums out), built by ``pip install`` when a C compiler is present. Whether
+it is used is decided once, at import: not when ``INITDIAG_NO_FAST_KERNEL`` is set (to anything but ``0``)
+or when the library is absent or does not load; :func:`kernel_status` says which (``initdiag --version``
+prints it), :func:`kernel_disabled` runs a block on the torch path. Measured on a 2-core Xeon with
+``python benchmarks/user_loop.py --paired 600`` (seed CNN, every=1, recorded / plain step time): 1.08-1.11
+with the kernel, 1.28-1.31 on the torch path.
+
+Accuracy, both paths: each float32 value is widened to float64 (exact) and squared in float64 (exact:
+24-bit significands), and the sums are float64, so with ``n`` values per channel and ``u = 2^-53``, in any
+summation order (Higham 2002, eq. 4.4; to first order in ``u``)::
+
+    |s1 - sum y| <= (n - 1) u sum |y|          |s2 - sum y^2| <= (n - 1) u sum y^2
+
+and the counts are exact. The kernel's order is fixed in its code for each memory layout (not by the CPU's
+vector width), so it gives the same bits on every CPU; the two paths differ by at most twice the bound above
+(:func:`sum_error_bound`). Statistics derived by cancellation, ``var = s2/n - (s1/n)^2``, inherit an
+absolute error of at most ``3 (n + C + 1) u E[y^2]`` (:func:`variance_error_bound`), i.e. a relative
+error amplified by ``E[y^2] / var = 1 + mean^2 / var`` (3e-8 of ``var`` for ``n = 10^6`` and ``E[y^2] = 100
+var``).
+
+Overflow, both paths: a channel's sum of squares of a float32 (or narrower) tensor beyond float32's largest
+finite value (:data:`FLOAT32_MAX`, ~3.4e38) is reported as inf, as the model's own float32 arithmetic on
+those values (a norm, a loss) would overflow; the divergence check reads a non-finite statistic as overflow.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib.machinery
 import math
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 
-try:  # built by setup.py when a C compiler is present; optional
-    from . import _kernel  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the build
-    _kernel = None
-
-__all__ = ["KERNEL", "Geometry", "Stream", "channel_moments", "channel_view", "kernel_geometry", "last_samples",
-           "moments_torch", "reduce", "samples_kept", "use_kernel"]
-
-KERNEL: Any = None if os.environ.get("INITDIAG_NO_FAST_KERNEL") else _kernel
-"""The compiled kernel in use, or None (not built, or ``INITDIAG_NO_FAST_KERNEL`` set)."""
+__all__ = ["FLOAT32_MAX", "Geometry", "Stream", "channel_moments", "channel_view", "kernel_disabled", "kernel_geometry",
+           "kernel_in_use", "kernel_status", "last_samples", "moments_torch", "reduce", "samples_kept",
+           "sum_error_bound", "variance_error_bound"]
 
 BUFFER_BYTES = 1 << 20
 """Upper bound on one stream's buffer; wide layers get fewer rows between flushes."""
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+"""A sum of squares of a float32 (or narrower) tensor beyond this is reported as inf (overflow), on both paths."""
 
-def use_kernel(enabled: bool) -> bool:
-    """Switch the compiled kernel on or off (for comparisons and tests); returns whether it is now in use."""
-    global KERNEL
-    KERNEL = _kernel if enabled else None
-    return KERNEL is not None
+UNIT_ROUNDOFF = 2.0**-53
+"""``u`` of float64, the accumulation type of both paths."""
+
+_ABI = 3
+"""``initdiag_moments_abi()`` of the library this module calls (``INITDIAG_ABI`` in ``_kernel.c``)."""
+
+_Moments = Callable[..., int]
+
+
+def _load_kernel() -> tuple[_Moments | None, str]:
+    """The compiled ``initdiag_moments`` function, or None, and a one-line account of which (run once)."""
+    if os.environ.get("INITDIAG_NO_FAST_KERNEL", "") not in ("", "0"):
+        return None, "disabled by INITDIAG_NO_FAST_KERNEL: torch path"
+    here = Path(__file__).resolve().parent
+    found = [here / f"_kernel{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    path = next((p for p in found if p.is_file()), None)
+    if path is None:
+        return None, "not built: torch path"
+    try:
+        lib = ctypes.CDLL(str(path))
+        if not hasattr(lib, "initdiag_moments_abi") or lib.initdiag_moments_abi() != _ABI:
+            return None, f"stale build {path} (reinstall to rebuild): torch path"
+        fn = lib.initdiag_moments
+    except OSError as exc:
+        return None, f"does not load ({exc}): torch path"
+    fn.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 6, ctypes.c_void_p, ctypes.c_double, ctypes.c_double]
+    fn.restype = ctypes.c_int
+    return fn, f"in use ({path})"
+
+
+class _Kernel:
+    """The kernel decided at import (``loaded``, ``status``) and whether a :func:`kernel_disabled` block
+    has it off (``active``: the function :func:`reduce` calls, or None)."""
+
+    __slots__ = ("active", "loaded", "status")
+
+    def __init__(self) -> None:
+        self.loaded, self.status = _load_kernel()
+        self.active = self.loaded
+
+
+_KERNEL = _Kernel()
+
+
+def kernel_status() -> str:
+    """One line: whether the compiled kernel is in use, and its file, or why the torch path is taken."""
+    state = _KERNEL.status if _KERNEL.active is not None or _KERNEL.loaded is None else \
+        "built, switched off by kernel_disabled(): torch path"
+    return f"compiled kernel: {state}"
+
+
+def kernel_in_use() -> bool:
+    """Whether :func:`reduce` sends float32 CPU tensors through the compiled kernel now."""
+    return _KERNEL.active is not None
+
+
+@contextmanager
+def kernel_disabled() -> Iterator[None]:
+    """Run the block on the torch path (for comparisons and tests); the previous state comes back on exit,
+    also when the block raises. Process-wide, not per thread."""
+    previous = _KERNEL.active
+    _KERNEL.active = None
+    try:
+        yield
+    finally:
+        _KERNEL.active = previous
+
+
+def sum_error_bound(n: int, magnitude: float) -> float:
+    """Bound on the rounding error of a float64 sum of ``n`` float32 values, or of their squares, in any
+    order: ``gamma_{n-1} magnitude``, ``gamma_k = k u / (1 - k u)``, ``u = 2^-53`` (Higham 2002, eq. 4.4),
+    where ``magnitude`` is the sum of the absolute values (``sum |y|``, or ``sum y^2``)."""
+    k = max(n - 1, 0) * UNIT_ROUNDOFF
+    return k / (1.0 - k) * magnitude
+
+
+def variance_error_bound(n: int, channels: int, second_moment: float) -> float:
+    """Bound on the rounding error of ``var = mean_c (s2_c/n - (s1_c/n)^2)`` and of ``mean_sq = mean_c
+    (s1_c/n)^2`` (:mod:`initdiag.recording.rows`) computed in float64 from one path's sums, against the
+    exact statistics of the float32 values: ``3 (n + channels + 1) u E[y^2]`` (first order in ``u``), with
+    ``second_moment = E[y^2] = mean_c E[y_c^2] = var + mean_sq``.
+
+    Per channel, ``s2_c/n`` is off by ``<= n u E[y_c^2]``, ``m_c = s1_c/n`` by ``<= n u E|y_c|`` so
+    ``m_c^2`` by ``<= (2n + 1) u E[y_c^2]`` (``|m_c| E|y_c| <= E[y_c^2]``), the subtraction by ``u
+    E[y_c^2]``: ``(3n + 2) u E[y_c^2]``; the mean over ``C`` channels adds ``C u`` relative. The
+    cancellation in ``var`` shows as a relative error amplified by ``E[y^2] / var``."""
+    return 3.0 * (n + channels + 1) * UNIT_ROUNDOFF * second_moment
 
 
 def samples_kept(shape: tuple[int, ...], cdim: int, max_per_channel: int | None) -> int:
@@ -129,11 +231,19 @@ def channel_view(y: torch.Tensor, cdim: int) -> torch.Tensor:
 
 def moments_torch(v: torch.Tensor, mid: float = 0.0, thr: float = -1.0) -> torch.Tensor:
     """The reference: ``[s1 (C), s2 (C), nonzero, saturated]`` of a ``(G, C, P)`` view, in float64 on its
-    device; ``saturated`` counts ``|v - mid| >= thr`` (0 when ``thr < 0``)."""
+    device; ``saturated`` counts ``|v - mid| >= thr`` (0 when ``thr < 0``), in ``v``'s own dtype.
+
+    The values are widened to float64 before they are squared and summed (exact squares for float32 and
+    narrower: the bound in the module docstring; a float64 input adds ``u`` per square). Costs one float64
+    copy of ``v``, squared in place."""
     if not v.is_floating_point():
         v = v.float()
     f64 = torch.float64
-    s1, s2 = v.sum((0, 2), dtype=f64), (v * v).sum((0, 2), dtype=f64)
+    wide = v.to(f64, copy=True)
+    s1 = wide.sum((0, 2))
+    s2 = wide.square_().sum((0, 2))
+    if v.dtype != f64:  # beyond float32's range: what a float32 (or narrower) model's own arithmetic overflows
+        s2 = s2.masked_fill_(s2 > FLOAT32_MAX, math.inf)
     nonzero = (v != 0).sum().reshape(1).to(f64)
     saturated = ((v - mid).abs() >= thr).sum().reshape(1).to(f64) if thr >= 0 else \
         torch.zeros(1, dtype=f64, device=v.device)
@@ -146,10 +256,11 @@ def reduce(y: torch.Tensor, cdim: int, max_per_channel: int | None, out: torch.T
     the last samples) into ``out[row]`` (float64, ``2C + 2`` wide, on ``y``'s device or the CPU); return the
     number of values per channel.
 
-    ``layouts`` caches the kernel's geometry per (shape, strides, cdim, cap). The compiled kernel reads
-    float32 CPU tensors whose dims merge without a copy; every other tensor goes through
+    ``layouts`` caches the kernel's geometry per (shape, strides, cdim, cap). The compiled kernel, when in
+    use, reads float32 CPU tensors whose dims merge without a copy; every other tensor goes through
     :func:`moments_torch`."""
-    if KERNEL is not None and y.dtype == torch.float32 and y.is_cpu and out.is_cpu:
+    kernel = _KERNEL.active
+    if kernel is not None and y.dtype == torch.float32 and y.is_cpu and out.is_cpu:
         key = (y.shape, y.stride(), cdim, max_per_channel)
         if layouts is not None and key in layouts:
             geometry = layouts[key]
@@ -159,8 +270,9 @@ def reduce(y: torch.Tensor, cdim: int, max_per_channel: int | None, out: torch.T
                 layouts[key] = geometry
         if geometry is not None:
             g, c, p, sg, sc, sp, count, offset = geometry
-            KERNEL.moments(y.data_ptr() + 4 * offset, g, c, p, sg, sc, sp,
-                           out.data_ptr() + row * out.stride(0) * 8, mid, thr)
+            if kernel(y.data_ptr() + 4 * offset, g, c, p, sg, sc, sp,
+                      out.data_ptr() + row * out.stride(0) * 8, mid, thr):
+                raise ValueError(f"compiled kernel refused geometry {geometry}")  # pragma: no cover
             return count
     v = channel_view(last_samples(y.detach(), cdim, max_per_channel), cdim)
     out[row].copy_(moments_torch(v, mid, thr))

@@ -1,0 +1,144 @@
+"""The one reduction: the compiled kernel and its torch twin against exact sums (math.fsum), within the
+float64 summation bound the module states; how the kernel is switched and reported."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from initdiag.recording import moments
+
+
+def _exact(v: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per channel of a (G, C, P) view: the exactly rounded sum, sum of squares and sum of |v| (fsum of
+    the float32 values widened to float64, whose squares are exact)."""
+    a = v.double().numpy()
+    cols = [a[:, c, :].ravel() for c in range(a.shape[1])]
+    return (np.array([math.fsum(col) for col in cols]), np.array([math.fsum(col * col) for col in cols]),
+            np.array([math.fsum(np.abs(col)) for col in cols]))
+
+
+def _within_sum_bound(row: np.ndarray, v: torch.Tensor) -> None:
+    """``row`` = [s1, s2, ...] of ``v`` within ``sum_error_bound`` of the exact sums (plus one ulp of the
+    exact sum for fsum's own rounding)."""
+    s1, s2, abs1 = _exact(v)
+    channels, n = v.shape[1], v.shape[0] * v.shape[2]
+    bound1 = np.array([moments.sum_error_bound(n, m) for m in abs1]) + np.spacing(np.abs(s1))
+    bound2 = np.array([moments.sum_error_bound(n, m) for m in s2]) + np.spacing(s2)
+    assert np.all(np.abs(row[:channels] - s1) <= bound1)
+    assert np.all(np.abs(row[channels:2 * channels] - s2) <= bound2)
+
+
+LAYOUTS = ["nchw", "nhwc", "strided", "logits", "one-channel", "odd-run"]
+
+
+def _tensor(layout: str) -> tuple[torch.Tensor, int]:
+    """A float32 tensor with a large common offset (cancellation in the variance) and its channel dim,
+    in a layout the kernel reads without a copy."""
+    g = torch.Generator().manual_seed(7)
+    y = torch.randn(9, 6, 13, 11, generator=g) * 0.01 + 3.0
+    y[0, 1] = 0.0
+    if layout == "nhwc":
+        return y.contiguous(memory_format=torch.channels_last), 1
+    if layout == "strided":
+        return y[:, :, 0, ::2], 1
+    if layout == "logits":
+        return y[:, :, 0, 0].contiguous(), 1
+    if layout == "one-channel":
+        return y.reshape(-1), -1
+    if layout == "odd-run":
+        return y[:, :, 0, :7], 1  # runs of 7 contiguous values: shorter than the kernel's lanes
+    return y, 1
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test through the compiled kernel (skipped when it is not in use) and through the torch twin."""
+    if request.param == "kernel" and not moments.kernel_in_use():
+        pytest.skip(moments.kernel_status())
+    with moments.kernel_disabled() if request.param == "torch" else contextlib.nullcontext():
+        yield request.param
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_reduce_is_within_the_float64_summation_bound_of_the_exact_sums(layout: str, path: str) -> None:
+    y, cdim = _tensor(layout)
+    assert moments.kernel_geometry(tuple(y.shape), y.stride(), cdim, None) is not None
+    v = moments.channel_view(y, cdim)
+    channels = v.shape[1]
+    twin = moments.moments_torch(v, 3.0, 0.02).numpy()
+    _within_sum_bound(twin, v)
+    out = torch.zeros(1, 2 * channels + 2, dtype=torch.float64)
+    moments.reduce(y, cdim, None, out, 0, mid=3.0, thr=0.02)
+    _within_sum_bound(out[0].numpy(), v)
+    assert out[0, -2:].tolist() == twin[-2:].tolist()  # counts: exact on both paths
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_variance_from_the_sums_is_within_the_stated_bound_despite_cancellation(layout: str, path: str) -> None:
+    """E[y^2] / var ~ 1e5 here, so the bound on var is ~1e5 times the sums' relative bound."""
+    y, cdim = _tensor(layout)
+    v = moments.channel_view(y, cdim).double()
+    channels, n = v.shape[1], v.shape[0] * v.shape[2]
+    out = torch.zeros(1, 2 * channels + 2, dtype=torch.float64)
+    moments.reduce(y, cdim, None, out, 0)
+    s1, s2 = out[0, :channels], out[0, channels:2 * channels]
+    var = (s2 / n - (s1 / n) ** 2).mean().item()
+    want = v.var(dim=(0, 2), unbiased=False).mean().item()  # two-pass in float64: error ~ n u var
+    second = v.square().mean().item()
+    assert abs(var - want) <= moments.variance_error_bound(n, channels, second) + 4 * n * moments.UNIT_ROUNDOFF * want
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_sum_of_squares_beyond_float32_range_is_inf_on_both_paths(layout: str, path: str) -> None:
+    """Values of ~1e20 are finite in float32, but their squares are not: a float32 model's own arithmetic
+    overflows on them, so s2 is inf (what the divergence check reads), while s1 stays the finite sum; a
+    channel whose squares stay in range is unchanged."""
+    y, cdim = _tensor(layout)
+    v = moments.channel_view(y, cdim)
+    big = y.clone()
+    moments.channel_view(big, cdim)[:, 0] *= 1e19  # one channel's values ~3e19: squares ~1e39 > 3.4e38
+    out = torch.zeros(1, 2 * v.shape[1] + 2, dtype=torch.float64)
+    moments.reduce(big, cdim, None, out, 0)
+    channels = v.shape[1]
+    assert math.isinf(out[0, channels].item()) and math.isfinite(out[0, 0].item())
+    if channels > 1:
+        assert torch.isfinite(out[0, channels + 1:2 * channels]).all()
+    wide = moments.moments_torch(moments.channel_view(big.double(), cdim))  # a float64 model: no overflow
+    assert math.isfinite(wide[channels].item())
+
+
+def test_kernel_disabled_takes_the_torch_path_and_restores_the_state_even_when_the_block_raises() -> None:
+    before, status = moments.kernel_in_use(), moments.kernel_status()
+    with pytest.raises(RuntimeError), moments.kernel_disabled():
+        assert not moments.kernel_in_use()
+        assert moments.kernel_status().endswith("torch path")
+        with moments.kernel_disabled():
+            assert not moments.kernel_in_use()
+        assert not moments.kernel_in_use()
+        raise RuntimeError
+    assert (moments.kernel_in_use(), moments.kernel_status()) == (before, status)
+
+
+def test_kernel_status_names_the_library_in_use_or_why_not() -> None:
+    status = moments.kernel_status()
+    assert status.startswith("compiled kernel: ")
+    if moments.kernel_in_use():
+        assert "in use (" in status and "_kernel" in status
+    else:
+        assert status.endswith("torch path")
+
+
+def test_the_environment_variable_turns_the_kernel_off_at_import() -> None:
+    code = "from initdiag.recording import moments as m; print(m.kernel_in_use()); print(m.kernel_status())"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "INITDIAG_NO_FAST_KERNEL": "1"})
+    assert run.stdout.splitlines() == ["False", "compiled kernel: disabled by INITDIAG_NO_FAST_KERNEL: torch path"]
