@@ -1,7 +1,7 @@
 """The recorder as a user meets it: ``initdiag.Recorder`` around their own training loop, torch's defaults.
 
-The README's API example shape on the seed CNN: torch's default thread count, NCHW tensors, no
-``keep_heap``, Adam, batch 64 from the bundled MNIST sample. Blocks of ``--steps`` steps alternate
+The README's API example shape on the seed CNN: torch's default thread count, NCHW tensors, the
+default heap settings, Adam, batch 64 from the bundled MNIST sample. Blocks of ``--steps`` steps alternate
 between plain training and training inside ``with initdiag.Recorder(model, every=K):`` (attached once
 per block, its flush and frame inside the timed block, as a loop that attaches once would pay them).
 Prints the median ratio of wall time (recorded / plain) over the pairs with a 95% bootstrap interval,

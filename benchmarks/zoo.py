@@ -70,7 +70,7 @@ def run_case(case: Any) -> Row:
                    now - built, f"{type(exc).__name__}: {text[:150]}")
     audited = time.perf_counter()
     failed = sorted({c for run in result.runs for c in run.failed})
-    warned = sorted({f"{v.check}({v.signal})" if v.signal in ("forward", "backward") else v.check
+    warned = sorted({f"{v.outcome}({v.signal})" if v.signal in ("forward", "backward") else v.outcome
                      for v in result.verdicts if v.status == "warn"})
     status = "ok" if case.matches_failed(failed) else "MISMATCH"
     return Row(case.name, case.family, case.expect_text(), case.healthy, tuple(failed), tuple(warned), status,

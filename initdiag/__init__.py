@@ -6,7 +6,6 @@ from .audit import AuditResult, audit
 from .checks import Verdict
 from .errors import DataError, InitDiagError, ModelLoadError, OutputError, UsageError
 from .initializers import INITIALIZERS, InitSpec, apply_initializer
-from .memory import keep_heap
 from .recording import Recorder
 from .vocab import __version__
 
@@ -24,5 +23,4 @@ __all__ = [
     "__version__",
     "apply_initializer",
     "audit",
-    "keep_heap",
 ]

@@ -120,6 +120,13 @@ def _cmd_list(out: TextIO) -> int:
         out.write(f"  {name:<16} {init.summary}\n  {'':<16} {init.formula}"
                   + (f"   [parameters: {params}]" if params else "") + "\n")
     out.write(f"\nDefault set: {','.join(DEFAULT_INITIALIZERS)}\n")
+    from .checks import CHECKS
+
+    out.write("\nChecks (--fail-on takes a check's name or one of its outcomes):\n")
+    for check in CHECKS:
+        outcomes = [o for o in check.outcomes if o != "healthy"]
+        out.write(f"  {check.name:<16} {check.title}" + (f"   [outcomes: {', '.join(outcomes)}]" if outcomes else "")
+                  + "\n")
     return EXIT_OK
 
 
@@ -200,13 +207,13 @@ def _cmd_report(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err:
     out.write("\n")
     rows = [("initializer", "seed", "test accuracy", "test loss", "status", "verdicts")]
     rows += [(run.label, str(run.seed), f"{run.test_accuracy:.4f}", f"{run.test_loss:.4f}", run.status,
-              ", ".join(sorted({v.check for v in run.verdicts if v.status == Status.FAIL})) or "-")
+              ", ".join(sorted({v.outcome for v in run.verdicts if v.status == Status.FAIL})) or "-")
              for run in result.runs]
     _table(rows, out)
     _wrote(paths, out_dir, out)
     if args.tensorboard is not None:
         out.write(f"TensorBoard: tensorboard --logdir {args.tensorboard}\n")
-    return _gate(failed_checks(v for run in result.runs for v in run.verdicts) & set(config.fail_on), err)
+    return _gate(failed_checks((v for run in result.runs for v in run.verdicts), config.fail_on), err)
 
 
 def _cmd_audit(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
@@ -226,7 +233,7 @@ def _cmd_audit(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: 
     rows = [("initialization", "forward gain", "fails", "warns", "")]
     for run in result.runs:
         gain = forward_gain(run.verdicts)
-        fails = list(dict.fromkeys(f"{v.check} ({v.signal})" if v.signal in ("forward", "backward") else v.check
+        fails = list(dict.fromkeys(f"{v.outcome} ({v.signal})" if v.signal in ("forward", "backward") else v.outcome
                                    for v in run.verdicts if v.status == Status.FAIL))
         rows.append((run.label, f"{gain:.3g}" if gain == gain else "-", ", ".join(fails) or "-",
                      str(sum(v.status == Status.WARN for v in run.verdicts)),
@@ -288,7 +295,7 @@ def _cmd_sweep(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: 
     _table(rows, out)
     _wrote(paths, out_dir, out)
     verdicts = [v for cell in result.cells for run in cell.runs for v in run.verdicts]
-    return _gate(failed_checks(verdicts) & set(base.fail_on), err)
+    return _gate(failed_checks(verdicts, base.fail_on), err)
 
 
 _RUNNERS: dict[str, Callable[[argparse.Namespace, Sequence[str], TextIO, TextIO], int]] = {

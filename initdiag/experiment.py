@@ -21,29 +21,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .checks import (
-    RunEvidence,
-    Verdict,
-    Weights,
-    accuracy_summary,
-    check_run,
-    compare_accuracies,
-    norm_gains,
-    snapshot_grads,
-    snapshot_weights,
-    stream_prediction,
-    theory_profiles,
-    theory_rows,
-    weight_moments,
-    zero_parameters,
-)
+from .checks import RunEvidence, Verdict, accuracy_summary, analyze, compare_accuracies
 from .config import ExperimentConfig
 from .data import MnistData
 from .errors import UsageError
 from .initializers import InitSpec, apply_initializer
+from .jsonable import run_name
 from .models import build_model
 from .progress import NullProgress, Progress
-from .recording import Recorder
+from .recording import Recorder, Weights, norm_gains, snapshot_grads, snapshot_weights, weight_moments, zero_parameters
 from .results import ExperimentResult, RunResult
 from .structure import discover
 from .structure.layers import weight_layers
@@ -107,7 +93,7 @@ def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData
     """Build the model, initialize it with ``spec`` and ``seed``, train it under the recorder, check it."""
     progress = progress or NullProgress()
     device = device or resolve_device(config.device)
-    name = f"{spec.label}/seed{seed}"
+    name = run_name(spec.label, seed)
     start = time.perf_counter()
     with _too_large(name, config):
         model = build_model(config.model)
@@ -140,14 +126,13 @@ def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData
                            default_init=spec.name == "pytorch-default", structure=structure, grads_init=grads_init,
                            zero_params=zero, norm_gains=norm_gains(model, structure),
                            steps_per_epoch=math.ceil(len(data.train_x) / config.batch_size))
-    verdicts = check_run(evidence, rng_seed=seed)
+    analysis = analyze(evidence, seed=seed)
     return RunResult(
         name=name, spec=spec, seed=seed, history=outcome.history, test_accuracy=outcome.test_accuracy,
         test_loss=outcome.test_loss, predictions=outcome.predictions, step_losses=outcome.step_losses,
-        frame=frame, layers=layers, verdicts=verdicts, theory=theory_rows(evidence),
-        diverged_step=diverged_step(verdicts, outcome.diverged_step), seconds=time.perf_counter() - start,
-        grad_norms=outcome.grad_norms, profiles=theory_profiles(evidence, structure.segments()),
-        structure=structure, stream=stream_prediction(evidence),
+        frame=frame, layers=layers, analysis=analysis,
+        diverged_step=diverged_step(analysis.verdicts, outcome.diverged_step), seconds=time.perf_counter() - start,
+        grad_norms=outcome.grad_norms, structure=structure,
     )
 
 

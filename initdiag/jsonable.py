@@ -1,5 +1,5 @@
-"""Plain JSON values from initdiag's results (numpy scalars and arrays to Python, NaN/Inf to null), and names
-made safe for file names."""
+"""Plain JSON values from initdiag's results (numpy scalars and arrays to Python, NaN/Inf to null), a run's name,
+and names made safe for file names."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["file_name", "finite", "json_safe"]
+__all__ = ["file_name", "finite", "json_safe", "run_name"]
+
+
+def run_name(label: str, seed: int) -> str:
+    """A run's name, ``label/seedN``: the key runs are stored, resumed and reported under."""
+    return f"{label}/seed{seed}"
 
 
 def file_name(name: str) -> str:

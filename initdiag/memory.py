@@ -1,11 +1,11 @@
-"""The process heap during training: keep freed activation buffers for reuse, give memory back on demand.
+"""The heap of initdiag's training processes (internal, not public API): keep freed activation buffers for
+reuse, give memory back on demand.
 
 PyTorch's CPU tensors come from the C library's ``malloc``. With glibc's defaults, the large activation
 buffers of a training step (the seed CNN's first conv output at batch 64 is 5.5 MB) are either mapped
 and unmapped with ``mmap`` on every step or trimmed from the top of the heap when freed, so every
-step faults its working set back in. Measured here on the seed CNN, one thread, batch 64:
-about 5,100 minor page faults per step, 55 ms per step (16 ms of it in the kernel); with
-:func:`keep_heap`, no faults and 33 ms per step (0.6x), with the same numbers out.
+step faults its working set back in (thousands of minor page faults per step). :func:`keep_heap` keeps
+them in the heap, so each step reuses the last one's pages; the numbers out are the same.
 
 Only glibc on Linux is tuned; elsewhere both functions do nothing.
 """

@@ -20,7 +20,7 @@ class ModelName(StrEnum):
 
 
 def _relu() -> nn.Module:
-    """ReLU in place: the same numbers, no second activation buffer (seed CNN: 0.9x the time per CPU step)."""
+    """ReLU in place: the same numbers, no second activation buffer."""
     return nn.ReLU(inplace=True)
 
 

@@ -1,22 +1,23 @@
 """Every command-line option, declared once, and the subcommands that take them.
 
 :data:`OPTIONS` holds each option by its argparse destination; :data:`COMMANDS` lists, per subcommand, the
-options it takes (with its own default where the commands differ, e.g. ``--init``); :func:`build_parser`
-builds the argparse parser from the two.
+options it takes with their defaults, read from the config dataclasses (:mod:`initdiag.config`) except where a
+command has its own (e.g. ``report --device auto``, ``sweep --epochs 1``); :func:`build_parser` builds the
+argparse parser from the two.
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .config import AUDIT_INPUTS, AUDIT_LOSSES, INPUT_DTYPES
+from .config import AUDIT_INPUTS, AUDIT_LOSSES, INPUT_DTYPES, AuditConfig, ExperimentConfig, SweepConfig
 from .errors import UsageError
-from .initializers import DEFAULT_INITIALIZERS
-from .models import ACTIVATIONS, MODELS
-from .vocab import FORMATS, PAPERS, __version__
+from .models import ACTIVATIONS, MODELS, ModelSpec
+from .vocab import PAPERS, __version__
 
 __all__ = ["COMMANDS", "OPTIONS", "Axis", "Command", "Option", "build_parser"]
 
@@ -44,7 +45,8 @@ def _float(text: str) -> float:
 
 @dataclass(frozen=True)
 class Option:
-    """One command-line option: its flag and argparse settings (``default`` may differ per command)."""
+    """One command-line option: its flag and argparse settings (its default is each command's, in :data:`COMMANDS`,
+    but for the few options no config holds)."""
 
     flag: str
     help: str
@@ -55,58 +57,51 @@ OPTIONS: dict[str, Option] = {o.flag.lstrip("-").replace("-", "_"): o for o in (
     Option("target", "the model: 'package.module:name' or 'path/to/file.py:name' (a class, a zero-argument "
                      "factory or an nn.Module instance)"),
     Option("--model", f"model: {', '.join(MODELS)}, or your own for 1x28x28 inputs and 10 classes as "
-                      "'pkg.mod:factory' or 'file.py:Class' (default %(default)s)", {"default": "cnn"}),
-    Option("--depth", "deep-mlp: number of Linear layers (default %(default)s)", {"type": _int, "default": 10}),
-    Option("--width", "deep-mlp: units per hidden layer (default %(default)s)", {"type": _int, "default": 256}),
-    Option("--activation", f"deep-mlp: {'|'.join(ACTIVATIONS)} (default %(default)s)", {"default": "relu"}),
+                      "'pkg.mod:factory' or 'file.py:Class' (default %(default)s)"),
+    Option("--depth", "deep-mlp: number of Linear layers (default %(default)s)", {"type": _int}),
+    Option("--width", "deep-mlp: units per hidden layer (default %(default)s)", {"type": _int}),
+    Option("--activation", f"deep-mlp: {'|'.join(ACTIVATIONS)} (default %(default)s)"),
     Option("--init", "comma-separated initializations, parameters after a colon, e.g. "
                      "'zeros,random:std=0.05,xavier,he' (`initdiag list` shows them; an audit also takes 'keep', "
                      "the model as given) (default %(default)s)"),
-    Option("--epochs", "training epochs (default %(default)s)", {"type": _int, "default": 5}),
+    Option("--epochs", "training epochs (default %(default)s)", {"type": _int}),
     Option("--batch-size", "samples per batch (default %(default)s)", {"type": _int}),
-    Option("--lr", "learning rate (default %(default)s; SGD usually wants 0.01-0.1)",
-           {"type": _float, "default": 1e-3}),
-    Option("--optimizer", "adam or sgd (momentum 0.9) (default %(default)s)", {"default": "adam"}),
-    Option("--seed", "first seed: weights, batch order, inputs and labels (default %(default)s)",
-           {"type": _int, "default": 0}),
-    Option("--seeds", "repeat each initializer with N seeds (default %(default)s)", {"type": _int, "default": 1}),
-    Option("--limit-train", "use the first N training images (quick runs)",
-           {"type": _int, "default": None, "metavar": "N"}),
+    Option("--lr", "learning rate (default %(default)s; SGD usually wants 0.01-0.1)", {"type": _float}),
+    Option("--optimizer", "adam or sgd (momentum 0.9) (default %(default)s)"),
+    Option("--seed", "first seed: weights, batch order, inputs and labels (default %(default)s)", {"type": _int}),
+    Option("--seeds", "repeat each initializer with N seeds (default %(default)s)", {"type": _int}),
+    Option("--limit-train", "use the first N training images (quick runs)", {"type": _int, "metavar": "N"}),
     Option("--record-every", "record statistics every K-th training step, the first included (default "
-                             "%(default)s; the loss is checked every step regardless)",
-           {"type": _int, "default": 10, "metavar": "K"}),
-    Option("--dataset", "mnist (found or downloaded) or mnist-sample (bundled)", {"default": "mnist"}),
-    Option("--data-dir", "directory with the four MNIST IDX files (plain or .gz; also DIR/MNIST/raw)",
-           {"type": Path, "default": None}),
-    Option("--out", "output directory (default reports/<model>-<time>)", {"type": Path, "default": None}),
-    Option("--format", "outputs to write (default %(default)s)", {"default": ",".join(FORMATS)}),
-    Option("--paper", f"PDF paper size: {', '.join(PAPERS)} (default %(default)s)", {"default": "a4"}),
+                             "%(default)s; the loss is checked every step regardless)", {"type": _int, "metavar": "K"}),
+    Option("--dataset", "mnist (found or downloaded) or mnist-sample (bundled)"),
+    Option("--data-dir", "directory with the four MNIST IDX files (plain or .gz; also DIR/MNIST/raw)", {"type": Path}),
+    Option("--out", "output directory (default reports/<model>-<time>)", {"type": Path}),
+    Option("--format", "outputs to write (default %(default)s)"),
+    Option("--paper", f"PDF paper size: {', '.join(PAPERS)} (default %(default)s)"),
     Option("--device", "auto (CUDA when present), cpu or cuda (default %(default)s)"),
     Option("--jobs", "runs in parallel worker processes (default: one per core on the CPU, 1 on a GPU)",
-           {"type": _int, "default": None, "metavar": "N"}),
+           {"type": _int, "metavar": "N"}),
     Option("--resume", "continue an interrupted report in DIR with its original settings",
            {"type": Path, "default": None, "metavar": "DIR"}),
     Option("--tensorboard", "also write TensorBoard event files, one run per subdirectory of DIR",
            {"type": Path, "default": None, "metavar": "DIR"}),
     Option("--fail-on", "exit with code 3 when a run fails one of these checks (comma-separated)",
-           {"default": "", "metavar": "CHECKS"}),
+           {"metavar": "CHECKS"}),
     Option("--input-shape", "one sample's shape without the batch dimension, e.g. 3,224,224 (required unless "
-                            "--inputs mnist)", {"default": None, "metavar": "C,H,W"}),
-    Option("--batches", "batches to push through (default %(default)s)", {"type": _int, "default": 4}),
-    Option("--inputs", f"{'|'.join(AUDIT_INPUTS)}: standard normal or MNIST training images (default %(default)s)",
-           {"default": "normal"}),
+                            "--inputs mnist)", {"metavar": "C,H,W"}),
+    Option("--batches", "batches to push through (default %(default)s)", {"type": _int}),
+    Option("--inputs", f"{'|'.join(AUDIT_INPUTS)}: standard normal or MNIST training images (default %(default)s)"),
     Option("--input-dtype", f"{'|'.join(INPUT_DTYPES)}: long gives token ids in [0, --vocab) for models that start "
-                            "with an Embedding (default %(default)s)", {"default": "float"}),
+                            "with an Embedding (default %(default)s)"),
     Option("--vocab", "token ids for --input-dtype long (default: the first Embedding's size)",
-           {"type": _int, "default": None, "metavar": "N"}),
+           {"type": _int, "metavar": "N"}),
     Option("--loss", f"{'|'.join(AUDIT_LOSSES)}: auto is cross-entropy against random labels for (batch, classes) "
-                     "outputs, else mean squared output (default %(default)s)", {"default": "auto"}),
+                     "outputs, else mean squared output (default %(default)s)"),
     Option("--kwargs", "keyword arguments for the class or factory, a JSON object, e.g. '{\"num_classes\": 10}'",
            {"default": None, "metavar": "JSON"}),
-    Option("--backend", "sweep: local (worker processes) or ray (Ray tasks) (default %(default)s)",
-           {"default": "local"}),
+    Option("--backend", "sweep: local (worker processes) or ray (Ray tasks) (default %(default)s)"),
     Option("--ray-address", "sweep on Ray: join the cluster at ADDR (host:port, or auto); default: start a local "
-                            "Ray instance sized to this machine", {"default": None, "metavar": "ADDR"}),
+                            "Ray instance sized to this machine", {"metavar": "ADDR"}),
     Option("--debug", "show tracebacks for known errors", {"action": "store_true", "default": argparse.SUPPRESS}),
 )}
 """Every option, declared once, by its argparse destination."""
@@ -114,7 +109,7 @@ OPTIONS: dict[str, Option] = {o.flag.lstrip("-").replace("-", "_"): o for o in (
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: its help, the options it takes (name -> its own default where the commands differ)."""
+    """A subcommand: its help, the options it takes (name -> its default in this command)."""
 
     help: str
     description: str
@@ -122,7 +117,7 @@ class Command:
 
 
 _OWN = object()
-"""No per-command default: the option's own."""
+"""No per-command default: the option's own (options the configs do not hold: ``--resume``, ``--debug``, ...)."""
 
 
 @dataclass(frozen=True)
@@ -131,33 +126,53 @@ class Axis:
 
     default: str
 
+
+_FIELD = {"format": "formats"}
+"""Options whose config field has another name."""
+
+
+def _cli(value: Any) -> Any:
+    """A config default as the command line spells it: a tuple comma-joined (initializers by label), an enum as
+    its string."""
+    if isinstance(value, tuple):
+        return ",".join(str(getattr(v, "label", v)) for v in value)
+    return str(value) if isinstance(value, Enum) else value
+
+
+def _options(dests: str, config: Any, **own: Any) -> dict[str, Any]:
+    """The options ``dests`` (space-separated, in help order), each with the default of the ``config`` dataclass's
+    field of its name (the one place it is written), or with the command's ``own`` (a default of this command only,
+    an :class:`Axis` or ``_OWN``)."""
+    return {d: own[d] if d in own else _cli(getattr(config, _FIELD.get(d, d))) for d in dests.split()}
+
+
 COMMANDS: dict[str, Command] = {
     "report": Command(
         "train a model once per initializer on MNIST and write the report",
         "Train a model once per initializer on MNIST while recording per-layer statistics; check them; write "
         "report.html, report.pdf, summary.json, series.csv.",
-        {"model": _OWN, "depth": _OWN, "width": _OWN, "activation": _OWN, "init": ",".join(DEFAULT_INITIALIZERS),
-         "epochs": _OWN, "batch_size": 64, "lr": _OWN, "optimizer": _OWN, "seed": _OWN, "seeds": _OWN,
-         "limit_train": _OWN, "record_every": _OWN, "dataset": _OWN, "data_dir": _OWN, "out": _OWN, "format": _OWN,
-         "paper": _OWN,
-         "device": "auto", "jobs": _OWN, "resume": _OWN, "tensorboard": _OWN, "fail_on": _OWN,
-         "debug": _OWN}),
+        _options("model depth width activation init epochs batch_size lr optimizer seed seeds limit_train "
+                 "record_every dataset data_dir out format paper device jobs resume tensorboard fail_on debug",
+                 ExperimentConfig, model=_cli(ModelSpec.name), depth=ModelSpec.depth, width=ModelSpec.width,
+                 activation=ModelSpec.activation, init=_cli(ExperimentConfig.initializers), device="auto", resume=_OWN,
+                 tensorboard=_OWN, debug=_OWN)),
     "audit": Command(
         "diagnose the initialization of your own model (a few batches, no training)",
         "Push a few batches through a copy of a model, forward and backward, with the recorder and checks of "
         "`report`; compare initializations; write the report.",
-        {"target": _OWN, "input_shape": _OWN, "init": "keep", "batches": _OWN, "batch_size": 16, "inputs": _OWN,
-         "input_dtype": _OWN, "vocab": _OWN, "loss": _OWN, "kwargs": _OWN, "seed": _OWN, "device": "cpu",
-         "data_dir": _OWN, "out": _OWN, "format": _OWN, "paper": _OWN, "fail_on": _OWN, "debug": _OWN}),
+        _options("target input_shape init batches batch_size inputs input_dtype vocab loss kwargs seed device "
+                 "data_dir out format paper fail_on debug",
+                 AuditConfig, target=_OWN, init=_cli(AuditConfig.inits), kwargs=_OWN, debug=_OWN)),
     "sweep": Command(
         "train a grid of models x initializers x seeds, locally or on Ray, and write the sweep report",
         "The options of `report`, with the model axes taking comma-separated lists (their Cartesian product): "
         "--model deep-mlp --depth 10,20,30 --width 128,512 --activation relu,tanh --init he,xavier --seeds 5.",
-        {"model": Axis("deep-mlp"), "depth": Axis("10,20,30"), "width": Axis("256"), "activation": Axis("relu"),
-         "init": "he,xavier", "epochs": 1, "batch_size": 64, "lr": _OWN, "optimizer": _OWN, "seed": _OWN,
-         "seeds": 2, "limit_train": _OWN, "record_every": _OWN, "dataset": _OWN, "data_dir": _OWN, "out": _OWN,
-         "format": _OWN, "paper": _OWN, "device": "cpu", "jobs": _OWN, "backend": _OWN, "ray_address": _OWN,
-         "resume": _OWN, "fail_on": _OWN, "debug": _OWN}),
+        _options("model depth width activation init epochs batch_size lr optimizer seed seeds limit_train "
+                 "record_every dataset data_dir out format paper device jobs backend ray_address resume fail_on "
+                 "debug",
+                 ExperimentConfig, model=Axis("deep-mlp"), depth=Axis("10,20,30"), width=Axis(str(ModelSpec.width)),
+                 activation=Axis(ModelSpec.activation), init="he,xavier", epochs=1, seeds=2,
+                 backend=_cli(SweepConfig.backend), ray_address=SweepConfig.ray_address, resume=_OWN, debug=_OWN)),
 }
 
 

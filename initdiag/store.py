@@ -3,7 +3,7 @@
 Layout inside the report directory::
 
     .initdiag/plan.json           the ExperimentConfig and the command line that started it
-    .initdiag/runs/<run>.json     one finished run: its scalars, history, layers, verdicts, theory rows
+    .initdiag/runs/<run>.json     one finished run: its scalars, history, layers, analysis (verdicts, theory)
     .initdiag/runs/<run>.npz      and its arrays: predictions, losses, gradient norms, the tidy frame
 
 Nothing read back can execute code: JSON, and ``.npz`` archives read with ``allow_pickle=False`` (every
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .checks import TheoryProfile, TheoryRow, Verdict
+from .checks import RunAnalysis
 from .config import ExperimentConfig, SweepConfig
 from .errors import OutputError, UsageError
 from .initializers import InitSpec
@@ -42,7 +42,6 @@ from .results import RunResult
 from .series import CATEGORICAL, FRAME_COLUMNS, empty_frame
 from .structure import Structure
 from .structure.layers import LayerInfo
-from .theory.stream import StreamTheory
 from .training import EpochStats
 
 __all__ = ["STATE_DIR", "Plan", "RunStore", "atomic_write"]
@@ -172,11 +171,8 @@ def _run_json(run: RunResult, sha256: str) -> dict[str, Any]:
         **_header("run"), "arrays": sha256, "name": run.name, "initializer": run.spec.label, "seed": run.seed,
         "history": [asdict(e) for e in run.history], "test_accuracy": run.test_accuracy,
         "test_loss": run.test_loss, "layers": [asdict(la) for la in run.layers],
-        "verdicts": [v.to_json() for v in run.verdicts], "theory": [t.to_json() for t in run.theory],
-        "profiles": [p.to_json() for p in run.profiles],
+        "analysis": run.analysis.to_json(),
         "structure": None if run.structure is None else run.structure.to_json(),
-        "stream": None if run.stream is None else {"values": list(run.stream.values), "bounded": run.stream.bounded,
-                                                   "rules": list(run.stream.rules)},
         "diverged_step": run.diverged_step, "seconds": run.seconds,
     }
     return json_safe(data)
@@ -196,15 +192,11 @@ def _run_from(data: dict[str, Any], arrays: dict[str, np.ndarray]) -> RunResult:
             name=str(data["name"]), spec=InitSpec.parse(str(data["initializer"])), seed=int(data["seed"]),
             history=history, test_accuracy=_number(data["test_accuracy"]), test_loss=_number(data["test_loss"]),
             predictions=arrays["predictions"].astype(np.int64), step_losses=arrays["step_losses"].astype(np.float64),
-            frame=_frame_from(arrays), layers=layers, verdicts=tuple(Verdict.from_json(v) for v in data["verdicts"]),
-            theory=tuple(TheoryRow.from_json(t) for t in data["theory"]),
+            frame=_frame_from(arrays), layers=layers,
+            analysis=RunAnalysis.from_json(data.get("analysis", data)),
             diverged_step=None if step is None else int(step), seconds=_number(data["seconds"]),
             grad_norms=arrays["grad_norms"].astype(np.float64),
-            profiles=tuple(TheoryProfile.from_json(p) for p in data["profiles"]),
             structure=None if data["structure"] is None else Structure.from_json(data["structure"]),
-            stream=None if data["stream"] is None else StreamTheory(
-                tuple(None if v is None else float(v) for v in data["stream"]["values"]),
-                bool(data["stream"]["bounded"]), tuple(map(str, data["stream"]["rules"]))),
         )
     except _Bad:
         raise

@@ -13,8 +13,7 @@ __all__ = [
     "FORMATS",
     "HEALTHY",
     "PAPERS",
-    "RELU_FAMILY",
-    "SATURATING",
+    "ActivationFamily",
     "ActivationName",
     "AuditInputKind",
     "Backend",
@@ -25,10 +24,13 @@ __all__ = [
     "InputDtype",
     "Kind",
     "LossMode",
+    "Need",
     "NormKind",
     "Optimizer",
+    "Outcome",
     "Paper",
     "Phase",
+    "ResultKind",
     "Role",
     "RunStatus",
     "Signal",
@@ -113,11 +115,22 @@ class ActivationName(StrEnum):
     """An elementwise torch function outside the families (e.g. ``exp``), evaluated by name."""
 
 
-RELU_FAMILY = frozenset({ActivationName.RELU, ActivationName.RELU6})
-"""Activations whose inactive outputs are exactly zero, so a unit can be dead."""
-SATURATING: dict[str, tuple[float, float]] = {ActivationName.TANH: (-1.0, 1.0), ActivationName.HARDTANH: (-1.0, 1.0),
-                                              ActivationName.SIGMOID: (0.0, 1.0)}
-"""Bounded activations and their bounds, for ``sat_frac``."""
+class ActivationFamily(StrEnum):
+    """What kind of nonlinearity an activation is (each one's: :data:`initdiag.structure.activations.ACTIVATIONS`)."""
+
+    RECTIFIER = "rectifier"
+    """Exactly zero below 0, so a unit can be dead: relu, relu6."""
+    LEAKY = "leaky"
+    """Piecewise linear through 0 with a (fixed, random or learned) slope below: leaky_relu, prelu."""
+    SMOOTH = "smooth"
+    """ReLU-like, unbounded above, curved or smoothed near 0: elu, celu, gelu, silu, mish, softplus, hardswish."""
+    SELF_NORMALIZING = "self_normalizing"
+    """selu: a fixed point of unit variance under LeCun init (Klambauer et al. 2017)."""
+    SATURATING = "saturating"
+    """Bounded: tanh, hardtanh, sigmoid, hardsigmoid, softsign."""
+    LINEAR = "linear"
+    UNKNOWN = "unknown"
+    """An elementwise module or function outside the families (``module``, ``other``)."""
 
 
 class Signal(StrEnum):
@@ -129,14 +142,12 @@ class Signal(StrEnum):
 
 
 class CheckName(StrEnum):
-    """What a failing verdict found; each is also a ``--fail-on`` name."""
+    """The built-in checks, as registered (:data:`initdiag.checks.CHECKS`); each is a ``--fail-on`` name."""
 
-    VANISHING = "vanishing"
-    """The signal shrinks by ``change_factor`` or more across the layers."""
-    EXPLODING = "exploding"
-    """The same, growing (or overflowing to inf)."""
-    NO_SIGNAL = "no_signal"
-    """A layer's output (or dL/dy) does not vary over the batch: nothing propagates."""
+    SIGNAL = "signal"
+    """Variance of each chain of weight layers, forward and backward (outcome: an :class:`Outcome`)."""
+    STREAM = "stream"
+    """Variance of the residual stream across blocks, forward and backward (outcome: an :class:`Outcome`)."""
     SYMMETRY = "symmetry"
     """Neurons of a layer are identical (or nearer to duplicates than independent random rows)."""
     DEAD = "dead"
@@ -155,9 +166,22 @@ class CheckName(StrEnum):
     """The fraction of dead ReLU units grew during training."""
 
 
-HEALTHY = "healthy"
-"""``check`` of a signal verdict that found neither vanishing, exploding nor no signal (not a ``--fail-on``
-name, so not a member of :class:`CheckName`)."""
+class Outcome(StrEnum):
+    """What the signal and stream checks found (``Verdict.outcome``); each but ``healthy`` is also a
+    ``--fail-on`` name. Other checks' outcome is their own name when they warn or fail, else ``healthy``."""
+
+    VANISHING = "vanishing"
+    """The signal shrinks by ``change_factor`` or more across the layers."""
+    EXPLODING = "exploding"
+    """The same, growing (or overflowing to inf)."""
+    NO_SIGNAL = "no_signal"
+    """A layer's output (or dL/dy) does not vary over the batch: nothing propagates."""
+    HEALTHY = "healthy"
+    """Nothing found."""
+
+
+HEALTHY = Outcome.HEALTHY.value
+"""The outcome of a verdict that found nothing."""
 
 
 class Family(StrEnum):
@@ -173,12 +197,42 @@ class Family(StrEnum):
     for runs that trained)."""
 
 
+class Need(StrEnum):
+    """Evidence a registered check reads (``Check.needs``); a check whose needs a run lacks is not run."""
+
+    FRAME = "frame"
+    """The recorded statistics per layer (forward, backward, weights)."""
+    STRUCTURE = "structure"
+    """The model's structure: chains, normalizations, residual blocks."""
+    WEIGHTS = "weights"
+    """The weights (and gradients) at initialization."""
+    FINAL_WEIGHTS = "final_weights"
+    """The weights after training."""
+    LOSSES = "losses"
+    """The loss of each step (or audited batch)."""
+    TRAINING = "training"
+    """Optimizer steps were taken: the run trained."""
+
+
 class Status(StrEnum):
     """Badge of a verdict: only ``fail`` counts for ``--fail-on``."""
 
     PASS = "pass"
     WARN = "warn"
     FAIL = "fail"
+
+
+class ResultKind(StrEnum):
+    """What a result is (``summary.json``'s ``kind``); the report's sections follow from it."""
+
+    EXPERIMENT = "experiment"
+    """``initdiag report``: initializers x seeds trained on MNIST."""
+    AUDIT = "audit"
+    """``initdiag audit``: a few batches forward and backward, no training."""
+    TRAINING = "training"
+    """Someone else's training with initdiag attached (the callbacks)."""
+    SWEEP = "sweep"
+    """``initdiag sweep``: many experiments over a grid."""
 
 
 class RunStatus(StrEnum):

@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 
 from initdiag import cli
-from initdiag.checks import Comparison, RunEvidence, TheoryRow, Verdict, theory_profiles
+from initdiag.checks import Comparison, RunAnalysis, RunEvidence, TheoryRow, Verdict, theory_profiles
 from initdiag.config import ExperimentConfig
 from initdiag.data import DataProvenance
 from initdiag.initializers import Initializer, InitSpec
+from initdiag.jsonable import run_name
 from initdiag.models import ModelSpec
 from initdiag.report import ReportContext, build_context
 from initdiag.report.context import Method
@@ -91,9 +92,9 @@ def _verdicts(layers: tuple[LayerInfo, ...], zero: bool) -> tuple[Verdict, ...]:
     names = tuple(la.name for la in layers if la.role == "weight")
     if not zero:
         return (
-            Verdict("healthy", "forward", "pass", (), 0.42, {"gain": 1.02, "gain_low": 0.9, "gain_high": 1.1},
+            Verdict("signal", "forward", "pass", (), 0.42, {"gain": 1.02, "gain_low": 0.9, "gain_high": 1.1},
                     "Forward: the variance stays within the 100x threshold.", None),
-            Verdict("healthy", "backward", "pass", (), 0.37, {"gain": 0.98}, "Backward: within threshold.", None),
+            Verdict("signal", "backward", "pass", (), 0.37, {"gain": 0.98}, "Backward: within threshold.", None),
             Verdict("symmetry", None, "pass", (), 0.81, {"max_cosine": 0.21}, "No duplicate neurons.", None),
             Verdict("dead", None, "warn", (names[1],), None, {"dead_fraction": 0.55, "nan_effect": float("nan")},
                     f"55% of the units of layer '{names[1]}' never activate.", "Use `he` for ReLU layers.",
@@ -102,11 +103,11 @@ def _verdicts(layers: tuple[LayerInfo, ...], zero: bool) -> tuple[Verdict, ...]:
                     phase="training"),
         )
     return (
-        Verdict("no_signal", "forward", "fail", names, None, {"gain": 0.0, "change": float("inf")},
+        Verdict("signal", "forward", "fail", names, None, {"gain": 0.0, "change": float("inf")},
                 f"Forward: no signal (variance 0) in 3 of 3 layers, starting at layer '{names[0]}'.",
-                "ReLU layers: use `he`"),
-        Verdict("no_signal", "backward", "fail", names, None, {"gain": None},
-                "Backward: no signal in 3 of 3 layers.", "ReLU layers: use `he`"),
+                "ReLU layers: use `he`", outcome="no_signal"),
+        Verdict("signal", "backward", "fail", names, None, {"gain": None},
+                "Backward: no signal in 3 of 3 layers.", "ReLU layers: use `he`", outcome="no_signal"),
         Verdict("symmetry", None, "fail", names, 1e-320, {"identical_groups": 3.0},
                 "Every neuron of each layer is identical: they get identical gradients forever.",
                 "Break the symmetry with a random initializer such as `he`."),
@@ -120,7 +121,7 @@ def _verdicts(layers: tuple[LayerInfo, ...], zero: bool) -> tuple[Verdict, ...]:
 def _run(spec: InitSpec | LabelSpec, seed: int, layers: tuple[LayerInfo, ...], scale: float, accs: list[float],
          diverged: int | None = None) -> RunResult:
     label = spec.label
-    name = f"{label}/seed{seed}"
+    name = run_name(label, seed)
     history = tuple(EpochStats(e + 1, 2.3 - 0.5 * a, 2.2 - 0.6 * a, a, 1.5) for e, a in enumerate(accs))
     zero = scale == 0
     theory = (TheoryRow(label, "ReLU", "forward", 0.0 if zero else 1.0, None if zero else 0.97, None if zero else 0.9,
@@ -133,8 +134,9 @@ def _run(spec: InitSpec | LabelSpec, seed: int, layers: tuple[LayerInfo, ...], s
         name=name, spec=cast(InitSpec, spec), seed=seed, history=history, test_accuracy=accs[-1],
         test_loss=history[-1].test_loss,
         predictions=np.zeros(20, dtype=np.int64), step_losses=np.linspace(2.3, 1.0, STEPS),
-        frame=frame, layers=layers, verdicts=_verdicts(layers, zero),
-        theory=theory, diverged_step=diverged, seconds=3.25 if zero else 4.5, profiles=theory_profiles(evidence),
+        frame=frame, layers=layers,
+        analysis=RunAnalysis(_verdicts(layers, zero), theory=theory, profiles=theory_profiles(evidence)),
+        diverged_step=diverged, seconds=3.25 if zero else 4.5,
     )
 
 

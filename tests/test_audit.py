@@ -297,7 +297,7 @@ def deep() -> AuditResult:
 def test_deep_relu_mlp_at_default_init_vanishes_with_gain_one_sixth(deep: AuditResult) -> None:
     keep = deep.runs[0]
     forward = next(v for v in keep.verdicts if v.signal == "forward")
-    assert (forward.check, forward.status) == ("vanishing", "fail")
+    assert (forward.outcome, forward.status) == ("vanishing", "fail")
     gain = forward.effect["gain"]
     assert gain is not None and forward.effect["gain_low"] is not None and forward.effect["gain_high"] is not None
     assert 0.1 < gain < 0.25  # theory: fan_in x 1/(3 fan_in) x 1/2 = 1/6
@@ -328,12 +328,13 @@ def test_write_report(deep: AuditResult, tmp_path: Path) -> None:
         raise ValueError(token)
 
     summary = json.loads(paths["json"].read_text(), parse_constant=strict)
-    assert summary["kind"] == "audit" and summary["schema_version"] == 2 and summary["passed"] is False
+    assert summary["kind"] == "audit" and summary["schema_version"] == 3 and summary["passed"] is False
     assert [r["initializer"] for r in summary["runs"]] == ["keep", "he", "xavier"]
     assert summary["recommendation"]["initializer"] == "he"
     keep = summary["runs"][0]
     assert keep["history"] == [] and keep["test_accuracy"] is None and "vanishing" in keep["failed"]
-    assert {v["check"] for v in keep["verdicts"]} >= {"vanishing", "symmetry", "diverged"}
+    assert {v["outcome"] for v in keep["verdicts"]} >= {"vanishing"}
+    assert {v["check"] for v in keep["verdicts"]} >= {"signal", "symmetry", "diverged"}
     assert keep["weights"][0]["default_init"] is True and keep["weights"][0]["ratio"] == pytest.approx(1 / 6, rel=0.1)
     assert len(keep["layers"]) == len(deep.runs[0].layers)
     series = pd.read_csv(paths["csv"])

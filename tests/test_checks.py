@@ -17,19 +17,19 @@ from scipy import stats
 from torch import nn
 
 from initdiag.checks import (
-    FAIL_ON_CHOICES,
-    METHODS,
+    CHECKS,
     CheckName,
     RunEvidence,
     Thresholds,
     Verdict,
     accuracy_summary,
-    check_run,
+    analyze,
     compare_accuracies,
     failed_checks,
     holm,
     max_cosine_pvalue,
     mcnemar_exact,
+    methods,
     signal_fit,
     symmetry_groups,
 )
@@ -37,6 +37,7 @@ from initdiag.experiment import theory_variances
 from initdiag.initializers import InitSpec, apply_initializer
 from initdiag.series import FRAME_COLUMNS
 from initdiag.structure import LayerInfo, weight_layers
+from initdiag.vocab import Outcome
 
 Pair = tuple[np.ndarray, np.ndarray | None]
 Weights = dict[str, Pair]
@@ -78,7 +79,7 @@ def evidence(frame: pd.DataFrame | None = None, weights: Mapping[str, Pair] | No
 
 def signal_verdicts(var: Sequence[float] | np.ndarray, kind: str = "forward", **kw: object) -> Verdict:
     ev = evidence(series(var, kind, **kw), n_layers=len(var))  # type: ignore[arg-type]
-    (v,) = [v for v in check_run(ev) if v.family == "signal"]
+    (v,) = [v for v in analyze(ev).verdicts if v.family == "signal"]
     return v
 
 
@@ -141,35 +142,35 @@ def test_backward_gain_is_measured_from_the_output_toward_the_input() -> None:
     assert fit.gain == pytest.approx(4.0)
     assert fit.change_raw == pytest.approx(4.0**5)
     v = signal_verdicts(var, "backward")
-    assert (v.check, v.status, v.signal) == ("exploding", "fail", "backward")
+    assert (v.outcome, v.status, v.signal) == ("exploding", "fail", "backward")
 
 
 def test_one_odd_layer_does_not_decide_and_the_raw_change_is_reported() -> None:
     var = np.ones(30)
     var[-1] = 1e-4  # a 10-way head 10^4 lower
     v = signal_verdicts(var)
-    assert (v.check, v.status) == ("healthy", "pass")
+    assert (v.outcome, v.status) == ("healthy", "pass")
     assert v.effect["change_raw"] == pytest.approx(1e-4)
 
 
 def test_no_signal_zero_and_float_rounding_level() -> None:
-    assert signal_verdicts([1.0, 0.0, 0.0, 0.0]).check == "no_signal"
+    assert signal_verdicts([1.0, 0.0, 0.0, 0.0]).outcome == "no_signal"
     rounding = signal_verdicts([1.0, 1.0, 1e-8, 1e-8], mean_sq=[1.0, 1.0, 1.0, 1.0])
-    assert (rounding.check, rounding.layers) == ("no_signal", ("fc2", "fc3"))
-    assert signal_verdicts([1.0, 1.0, 1e-3, 1e-3], mean_sq=[1.0] * 4).check != "no_signal"
+    assert (rounding.outcome, rounding.layers) == ("no_signal", ("fc2", "fc3"))
+    assert signal_verdicts([1.0, 1.0, 1e-3, 1e-3], mean_sq=[1.0] * 4).outcome != "no_signal"
     lost_after_decay = signal_verdicts([1.0, 1e-2, 1e-4, 1e-6, 0.0, 0.0])
-    assert (lost_after_decay.check, lost_after_decay.status) == ("vanishing", "fail")
+    assert (lost_after_decay.outcome, lost_after_decay.status) == ("vanishing", "fail")
 
 
 def test_overflow_at_init_is_exploding() -> None:
     v = signal_verdicts([1.0, 1e10, 1e20, 1e30, math.inf])
-    assert (v.check, v.status, v.layers) == ("exploding", "fail", ("fc4",))
+    assert (v.outcome, v.status, v.layers) == ("exploding", "fail", ("fc4",))
 
 
 def test_fewer_than_three_layers_fall_back_to_the_raw_change() -> None:
     assert signal_verdicts([1.0, 50.0]).status == "pass"
-    assert (signal_verdicts([1.0, 500.0]).check, signal_verdicts([1.0, 500.0]).status) == ("exploding", "warn")
-    assert (signal_verdicts([1.0, 1e-5]).check, signal_verdicts([1.0, 1e-5]).status) == ("vanishing", "fail")
+    assert (signal_verdicts([1.0, 500.0]).outcome, signal_verdicts([1.0, 500.0]).status) == ("exploding", "warn")
+    assert (signal_verdicts([1.0, 1e-5]).outcome, signal_verdicts([1.0, 1e-5]).status) == ("vanishing", "fail")
     assert signal_verdicts([1.0]).status == "pass"
 
 
@@ -178,7 +179,7 @@ def test_noisy_trend_whose_interval_includes_zero_only_warns() -> None:
     fit = signal_fit(series(var))
     assert fit.slope_low < 0 < fit.slope_high
     v = signal_verdicts(var)
-    if v.check != "healthy":
+    if v.outcome != "healthy":
         assert v.status == "warn"
 
 
@@ -187,7 +188,7 @@ def test_noisy_trend_whose_interval_includes_zero_only_warns() -> None:
 def test_scaling_all_variances_keeps_the_verdict(logs: list[float], log_scale: float) -> None:
     var = np.exp(np.cumsum(logs))
     a, b = signal_verdicts(var), signal_verdicts(var * math.exp(log_scale))
-    assert (a.check, a.status) == (b.check, b.status)
+    assert (a.outcome, a.status) == (b.outcome, b.status)
     assert a.effect["gain"] == pytest.approx(b.effect["gain"], rel=1e-6)
 
 
@@ -195,7 +196,7 @@ def test_scaling_all_variances_keeps_the_verdict(logs: list[float], log_scale: f
 @given(st.integers(2, 40), st.floats(1e-20, 1e20), st.sampled_from(["forward", "backward"]))
 def test_a_constant_series_is_never_vanishing(n: int, value: float, kind: str) -> None:
     v = signal_verdicts([value] * n, kind)
-    assert (v.check, v.status) == ("healthy", "pass")
+    assert (v.outcome, v.status) == ("healthy", "pass")
 
 
 # -- symmetry -------------------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def test_two_identical_rows_are_exactly_the_pair_reported() -> None:
     w[7] = w[3]
     b[7] = b[3]
     assert symmetry_groups(w, b, atol=1e-7) == [[3, 7]]
-    verdicts = check_run(evidence(weights=weights))
+    verdicts = analyze(evidence(weights=weights)).verdicts
     (sym,) = [v for v in verdicts if v.check == "symmetry"]
     assert (sym.status, sym.layers) == ("fail", ("2",))
     layer = {d["layer"]: d for d in sym.details["layers"]}["2"]
@@ -254,7 +255,7 @@ def test_symmetry_persisting_through_training_is_reported() -> None:
     still = {k: (w.copy(), b.copy() if b is not None else None) for k, (w, b) in init.items()}
     broken = {k: (w + np.random.default_rng(0).normal(0, 0.01, w.shape), b) for k, (w, b) in init.items()}
     for final, persisted in ((still, 3.0), (broken, 0.0)):
-        verdicts = check_run(evidence(weights=init, final=final))
+        verdicts = analyze(evidence(weights=init, final=final)).verdicts
         (end,) = [v for v in verdicts if v.check == "symmetry" and v.phase == "final"]
         assert end.effect["persisted_layers"] == persisted
         assert all(d["persisted"] == bool(persisted) for d in end.details["layers"])
@@ -268,7 +269,7 @@ def test_near_duplicate_neurons_get_a_small_p_value() -> None:
     assert cos > 0.9 and p < 1e-20
     weights = small_weights("he", 1)
     weights["2"][0][5] = weights["2"][0][9] + rng.normal(0, 0.05, 64)
-    (sym,) = [v for v in check_run(evidence(weights=weights)) if v.check == "symmetry"]
+    (sym,) = [v for v in analyze(evidence(weights=weights)).verdicts if v.check == "symmetry"]
     assert (sym.status, sym.layers) == ("warn", ("2",))
 
 
@@ -295,7 +296,7 @@ def test_p_value_is_calibrated_under_the_null() -> None:
 def test_large_layers_are_subsampled_and_say_so() -> None:
     w = np.random.default_rng(5).normal(size=(600, 20))
     weights = {"big": (w, None)}
-    (sym,) = [v for v in check_run(evidence(weights=weights), Thresholds(cosine_max_rows=100))
+    (sym,) = [v for v in analyze(evidence(weights=weights), Thresholds(cosine_max_rows=100)).verdicts
               if v.check == "symmetry"]
     assert sym.details["layers"][0]["rows_tested"] == 100
     assert "random 100 neurons" in sym.message
@@ -306,7 +307,7 @@ def test_healthy_random_inits_are_flagged_at_most_5_percent_of_seeds(init: str) 
     flags = 0
     seeds = range(100)
     for seed in seeds:
-        verdicts = check_run(evidence(weights=small_weights(init, seed)), rng_seed=seed)
+        verdicts = analyze(evidence(weights=small_weights(init, seed)), seed=seed).verdicts
         flags += any(v.status != "pass" for v in verdicts if v.check == "symmetry")
     assert flags / len(seeds) <= 0.05
 
@@ -323,7 +324,7 @@ def unit_rows(stat: str, values: Sequence[float], phase: str, module: str) -> pd
 def test_dead_units_thresholds(values: list[float], status: str) -> None:
     frame = pd.concat([unit_rows("dead_frac", values, "init", "ReLU"),
                        unit_rows("dead_frac", [0.0, 0.0], "final", "ReLU")])
-    verdicts = {v.phase: v for v in check_run(evidence(frame)) if v.check == "dead"}
+    verdicts = {v.phase: v for v in analyze(evidence(frame)).verdicts if v.check == "dead"}
     assert verdicts["init"].status == status
     assert verdicts["init"].effect["max_dead_frac"] == max(values)
     assert verdicts["final"].status == "pass"
@@ -331,7 +332,7 @@ def test_dead_units_thresholds(values: list[float], status: str) -> None:
 
 def test_saturation_falls_back_to_the_training_batch_without_probe() -> None:
     frame = unit_rows("sat_frac", [0.7, 0.8], "train", "Tanh")
-    (v,) = [v for v in check_run(evidence(frame)) if v.check == "saturation"]
+    (v,) = [v for v in analyze(evidence(frame)).verdicts if v.check == "saturation"]
     assert (v.status, v.layers) == ("fail", ("act0", "act1"))
     assert "first training batch" in v.message
 
@@ -341,12 +342,12 @@ def test_diverged_names_the_first_step_and_layer() -> None:
     bad = (frame["step"] == 2) & (frame["layer"].isin(["fc1", "fc2"])) & (frame["stat"] == "var")
     frame.loc[bad, "value"] = np.nan
     losses = [2.3, 2.2, 2.1, np.inf, np.nan]
-    (v,) = [v for v in check_run(evidence(frame, losses=losses, n_layers=3)) if v.check == "diverged"]
+    (v,) = [v for v in analyze(evidence(frame, losses=losses, n_layers=3)).verdicts if v.check == "diverged"]
     assert (v.status, v.layers, v.effect["step"]) == ("fail", ("fc1",), 2.0)
     assert json.dumps(v.to_json(), allow_nan=False)
-    loss_only = next(v for v in check_run(evidence(losses=[1.0, np.nan])) if v.check == "diverged")
+    loss_only = next(v for v in analyze(evidence(losses=[1.0, np.nan])).verdicts if v.check == "diverged")
     assert (loss_only.status, loss_only.effect["step"]) == ("fail", 1.0)
-    ok = next(v for v in check_run(evidence(losses=[1.0, 0.5])) if v.check == "diverged")
+    ok = next(v for v in analyze(evidence(losses=[1.0, 0.5])).verdicts if v.check == "diverged")
     assert ok.status == "pass"
 
 
@@ -421,24 +422,37 @@ def test_accuracy_summary_t_interval() -> None:
 
 # -- records --------------------------------------------------------------------------------------------------
 def test_verdict_json_and_fail_on_names() -> None:
-    v = Verdict("vanishing", "forward", "fail", ("a",), None, {"gain": math.nan, "change": math.inf}, "m", None)
+    v = Verdict("signal", "forward", "fail", ("a",), None, {"gain": math.nan, "change": math.inf}, "m", None,
+                outcome="vanishing")
     data = v.to_json()
-    assert data["effect"] == {"gain": None, "change": None} and data["family"] == "signal"
-    json.dumps(data, allow_nan=False)
+    assert data["effect"] == {"gain": None, "change": None}
+    assert (data["check"], data["outcome"], data["family"]) == ("signal", "vanishing", "signal")
+    back = Verdict.from_json(json.loads(json.dumps(data, allow_nan=False)))
+    assert (back.check, back.outcome, back.family, back.layers) == (v.check, v.outcome, v.family, v.layers)
     warn = Verdict("symmetry", "weights", "warn", (), 0.001, {}, "m", None)
-    healthy = Verdict("healthy", "forward", "pass", (), None, {}, "m", None)
-    assert failed_checks([v, warn, healthy]) == {"vanishing"}
-    assert set(FAIL_ON_CHOICES) == {"vanishing", "exploding", "no_signal", "symmetry", "dead", "saturation",
-                                    "diverged", "unstable", "stalled", "update_ratio", "dead_growth"} == {
-        c.value for c in CheckName}
+    healthy = Verdict("signal", "forward", "pass", (), None, {}, "m", None)
+    assert (warn.outcome, healthy.outcome) == ("symmetry", "healthy")
+    assert failed_checks([v, warn, healthy]) == {"signal", "vanishing"}
+    assert failed_checks([v, warn, healthy], ["vanishing", "symmetry"]) == {"vanishing"}
+    assert set(CHECKS.fail_on_names()) == {c.value for c in CheckName} | {o.value for o in Outcome} - {"healthy"}
+
+
+def test_a_verdict_written_before_outcomes_reads_as_the_signal_check() -> None:
+    old = {"check": "exploding", "family": "signal", "signal": "forward", "status": "fail", "phase": "init",
+           "layers": ["a"], "p_value": None, "effect": {}, "message": "m", "advice": None, "details": {}}
+    v = Verdict.from_json(old)
+    assert (v.check, v.outcome, v.family) == ("signal", "exploding", "signal")
+    stream = Verdict.from_json({**old, "details": {"sites": ["b:in", "b"]}})
+    assert (stream.check, stream.outcome) == ("stream", "exploding")
 
 
 def test_methods_cover_every_check_with_its_threshold() -> None:
-    checks = " ".join(m.check for m in METHODS)
-    for name in FAIL_ON_CHOICES:
-        assert name in checks
-    assert all(m.description and m.null_hypothesis and m.threshold for m in METHODS)
-    assert any("100" in m.threshold for m in METHODS)
+    notes = methods()
+    for check in CHECKS:
+        own = check.methods(Thresholds())
+        assert own and all(n in notes for n in own), check.name
+    assert all(m.description and m.null_hypothesis and m.threshold for m in notes)
+    assert any("100" in m.threshold for m in notes)
 
 
 def test_thresholds_are_validated() -> None:
@@ -467,7 +481,7 @@ def test_recorded_cnn_backward_uses_per_sample_energy_when_sizes_are_known() -> 
     weights = snapshot(model)
     base = RunEvidence("he/seed0", "he", rec.frame(), tuple(rec.layers()), weights, weights, np.array([2.3]),
                        weight_vars=theory_variances(model, InitSpec("he")))
-    unsized = check_run(base)
+    unsized = analyze(base).verdicts
     assert {v.family for v in unsized} == {"diverged", "signal", "symmetry", "dead"}
     assert all(json.dumps(v.to_json(), allow_nan=False) for v in unsized)
     # per element, dL/dy falls ~1e-4 from the head to conv 0 under He (widths, pooling): only a warning
@@ -475,6 +489,6 @@ def test_recorded_cnn_backward_uses_per_sample_energy_when_sizes_are_known() -> 
     assert back.status != "fail"
     sized = RunEvidence(base.run, base.initializer, base.frame, base.layers, weights, weights, base.losses, sizes,
                         weight_vars=base.weight_vars)
-    (back,) = [v for v in check_run(sized) if v.signal == "backward"]
-    assert (back.check, back.status) == ("healthy", "pass")
+    (back,) = [v for v in analyze(sized).verdicts if v.signal == "backward"]
+    assert (back.outcome, back.status) == ("healthy", "pass")
     assert 0.5 < back.effect["gain"] < 2  # type: ignore[operator]

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from initdiag.checks import RunEvidence, Verdict, check_run, failed_checks, theory_rows
+from initdiag.checks import RunEvidence, Verdict, analyze, failed_checks
 from initdiag.experiment import theory_variances
 from initdiag.initializers import InitSpec, apply_initializer
+from initdiag.jsonable import run_name
 from initdiag.models import deep_mlp
 from initdiag.recording import Recorder
 from initdiag.structure import weight_layers
@@ -48,12 +49,12 @@ def record(init: str, depth: int = 30, width: int = 512, activation: str = "relu
     x = torch.rand(batch, 1, 28, 28, generator=gen)
     y = torch.randint(0, 10, (batch,), generator=gen)
     weights = _snapshot(model)
-    with Recorder(model, run=f"{spec.label}/seed{seed}", initializer=spec.label, seed=seed) as rec:
+    with Recorder(model, run=run_name(spec.label, seed), initializer=spec.label, seed=seed) as rec:
         with rec.probe("init"), torch.no_grad():
             model(x)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
-    return RunEvidence(f"{spec.label}/seed{seed}", spec.label, rec.frame(), tuple(rec.layers()), weights, {},
+    return RunEvidence(run_name(spec.label, seed), spec.label, rec.frame(), tuple(rec.layers()), weights, {},
                        np.array([loss.item()]), weight_vars=theory_variances(model, spec),
                        default_init=spec.name == "pytorch-default")
 
@@ -61,7 +62,7 @@ def record(init: str, depth: int = 30, width: int = 512, activation: str = "relu
 @functools.cache
 def verdicts(init: str, depth: int = 30, width: int = 512, activation: str = "relu",
              bias: float | None = None) -> tuple[Verdict, ...]:
-    return check_run(record(init, depth, width, activation, bias=bias))
+    return analyze(record(init, depth, width, activation, bias=bias)).verdicts
 
 
 def signal(vs: tuple[Verdict, ...], kind: str) -> Verdict:
@@ -77,14 +78,14 @@ def family(vs: tuple[Verdict, ...], name: str, phase: str = "init") -> Verdict:
 def test_xavier_relu_vanishes_forward_with_gain_one_half() -> None:
     vs = verdicts("xavier")
     fwd = signal(vs, "forward")
-    assert (fwd.check, fwd.status) == ("vanishing", "fail")
+    assert (fwd.outcome, fwd.status) == ("vanishing", "fail")
     assert 0.40 <= fwd.effect["gain"] <= 0.55  # type: ignore[operator]
     assert fwd.effect["gain_high"] < 1  # type: ignore[operator]
     assert fwd.p_value is not None and fwd.p_value < 1e-6
     assert "use `he`" in (fwd.advice or "")
     bwd = signal(vs, "backward")
-    assert bwd.check == "vanishing" and 0.40 <= bwd.effect["gain"] <= 0.55  # type: ignore[operator]
-    rows = {r.signal: r for r in theory_rows(record("xavier"))}
+    assert bwd.outcome == "vanishing" and 0.40 <= bwd.effect["gain"] <= 0.55  # type: ignore[operator]
+    rows = {r.signal: r for r in analyze(record("xavier")).theory}
     assert rows["forward"].expected_gain == pytest.approx(0.5, abs=0.01)
     assert rows["forward"].activation == "ReLU"
 
@@ -93,12 +94,12 @@ def test_he_relu_is_healthy_with_gain_one() -> None:
     vs = verdicts("he")
     for kind in ("forward", "backward"):
         v = signal(vs, kind)
-        assert (v.check, v.status) == ("healthy", "pass"), v.message
+        assert (v.outcome, v.status) == ("healthy", "pass"), v.message
         assert 0.85 <= v.effect["gain"] <= 1.1  # type: ignore[operator]
     fwd = signal(vs, "forward")
     # inputs grow correlated with depth: the channel variance falls ~10x over 30 layers, below the threshold
     assert 0.01 < fwd.effect["change"] < 1  # type: ignore[operator]
-    expected = {r.signal: r.expected_gain for r in theory_rows(record("he"))}
+    expected = {r.signal: r.expected_gain for r in analyze(record("he")).theory}
     assert expected == pytest.approx({"forward": 1.0, "backward": 1.0})  # backward: per-sample energy
     assert failed_checks(vs) == set()
 
@@ -106,8 +107,8 @@ def test_he_relu_is_healthy_with_gain_one() -> None:
 def test_random_std_01_explodes_forward_and_backward() -> None:
     vs = verdicts("random")
     fwd, bwd = signal(vs, "forward"), signal(vs, "backward")
-    assert (fwd.check, fwd.status) == ("exploding", "fail")
-    assert (bwd.check, bwd.status) == ("exploding", "fail")
+    assert (fwd.outcome, fwd.status) == ("exploding", "fail")
+    assert (bwd.outcome, bwd.status) == ("exploding", "fail")
     assert 2.0 <= fwd.effect["gain"] <= 2.8  # type: ignore[operator]
     assert fwd.effect["expected_gain"] == pytest.approx(512 * 0.1**2 / 2)
     assert {"exploding"} <= failed_checks(vs)
@@ -121,13 +122,13 @@ def test_std_given_on_the_command_line_is_honoured() -> None:
     expected = 512 * 0.05**2 / 2  # 0.64
     assert fwd.effect["expected_gain"] == pytest.approx(expected)
     assert 0.5 <= fwd.effect["gain"] <= 0.75  # type: ignore[operator]
-    assert fwd.check == "vanishing"
+    assert fwd.outcome == "vanishing"
 
 
 def test_zeros_is_no_signal_and_fully_symmetric_with_a_plain_explanation() -> None:
     vs = verdicts("zeros")
     for kind in ("forward", "backward"):
-        assert (signal(vs, kind).check, signal(vs, kind).status) == ("no_signal", "fail")
+        assert (signal(vs, kind).outcome, signal(vs, kind).status) == ("no_signal", "fail")
     sym = family(vs, "symmetry")
     assert sym.status == "fail"
     for layer in sym.details["layers"]:
@@ -165,7 +166,7 @@ def test_relu_with_large_negative_bias_has_dead_units() -> None:
 
 
 def test_pytorch_default_relu_theory_is_one_sixth() -> None:
-    rows = {r.signal: r for r in theory_rows(record("pytorch-default", depth=10, width=256))}
+    rows = {r.signal: r for r in analyze(record("pytorch-default", depth=10, width=256)).theory}
     assert rows["forward"].expected_gain == pytest.approx(1 / 6, rel=0.02)
     assert 0.1 <= rows["forward"].measured_gain <= 0.3  # type: ignore[operator]  # biases add variance
 
@@ -175,6 +176,6 @@ def test_healthy_inits_over_many_seeds_are_rarely_flagged(init: str, activation:
     seeds = range(20)
     flags = 0
     for seed in seeds:
-        vs = check_run(record(init, depth=8, width=64, activation=activation, seed=seed, batch=128), rng_seed=seed)
+        vs = analyze(record(init, depth=8, width=64, activation=activation, seed=seed, batch=128), seed=seed).verdicts
         flags += any(v.status != "pass" for v in vs if v.family in ("signal", "symmetry"))
     assert flags / len(seeds) <= 0.05

@@ -22,7 +22,7 @@ import initdiag
 from initdiag.errors import UsageError
 
 VERDICTS = (
-    initdiag.Verdict("healthy", "forward", "pass", ("0", "2"), 0.4, {}, "variance | steady", None),
+    initdiag.Verdict("signal", "forward", "pass", ("0", "2"), 0.4, {}, "variance | steady", None),
     initdiag.Verdict("dead", None, "warn", ("1",), None, {}, "half of the ReLU units\nare dead", "use he", "final"),
 )
 
@@ -97,7 +97,7 @@ def test_tensorboard_scalars_and_verdicts_read_back_equal_the_frame(frames: Any,
     assert text.step == 3
     lines = text.tensor_proto.string_val[0].decode().splitlines()
     assert lines[0] == "| check | signal | status | phase | layers | message |"
-    assert lines[2] == "| healthy | forward | pass | init | 0, 2 | variance \\| steady |"
+    assert lines[2] == "| signal | forward | pass | init | 0, 2 | variance \\| steady |"
     assert lines[3] == "| dead |  | warn | final | 1 | half of the ReLU units are dead |"
 
 
@@ -235,7 +235,7 @@ def test_wandb_history_and_verdict_table_read_back_equal_the_frame(frames: Any, 
     (table_row,) = [row for row in rows if "initdiag/verdicts/path" in row]
     table = json.loads((run_dir / "files" / table_row["initdiag/verdicts/path"]).read_text())
     assert table["columns"] == ["check", "signal", "status", "phase", "layers", "message"]
-    assert table["data"][0] == ["healthy", "forward", "pass", "init", "0, 2", "variance | steady"]
+    assert table["data"][0] == ["signal", "forward", "pass", "init", "0, 2", "variance | steady"]
 
 
 def test_wandb_sink_logs_each_row_once_as_the_frame_grows(frames: Any, wandb_offline: Any, tmp_path: Path) -> None:

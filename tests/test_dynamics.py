@@ -23,7 +23,7 @@ from initdiag.checks.dynamics import (
     update_ratios,
 )
 from initdiag.checks.evidence import RunEvidence
-from initdiag.checks.methods import METHODS
+from initdiag.checks.methods import methods
 from initdiag.checks.verdict import Thresholds
 from initdiag.series import FRAME_COLUMNS
 from initdiag.structure import LayerInfo
@@ -281,7 +281,7 @@ def test_thresholds_and_methods_for_training_checks() -> None:
                 {"dead_growth_warn": 0.6, "dead_growth_fail": 0.5}):
         with pytest.raises(ValueError):
             Thresholds(**bad)
-    checks = " ".join(m.check for m in METHODS)
+    checks = " ".join(m.check for m in methods())
     for name in ("unstable", "stalled", "update_ratio", "dead_growth"):
         assert name in checks
 

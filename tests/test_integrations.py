@@ -72,10 +72,11 @@ def test_lightning_fit_of_a_deep_relu_net_at_default_init_reports_forward_vanish
     _trainer(tmp_path, callback, epochs=2).fit(module, _loader())
     assert set(callback.written) == {"html", "json"} and callback.written["html"].stat().st_size > 10_000
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["kind"] == "training" and summary["framework"] == "lightning"
     init, training = summary["runs"]
     assert (init["name"], training["name"]) == ("keep", "lightning")
     forward = next(v for v in init["verdicts"] if v["family"] == "signal" and v["signal"] == "forward")
-    assert (forward["check"], forward["status"]) == ("vanishing", "fail")
+    assert (forward["outcome"], forward["status"]) == ("vanishing", "fail")
     checks = {v["check"] for v in training["verdicts"]}
     assert {"diverged", "unstable", "update_ratio"} <= checks and all(v["phase"] == "training"
                                                                       for v in training["verdicts"])
@@ -123,7 +124,7 @@ def test_a_fit_that_raises_leaves_the_model_as_it_was(tmp_path: Path) -> None:
     assert set(before) == set(module.state_dict())
 
 
-class _RankOne(InitDiagCallback):  # type: ignore[misc,valid-type]
+class _RankOne(InitDiagCallback):
     """The callback as a process of global rank 1 sees it: the trainer says it is not global zero."""
 
     def _rank_one(self, trainer: Any) -> Any:

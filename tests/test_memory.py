@@ -38,7 +38,7 @@ def test_keep_heap_stops_faulting_buffers_back_in_every_step() -> None:
     assert kept < default / 20
 
 
-def test_keep_heap_is_public() -> None:
+def test_keep_heap_is_internal() -> None:
     import initdiag
 
-    assert initdiag.keep_heap is initdiag.memory.keep_heap
+    assert "keep_heap" not in initdiag.__all__ and not hasattr(initdiag, "keep_heap")

@@ -76,7 +76,7 @@ def test_the_readme_api_examples_run_after_pip_install(wheel: Path, tmp_path: Pa
     """As after ``pip install .``: the wheel on the path (no editable finder: ``python -S``). From the clone's
     root Python imports the source tree instead of the wheel, and the templates must still be found."""
     examples = _readme_examples()
-    assert len(examples) == 2 and "result.write(" in examples[1]
+    assert len(examples) == 3 and "result.write(" in examples[1] and "CHECKS.register(" in examples[2]
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     out = tmp_path / "my-net"

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from initdiag import data as data_mod
-from initdiag.checks import RunEvidence, Verdict, check_run
+from initdiag.checks import RunEvidence, Verdict, analyze
 from initdiag.cli import main
 from initdiag.config import ExperimentConfig
 from initdiag.models import ACTIVATIONS
@@ -79,12 +79,12 @@ def test_scaling_every_variance_keeps_the_signal_verdicts(n: int, data: st.DataO
     # within float32's range, where no floor or overflow applies, before and after scaling
     log10_c = data.draw(st.floats(-(27.0 - half_span), 27.0 - half_span), label="log10 c")
     c = 10.0 ** log10_c
-    before = signal(check_run(evidence(frame(series), n)))
-    after = signal(check_run(evidence(frame({k: (v * c, m * c) for k, (v, m) in series.items()}), n)))
+    before = signal(analyze(evidence(frame(series), n)).verdicts)
+    after = signal(analyze(evidence(frame({k: (v * c, m * c) for k, (v, m) in series.items()}), n)).verdicts)
     assert before.keys() == after.keys() == {"forward", "backward"}
     for kind, v in before.items():
         w = after[kind]
-        assert (v.check, v.status, v.layers) == (w.check, w.status, w.layers), kind
+        assert (v.outcome, v.status, v.layers) == (w.outcome, w.status, w.layers), kind
         for key in ("gain", "gain_low", "gain_high"):
             a, b = v.effect.get(key), w.effect.get(key)
             assert (a is None and b is None) or math.isclose(a, b, rel_tol=1e-6) or (a != a and b != b), key
@@ -100,8 +100,8 @@ def test_a_change_exactly_at_the_threshold_gets_one_verdict_at_every_scale(steps
     verdicts = set()
     for c in (1.0, 10 ** 0.99999, 1e-7, 3.3e5):
         series = {"forward": (c * 10.0 ** log_var, 0 * log_var), "backward": (np.ones(n), np.zeros(n))}
-        v = signal(check_run(evidence(frame(series), n)))["forward"]
-        verdicts.add((v.check, v.status, v.layers))
+        v = signal(analyze(evidence(frame(series), n)).verdicts)["forward"]
+        verdicts.add((v.outcome, v.status, v.layers))
     assert len(verdicts) == 1 and next(iter(verdicts))[0] == "exploding", verdicts
 
 
@@ -110,11 +110,11 @@ def test_a_change_exactly_at_the_threshold_gets_one_verdict_at_every_scale(steps
 def test_the_same_variance_in_every_layer_is_never_vanishing(n: int, fwd: float, bwd: float, share: float) -> None:
     ones = np.ones(n)
     series = {"forward": (fwd * ones, share * fwd * ones), "backward": (bwd * ones, share * bwd * ones)}
-    verdicts = signal(check_run(evidence(frame(series), n)))
+    verdicts = signal(analyze(evidence(frame(series), n)).verdicts)
     assert verdicts.keys() == {"forward", "backward"}
     for kind, v in verdicts.items():
-        assert v.check not in ("vanishing", "exploding"), (kind, v.message)
-        assert (v.check, v.status) == ("healthy", "pass"), (kind, v.message)
+        assert v.outcome not in ("vanishing", "exploding"), (kind, v.message)
+        assert (v.outcome, v.status) == ("healthy", "pass"), (kind, v.message)
 
 
 # -- permutations ----------------------------------------------------------------------------------------
@@ -144,8 +144,8 @@ def test_permuting_neurons_keeps_the_symmetry_verdicts(seed: int, patterns: list
         perm = rng.permutation(len(pattern))
         weights[f"fc{i}"] = (w, b)
         permuted[f"fc{i}"] = (w[perm], None if b is None else b[perm])
-    before = _symmetry(check_run(evidence(weights=weights), rng_seed=1))
-    after = _symmetry(check_run(evidence(weights=permuted), rng_seed=1))
+    before = _symmetry(analyze(evidence(weights=weights), seed=1).verdicts)
+    after = _symmetry(analyze(evidence(weights=permuted), seed=1).verdicts)
     assert before and before == after
     repeated = any(len(set(p)) < len(p) for p in patterns)
     assert before[0][0] == ("fail" if repeated else before[0][0])

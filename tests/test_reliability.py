@@ -29,7 +29,7 @@ import initdiag
 from initdiag import backends, experiment
 from initdiag import data as data_mod
 from initdiag.backends import local as runner
-from initdiag.checks import RunEvidence, check_run
+from initdiag.checks import RunEvidence, analyze
 from initdiag.cli import main
 from initdiag.config import ExperimentConfig
 from initdiag.data import MnistData, load_mnist
@@ -210,7 +210,7 @@ def test_a_gradient_norm_beyond_float32_stops_training_and_fails_the_check() -> 
     assert np.isfinite(outcome.step_losses).all() and np.isinf(outcome.grad_norms[0])
     ev = RunEvidence("r", "he", pd.DataFrame(columns=list(FRAME_COLUMNS)), (), {}, {},
                      outcome.step_losses, grad_norms=outcome.grad_norms)
-    (verdict,) = [v for v in check_run(ev) if v.check == "diverged"]
+    (verdict,) = [v for v in analyze(ev).verdicts if v.check == "diverged"]
     assert (verdict.status, verdict.effect["step"]) == ("fail", 0.0)
     assert "gradient norm is inf" in verdict.message
 
@@ -229,11 +229,11 @@ def test_a_run_whose_statistics_overflow_is_diverged_and_stops_there() -> None:
 def test_status_is_diverged_exactly_when_the_check_fails() -> None:
     ev = RunEvidence("r", "he", pd.DataFrame(columns=list(FRAME_COLUMNS)), (), {}, {},
                      np.array([1.0, 0.5]))
-    assert experiment.diverged_step(check_run(ev), None) is None
+    assert experiment.diverged_step(analyze(ev).verdicts, None) is None
     frame = pd.DataFrame.from_records([{
         "run": "r", "initializer": "he", "seed": 0, "epoch": 0, "step": -1, "phase": "init", "layer": "fc",
         "depth": 0, "module": "Linear", "kind": "forward", "stat": "var", "value": np.inf}], columns=FRAME_COLUMNS)
-    verdicts = check_run(dataclasses.replace(ev, frame=frame))
+    verdicts = analyze(dataclasses.replace(ev, frame=frame)).verdicts
     assert experiment.diverged_step(verdicts, None) == 0  # overflow at the init probe: step 0
     assert experiment.diverged_step(verdicts, 5) == 0
 

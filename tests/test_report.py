@@ -180,7 +180,7 @@ def test_write_report_files(evil: tuple[ExperimentResult, dict[str, Path]]) -> N
     assert set(summary) == {"schema_version", "tool", "version", "kind", "created", "command", "model", "dataset",
                             "config", "environment", "duration_seconds", "missing", "runs", "comparisons",
                             "accuracy"}
-    assert summary["schema_version"] == 2 and summary["kind"] == "experiment" and summary["model"] == "mlp"
+    assert summary["schema_version"] == 3 and summary["kind"] == "experiment" and summary["model"] == "mlp"
     assert summary["created"].endswith("Z") and summary["missing"] == ["xavier/seed0"]
     run = summary["runs"][0]
     assert run["initializer"] == EVIL_LABEL and run["status"] == "ok"
@@ -192,7 +192,7 @@ def test_write_report_files(evil: tuple[ExperimentResult, dict[str, Path]]) -> N
     assert summary["accuracy"][EVIL_LABEL]["ci_low"] is None  # NaN -> null
     assert summary["comparisons"][0]["significant"] is True
     csv = pd.read_csv(paths["csv"])
-    assert len(csv) == len(result.frame()) and list(csv.columns) == list(result.frame().columns)
+    assert len(csv) == len(result.frame) and list(csv.columns) == list(result.frame.columns)
 
 
 def test_unwritable_output_dir(tmp_path: Path, result: ExperimentResult) -> None:

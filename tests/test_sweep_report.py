@@ -118,7 +118,7 @@ def test_depth_and_width_figures(written: dict[str, Path]) -> None:
 
 def test_summary_json(sweep: SweepResult, written: dict[str, Path]) -> None:
     data = _strict_json(written["json"].read_text(encoding="utf-8"))
-    assert data["schema_version"] == 2 and data["tool"] == "initdiag" and data["kind"] == "sweep"
+    assert data["schema_version"] == 3 and data["tool"] == "initdiag" and data["kind"] == "sweep"
     assert data["backend"] == "local" and data["ray_address"] is None and data["command"] == COMMAND
     assert data["config"] == json.loads(json.dumps(sweep.config.to_json()))
     assert data["dataset"]["name"] == "mnist-sample" and data["dataset"]["train_size"] == 256
@@ -166,9 +166,9 @@ def test_grid_counts_the_seeds_that_fail(sweep: SweepResult) -> None:
     """A second seed of one cell whose forward signal fails: that cell x initializer shows "fail 1/2"."""
     cell = sweep.cells[0]
     run = next(r for r in cell.runs if r.label == "he")
-    bad = tuple(replace(v, status=Status.FAIL, check="vanishing")
+    bad = tuple(replace(v, status=Status.FAIL, outcome="vanishing")
                 if v.family == "signal" and v.signal == Signal.FORWARD else v for v in run.verdicts)
-    twin = replace(run, seed=1, name="he/seed1", verdicts=bad)
+    twin = replace(run, seed=1, name="he/seed1", analysis=replace(run.analysis, verdicts=bad))
     partial = replace(sweep, cells=(replace(cell, runs=(*cell.runs, twin)), *sweep.cells[1:]),
                       missing=("deep-mlp-d3-w16-relu/xavier/seed1",))
     ctx = build_sweep_context(partial)

@@ -31,7 +31,7 @@ def test_a_loss_that_rises_while_finite_is_unstable_though_the_init_is_healthy(t
                  "--dataset", "mnist-sample", "--format", "json", "--out", str(out), "--fail-on", "unstable"])
     assert code == 3
     run = _runs(out)["lecun"]
-    assert {(v["signal"], v["check"]) for v in run["verdicts"] if v["family"] == "signal"} == {
+    assert {(v["signal"], v["outcome"]) for v in run["verdicts"] if v["family"] == "signal"} == {
         ("forward", "healthy"), ("backward", "healthy")}
     unstable = _verdict(run, "unstable")
     assert unstable["status"] == "fail" and unstable["phase"] == "training"

@@ -40,5 +40,5 @@ def test_the_audit_gives_the_known_answer(name: str) -> None:
         pytest.skip(f"needs {', '.join(case.missing())}")
     result = initdiag.audit(case.build(), **case.audit_kwargs())
     failed = sorted({c for run in result.runs for c in run.failed})
-    messages = [f"{v.check} ({v.signal}): {v.message[:300]}" for v in result.verdicts if v.status == "fail"]
+    messages = [f"{v.outcome} ({v.signal}): {v.message[:300]}" for v in result.verdicts if v.status == "fail"]
     assert case.matches(result), (case.expect_text(), failed, messages)

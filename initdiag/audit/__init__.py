@@ -12,16 +12,13 @@ statistics into verdicts; the same report is written::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..config import KEEP, AuditConfig, parse_audit_inits
-from ..report import write_report
-from ..results import AuditInputs, AuditRecord, AuditRun, LayerWeight, Recommendation
-from ..vocab import FORMATS
+from ..config import AuditConfig, parse_audit_inits
+from ..results import AuditInputs, AuditResult, AuditRun, LayerWeight, Recommendation
 from .inputs import make_inputs, working_copy
 from .run import audit_record, pool_batches
 from .weights import looks_pytorch_default
@@ -41,27 +38,20 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class AuditResult(AuditRecord):
-    """Everything an audit found (:class:`~initdiag.results.AuditRecord`), and :meth:`write` for its report."""
-
-    def write(self, out_dir: str | Path, formats: Sequence[str] = FORMATS, paper: str = "a4") -> dict[str, Path]:
-        """Write the report (report.html, report.pdf, summary.json, series.csv) into ``out_dir``."""
-        return write_report(self, Path(out_dir), formats, paper)
-
-
 def run_audit(model: nn.Module, config: AuditConfig, example_input: Any = None,
               command: str | None = None) -> AuditResult:
     """Audit ``model`` as ``config`` says (see :func:`audit`); ``command`` is recorded in the report."""
-    record = audit_record(model, config, example_input, command)
-    return AuditResult(**{f.name: getattr(record, f.name) for f in fields(AuditRecord)})
+    return audit_record(model, config, example_input, command)
 
 
-def audit(model: nn.Module, example_input: Any = None, *, input_shape: Sequence[int] | None = None,
-          inits: Sequence[str] = (KEEP,), batches: int = 4, batch_size: int = 16, inputs: str = "normal",
-          input_dtype: str = "float", vocab: int | None = None, loss: str = "auto", seed: int = 0,
-          device: str = "cpu", data_dir: str | Path | None = None) -> AuditResult:
-    """Diagnose the initialization of ``model``: a few batches forward and backward, no training.
+def audit(model: nn.Module, example_input: Any = None, *,
+          input_shape: Sequence[int] | None = AuditConfig.input_shape, inits: Sequence[str] = AuditConfig.inits,
+          batches: int = AuditConfig.batches, batch_size: int = AuditConfig.batch_size,
+          inputs: str = AuditConfig.inputs, input_dtype: str = AuditConfig.input_dtype,
+          vocab: int | None = AuditConfig.vocab, loss: str = AuditConfig.loss, seed: int = AuditConfig.seed,
+          device: str = AuditConfig.device, data_dir: str | Path | None = AuditConfig.data_dir) -> AuditResult:
+    """Diagnose the initialization of ``model``: a few batches forward and backward, no training. Every
+    keyword's default is :class:`~initdiag.config.AuditConfig`'s.
 
     Args:
         model: any ``nn.Module``; it is left exactly as it was (parameters, buffers, train/eval mode,

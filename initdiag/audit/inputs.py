@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import AuditConfig
 from ..errors import UsageError
+from ..modes import preserve_modes
 from ..results import AuditInputs
 
 __all__ = ["AuditInputs", "Inputs", "first_embedding", "make_inputs", "working_copy"]
@@ -124,17 +125,15 @@ def working_copy(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
         raise UsageError(f"the model cannot be copied (copy.deepcopy failed), so it is audited in place, which "
                          f"needs it on the audit's device {device}")
     values = [t.detach().clone() for t in tensors]
-    modes = [(m, m.training) for m in model.modules()]
     params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-    try:
-        _prepare(model)
-        yield model
-    finally:
-        with torch.no_grad():
-            for t, v in zip(tensors, values, strict=True):
-                t.copy_(v)
-        for m, mode in modes:
-            m.training = mode
-        for p, req, grad in params:
-            p.requires_grad_(req)
-            p.grad = grad
+    with preserve_modes(model):
+        try:
+            _prepare(model)
+            yield model
+        finally:
+            with torch.no_grad():
+                for t, v in zip(tensors, values, strict=True):
+                    t.copy_(v)
+            for p, req, grad in params:
+                p.requires_grad_(req)
+                p.grad = grad

@@ -21,26 +21,22 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..checks import (
-    RunEvidence,
-    Weights,
-    check_run,
-    norm_gains,
-    snapshot_grads,
-    snapshot_weights,
-    stream_prediction,
-    theory_profiles,
-    theory_rows,
-    transposed_weights,
-    weight_moments,
-    zero_parameters,
-)
+from ..checks import RunEvidence, analyze
 from ..config import AuditConfig
 from ..errors import ModelLoadError, UsageError
 from ..experiment import environment, resolve_device, theory_variances
 from ..initializers import InitSpec, apply_initializer
-from ..recording import Recorder
-from ..results import AuditRecord, AuditRun
+from ..recording import (
+    Recorder,
+    Weights,
+    norm_gains,
+    snapshot_grads,
+    snapshot_weights,
+    transposed_weights,
+    weight_moments,
+    zero_parameters,
+)
+from ..results import AuditResult, AuditRun
 from ..series import FRAME_COLUMNS
 from ..structure import Structure, discover
 from ..structure.layers import LayerInfo, weight_layers
@@ -145,9 +141,8 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
 DISCOVERY_ROWS = 2
 """Samples of a generated batch of floating-point inputs that structure discovery runs on. The structure
 (layers, fans, activations, norms, blocks, shapes per sample) does not depend on the batch size, and two
-rows still tell a constant input (equal rows) from data; two rows of a batch of 8 cut the audit's extra
-forward to about a quarter (measured: resnet50 at 3 x 128 x 128, 0.40 s -> 0.11 s). Token ids (equal rows by
-chance when the vocabulary and length are small) and a caller's example go through whole."""
+rows still tell a constant input (equal rows) from data, at a fraction of a whole batch's forward. Token ids
+(equal rows by chance when the vocabulary and length are small) and a caller's example go through whole."""
 
 
 def _structure(work: nn.Module, batch: Inputs, device: torch.device, rows: int | None) -> Structure | None:
@@ -224,16 +219,13 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
     evidence = RunEvidence(run=label, initializer=label, frame=frame, layers=rec.layers, weights_init=snapshot,
                            weights_final={}, losses=rec.losses, weight_vars=weight_vars, default_init=default,
                            structure=structure, grads_init=rec.grads, zero_params=rec.zero_params, norm_gains=gains)
-    verdicts = check_run(evidence, rng_seed=cfg.seed)
-    chains = structure.segments() if structure is not None else None
     return AuditRun(name=label, label=label, seed=cfg.seed, frame=frame, series=rec.series, layers=rec.layers,
-                    verdicts=verdicts, theory=theory_rows(evidence), weights=weights, losses=rec.losses,
-                    seconds=time.perf_counter() - start, profiles=theory_profiles(evidence, chains),
-                    structure=structure, stream=stream_prediction(evidence))
+                    analysis=analyze(evidence, seed=cfg.seed), weights=weights, losses=rec.losses,
+                    seconds=time.perf_counter() - start, structure=structure)
 
 
 def audit_record(model: nn.Module, config: AuditConfig, example_input: Any = None,
-                 command: str | None = None) -> AuditRecord:
+                 command: str | None = None) -> AuditResult:
     """Audit ``model`` as ``config`` says (see :func:`initdiag.audit`); ``command`` is recorded in the report."""
     if not isinstance(model, nn.Module):
         raise UsageError(f"audit needs an nn.Module, not {type(model).__name__}")
@@ -246,7 +238,7 @@ def audit_record(model: nn.Module, config: AuditConfig, example_input: Any = Non
     runs = tuple(_audit_one(model, label, spec, config, batches, device, rows)
                  for label, spec in zip(config.inits, config.specs, strict=True))
     advice = recommend([(r.label, r.verdicts, r.layers, r.weights) for r in runs])
-    return AuditRecord(config=config, model=config.target, inputs=inputs, runs=runs, recommendation=advice,
+    return AuditResult(config=config, model=config.target, inputs=inputs, runs=runs, recommendation=advice,
                        started=started, seconds=time.perf_counter() - start,
                        command=command or _api_command(config), environment=environment(device))
 

@@ -145,7 +145,7 @@ def _rank(verdicts: Sequence[Verdict]) -> tuple[int, int, float]:
 
 
 def _fails(verdicts: Sequence[Verdict]) -> list[str]:
-    return [f"{v.check} ({v.signal})" if v.signal in (Signal.FORWARD, Signal.BACKWARD) else v.check
+    return [f"{v.outcome} ({v.signal})" if v.signal in (Signal.FORWARD, Signal.BACKWARD) else v.outcome
             for v in verdicts if v.status == Status.FAIL]
 
 

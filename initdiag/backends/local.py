@@ -3,13 +3,13 @@
 Every run is seeded by its own seed only (initial weights, batch order), so a run gives the same
 result whether it runs alone, in turn with others, or in a worker process, as long as it runs with
 the same number of threads (a different thread count changes the floating-point results in the last
-bits). With ``jobs > 1`` the cores are split between the workers: two processes with one thread each
-ran two models 1.12x faster than one process with two threads. The jobs and threads are decided from
+bits). With ``jobs > 1`` the cores are split between the workers (two one-thread processes train two
+models faster than one two-thread process). The jobs and threads are decided from
 the whole plan, not from the runs left to do, so ``--resume`` runs each remaining run with the thread
 count it would have had without the interruption, and gets the same numbers.
 
 Processes that train keep freed memory in their heap for reuse (:func:`initdiag.memory.keep_heap`):
-otherwise every training step faults its activation buffers back in (0.6x the time per step here).
+otherwise every training step faults its activation buffers back in.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..data import MnistData
 from ..errors import Interrupted
 from ..experiment import assemble, resolve_device, run_one
 from ..initializers import InitSpec
+from ..jsonable import run_name
 from ..memory import keep_heap
 from ..progress import MultiProgress, NullProgress, Progress, QueueProgress
 from ..results import ExperimentResult, RunResult
@@ -128,7 +129,7 @@ def _parallel(config: ExperimentConfig, data: MnistData, tasks: Sequence[Task], 
         queue.put(None)
         listener.join(timeout=5)
         _WORKER.clear()
-    return [done[f"{spec.label}/seed{seed}"] for spec, seed in tasks]
+    return [done[run_name(spec.label, seed)] for spec, seed in tasks]
 
 
 def _listen(queue: Any, multi: MultiProgress) -> None:
@@ -176,7 +177,7 @@ def run_experiment(config: ExperimentConfig, data: MnistData, progress: Progress
     device = resolve_device(config.device)
     tasks = plan(config)
     finished: dict[str, RunResult] = store.load_runs() if store is not None else {}
-    todo = [(spec, seed) for spec, seed in tasks if f"{spec.label}/seed{seed}" not in finished]
+    todo = [(spec, seed) for spec, seed in tasks if run_name(spec.label, seed) not in finished]
     earlier = sum(run.seconds for run in finished.values())
     if finished and progress is not None:
         progress.message(f"resuming: {len(tasks) - len(todo)} of {len(tasks)} runs already finished")
@@ -191,13 +192,13 @@ def run_experiment(config: ExperimentConfig, data: MnistData, progress: Progress
             store.save_run(run)
 
     def result(missing: Sequence[str] = ()) -> ExperimentResult:
-        runs = [finished[n] for n in (f"{s.label}/seed{seed}" for s, seed in tasks) if n in finished]
+        runs = [finished[n] for n in (run_name(s.label, seed) for s, seed in tasks) if n in finished]
         return assemble(config, data, runs, started, earlier + time.perf_counter() - start, argv, device, missing)
 
     try:
         execute(config, data, todo, jobs=jobs, device=device, progress=progress, on_done=keep, threads=threads)
     except KeyboardInterrupt as exc:
-        missing = [n for n in (f"{s.label}/seed{seed}" for s, seed in tasks) if n not in finished]
+        missing = [n for n in (run_name(s.label, seed) for s, seed in tasks) if n not in finished]
         code = exc.exit_code if isinstance(exc, Interrupted) else 130
         raise ExperimentInterrupted(result(missing), code) from None
     return result()

@@ -26,6 +26,7 @@ from ..data import MnistData
 from ..errors import Interrupted
 from ..experiment import assemble, environment, resolve_device
 from ..initializers import InitSpec
+from ..jsonable import run_name
 from ..progress import NullProgress, Progress
 from ..results import RunResult, SweepResult, cell_key
 from ..store import RunStore
@@ -72,7 +73,7 @@ def run_sweep(config: SweepConfig, data: MnistData, out_dir: Path, *, progress: 
     finished: list[dict[str, RunResult]] = [s.load_runs() if resume else {} for s in stores]
     keys = [cell_key(c.model) for c in cells]
     todo = [(i, spec, seed) for i, cell in enumerate(cells) for spec, seed in plan(cell)
-            if f"{spec.label}/seed{seed}" not in finished[i]]
+            if run_name(spec.label, seed) not in finished[i]]
     if resume and len(todo) < config.runs:
         progress.message(f"resuming: {config.runs - len(todo)} of {config.runs} runs already finished")
     threads = sweep_threads(config)
@@ -90,7 +91,7 @@ def run_sweep(config: SweepConfig, data: MnistData, out_dir: Path, *, progress: 
         results, missing = [], []
         seconds = earlier + time.perf_counter() - start
         for i, cell in enumerate(cells):
-            names = [f"{spec.label}/seed{seed}" for spec, seed in plan(cell)]
+            names = [run_name(spec.label, seed) for spec, seed in plan(cell)]
             absent = [n for n in names if n not in finished[i]]
             missing += [_name(keys[i], n) for n in absent]
             runs = [finished[i][n] for n in names if n in finished[i]]
@@ -103,7 +104,7 @@ def run_sweep(config: SweepConfig, data: MnistData, out_dir: Path, *, progress: 
         if config.backend == Backend.RAY:
             from .ray import run_on_ray
             by_key = {keys[i]: i for i in range(len(cells))}
-            tasks = [(_name(keys[i], f"{spec.label}/seed{seed}"), cells[i], spec, seed) for i, spec, seed in todo]
+            tasks = [(_name(keys[i], run_name(spec.label, seed)), cells[i], spec, seed) for i, spec, seed in todo]
             address.append(run_on_ray(tasks, data, threads=threads, device=device, address=config.ray_address,
                                       on_done=lambda key, run: keep(by_key[key.split("/", 1)[0]], run),
                                       progress=progress))

@@ -17,16 +17,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..theory import late_gain
-from ..vocab import HEALTHY, CheckName, Phase, Signal, Status
+from ..vocab import HEALTHY, CheckName, Family, Need, Outcome, Phase, Signal, Status
 from .evidence import RunEvidence
-from .intentional import Explained
+from .intentional import Explained, explained
+from .overlay import chain_predictions, expected_chain_gain
+from .registry import AnalysisContext, Check, MethodNote, SignalColumns
 from .signal import SignalFit, SignalRows, earliest_step, signal_fit, signal_verdict
 from .verdict import Thresholds, Verdict
+from .zeros import zero_init_note
 
-__all__ = ["chain_fits", "chain_verdicts", "main_fit"]
+__all__ = ["SignalCheck", "chain_fits", "chain_verdicts", "design_notes_of", "fits_of", "main_fit", "main_fits_of",
+           "why_of"]
 
 _RANK = {Status.PASS: 0, Status.WARN: 1, Status.FAIL: 2}
-_CHECK_RANK = {HEALTHY: 0, CheckName.EXPLODING: 1, CheckName.VANISHING: 1, CheckName.NO_SIGNAL: 2}
+_OUTCOME_RANK = {HEALTHY: 0, Outcome.EXPLODING: 1, Outcome.VANISHING: 1, Outcome.NO_SIGNAL: 2}
 
 
 def _chains(ev: RunEvidence) -> list[tuple[str, ...]]:
@@ -110,20 +114,20 @@ def chain_verdicts(ev: RunEvidence, th: Thresholds, fits: Mapping[str, Sequence[
         for f in kind_fits:
             v = signal_verdict(f, ev, th, expected.get(kind, {}).get(f.layers))
             follows = _follows_theory(f, (predicted or {}).get(kind, {}).get(f.layers)) if v is not None and \
-                v.check in (CheckName.VANISHING, CheckName.EXPLODING) else None
+                v.outcome in (Outcome.VANISHING, Outcome.EXPLODING) else None
             if v is not None and follows is not None:
-                v = Verdict(HEALTHY, v.signal, Status.PASS.value, (), v.p_value, {**v.effect, "late_gain": follows[0],
+                v = Verdict(v.check, v.signal, Status.PASS.value, (), v.p_value, {**v.effect, "late_gain": follows[0],
                             "expected_late_gain": follows[1]},
                             v.message + f" But the change is sub-geometric, as theory predicts for this activation: "
                             f"the per-layer factor over the last half of the chain is {follows[0]:.3g} (theory "
                             f"{follows[1]:.3g}), tending to 1 (a polynomial approach to a fixed point at the edge of "
                             "chaos, Schoenholz et al. 2017), so it is judged against theory's curve, not a straight "
-                            "line.", None, v.phase, v.details)
+                            "line.", None, v.phase, v.details, HEALTHY, Family.SIGNAL)
             if v is not None:
                 judged.append((f, v))
         if not judged:
             continue
-        fit, worst = max(judged, key=lambda fv: (_RANK[Status(fv[1].status)], _CHECK_RANK.get(fv[1].check, 0),
+        fit, worst = max(judged, key=lambda fv: (_RANK[Status(fv[1].status)], _OUTCOME_RANK.get(fv[1].outcome, 0),
                                                  fv[0].n_layers))
         message = worst.message
         if len(judged) > 1:
@@ -133,8 +137,104 @@ def chain_verdicts(ev: RunEvidence, th: Thresholds, fits: Mapping[str, Sequence[
                        + ("the worst, " if bad else "the longest, ") + f"'{fit.layers[0]}' to '{fit.layers[-1]}' "
                        f"({fit.n_layers} layers): " + message)
         details = {**dict(worst.details), "chains": [
-            {"layers": [f.layers[0], f.layers[-1]], "n_layers": f.n_layers, "check": v.check, "status": v.status,
+            {"layers": [f.layers[0], f.layers[-1]], "n_layers": f.n_layers, "outcome": v.outcome, "status": v.status,
              "gain": f.gain, "change": f.change_fitted} for f, v in judged]}
         out.append(Verdict(worst.check, worst.signal, worst.status, worst.layers, worst.p_value, worst.effect,
-                           message + (notes or {}).get(kind, ""), worst.advice, worst.phase, details))
+                           message + (notes or {}).get(kind, ""), worst.advice, worst.phase, details,
+                           worst.outcome, worst.family))
     return out
+
+
+def why_of(ctx: AnalysisContext) -> Explained:
+    """What explains each layer's missing signal in the run (:func:`~initdiag.checks.intentional.explained`)."""
+    return explained(ctx.evidence)
+
+
+def fits_of(ctx: AnalysisContext) -> dict[str, list[SignalFit]]:
+    """Per direction, the fit of each chain (:func:`chain_fits`) under the analysis' thresholds."""
+    return chain_fits(ctx.evidence, ctx.thresholds, ctx.derive(why_of))
+
+
+def main_fits_of(ctx: AnalysisContext) -> dict[str, SignalFit]:
+    """Per direction, the fit that stands for it (:func:`main_fit`)."""
+    return {kind: main_fit(fits) for kind, fits in ctx.derive(fits_of).items() if fits}
+
+
+def design_notes_of(ctx: AnalysisContext) -> dict[str, str]:
+    """Per direction, the sentences added to its verdicts: why all-zero weights cannot train (forward), and the
+    designs that explain missing signal (both)."""
+    main = ctx.derive(main_fits_of)
+    note = zero_init_note(ctx.evidence, main.get(Signal.FORWARD), main.get(Signal.BACKWARD))
+    design = "".join(f" {n}" for n in ctx.derive(why_of).notes)
+    return {Signal.FORWARD: note + design, Signal.BACKWARD: design}
+
+
+class SignalCheck(SignalColumns, Check):
+    """Vanishing, exploding or no signal along each chain of weight layers, forward and backward."""
+
+    name = CheckName.SIGNAL
+    family = Family.SIGNAL
+    title = "Signal propagation along chains of weight layers (vanishing / exploding / no signal)"
+    needs = frozenset({Need.FRAME})
+    outcomes = (Outcome.VANISHING, Outcome.EXPLODING, Outcome.NO_SIGNAL, Outcome.HEALTHY)
+    always_shown = True
+
+    def run(self, ctx: AnalysisContext) -> list[Verdict]:
+        ev, fits = ctx.evidence, ctx.derive(fits_of)
+        expected = {kind: {f.layers: expected_chain_gain(ev, f) for f in kind_fits} for kind, kind_fits in fits.items()}
+        return chain_verdicts(ev, ctx.thresholds, fits, expected, ctx.derive(design_notes_of),
+                              chain_predictions(ev, fits))
+
+    def methods(self, th: Thresholds) -> tuple[MethodNote, ...]:
+        level = f"{1 - th.alpha:.0%}"
+        return (
+            MethodNote(
+                "vanishing/exploding", "Signal propagation (forward and backward)",
+                "At the first training batch, the variance over the batch of each Conv/Linear output (forward, per "
+                "element, averaged over channels) and the per-sample energy of the gradient dL/dy of that output "
+                "(backward: its variance times the elements per sample, which He init preserves across width "
+                "changes and max-pooling; per element, and then only a warning, when the layer sizes are unknown) "
+                "are log-transformed and regressed on the layer's position in execution order (least squares, "
+                "scipy.stats.linregress). The per-layer gain is exp(slope) forward and exp(-slope) backward (the "
+                f"gradient flows from the loss), with a t-based {level} interval; the change across the L layers is "
+                "gain^(L-1), so one odd layer (e.g. a 10-way classifier head) does not decide the verdict. The raw "
+                "first-to-last change is reported too.",
+                "the variance is preserved from layer to layer (slope 0, gain 1).",
+                f"fail when gain^(L-1) >= {th.change_factor:g} (exploding) or <= 1/{th.change_factor:g} (vanishing) "
+                f"and the {level} interval of the gain excludes 1; warn when the factor is passed but the interval "
+                f"includes 1. With 2 layers (no interval) the raw change decides: >= {th.few_layers_factor:g}x "
+                f"fails, >= {th.change_factor:g}x warns.",
+            ),
+            MethodNote(
+                "no_signal", "No signal",
+                "A layer carries no signal when its output (or dL/dy) does not vary over the batch. Variances come "
+                "from float32 sums, so a constant output shows var ~ 1e-7 mean_sq rather than 0. When the signal "
+                "is lost after layers that already fit a vanishing trend, the verdict is 'vanishing' instead.",
+                "not a statistical test (a measurement at float precision).",
+                f"var <= {th.no_signal_rel:g} x max(mean_sq, {th.no_signal_floor:g}) in any layer.",
+            ),
+            MethodNote(
+                "vanishing/exploding", "Chains of weight layers",
+                "The model's structure is seen at its first forward (weight layers of any type with the fans seen, "
+                "the activation each output reaches, whether a module or a function, normalizations, residual "
+                "blocks). The fit above is made for each chain of weight layers on its own (layers joined without a "
+                "normalization, a residual add or a block boundary), and the run's verdict is the worst chain's. A "
+                "chain whose variance changes sub-geometrically, as the length map predicts for a non-homogeneous "
+                "activation (tanh at sigma_w^2 = 1: q_l ~ 1/(2l), Schoenholz et al. 2017), is judged against that "
+                "curve: healthy.",
+                "the variance is preserved from layer to layer within a chain.",
+                "as above, per chain; the worst chain decides.",
+            ),
+            MethodNote(
+                "no_signal", "Intentional zeros and constant inputs",
+                "A parameter that is all zero at initialization but gets a non-zero gradient (a zero-initialized "
+                "output head; the last layer or scale of a residual branch under zero_init_residual, SkipInit, "
+                "Fixup) leaves zero at the first step: the missing signal it causes (forward at and after it in its "
+                "chain, backward before it) is by design and passes with a note, and so do identical neurons whose "
+                "gradients differ. A layer whose input is the same for every sample (an embedding of one token type "
+                "id) has a constant output because its input is. Every weight zero, with zero gradients, still "
+                "fails.",
+                "not a statistical test (exact zeros and equal inputs).",
+                "a one-step look-ahead: the gradient of the first batch.",
+            ),
+        )

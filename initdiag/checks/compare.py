@@ -15,9 +15,20 @@ import numpy as np
 from scipy import stats
 
 from ..jsonable import json_safe
+from .registry import MethodNote
+from .verdict import Thresholds
 
-__all__ = ["MCNEMAR", "WELCH", "Comparison", "accuracy_summary", "compare_accuracies", "holm", "mcnemar_exact",
-           "welch_t"]
+__all__ = [
+    "MCNEMAR",
+    "WELCH",
+    "Comparison",
+    "accuracy_summary",
+    "compare_accuracies",
+    "comparison_methods",
+    "holm",
+    "mcnemar_exact",
+    "welch_t",
+]
 
 MCNEMAR = "mcnemar-exact"
 WELCH = "welch-t"
@@ -158,3 +169,25 @@ def compare_accuracies(predictions: Mapping[str, Sequence[np.ndarray]], labels: 
             adjusted[idx] = holm([rows[i][3] for i in idx])
     return tuple(Comparison(a, b, test, p, float(q), bool(q < alpha), stat, detail)
                  for (a, b, test, p, stat, detail), q in zip(rows, adjusted, strict=True))
+
+
+def comparison_methods(th: Thresholds) -> tuple[MethodNote, ...]:
+    """The methods section's entries for the accuracy comparisons between initializers."""
+    level = f"{1 - th.alpha:.0%}"
+    return (
+        MethodNote(
+            "comparison", "Accuracy comparisons: McNemar's exact test",
+            "For every pair of initializers trained on the same data, the test-set predictions of the first seed "
+            "are paired: b01 examples only the first got right, b10 only the second. Valid with one run each. "
+            "p-values are Holm-adjusted across pairs.",
+            "both have the same error rate: b01 ~ Binomial(b01 + b10, 1/2).",
+            f"significant when the Holm-adjusted p < {th.alpha:g}.",
+        ),
+        MethodNote(
+            "comparison", "Accuracy comparisons: Welch's t-test",
+            f"With 2 or more seeds, each initializer's mean test accuracy with a t-based {level} confidence "
+            "interval, and Welch's unequal-variance t-test for every pair, Holm-adjusted across pairs.",
+            "equal mean accuracy.",
+            f"significant when the Holm-adjusted p < {th.alpha:g}.",
+        ),
+    )

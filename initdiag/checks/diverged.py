@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..vocab import CheckName, Phase, Status
+from ..vocab import CheckName, Family, Phase, Status
 from .evidence import RunEvidence, init_advice
-from .verdict import Verdict
+from .registry import AnalysisContext, Check, MethodNote
+from .verdict import Thresholds, Verdict
 
-__all__ = ["diverged_verdict"]
+__all__ = ["DivergedCheck", "diverged_verdict"]
 
 
 def _first_bad_layer(bad: pd.DataFrame) -> tuple[str, str] | None:
@@ -68,3 +69,29 @@ def diverged_verdict(ev: RunEvidence) -> Verdict:
                    " ".join(parts) + ".",
                    "Lower the learning rate, or start from weights of unit scale (" + init_advice(ev) + ").",
                    phase=Phase.TRAINING)
+
+
+class DivergedCheck(Check):
+    """NaN/Inf in the loss, the gradient norm or any recorded statistic."""
+
+    name = CheckName.DIVERGED
+    family = Family.DIVERGED
+    title = "Divergence (NaN/Inf anywhere)"
+    needs = frozenset()
+    always_shown = True
+    during_training = True
+
+    def run(self, ctx: AnalysisContext) -> list[Verdict]:
+        return [diverged_verdict(ctx.evidence)]
+
+    def methods(self, th: Thresholds) -> tuple[MethodNote, ...]:
+        return (MethodNote(
+            "diverged", "Divergence",
+            "The first step at which the training loss, the gradient norm (L2 over all parameters, in float32, so "
+            "infinite beyond ~1.8e19) or any recorded statistic is NaN or infinite, with the first layer affected "
+            "(lowest forward depth, else the first layer of the backward pass). Training stops at the first step "
+            "whose loss or gradient norm is not finite; the run's status is then 'diverged', as it is whenever "
+            "this check fails.",
+            "not a statistical test.",
+            "any non-finite value fails.",
+        ),)

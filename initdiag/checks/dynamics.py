@@ -9,7 +9,7 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import stats
 
-from ..vocab import CheckName, Kind, Phase, Signal, Stat, Status
+from ..vocab import CheckName, Family, Kind, Phase, Signal, Stat, Status
 from .evidence import RunEvidence, init_advice
 from .units import unit_fractions
 from .verdict import DEFAULT_THRESHOLDS, Thresholds, Verdict
@@ -21,8 +21,6 @@ _MIN_WINDOW = 5
 _TRAINING = Phase.TRAINING.value
 UNSTABLE, STALLED, UPDATE_RATIO, DEAD_GROWTH = (CheckName.UNSTABLE, CheckName.STALLED, CheckName.UPDATE_RATIO,
                                               CheckName.DEAD_GROWTH)
-"""The ``check`` names of these verdicts (their ``--fail-on`` names once :class:`~initdiag.vocab.CheckName`
-lists them)."""
 
 
 def _finite_prefix(losses: np.ndarray) -> np.ndarray:
@@ -74,7 +72,8 @@ def unstable_verdict(ev: RunEvidence, th: Thresholds = DEFAULT_THRESHOLDS) -> Ve
                    f"the starting loss {start:.4g} over {n} finite steps{finite}: at most {peak:.4g} "
                    f"({peak / start:.3g}x, the window ending at step {peak_i + w - 1}); the last window's median is "
                    f"{end:.4g} ({end / start:.3g}x).")
-        return Verdict(UNSTABLE, None, Status.PASS.value, (), None, effect, message, None, _TRAINING)
+        return Verdict(UNSTABLE, None, Status.PASS.value, (), None, effect, message, None, _TRAINING,
+                       family=Family.TRAINING)
     first = int(over[0])
     step = first + int(np.flatnonzero(losses[first:first + w] > limit)[0])
     effect["step"] = float(step)
@@ -85,7 +84,8 @@ def unstable_verdict(ev: RunEvidence, th: Thresholds = DEFAULT_THRESHOLDS) -> Ve
                f"{end:.4g}, {end / start:.3g}x).")
     advice = ("Lower the learning rate (or warm it up): the updates of many layers compound. Start from weights "
               f"that keep unit gain through the layers ({init_advice(ev)}).")
-    return Verdict(UNSTABLE, None, Status.FAIL.value, (), None, effect, message, advice, _TRAINING)
+    return Verdict(UNSTABLE, None, Status.FAIL.value, (), None, effect, message, advice, _TRAINING,
+                   family=Family.TRAINING)
 
 
 def _falls(early: np.ndarray, late: np.ndarray) -> float:
@@ -147,7 +147,7 @@ def stalled_verdict(ev: RunEvidence, th: Thresholds = DEFAULT_THRESHOLDS,
         "vanishing/exploding verdicts. Deep ReLU networks need He init (He et al. 2015: 30 layers under Xavier "
         f"do not learn), normalization layers or residual connections; else raise the learning rate. "
         f"({init_advice(ev)})")
-    return Verdict(STALLED, None, status.value, (), p, effect, message, advice, _TRAINING)
+    return Verdict(STALLED, None, status.value, (), p, effect, message, advice, _TRAINING, family=Family.TRAINING)
 
 
 def _stat_rows(rows: pd.DataFrame, stat: str) -> pd.DataFrame:
@@ -273,7 +273,7 @@ def update_ratio_verdict(ev: RunEvidence, th: Thresholds = DEFAULT_THRESHOLDS) -
                "zero_weight_steps": {str(k): int(v) for k, v in zero_steps.items()}, "source": source}
     return Verdict(UPDATE_RATIO, Signal.WEIGHTS, status.value,
                    tuple(la for la, bad in zip(names, warning, strict=True) if bad), None, effect, message,
-                   " ".join(advice_parts) or None, _TRAINING, details)
+                   " ".join(advice_parts) or None, _TRAINING, details, family=Family.TRAINING)
 
 
 def _dead_tables(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
@@ -332,4 +332,5 @@ def dead_growth_verdict(ev: RunEvidence, th: Thresholds = DEFAULT_THRESHOLDS) ->
                "init": dict(zip(table["layer"], map(float, table["value_init"]), strict=True)),
                "final": dict(zip(table["layer"], map(float, table["value_final"]), strict=True))}
     return Verdict(DEAD_GROWTH, Signal.FORWARD, status.value, tuple(table["layer"][over]), None, effect,
-                   message, advice, _TRAINING, details)
+                   message, advice, _TRAINING, details, family=Family.TRAINING)
+

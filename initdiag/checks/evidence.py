@@ -2,57 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
+from ..recording.snapshots import Weights
 from ..structure import Structure
-from ..structure.layers import WEIGHT_LAYER_TYPES, LayerInfo, main_weight
-from ..vocab import Role
+from ..structure.activations import ADVICE, lookup
+from ..structure.layers import LayerInfo
+from ..vocab import ActivationFamily, Role
 
-__all__ = ["RunEvidence", "Weights", "dominant_activation", "hidden_activations", "init_advice",
-           "norm_gains", "pretty_activation", "recommended_initializer", "snapshot_grads", "snapshot_weights",
-           "transposed_weights", "weight_moments", "zero_parameters"]
-
-Weights = Mapping[str, tuple[np.ndarray, np.ndarray | None]]
-"""Weight-layer module name -> (weight, bias) as numpy arrays."""
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().float().cpu().numpy().copy()
-
-
-def transposed_weights(structure: Structure | None) -> set[str]:
-    """The modules whose weight is stored ``(in, out)`` (applied as ``x @ W``, as transformers' ``Conv1D``),
-    so that a snapshot turns it into rows of output units like every other layer's."""
-    if structure is None:
-        return set()
-    return {w.module_name for w in structure.weight_layers
-            if w.op in ("addmm", "matmul", "mm") and len(w.param_shape) == 2 and w.param_shape[0] == w.fan_in}
-
-
-def snapshot_weights(model: nn.Module, names: Collection[str] | None = None,
-                     transposed: Collection[str] = ()) -> Weights:
-    """Copies of weight layers' weights and matching biases (for the symmetry check), by module name (the
-    root as its class name): the modules in ``names`` whose weight (:func:`~initdiag.structure.main_weight`)
-    has two or more dims, or, without ``names``, every Conv/Linear module. A weight of a module in
-    ``transposed`` (:func:`transposed_weights`) is stored transposed: one row per output unit."""
-    snap: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    for name, module in model.named_modules():
-        key = name or type(module).__name__
-        if (names is None and not isinstance(module, WEIGHT_LAYER_TYPES)) or (names is not None and key not in names):
-            continue
-        weight = main_weight(module)
-        if weight is None or weight.dim() < 2:
-            continue
-        bias = next((b for b in (getattr(module, attr, None) for attr in ("bias", "in_proj_bias", "bias_ih_l0"))
-                     if isinstance(b, torch.Tensor)), None)
-        snap[key] = (_numpy(weight.t() if key in transposed else weight), None if bias is None else _numpy(bias))
-    return snap
+__all__ = ["RunEvidence", "dominant_activation", "hidden_activations", "init_advice", "pretty_activation",
+           "recommended_initializer"]
 
 
 @dataclass(frozen=True)
@@ -124,28 +87,20 @@ class RunEvidence:
         return sizes or None
 
 
-_PRETTY = {"relu": "ReLU", "relu6": "ReLU6", "leaky_relu": "LeakyReLU", "prelu": "PReLU", "elu": "ELU",
-           "selu": "SELU", "gelu": "GELU", "silu": "SiLU", "linear": "linear"}
-_USE_HE = frozenset({"relu", "relu6", "leaky_relu", "prelu", "elu", "celu", "gelu", "silu", "mish",
-                     "softplus", "hardswish"})
-
-
 def pretty_activation(activation: str) -> str:
-    """Display name of an activation family: ``relu`` -> ``ReLU``."""
-    return _PRETTY.get(activation, activation)
+    """Display name of an activation (the registry's): ``relu`` -> ``ReLU``; an unknown name as it is."""
+    info = lookup(activation)
+    return info.display if info is not None else activation
 
 
 def recommended_initializer(activation: str) -> str:
-    """CLI name of the initializer whose variance theory fits ``activation``.
+    """CLI name of the initializer whose variance theory fits ``activation`` (the registry's advice).
 
     ``he`` (Var(W) = 2/fan_in) for the ReLU family, ``lecun`` (1/fan_in) for SELU, ``xavier``
-    (2/(fan_in + fan_out)) for tanh, sigmoid and linear layers.
+    (2/(fan_in + fan_out)) for tanh, sigmoid, linear layers and unknown activations.
     """
-    if activation in _USE_HE:
-        return "he"
-    if activation == "selu":
-        return "lecun"
-    return "xavier"
+    info = lookup(activation)
+    return info.initializer if info is not None else ADVICE[ActivationFamily.UNKNOWN].initializer
 
 
 def hidden_activations(ev: RunEvidence) -> tuple[str, ...]:
@@ -172,71 +127,3 @@ def init_advice(ev: RunEvidence) -> str:
         text += (" (already in use: at this depth consider normalization layers (BatchNorm/LayerNorm) or "
                  "residual connections)")
     return text
-
-
-_MULTIPLICATIVE_EXCLUDED = ("bias", "beta", "running_mean", "running_var")
-
-
-def zero_parameters(model: nn.Module) -> dict[str, bool]:
-    """The multiplicative parameters of ``model`` (weights, normalization scales, scalar gains: not biases)
-    that are all zero, by qualified name -> whether their ``.grad`` (after a backward pass) is non-zero.
-
-    A zero parameter with a non-zero gradient breaks out of zero at the first step (a zero-initialized
-    head, the last layer of a residual branch under Fixup, ``zero_init_residual``'s BatchNorm scale,
-    SkipInit's gain); one whose gradient is zero too stays zero and silences what it multiplies."""
-    found: dict[str, bool] = {}
-    for name, p in model.named_parameters():
-        last = name.rpartition(".")[2].lower()
-        if last in _MULTIPLICATIVE_EXCLUDED or last.endswith("bias") or not p.is_floating_point() or p.numel() == 0:
-            continue
-        if not bool(p.detach().any()):
-            found[name] = p.grad is not None and bool(p.grad.detach().any())
-    return found
-
-
-def snapshot_grads(model: nn.Module, names: Collection[str], transposed: Collection[str] = ()) -> Weights:
-    """Copies of the gradients (``.grad``) of the weights and biases :func:`snapshot_weights` takes, for the
-    modules in ``names`` whose weight has a gradient (for the symmetry check's look-ahead), oriented alike."""
-    snap: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    for name, module in model.named_modules():
-        key = name or type(module).__name__
-        weight = main_weight(module) if key in names else None
-        if weight is None or weight.dim() < 2 or weight.grad is None:
-            continue
-        bias = next((b for b in (getattr(module, attr, None) for attr in ("bias", "in_proj_bias", "bias_ih_l0"))
-                     if isinstance(b, torch.Tensor)), None)
-        grad = weight.grad.t() if key in transposed else weight.grad
-        snap[key] = (_numpy(grad), None if bias is None or bias.grad is None else _numpy(bias.grad))
-    return snap
-
-
-def weight_moments(model: nn.Module, structure: Structure | None) -> dict[str, float]:
-    """Module name -> ``mean(W^2)`` of each weight layer's weight (its Var(W) for zero-mean weights): the
-    structure's weight layers (their parameter as seen), or every Conv/Linear module without a structure."""
-    modules = dict(model.named_modules())
-    out: dict[str, float] = {}
-    layers = [(w.module_name, w.param) for w in structure.weight_layers] if structure is not None else \
-        [(name, "weight") for name, m in modules.items() if isinstance(m, WEIGHT_LAYER_TYPES)]
-    for name, param in layers:
-        module = modules.get(name)
-        weight = getattr(module, param, None) if module is not None else None
-        if isinstance(weight, torch.Tensor):
-            out[name or type(module).__name__] = float(weight.detach().double().square().mean())
-    return out
-
-
-def norm_gains(model: nn.Module, structure: Structure | None) -> dict[str, float]:
-    """Normalization call site -> ``mean(gamma^2) + mean(beta^2)``: the second moment its output has at
-    initialization (1 without affine parameters)."""
-    if structure is None:
-        return {}
-    modules = dict(model.named_modules())
-    out: dict[str, float] = {}
-    for norm in structure.norms:
-        module = modules.get(norm.module_name) if norm.module_name is not None else None
-        gamma = getattr(module, "weight", None) if module is not None else None
-        beta = getattr(module, "bias", None) if module is not None else None
-        g2 = float(gamma.detach().double().square().mean()) if isinstance(gamma, torch.Tensor) else 1.0
-        b2 = float(beta.detach().double().square().mean()) if isinstance(beta, torch.Tensor) else 0.0
-        out[norm.name] = g2 + b2
-    return out

@@ -14,13 +14,12 @@ from ..series import first_step_values
 from ..structure.layers import LayerInfo, shape_fans
 from ..theory import Transition, chain_profile, expected_gain
 from ..vocab import Signal
-from .chains import chain_fits, main_fit
 from .evidence import RunEvidence, hidden_activations, pretty_activation
-from .intentional import explained
+from .registry import MethodNote
 from .signal import SignalFit
-from .verdict import DEFAULT_THRESHOLDS
 
-__all__ = ["TheoryProfile", "TheoryRow", "chain_predictions", "expected_chain_gain", "theory_profiles", "theory_rows"]
+__all__ = ["THEORY_METHOD", "TheoryProfile", "TheoryRow", "chain_predictions", "expected_chain_gain", "theory_profiles",
+           "theory_rows"]
 
 
 @dataclass(frozen=True)
@@ -123,21 +122,18 @@ def expected_chain_gain(ev: RunEvidence, fit: SignalFit) -> float | None:
     return _expected_profile_gain(ev, fit.kind, fit)[0]
 
 
-def theory_rows(ev: RunEvidence, fit_forward: SignalFit | None = None,
-                fit_backward: SignalFit | None = None) -> tuple[TheoryRow, ...]:
+def theory_rows(ev: RunEvidence, fits: Mapping[str, SignalFit]) -> tuple[TheoryRow, ...]:
     """Expected next to measured per-layer gain, forward and backward, where theory fixes the gain.
 
-    Fits are those of the longest chain (:func:`~initdiag.checks.chains.main_fit`) when not given. A signal
-    gets a row only when theory can evaluate every activation of the chain.
+    ``fits``: per direction the fit of the longest chain (:func:`~initdiag.checks.chains.main_fit`), as the
+    analysis made it. A signal gets a row only when theory can evaluate every activation of the chain.
     """
     rows: list[TheoryRow] = []
     names = [la.name for la in ev.weight_layers]
     acts = dict.fromkeys(pretty_activation(a) for a in hidden_activations(ev))
     act_label = "+".join(acts) if acts else "linear"
-    computed = chain_fits(ev, DEFAULT_THRESHOLDS, explained(ev)) if fit_forward is None or fit_backward is None \
-        else {}
-    for direction, given in (("forward", fit_forward), ("backward", fit_backward)):
-        fit = given if given is not None else main_fit(computed[direction]) if computed.get(direction) else None
+    for direction in ("forward", "backward"):
+        fit = fits.get(direction)
         if fit is None or fit.n_layers == 0:
             continue
         expected, why = _expected_profile_gain(ev, direction, fit)
@@ -239,3 +235,17 @@ def chain_predictions(ev: RunEvidence, fits: Mapping[str, Sequence[SignalFit]]
                 values = dict(zip(profile.layers, profile.values, strict=True))
                 out.setdefault(kind, {})[fit.layers] = [values.get(n) for n in fit.layers]
     return out
+
+
+THEORY_METHOD = MethodNote(
+    "theory", "Theory overlay",
+    "The length map q' = sigma_w^2 E_z[phi(sqrt(q) z)^2] + sigma_b^2 with sigma_w^2 = fan_in Var(W), and backward "
+    "sigma_w^2 = fan_out Var(W) times E_z[phi'(sqrt(q) z)^2] (Poole et al. 2016; Schoenholz et al. 2017), for any "
+    "elementwise activation by Gauss-Hermite or composite Gauss-Legendre quadrature with phi' from autograd (closed "
+    "forms for the ReLU family and linear: c = 1/2 for ReLU, 1 linear; He et al. 2015, Glorot & Bengio 2010). Each "
+    "chain's profile starts from its measured first (forward) or last (backward) layer; the expected per-layer gain "
+    "is fitted over the chain like the measurement.",
+    "descriptive.",
+    "none (for reading the measured gain).",
+)
+"""The methods section's entry for the theory overlay."""

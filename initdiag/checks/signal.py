@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from ..structure.layers import WEIGHT_LAYER_TYPES
-from ..vocab import HEALTHY, CheckName, Status
+from ..vocab import HEALTHY, CheckName, Family, Outcome, Status
 from .evidence import RunEvidence, init_advice
 from .verdict import Thresholds, Verdict
 
@@ -275,12 +275,13 @@ def signal_verdict(fit: SignalFit, ev: RunEvidence, th: Thresholds = _DEFAULT,
 
     def make(check: str, status: Status, layers: tuple[str, ...], message: str,
              p: float | None = None, adv: str | None = advice) -> Verdict:
-        return Verdict(check, fit.kind, status.value, layers, p, effect, message + extra, adv)
+        return Verdict(CheckName.SIGNAL, fit.kind, status.value, layers, p, effect, message + extra, adv,
+                       outcome=check, family=Family.SIGNAL)
 
     lost = fit.lost_at
     if lost is not None and lost in fit.nonfinite:
         before = _describe(fit, what) + " " if len(fit.fitted) >= 3 else f"{label}: "
-        return make(CheckName.EXPLODING, Status.FAIL, (lost,),
+        return make(Outcome.EXPLODING, Status.FAIL, (lost,),
                     f"{before}The variance is inf/NaN (overflow) at layer '{lost}' already at initialization "
                     f"(step {fit.step}).")
     p = fit.p_value if math.isfinite(fit.p_value) else None
@@ -292,9 +293,9 @@ def signal_verdict(fit: SignalFit, ev: RunEvidence, th: Thresholds = _DEFAULT,
         where = (f"no signal (variance 0 or at float rounding level) in {len(fit.no_signal)} of "
                  f"{fit.n_layers} layers")
         if len(fit.fitted) >= 3 and shrinking and sure_down:
-            return make(CheckName.VANISHING, Status.FAIL, (fit.fitted[0], lost),
+            return make(Outcome.VANISHING, Status.FAIL, (fit.fitted[0], lost),
                         f"{_describe(fit, what)} The signal is lost from layer '{lost}' on: {where}.", p)
-        return make(CheckName.NO_SIGNAL, Status.FAIL, fit.no_signal,
+        return make(Outcome.NO_SIGNAL, Status.FAIL, fit.no_signal,
                     f"{label}: {where}, starting at layer '{lost}'; nothing propagates past it.")
     if len(fit.fitted) < 2:
         return make(HEALTHY, Status.PASS, (), f"{label}: a single Conv/Linear layer, nothing to compare.",
@@ -303,7 +304,7 @@ def signal_verdict(fit: SignalFit, ev: RunEvidence, th: Thresholds = _DEFAULT,
     if len(fit.fitted) == 2:
         raw = fit.change_raw
         big = max(raw, 1 / raw) if raw > 0 else math.inf
-        check = CheckName.EXPLODING if raw > 1 else CheckName.VANISHING
+        check = Outcome.EXPLODING if raw > 1 else Outcome.VANISHING
         text += " With 2 layers there is no interval: the raw change decides."
         if _at_least(big, th.few_layers_factor):
             return make(check, Status.FAIL, ends, text)
@@ -311,7 +312,7 @@ def signal_verdict(fit: SignalFit, ev: RunEvidence, th: Thresholds = _DEFAULT,
             return make(check, Status.WARN, ends, text)
         return make(HEALTHY, Status.PASS, (), text, adv=None)
     if growing or shrinking:
-        check = CheckName.EXPLODING if growing else CheckName.VANISHING
+        check = Outcome.EXPLODING if growing else Outcome.VANISHING
         if (sure_up if growing else sure_down) and unsure:
             return make(check, Status.WARN, ends, text + " Measured per element: the layer sizes were not "
                         "recorded, so changes of width or spatial size (pooling) are not accounted for.", p)

@@ -27,16 +27,19 @@ stream. Not a test with a p-value: one network, a few batches.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from ..theory.stream import StreamTheory, stream_theory
-from ..vocab import HEALTHY, CheckName, Kind, Phase, Stat, Status
+from ..vocab import HEALTHY, CheckName, Family, Kind, Need, Outcome, Phase, Stat, Status
+from .chains import why_of
 from .evidence import RunEvidence, init_advice
+from .registry import AnalysisContext, Check, MethodNote, SignalColumns
 from .signal import earliest_step
 from .verdict import Thresholds, Verdict
 
-__all__ = ["stream_prediction", "stream_values", "stream_verdicts"]
+__all__ = ["StreamCheck", "stream_prediction", "stream_theory_of", "stream_values", "stream_verdicts"]
 
 
 def stream_values(ev: RunEvidence, kind: str, stat: str = Stat.VAR) -> tuple[list[str], np.ndarray]:
@@ -88,6 +91,14 @@ def _late(values: np.ndarray, within: list[bool], n: int, late_only: bool = True
     return r, r ** n
 
 
+def _verdict(outcome: str, kind: str, status: str, layers: tuple[str, ...], p_value: float | None,
+             effect: dict[str, float | None], message: str, advice: str | None,
+             details: dict[str, Any] | None = None) -> Verdict:
+    """A verdict of the stream check with this outcome."""
+    return Verdict(CheckName.STREAM, kind, status, layers, p_value, effect, message, advice, details=details or {},
+                   outcome=outcome, family=Family.SIGNAL)
+
+
 def stream_verdicts(ev: RunEvidence, th: Thresholds, predicted: tuple[float | None, ...] = (),
                     bounded: bool | None = None, notes: str = "", silent_backward: str = "") -> list[Verdict]:
     """Forward and backward verdicts on the residual stream (none with fewer than two blocks recorded).
@@ -115,14 +126,14 @@ def stream_verdicts(ev: RunEvidence, th: Thresholds, predicted: tuple[float | No
             expected = _late(np.array(predicted, dtype=np.float64), within, n, late_only=bool(bounded))
             effect["expected_change"] = None if expected is None else expected[1]
         if kind == Kind.BACKWARD and silent_backward and (values <= th.no_signal_floor).all():
-            out.append(Verdict(HEALTHY, str(kind), Status.PASS.value, (), None, effect, f"{label}: the gradient on the "
-                               f"residual stream is 0 at initialization: {silent_backward}.{notes}", None,
+            out.append(_verdict(HEALTHY, str(kind), Status.PASS.value, (), None, effect, f"{label}: the gradient on "
+                               f"the residual stream is 0 at initialization: {silent_backward}.{notes}", None,
                                details=details))
             continue
         if (~np.isfinite(values) | (values <= th.no_signal_floor)).any():
             bad = int(np.argmax(~np.isfinite(values) | (values <= th.no_signal_floor)))
             finite = bool(np.isfinite(values).all())
-            out.append(Verdict(CheckName.NO_SIGNAL if finite else CheckName.EXPLODING, str(kind), Status.FAIL.value,
+            out.append(_verdict(Outcome.NO_SIGNAL if finite else Outcome.EXPLODING, str(kind), Status.FAIL.value,
                                (sites[bad],), None, effect, f"{label}: the {what} is {'0' if finite else 'not finite'}"
                                f" at '{sites[bad]}' (of {n} blocks).{notes}", init_advice(ev), details=details))
             continue
@@ -144,24 +155,67 @@ def stream_verdicts(ev: RunEvidence, th: Thresholds, predicted: tuple[float | No
                 "keeps this near 1-7 whatever the total)." + expected_text + design)
         limit = th.change_factor ** 2 if bounded else th.change_factor
         big = max(change, 1 / change) if change > 0 else math.inf
-        check = CheckName.EXPLODING if change > 1 else CheckName.VANISHING
+        check = Outcome.EXPLODING if change > 1 else Outcome.VANISHING
         if bounded and kind == Kind.BACKWARD:
-            out.append(Verdict(HEALTHY, str(kind), Status.PASS.value, (), None, effect, text + " Reported, not judged: "
-                               "the normalized branches are invariant to the scale of their input, so the gradient on "
-                               "the stream scales with 1/sigma of the stream and changes the normalized weights' "
-                               "effective step size, not the signal (Yang et al. 2019; Arora et al. 2019)." + notes,
+            out.append(_verdict(HEALTHY, str(kind), Status.PASS.value, (), None, effect,
+                               text + " Reported, not judged: the normalized branches are invariant to the scale of "
+                               "their input, so the gradient on the stream scales with 1/sigma of the stream and "
+                               "changes the normalized weights' effective step size, not the signal (Yang et al. "
+                               "2019; Arora et al. 2019)." + notes,
                                None, details=details))
         elif big >= limit:
-            out.append(Verdict(check, str(kind), Status.FAIL.value, (sites[0], sites[-1]), None, effect,
+            out.append(_verdict(check, str(kind), Status.FAIL.value, (sites[0], sites[-1]), None, effect,
                                text + " The growth is geometric, not the bounded growth of normalized branches."
                                + notes, "Normalize the residual branches (BatchNorm/LayerNorm), scale them down "
                                "(SkipInit, Fixup: zero the last layer of each branch) or lower the branch gains; "
                                + init_advice(ev), details=details))
         elif bounded and big >= th.change_factor:
-            out.append(Verdict(check, str(kind), Status.WARN.value, (sites[0], sites[-1]), None, effect,
+            out.append(_verdict(check, str(kind), Status.WARN.value, (sites[0], sites[-1]), None, effect,
                                text + " Beyond the threshold, but the design's normalizations bound the stream and "
                                "rescale its gradient: uncertain." + notes, init_advice(ev), details=details))
         else:
-            out.append(Verdict(HEALTHY, str(kind), Status.PASS.value, (), None, effect,
+            out.append(_verdict(HEALTHY, str(kind), Status.PASS.value, (), None, effect,
                                text + f" Within the {th.change_factor:g}x threshold.{notes}", None, details=details))
     return out
+
+
+def stream_theory_of(ctx: AnalysisContext) -> StreamTheory | None:
+    """The run's predicted forward stream (:func:`stream_prediction`), computed once per analysis."""
+    return stream_prediction(ctx.evidence)
+
+
+class StreamCheck(SignalColumns, Check):
+    """The residual stream across blocks, forward and backward: geometric growth where theory says bounded."""
+
+    name = CheckName.STREAM
+    family = Family.SIGNAL
+    title = "Residual stream across blocks (vanishing / exploding / no signal)"
+    needs = frozenset({Need.FRAME, Need.STRUCTURE})
+    outcomes = (Outcome.VANISHING, Outcome.EXPLODING, Outcome.NO_SIGNAL, Outcome.HEALTHY)
+    always_shown = True
+
+    def run(self, ctx: AnalysisContext) -> list[Verdict]:
+        ev = ctx.evidence
+        if ev.structure is None or not ev.structure.blocks:
+            return []
+        theory = ctx.derive(stream_theory_of)
+        bounded = theory.bounded if theory is not None else \
+            all(b.post_norm or b.branch_normalized for b in ev.structure.blocks)
+        head = ctx.derive(why_of).head
+        silent = (f"the output head '{head}' is zero-initialized and learns from step 1, and the gradient flows from "
+                  "then on") if head else ""
+        return stream_verdicts(ev, ctx.thresholds, theory.values if theory else (), bounded, silent_backward=silent)
+
+    def methods(self, th: Thresholds) -> tuple[MethodNote, ...]:
+        return (MethodNote(
+            "vanishing/exploding", "The residual stream",
+            "With residual blocks, the stream (the blocks' outputs) is judged across blocks: the geometric mean of "
+            "the per-block variance ratios within stages (identity shortcuts; over the later half of them where "
+            "theory predicts linear growth) is raised to the number of blocks. Theory: Var(x + f(x)) = Var(x) + "
+            "Var(f(x)) at init, so unnormalized branches grow the stream geometrically and normalized or zero ones "
+            "at most linearly (Brock et al. 2021; De & Smith 2020).",
+            "the stream's variance changes at most linearly across blocks.",
+            f"fail when the change reaches {th.change_factor:g}x for a design theory says grows geometrically, "
+            f"{th.change_factor ** 2:g}x (warn at {th.change_factor:g}x) for a bounded one, whose gradient on the "
+            "stream is reported, not judged (normalized branches are scale-invariant).",
+        ),)

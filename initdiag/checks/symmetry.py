@@ -10,12 +10,15 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from ..vocab import CheckName, Signal, Status
+from ..recording.snapshots import Weights
+from ..vocab import CheckName, Family, Need, Phase, Signal, Status
+from .chains import design_notes_of
 from .compare import holm
-from .evidence import RunEvidence, Weights, init_advice
+from .evidence import RunEvidence, init_advice
+from .registry import AnalysisContext, Check, MethodNote
 from .verdict import Thresholds, Verdict
 
-__all__ = ["max_cosine_pvalue", "neuron_rows", "symmetry_groups", "symmetry_verdict"]
+__all__ = ["SymmetryCheck", "max_cosine_pvalue", "neuron_rows", "symmetry_groups", "symmetry_verdict"]
 
 _DEFAULT = Thresholds()
 _EPS = float(np.finfo(np.float64).eps)
@@ -188,6 +191,93 @@ def _breaks(group: list[int], grad: np.ndarray, grad_bias: np.ndarray | None, th
     return bool(np.abs(rows - rows[0]).max(initial=0.0) > tol)
 
 
+Report = dict[str, Any]
+
+
+def _adjust(reports: list[Report], phase: str, before: dict[str, list[list[int]]]) -> None:
+    """Holm-adjusts the layers' p-values (``p_adjusted``); after training, notes whether each layer's groups at
+    init persisted (``persisted``)."""
+    adjusted = holm([r["p_value"] for r in reports])
+    for r, q in zip(reports, adjusted, strict=True):
+        r["p_adjusted"] = float(q)
+        if phase != "init":
+            r["persisted"] = _persisted(before.get(r["layer"], []), r["groups"])
+
+
+def _split_breaking(reports: list[Report], weights: Weights, grads: Weights, th: Thresholds) -> list[Report]:
+    """Moves the groups whose neurons get different first-step gradients (``grads``) from ``groups`` to
+    ``breaking``; returns the layers left with breaking groups only."""
+    broken: list[Report] = []
+    for r in reports:
+        grad = grads.get(r["layer"])
+        if r["groups"] and grad is not None and grad[0].shape == weights[r["layer"]][0].shape:
+            r["breaking"] = [g for g in r["groups"] if _breaks(g, grad[0], grad[1], th)]
+            r["groups"] = [g for g in r["groups"] if g not in r["breaking"]]
+            if r["breaking"] and not r["groups"]:
+                broken.append(r)
+    return broken
+
+
+def _persistence_text(reports: list[Report], before: dict[str, list[list[int]]], phase: str,
+                      effect: dict[str, float | None]) -> str:
+    """After training: how many layers that started with identical neurons kept them (also in ``effect``)."""
+    if phase == "init" or not before:
+        return ""
+    started = [r for r in reports if before.get(r["layer"])]
+    kept = [r for r in started if r["persisted"]]
+    effect["persisted_layers"] = float(len(kept))
+    if not started:
+        return ""
+    return (f" Symmetry persisted through training in {len(kept)} of the {len(started)} layers "
+            "that started with identical neurons.")
+
+
+def _effect(reports: list[Report], symmetric: list[Report], worst: Report | None) -> dict[str, float | None]:
+    return {"layers_symmetric": float(len(symmetric)), "layers": float(len(reports)),
+            "min_distinct_fraction": min(r["distinct"] / max(r["neurons"], 1) for r in reports),
+            "max_cos": worst["max_cos"] if worst else None}
+
+
+def _subsample_text(reports: list[Report], th: Thresholds) -> str:
+    subsampled = [r["layer"] for r in reports if r["neurons"] > th.cosine_max_rows]
+    return (f" (cosine test on a random {th.cosine_max_rows} neurons of layers "
+            f"{', '.join(repr(s) for s in subsampled[:3])})" if subsampled else "")
+
+
+def _symmetric_message(reports: list[Report], symmetric: list[Report], when: str) -> str:
+    described = "; ".join(f"layer '{r['layer']}': {r['distinct']} distinct of {r['neurons']} "
+                          f"({_groups_text(r['groups'], r['neurons'])})" for r in symmetric[:3])
+    more = f"; and {len(symmetric) - 3} more layers" if len(symmetric) > 3 else ""
+    return (f"{when.capitalize()}, {len(symmetric)} of {len(reports)} Conv/Linear layers have identical "
+            f"neurons, which get identical gradients and cannot learn different features: {described}{more}.")
+
+
+def _near_duplicate_message(flagged: list[Report], when: str, sub_text: str) -> str:
+    described = "; ".join(f"layer '{r['layer']}': largest |cos| {r['max_cos']:.3f}, Holm-adjusted "
+                          f"p = {r['p_adjusted']:.2g}" for r in flagged[:3])
+    return (f"{when.capitalize()}, near-duplicate neurons: more similar than independent random rows "
+            f"would be ({described}){sub_text}.")
+
+
+def _pass_message(reports: list[Report], worst: Report | None, min_p: float, phase: str, when: str,
+                  sub_text: str) -> str:
+    if worst is not None and phase != "init":
+        return (f"{when.capitalize()}, no identical neurons in {len(reports)} Conv/Linear layers; the largest "
+                f"|cosine| between neurons is {worst['max_cos']:.3f} (layer '{worst['layer']}'), not tested: "
+                f"trained neurons are not independent random rows.")
+    if worst is not None:
+        return (f"{when.capitalize()}, no identical neurons in {len(reports)} Conv/Linear layers; the largest "
+                f"|cosine| between neurons ({worst['max_cos']:.3f}, layer '{worst['layer']}') is in line with "
+                f"independent random rows (smallest Holm-adjusted p = {min_p:.2g}){sub_text}.")
+    return f"{when.capitalize()}, no identical neurons in {len(reports)} Conv/Linear layers."
+
+
+def _broken_text(broken: list[Report]) -> str:
+    names = ", ".join(f"'{r['layer']}'" for r in broken[:3]) + (" ..." if len(broken) > 3 else "")
+    return (f" Layers {names} start with identical neurons (e.g. zero-initialized) but each neuron gets its "
+            "own gradient, so they differ from the first step: symmetry is broken by design.")
+
+
 def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random.Generator,
                      init_reports: list[dict[str, Any]] | None = None,
                      extra: str = "") -> tuple[Verdict | None, list[dict[str, Any]]]:
@@ -207,21 +297,9 @@ def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random
     if not weights:
         return None, []
     reports = [_layer_report(name, w, b, th, rng) for name, (w, b) in weights.items()]
-    adjusted = holm([r["p_value"] for r in reports])
     before = {r["layer"]: r["groups"] for r in init_reports or []}
-    for r, q in zip(reports, adjusted, strict=True):
-        r["p_adjusted"] = float(q)
-        if phase != "init":
-            r["persisted"] = _persisted(before.get(r["layer"], []), r["groups"])
-    broken: list[dict[str, Any]] = []
-    if phase == "init":
-        for r in reports:
-            grads = ev.grads_init.get(r["layer"])
-            if r["groups"] and grads is not None and grads[0].shape == weights[r["layer"]][0].shape:
-                r["breaking"] = [g for g in r["groups"] if _breaks(g, grads[0], grads[1], th)]
-                r["groups"] = [g for g in r["groups"] if g not in r["breaking"]]
-                if r["breaking"] and not r["groups"]:
-                    broken.append(r)
+    _adjust(reports, phase, before)
+    broken = _split_breaking(reports, weights, ev.grads_init, th) if phase == "init" else []
     symmetric = [r for r in reports if r["groups"]]
     # The null (independent random rows) describes an initialization: trained neurons are correlated by
     # learning, so near-duplicates are only tested at init; after training only exact groups count.
@@ -229,57 +307,66 @@ def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random
     tested = [r for r in reports if math.isfinite(r["max_cos"])]
     worst = max(tested, key=lambda r: r["max_cos"]) if tested else None
     min_p = min((r["p_adjusted"] for r in tested), default=math.nan)
+    p_value = min_p if math.isfinite(min_p) else None
     when = "at initialization" if phase == "init" else "after training"
-    effect: dict[str, float | None] = {
-        "layers_symmetric": float(len(symmetric)), "layers": float(len(reports)),
-        "min_distinct_fraction": min(r["distinct"] / max(r["neurons"], 1) for r in reports),
-        "max_cos": worst["max_cos"] if worst else None,
-    }
-    subsampled = [r["layer"] for r in reports if r["neurons"] > th.cosine_max_rows]
-    sub_text = (f" (cosine test on a random {th.cosine_max_rows} neurons of layers "
-                f"{', '.join(repr(s) for s in subsampled[:3])})" if subsampled else "")
-    persisted_text = ""
-    if phase != "init" and before:
-        started = [r for r in reports if before.get(r["layer"])]
-        kept = [r for r in started if r["persisted"]]
-        effect["persisted_layers"] = float(len(kept))
-        if started:
-            persisted_text = (f" Symmetry persisted through training in {len(kept)} of the {len(started)} layers "
-                              "that started with identical neurons.")
+    effect = _effect(reports, symmetric, worst)
+    sub_text = _subsample_text(reports, th)
+    persisted_text = _persistence_text(reports, before, phase, effect)
     details = {"layers": reports}
     if symmetric:
-        described = "; ".join(f"layer '{r['layer']}': {r['distinct']} distinct of {r['neurons']} "
-                              f"({_groups_text(r['groups'], r['neurons'])})" for r in symmetric[:3])
-        more = f"; and {len(symmetric) - 3} more layers" if len(symmetric) > 3 else ""
-        message = (f"{when.capitalize()}, {len(symmetric)} of {len(reports)} Conv/Linear layers have identical "
-                   f"neurons, which get identical gradients and cannot learn different features: {described}"
-                   f"{more}.{persisted_text}{extra}")
         return Verdict(CheckName.SYMMETRY, Signal.WEIGHTS, Status.FAIL.value, tuple(r["layer"] for r in symmetric),
-                       min_p if math.isfinite(min_p) else None, effect, message,
+                       p_value, effect, _symmetric_message(reports, symmetric, when) + persisted_text + extra,
                        "Use a random initializer to break the symmetry: " + init_advice(ev), phase, details), reports
     if flagged:
-        described = "; ".join(f"layer '{r['layer']}': largest |cos| {r['max_cos']:.3f}, Holm-adjusted "
-                              f"p = {r['p_adjusted']:.2g}" for r in flagged[:3])
-        message = (f"{when.capitalize()}, near-duplicate neurons: more similar than independent random rows "
-                   f"would be ({described}){sub_text}.{persisted_text}")
         return Verdict(CheckName.SYMMETRY, Signal.WEIGHTS, Status.WARN.value, tuple(r["layer"] for r in flagged),
-                       min_p, effect, message,
+                       min_p, effect, _near_duplicate_message(flagged, when, sub_text) + persisted_text,
                        "Check how these weights were set (copied rows, a low-rank or shared init); "
                        + init_advice(ev), phase, details), reports
-    if worst is not None and phase != "init":
-        message = (f"{when.capitalize()}, no identical neurons in {len(reports)} Conv/Linear layers; the largest "
-                   f"|cosine| between neurons is {worst['max_cos']:.3f} (layer '{worst['layer']}'), not tested: "
-                   f"trained neurons are not independent random rows.{persisted_text}")
-    elif worst is not None:
-        message = (f"{when.capitalize()}, no identical neurons in {len(reports)} Conv/Linear layers; the largest "
-                   f"|cosine| between neurons ({worst['max_cos']:.3f}, layer '{worst['layer']}') is in line with "
-                   f"independent random rows (smallest Holm-adjusted p = {min_p:.2g}){sub_text}.{persisted_text}")
-    else:
-        message = f"{when.capitalize()}, no identical neurons in {len(reports)} Conv/Linear layers.{persisted_text}"
+    message = _pass_message(reports, worst, min_p, phase, when, sub_text) + persisted_text
     if broken:
-        names = ", ".join(f"'{r['layer']}'" for r in broken[:3]) + (" ..." if len(broken) > 3 else "")
-        message += (f" Layers {names} start with identical neurons (e.g. zero-initialized) but each neuron gets its "
-                    "own gradient, so they differ from the first step: symmetry is broken by design.")
+        message += _broken_text(broken)
         effect["layers_breaking"] = float(len(broken))
-    return Verdict(CheckName.SYMMETRY, Signal.WEIGHTS, Status.PASS.value, (), min_p if math.isfinite(min_p) else None,
+    return Verdict(CheckName.SYMMETRY, Signal.WEIGHTS, Status.PASS.value, (), p_value,
                    effect, message, None, phase, details), reports
+
+
+class SymmetryCheck(Check):
+    """Identical or near-duplicate neurons, at initialization and after training."""
+
+    name = CheckName.SYMMETRY
+    family = Family.SYMMETRY
+    title = "Identical and near-duplicate neurons"
+    needs = frozenset({Need.WEIGHTS})
+    always_shown = True
+
+    def run(self, ctx: AnalysisContext) -> list[Verdict | None]:
+        ev, th, rng = ctx.evidence, ctx.thresholds, ctx.rng()
+        init, reports = symmetry_verdict(ev, Phase.INIT, th, rng, extra=ctx.derive(design_notes_of)[Signal.FORWARD])
+        final, _ = symmetry_verdict(ev, Phase.FINAL, th, rng, init_reports=reports)
+        return [init, final]
+
+    def methods(self, th: Thresholds) -> tuple[MethodNote, ...]:
+        return (
+            MethodNote(
+                "symmetry", "Identical neurons",
+                "Each neuron is a row of the Conv/Linear weight reshaped to (out, -1) with its bias appended. "
+                "Neurons are grouped when every entry agrees within the tolerance, at initialization and after "
+                "training; the report gives the number of distinct neurons, the groups, and whether each group "
+                "persisted through training. Identical neurons get identical gradients, so they stay identical.",
+                "not a statistical test (exact comparison within a float tolerance).",
+                f"|difference| <= {th.symmetry_atol:g} + {th.symmetry_rtol:g} x max|entry| in every entry; any "
+                "group fails.",
+            ),
+            MethodNote(
+                "symmetry", "Near-duplicate neurons",
+                "The largest |cosine| between two distinct neurons of a layer (rows with all-zero columns such as "
+                f"zero biases dropped; at most {th.cosine_max_rows} random rows) is compared with its distribution "
+                "for independent random rows of the same shape: p = min(1, n(n-1)/2 x P(|cos| >= c)) with "
+                "cos^2 ~ Beta(1/2, (d-1)/2) for one pair (a union bound over the pairs)"
+                + (f", or Monte Carlo with {th.mc_samples} draws" if th.mc_samples > 0 else "")
+                + ". p-values are Holm-adjusted across the run's layers. Tested at initialization only: trained "
+                "neurons are correlated by learning, so the null does not describe them.",
+                "the neurons are independent, isotropic random vectors (as drawn by a healthy random init).",
+                f"warn when a Holm-adjusted p < {th.near_duplicate_alpha:g} (family-wise level per run).",
+            ),
+        )

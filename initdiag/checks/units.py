@@ -7,11 +7,13 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ..vocab import CheckName, Role, Signal, Status
+from ..vocab import CheckName, Family, Phase, Role, Signal, Status
+from .chains import why_of
 from .evidence import RunEvidence, init_advice
+from .registry import AnalysisContext, Check, MethodNote
 from .verdict import Thresholds, Verdict
 
-__all__ = ["dead_verdict", "saturation_verdict", "unit_fractions"]
+__all__ = ["DeadCheck", "SaturationCheck", "dead_verdict", "saturation_verdict", "unit_fractions"]
 
 _DEFAULT = Thresholds()
 
@@ -110,3 +112,48 @@ def saturation_verdict(ev: RunEvidence, phase: str, th: Thresholds = _DEFAULT) -
               "2/(fan_in + fan_out)) so pre-activations stay in the near-linear range, and normalize the inputs.")
     return _unit_verdict(ev, phase, CheckName.SATURATION, "sat_frac", th.saturation_warn, th.saturation_fail,
                          f"saturated outputs (within {th.saturation_tol:g} of a bound)", advice)
+
+
+class DeadCheck(Check):
+    """ReLU-family units that output 0 for every input, at initialization and after training."""
+
+    name = CheckName.DEAD
+    family = Family.DEAD
+    title = "Dead ReLU units (0 for every input)"
+    columns = ((Family.DEAD, "dead units"),)
+    always_shown = True
+
+    def run(self, ctx: AnalysisContext) -> list[Verdict | None]:
+        ev, th = ctx.evidence, ctx.thresholds
+        return [dead_verdict(ev, Phase.INIT, th, ctx.derive(why_of).forward), dead_verdict(ev, Phase.FINAL, th)]
+
+    def methods(self, th: Thresholds) -> tuple[MethodNote, ...]:
+        return (MethodNote(
+            "dead", "Dead ReLU units",
+            "Fraction of the channels of each ReLU-family layer that output exactly 0 for every input of the "
+            "evaluation batch (probes before and after training; the training batch when no probe was recorded).",
+            "not a statistical test (a fraction of units).",
+            f"warn when a layer has >= {th.dead_warn:.0%} dead units, fail at >= {th.dead_fail:.0%}.",
+        ),)
+
+
+class SaturationCheck(Check):
+    """tanh/sigmoid outputs pinned at their bounds, at initialization and after training."""
+
+    name = CheckName.SATURATION
+    family = Family.SATURATION
+    title = "Saturated tanh/sigmoid units"
+    always_shown = True
+
+    def run(self, ctx: AnalysisContext) -> list[Verdict | None]:
+        return [saturation_verdict(ctx.evidence, phase, ctx.thresholds) for phase in (Phase.INIT, Phase.FINAL)]
+
+    def methods(self, th: Thresholds) -> tuple[MethodNote, ...]:
+        return (MethodNote(
+            "saturation", "Saturated tanh/sigmoid units",
+            f"Fraction of the outputs of each tanh/sigmoid layer within {th.saturation_tol:g} of a bound "
+            "(tanh: -1, 1; sigmoid: 0, 1) on the evaluation batch, before and after training.",
+            "not a statistical test (a fraction of outputs).",
+            f"warn when a layer has >= {th.saturation_warn:.0%} saturated outputs, fail at "
+            f">= {th.saturation_fail:.0%}.",
+        ),)

@@ -7,26 +7,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..jsonable import json_safe
-from ..vocab import HEALTHY, CheckName, Family, Status
+from ..vocab import HEALTHY, Outcome, Status
 
-__all__ = ["DEFAULT_THRESHOLDS", "FAIL_ON_CHOICES", "SIGNAL_CHECKS", "TRAINING_CHECKS", "Thresholds", "Verdict",
-           "failed_checks", "worst_status"]
-
-SIGNAL_CHECKS = frozenset({CheckName.VANISHING, CheckName.EXPLODING, CheckName.NO_SIGNAL, HEALTHY})
-TRAINING_CHECKS = frozenset({CheckName.UNSTABLE, CheckName.STALLED, CheckName.UPDATE_RATIO, CheckName.DEAD_GROWTH})
-FAIL_ON_CHOICES: tuple[str, ...] = tuple(CheckName)
-"""Names accepted by ``--fail-on``: a run fails one when a verdict with that ``check`` has status ``fail``."""
+__all__ = ["DEFAULT_THRESHOLDS", "Thresholds", "Verdict", "failed_checks", "worst_status"]
 
 
 @dataclass(frozen=True)
 class Verdict:
     """One finding about one run, one row of ``summary.json``'s ``verdicts``.
 
-    ``check``: for the signal rows (``signal`` forward/backward) the outcome, one of ``vanishing``,
-    ``exploding``, ``no_signal`` or ``healthy``; for the other rows the family name ``symmetry``,
-    ``dead``, ``saturation`` or ``diverged``, whatever the status. A ``--fail-on`` name matches a
-    verdict whose ``check`` is that name and whose ``status`` is ``fail``. ``family`` groups them for the
-    grid. ``effect`` holds the estimated effect sizes (NaN/None when undefined), ``details`` per-layer
+    ``check``: the registered check that made it (``signal``, ``stream``, ``symmetry``, ``dead``, ...);
+    ``outcome``: what it found: for ``signal`` and ``stream`` one of ``vanishing``, ``exploding``,
+    ``no_signal`` or ``healthy``; for the others the check's name when it warns or fails, else ``healthy``
+    (the default). ``family``: the verdict grid's column group (the check's registered family; the check's
+    name by default). A ``--fail-on`` name matches a failing verdict whose ``check`` or ``outcome`` is that
+    name. ``effect`` holds the estimated effect sizes (NaN/None when undefined), ``details`` per-layer
     evidence (e.g. the neuron groups), ``phase`` when the evidence was taken.
     """
 
@@ -40,30 +35,36 @@ class Verdict:
     advice: str | None
     phase: str = "init"
     details: Mapping[str, Any] = field(default_factory=dict)
+    outcome: str = ""
+    family: str = ""
 
-    @property
-    def family(self) -> str:
-        """Grid column: ``signal`` for vanishing/exploding/no_signal/healthy, ``training`` for unstable/stalled/
-        update_ratio/dead_growth, else ``check`` itself."""
-        if self.check in SIGNAL_CHECKS:
-            return Family.SIGNAL.value
-        return Family.TRAINING.value if self.check in TRAINING_CHECKS else str(self.check)
+    def __post_init__(self) -> None:
+        if not self.outcome:
+            object.__setattr__(self, "outcome", HEALTHY if self.status == Status.PASS else str(self.check))
+        if not self.family:
+            object.__setattr__(self, "family", str(self.check))
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-safe dict (NaN/Inf -> None) with the ``summary.json`` keys, plus family/phase/details."""
+        """JSON-safe dict (NaN/Inf -> None) with the ``summary.json`` keys."""
         return json_safe({
-            "check": self.check, "family": self.family, "signal": self.signal, "status": self.status,
-            "phase": self.phase, "layers": list(self.layers), "p_value": self.p_value,
+            "check": self.check, "outcome": self.outcome, "family": self.family, "signal": self.signal,
+            "status": self.status, "phase": self.phase, "layers": list(self.layers), "p_value": self.p_value,
             "effect": dict(self.effect), "message": self.message, "advice": self.advice,
             "details": dict(self.details),
         })
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Verdict:
-        """The verdict :meth:`to_json` wrote (undefined numbers come back as None)."""
-        return cls(str(data["check"]), data["signal"], str(data["status"]), tuple(map(str, data["layers"])),
-                   data["p_value"], dict(data["effect"]), str(data["message"]), data["advice"],
-                   str(data.get("phase", "init")), dict(data.get("details") or {}))
+        """The verdict :meth:`to_json` wrote (undefined numbers come back as None). A verdict written before
+        checks and outcomes were separate fields (``"check": "vanishing"``, no ``outcome``) reads as the
+        ``signal`` (or, with stream sites in its details, ``stream``) check with that outcome."""
+        check, outcome = str(data["check"]), str(data.get("outcome") or "")
+        details = dict(data.get("details") or {})
+        if "outcome" not in data and check in set(Outcome):
+            check, outcome = ("stream" if "sites" in details else "signal"), check
+        return cls(check, data["signal"], str(data["status"]), tuple(map(str, data["layers"])), data["p_value"],
+                   dict(data["effect"]), str(data["message"]), data["advice"], str(data.get("phase", "init")),
+                   details, outcome, str(data.get("family") or ""))
 
 
 _STATUS_RANK = {Status.PASS: 0, Status.WARN: 1, Status.FAIL: 2}
@@ -181,8 +182,8 @@ DEFAULT_THRESHOLDS: Thresholds = Thresholds()
 """The defaults, as one shared instance (for function defaults)."""
 
 
-
-
-def failed_checks(verdicts: Iterable[Verdict]) -> set[str]:
-    """The ``--fail-on`` names of the verdicts whose status is ``fail``."""
-    return {str(v.check) for v in verdicts if v.status == Status.FAIL and v.check in FAIL_ON_CHOICES}
+def failed_checks(verdicts: Iterable[Verdict], names: Iterable[str] | None = None) -> set[str]:
+    """The ``--fail-on`` names that the failing ``verdicts`` match (a verdict matches its ``check`` and its
+    ``outcome``), among ``names`` when given."""
+    found = {str(n) for v in verdicts if v.status == Status.FAIL for n in (v.check, v.outcome)}
+    return found if names is None else found & set(names)

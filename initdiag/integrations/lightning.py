@@ -22,7 +22,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from .session import LoggerSink, Sink, TrainingSession, dashboard_sinks, first_tensors
@@ -30,7 +30,9 @@ from .session import LoggerSink, Sink, TrainingSession, dashboard_sinks, first_t
 __all__ = ["InitDiagCallback"]
 
 
-def _bases() -> tuple[type, ...]:
+def _callback_base() -> type:
+    """The ``Callback`` to derive from: Lightning's, pytorch_lightning's, or one of both when both are installed
+    (so that either package's Trainer accepts the callback); a one-line UsageError when neither is."""
     bases: list[type] = []
     try:
         import lightning.pytorch as lp
@@ -44,11 +46,24 @@ def _bases() -> tuple[type, ...]:
         pass
     if not bases:
         raise UsageError("initdiag.integrations.lightning needs Lightning: pip install 'initdiag[lightning]'")
-    return tuple(bases)
+    if len(bases) == 1:
+        return bases[0]
+
+    class Callbacks(*bases):  # type: ignore[misc]
+        """A ``Callback`` of both packages."""
+
+    return Callbacks
 
 
-class _Hooks:
-    """The callback's behaviour (see the module docstring); combined with Lightning's ``Callback`` below."""
+if TYPE_CHECKING:
+    from lightning.pytorch import Callback as _Callback
+else:
+    _Callback = _callback_base()
+
+
+class InitDiagCallback(_Callback):
+    """initdiag inside a Lightning fit: the audit at the first training batch, the recorder during training,
+    the report at the end (see the module docstring)."""
 
     def __init__(self, out: str | Path = "reports/lightning", every: int = 10,
                  formats: Sequence[str] = ("html", "json"), fail_on: Sequence[str] = (),
@@ -118,6 +133,3 @@ class _Hooks:
         sinks, self._sinks = self._sinks, []
         for sink in sinks:
             sink.close()
-
-
-InitDiagCallback = type("InitDiagCallback", (_Hooks, *_bases()), {"__doc__": __doc__, "__module__": __name__})

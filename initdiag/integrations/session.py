@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,14 +29,14 @@ import torch
 from torch import nn
 
 from ..audit import run_audit
-from ..checks import RunEvidence, Verdict, Weights, diverged_verdict, dynamics_verdicts, snapshot_weights
+from ..checks import CHECKS, RunAnalysis, RunEvidence, Verdict, analyze, failed_checks
 from ..config import KEEP, AuditConfig, parse_fail_on
 from ..errors import UsageError
-from ..recording import Recorder
-from ..report import write_report
-from ..results import AuditRecord, AuditRun
+from ..modes import Modes, preserve_modes
+from ..recording import Recorder, Weights, snapshot_weights
+from ..results import AuditResult, TrainingResult, TrainingRun
 from ..structure.layers import LayerInfo
-from ..vocab import FORMATS, Kind, Phase, Stat
+from ..vocab import FORMATS, Kind, Stat
 from ._series import SeriesCursor, StepValues
 
 __all__ = ["LOGGED", "Sink", "TrainingSession", "dashboard_sinks", "first_tensors"]
@@ -139,13 +138,15 @@ class TrainingSession:
         self.fail_on = parse_fail_on(",".join(fail_on)) if not isinstance(fail_on, str) else parse_fail_on(fail_on)
         self.label = label
         self.grads_at = grads_at
-        self.audit: AuditRecord | None = None
+        self.audit: AuditResult | None = None
         self.recorder: Recorder | None = None
+        self.analysis = RunAnalysis()
+        """The training-phase analysis, after :meth:`finish`."""
         self.verdicts: tuple[Verdict, ...] = ()
         """The training-phase verdicts, after :meth:`finish`."""
         self.written: dict[str, Path] = {}
         self._losses: list[torch.Tensor] = []
-        self._modes: list[tuple[nn.Module, bool]] = []
+        self._modes: Modes | None = None
         self._weights_init: Weights = {}
         self._started = datetime.now(UTC)
         self._start = time.perf_counter()
@@ -162,7 +163,7 @@ class TrainingSession:
         else None."""
         if self.audit is not None:
             raise RuntimeError("the session has already begun")
-        if not self._modes:
+        if self._modes is None:
             self.save_modes(model)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         config = AuditConfig(target=type(model).__name__, inits=(KEEP,), seed=seed, device=str(device))
@@ -175,13 +176,13 @@ class TrainingSession:
         failed = sorted(self.audit.failed(self.fail_on))
         if not failed:
             return None
-        why = "; ".join(v.message.split(". ")[0] for v in run.verdicts if v.check in failed and v.status == "fail")
+        why = "; ".join(v.message.split(". ")[0] for v in run.verdicts if failed_checks([v], failed))
         return f"initdiag: the initialization fails {', '.join(failed)}: {why}"
 
     def save_modes(self, model: nn.Module) -> None:
         """Remember every module's train/eval mode now (before the framework switches to training): what
         the session restores when it ends."""
-        self._modes = [(m, m.training) for m in model.modules()]
+        self._modes = preserve_modes(model)
 
     def loss(self, value: torch.Tensor | float | None) -> None:
         """Note the training loss of one step (kept on its device until :meth:`finish`)."""
@@ -226,27 +227,26 @@ class TrainingSession:
         ev = RunEvidence(run=self.label, initializer=KEEP, frame=frame, layers=layers,
                          weights_init=self._weights_init, weights_final=snapshot_weights(model), losses=losses,
                          structure=init.structure, steps_per_epoch=self.steps_per_epoch)
-        self.verdicts = (diverged_verdict(ev), *dynamics_verdicts(ev))
+        self.analysis = analyze(ev, checks=[c for c in CHECKS if c.during_training], theory=False)
+        self.verdicts = self.analysis.verdicts
         for sink in sinks:
             sink.text((*init.verdicts, *self.verdicts))
         self._restore_modes()
         if write:
-            self.written = write_report(self.record(frame, layers, losses), self.out, self.formats)
+            self.written = self.record(frame, layers, losses).write(self.out, self.formats)
         return self.written
 
-    def record(self, frame: pd.DataFrame, layers: tuple[LayerInfo, ...], losses: np.ndarray) -> AuditRecord:
-        """The report's data: the audit at initialization, then the training as a second run (its verdicts
-        are the training-phase ones; ``series`` every recorded step; ``frame`` its first recorded step)."""
+    def record(self, frame: pd.DataFrame, layers: tuple[LayerInfo, ...], losses: np.ndarray) -> TrainingResult:
+        """The report's data: the audit at initialization, then the training (every recorded step, the loss of
+        every step, the training-phase verdicts)."""
         assert self.audit is not None
         init = self.audit.runs[0]
-        train = frame[frame["phase"] == Phase.TRAIN]
-        first = train[train["step"] == train["step"].min()] if len(train) else train
-        run = AuditRun(name=self.label, label=self.label, seed=init.seed, frame=first.reset_index(drop=True),
-                       series=frame, layers=layers,
-                       verdicts=self.verdicts, theory=(), weights=(), losses=losses,
-                       seconds=time.perf_counter() - self._start, structure=init.structure)
-        return replace(self.audit, runs=(init, run), seconds=time.perf_counter() - self._start,
-                       started=self._started)
+        seconds = time.perf_counter() - self._start
+        run = TrainingRun(name=self.label, label=self.label, seed=init.seed, frame=frame, layers=layers,
+                          analysis=self.analysis, losses=losses, seconds=seconds, structure=init.structure,
+                          steps_per_epoch=self.steps_per_epoch)
+        return TrainingResult(audit=self.audit, training=run, framework=self.label, started=self._started,
+                              seconds=seconds, command=self.audit.command, environment=dict(self.audit.environment))
 
     def close(self) -> None:
         """Hooks off and modes restored, whatever happened (idempotent)."""
@@ -255,5 +255,5 @@ class TrainingSession:
         self._restore_modes()
 
     def _restore_modes(self) -> None:
-        for module, training in self._modes:
-            module.training = training
+        if self._modes is not None:
+            self._modes.restore()

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ..checks.verdict import Verdict
 from ..errors import UsageError
+from ..recording import Recorder
 from ._series import VERDICT_COLUMNS, VERDICTS_TAG, SeriesCursor, StepValues, verdict_rows
 
 __all__ = ["TensorBoardSink", "verdicts_markdown", "write_tensorboard"]
@@ -113,16 +114,17 @@ class TensorBoardSink:
         self.close()
 
 
-def write_tensorboard(frame: pd.DataFrame, log_dir: str | Path | None, verdicts: Sequence[Verdict] = (), *,
-                      writer: Any = None) -> Path:
-    """Write one run's tidy frame (and its verdicts) as TensorBoard event files; returns the log dir.
+def write_tensorboard(frame: pd.DataFrame | Recorder, log_dir: str | Path | None, verdicts: Sequence[Verdict] = (),
+                      *, writer: Any = None) -> Path:
+    """Write one run's tidy frame, or what a :class:`~initdiag.Recorder` recorded (its ``frame()``), and its
+    verdicts as TensorBoard event files; returns the log dir.
 
     Tags as in the module docstring; ``log_dir=None`` with ``writer=`` writes through an open
     ``SummaryWriter``. A frame of several runs (a sweep, an audit) is refused: give each run its own log
     dir, e.g. ``log_dir / name`` for ``frame[frame.run == name]``, and TensorBoard shows them side by side.
     """
     with TensorBoardSink(log_dir, writer=writer) as sink:
-        sink.log(frame)
+        sink.log(frame.frame() if isinstance(frame, Recorder) else frame)
         if verdicts:
             sink.text(verdicts)
     return sink.log_dir

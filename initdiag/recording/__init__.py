@@ -3,5 +3,23 @@
 from __future__ import annotations
 
 from .recorder import Recorder
+from .snapshots import (
+    Weights,
+    norm_gains,
+    snapshot_grads,
+    snapshot_weights,
+    transposed_weights,
+    weight_moments,
+    zero_parameters,
+)
 
-__all__ = ["Recorder"]
+__all__ = [
+    "Recorder",
+    "Weights",
+    "norm_gains",
+    "snapshot_grads",
+    "snapshot_weights",
+    "transposed_weights",
+    "weight_moments",
+    "zero_parameters",
+]

@@ -43,7 +43,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -53,8 +52,9 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..structure import Structure, StructureProbe
+from ..structure.activations import SATURATING
 from ..structure.layers import RECORDED_WEIGHT_TYPES, LayerInfo, activation_name, main_weight
-from ..vocab import SATURATING, Kind, Phase, Role
+from ..vocab import Kind, Phase, Role
 from .collect import Collector
 from .moments import Geometry, reduce
 from .rows import LayerState, layer_infos
@@ -386,11 +386,6 @@ class Recorder:
         """The recorded layers, in the order of the first forward pass; with the structure, each weight
         layer's fans, activation, block, normalization and constant input as it saw them."""
         return layer_infos(self._layers, self.structure)
-
-    def to_tensorboard(self, log_dir: str | Path) -> Path:
-        """:meth:`frame` as TensorBoard event files (:func:`~initdiag.integrations.tensorboard.write_tensorboard`)."""
-        from ..integrations.tensorboard import write_tensorboard  # optional: needs the tensorboard package
-        return write_tensorboard(self.frame(), log_dir)
 
     def frame(self) -> pd.DataFrame:
         """All statistics so far as one tidy DataFrame with the columns of :data:`~initdiag.series.FRAME_COLUMNS`."""

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from ..structure import Structure
+from ..structure.activations import RELU_FAMILY, SATURATING
 from ..structure.layers import WEIGHT_LAYER_TYPES, LayerInfo
-from ..vocab import RELU_FAMILY, SATURATING, Kind, Role, Stat
+from ..vocab import Kind, Role, Stat
 from .moments import Stream
 
 __all__ = ["LayerState", "Meta", "layer_infos", "moment_chunk"]

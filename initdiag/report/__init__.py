@@ -1,15 +1,17 @@
 """The report: results -> a context of frozen dataclasses -> one self-contained HTML file -> PDF, plus the
-sidecars ``summary.json`` and ``series.csv``. One writer for an experiment, an audit and a sweep."""
+sidecars ``summary.json`` and ``series.csv``. One writer for every kind of result, registered with
+:mod:`initdiag.results` on import so that ``result.write(...)`` reaches it."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
-from ..results import AuditRecord, SweepResult
-from ..vocab import FORMATS
-from .build import Result, build_context, layer_table
+from ..results import Result, SweepResult, set_report_writer
+from ..vocab import FORMATS, ResultKind
+from .build import build_context, layer_table
 from .context import ReportContext
 from .files import write_files
 from .render import FetchRefused, pdf_bytes, render_html, template_dir, write_pdf
@@ -20,16 +22,15 @@ __all__ = ["SCHEMA_VERSION", "FetchRefused", "ReportContext", "Result", "build_c
            "render_html", "summary_json", "template_dir", "write_pdf", "write_report", "write_sweep_report"]
 
 
-def write_report(result: Result | SweepResult, out_dir: Path, formats: Sequence[str] = FORMATS,
+def write_report(result: Result, out_dir: Path, formats: Sequence[str] = FORMATS,
                  paper: str = "a4") -> dict[str, Path]:
     """Write the requested files into ``out_dir`` (created if needed), each atomically; return their paths.
 
     ``html`` -> report.html, ``pdf`` -> report.pdf, ``json`` -> summary.json, ``csv`` -> series.csv (every
-    recorded statistic; for an audit every batch, ``step`` = batch). A :class:`~initdiag.results.SweepResult`
-    gets the sweep report (:func:`write_sweep_report`). OutputError (one line) when ``out_dir`` cannot be
-    created or written."""
-    if isinstance(result, SweepResult):
-        return write_sweep_report(result, out_dir, formats, paper)
+    recorded statistic; for an audit every batch, ``step`` = batch). A sweep gets the sweep report
+    (:func:`write_sweep_report`). OutputError (one line) when ``out_dir`` cannot be created or written."""
+    if result.kind == ResultKind.SWEEP:
+        return write_sweep_report(cast(SweepResult, result), out_dir, formats, paper)
     html: list[str] = []
 
     def get_html() -> str:
@@ -37,7 +38,7 @@ def write_report(result: Result | SweepResult, out_dir: Path, formats: Sequence[
             html.append(render_html(build_context(result)))
         return html[0]
 
-    frame = result.frame if isinstance(result, AuditRecord) else result.frame()
+    frame = result.frame
     writers: dict[str, tuple[str, Callable[[], bytes | str]]] = {
         "html": ("report.html", get_html),
         "pdf": ("report.pdf", lambda: pdf_bytes(get_html(), paper)),
@@ -45,3 +46,6 @@ def write_report(result: Result | SweepResult, out_dir: Path, formats: Sequence[
         "csv": ("series.csv", lambda: frame.to_csv(index=False, float_format="%.9g")),
     }
     return write_files(out_dir, formats, writers)
+
+
+set_report_writer(write_report)

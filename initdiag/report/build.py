@@ -1,24 +1,27 @@
-"""Results -> the report's context: one builder for an experiment and for an audit.
+"""Results -> the report's context: one builder for every kind of result.
 
-An experiment has an accuracy section and heatmaps over training; an audit has a table per layer and a
-recommendation instead. Everything else (verdict summary, signal propagation, units, findings, methods,
-provenance) is built the same way for both.
+Every report has a verdict summary, signal propagation, units, findings, methods and provenance, built the
+same way. What a kind adds or changes (an experiment's accuracy section and heatmaps over training, an
+audit's per-layer table and recommendation, a training's heatmaps over the recorded steps) is one row of
+:data:`KINDS`, looked up by ``result.kind``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from ..checks import METHODS, Verdict
+from ..checks import CHECKS, Verdict, methods
 from ..jsonable import finite, json_safe
-from ..results import AuditRecord, AuditRun, ExperimentResult, RunResult
+from ..results import AuditResult, AuditRun, ExperimentResult, Result, RunResult, TrainingRun
 from ..series import first_step_values
-from ..vocab import Family, Kind, Role, Status
+from ..vocab import CheckName, Family, Kind, ResultKind, Role, Status
 from .context import (
+    AccuracySection,
     DataFile,
     Finding,
     FindingGroup,
@@ -29,66 +32,87 @@ from .context import (
     Method,
     Provenance,
     ReportContext,
+    StructureSection,
     UnitSection,
     VerdictGrid,
 )
-from .format import RANK, badge, check_title, family, fmt, fmt_p, fmt_seconds, layers_text
+from .format import RANK, badge, check_title, fmt, fmt_p, fmt_seconds, layers_text
 from .sections import accuracy_section, run_label, signal_section
 from .structure import structure_section
 
-__all__ = ["FAMILIES", "Result", "build_context", "layer_table"]
+__all__ = ["KINDS", "KindSections", "Result", "build_context", "common_facts", "grid_column", "layer_table"]
 
-Result = ExperimentResult | AuditRecord
-Run = RunResult | AuditRun
-
-FAMILIES: tuple[tuple[str, str], ...] = (
-    ("signal-forward", "signal forward"),
-    ("signal-backward", "signal backward"),
-    (Family.SYMMETRY, "symmetry"),
-    (Family.DEAD, "dead units"),
-    (Family.SATURATION, "saturation"),
-    (Family.DIVERGED, "diverged"),
-)
-"""Columns of the verdict grid: (family key, heading)."""
+Run = RunResult | AuditRun | TrainingRun
 
 _INPUT_KINDS = {"normal": "standard normal inputs", "tokens": "random token ids", "mnist": "MNIST images",
                 "example": "the caller's example input"}
 
 
+@dataclass(frozen=True)
+class KindSections:
+    """What one kind of result puts in its report besides the sections every report has."""
+
+    title: str
+    model: Callable[[Any], str]
+    multi: Callable[[Any], bool]
+    notices: Callable[[Any], tuple[str, ...]]
+    provenance: Callable[[Any, dict[str, Any]], Provenance]
+    over_training: bool
+    accuracy: Callable[[Any, list[str], dict[str, int], bool], AccuracySection | None] = \
+        lambda result, labels, styles, multi: None
+    layer_tables: Callable[[Any], tuple[LayerTable, ...]] = lambda result: ()
+    structure: Callable[[Any], tuple[StructureSection, ...]] = lambda result: ()
+    recommendation: Callable[[Any], str] = lambda result: ""
+    missing: Callable[[Any], tuple[str, ...]] = lambda result: ()
+
+
 def build_context(result: Result) -> ReportContext:
-    """The report's context for an experiment or an audit (figures included)."""
-    audit = isinstance(result, AuditRecord)
+    """The report's context for any kind of result (figures included)."""
+    kind = KINDS[result.kind]
     runs: Sequence[Run] = result.runs
     labels = list(dict.fromkeys(r.label for r in runs))
     styles = {label: i for i, label in enumerate(labels)}
-    if isinstance(result, AuditRecord):
-        multi, model = False, result.model
-    else:
-        multi, model = result.config.seeds > 1 or len(runs) > len(labels), result.config.model.label
+    multi = kind.multi(result)
+    model = kind.model(result)
     return ReportContext(
-        kind="audit" if audit else "experiment",
-        title=f"initdiag {'audit' if audit else 'report'}: {model}",
+        kind=str(result.kind),
+        title=f"initdiag {kind.title}: {model}",
         model=model,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        provenance=_provenance(result),
-        notices=_notices(result),
-        missing=() if isinstance(result, AuditRecord) else tuple(result.missing),
+        provenance=kind.provenance(result, common_facts(result)),
+        notices=kind.notices(result),
+        missing=kind.missing(result),
         grid=_grid(runs, multi),
-        accuracy=None if isinstance(result, AuditRecord) else accuracy_section(result, labels, styles, multi),
-        signal=signal_section(runs, labels, styles, multi, over_training=not audit),
+        accuracy=kind.accuracy(result, labels, styles, multi),
+        signal=signal_section(runs, labels, styles, multi, over_training=kind.over_training),
         units=_units(runs, multi),
         findings=_findings(runs, multi),
-        methods=tuple(Method(m.check, m.title, m.description, m.null_hypothesis, str(m.threshold)) for m in METHODS),
-        layer_tables=tuple(_audit_layer_table(r) for r in result.runs) if isinstance(result, AuditRecord) else (),
-        structure=tuple(s for r in result.runs if (s := structure_section(r)) is not None)
-        if isinstance(result, AuditRecord) else (),
-        recommendation=result.recommendation.evidence if isinstance(result, AuditRecord) else "",
+        methods=tuple(Method(m.check, m.title, m.description, m.null_hypothesis, str(m.threshold))
+                      for m in methods()),
+        layer_tables=kind.layer_tables(result),
+        structure=kind.structure(result),
+        recommendation=kind.recommendation(result),
     )
 
 
-def _notices(result: Result) -> tuple[str, ...]:
-    if isinstance(result, AuditRecord):
-        return (result.inputs.notice,) if result.inputs.notice else ()
+def common_facts(result: Result) -> dict[str, Any]:
+    """Command, date, versions, duration, machine, environment and configuration: every kind's provenance."""
+    env = result.environment
+    versions = ", ".join(f"{k} {env[k]}" for k in ("initdiag", "torch", "python") if k in env)
+    config = cast(Any, result).config
+    return {
+        "command": result.command,
+        "date": result.started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "versions": versions or "—",
+        "duration": fmt_seconds(result.seconds),
+        "machine": ", ".join(env[k] for k in ("platform", "device", "gpu") if k in env) or "—",
+        "environment": tuple(KeyValue(k, str(v)) for k, v in env.items()),
+        "config": tuple(KeyValue(k, v if isinstance(v, str) else json.dumps(json_safe(v), sort_keys=True))
+                        for k, v in config.to_json().items()),
+    }
+
+
+def _experiment_notices(result: ExperimentResult) -> tuple[str, ...]:
     prov = result.provenance
     out: list[str] = []
     if prov.kind == "bundled":
@@ -100,26 +124,8 @@ def _notices(result: Result) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _provenance(result: Result) -> Provenance:
-    """Command, date, versions, duration, machine, environment and configuration; and what went in: the data
-    set of an experiment, the inputs of an audit."""
-    env = result.environment
-    versions = ", ".join(f"{k} {env[k]}" for k in ("initdiag", "torch", "python") if k in env)
-    facts: dict[str, Any] = {
-        "command": result.command,
-        "date": result.started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "versions": versions or "—",
-        "duration": fmt_seconds(result.seconds),
-        "machine": ", ".join(env[k] for k in ("platform", "device", "gpu") if k in env) or "—",
-        "environment": tuple(KeyValue(k, str(v)) for k, v in env.items()),
-        "config": tuple(KeyValue(k, v if isinstance(v, str) else json.dumps(json_safe(v), sort_keys=True))
-                        for k, v in result.config.to_json().items()),
-    }
-    if isinstance(result, AuditRecord):
-        inputs = result.inputs
-        return Provenance(**facts, seeds=str(result.config.seed), dataset=_INPUT_KINDS.get(inputs.kind, inputs.kind),
-                          source=inputs.source, sizes=inputs.description,
-                          files=tuple(DataFile(k, v) for k, v in sorted(inputs.files.items())))
+def _experiment_provenance(result: ExperimentResult, facts: dict[str, Any]) -> Provenance:
+    """The data set an experiment trained on."""
     prov = result.provenance
     return Provenance(**facts, seeds=", ".join(map(str, result.config.run_seeds)), dataset=prov.name,
                       source=f"{prov.source} ({prov.kind})",
@@ -127,28 +133,77 @@ def _provenance(result: Result) -> Provenance:
                       files=tuple(DataFile(k, v) for k, v in sorted(prov.files.items())))
 
 
+def _audit_provenance(result: AuditResult, facts: dict[str, Any]) -> Provenance:
+    """The inputs an audit pushed through the model."""
+    inputs = result.inputs
+    return Provenance(**facts, seeds=str(result.config.seed), dataset=_INPUT_KINDS.get(inputs.kind, inputs.kind),
+                      source=inputs.source, sizes=inputs.description,
+                      files=tuple(DataFile(k, v) for k, v in sorted(inputs.files.items())))
+
+
+def _audit_notices(audit: AuditResult) -> tuple[str, ...]:
+    return (audit.inputs.notice,) if audit.inputs.notice else ()
+
+
+def _audit_tables(audit: AuditResult) -> tuple[LayerTable, ...]:
+    return tuple(_audit_layer_table(r) for r in audit.runs)
+
+
+def _audit_structure(audit: AuditResult) -> tuple[StructureSection, ...]:
+    return tuple(s for r in audit.runs if (s := structure_section(r)) is not None)
+
+
+KINDS: dict[str, KindSections] = {
+    ResultKind.EXPERIMENT: KindSections(
+        title="report", model=lambda r: r.config.model.label,
+        multi=lambda r: r.config.seeds > 1 or len(r.runs) > len({x.label for x in r.runs}),
+        notices=_experiment_notices, provenance=_experiment_provenance, over_training=True,
+        accuracy=accuracy_section, missing=lambda r: tuple(r.missing)),
+    ResultKind.AUDIT: KindSections(
+        title="audit", model=lambda r: r.model, multi=lambda r: False, notices=_audit_notices,
+        provenance=_audit_provenance, over_training=False, layer_tables=_audit_tables, structure=_audit_structure,
+        recommendation=lambda r: r.recommendation.evidence),
+    ResultKind.TRAINING: KindSections(
+        title="training", model=lambda r: r.model, multi=lambda r: False, notices=lambda r: _audit_notices(r.audit),
+        provenance=lambda r, facts: _audit_provenance(r.audit, facts), over_training=True,
+        layer_tables=lambda r: _audit_tables(r.audit), structure=lambda r: _audit_structure(r.audit),
+        recommendation=lambda r: r.audit.recommendation.evidence),
+}
+"""Per result kind (``result.kind``), what its report adds to the common sections."""
+
+
+def grid_column(verdict: Verdict) -> str:
+    """The verdict grid's column of ``verdict``: its registered check's (``signal-forward``/``signal-backward``
+    for the signal checks, by direction), else its family."""
+    return CHECKS.column(verdict)
+
+
 def _grid(runs: Sequence[Run], multi: bool) -> VerdictGrid:
-    known = [str(k) for k, _ in FAMILIES]
-    extra = list(dict.fromkeys(family(v) for r in runs for v in r.verdicts if family(v) not in known))
-    keys = known + extra
-    headings = [h for _, h in FAMILIES] + extra
+    """One row per run, one badge per column: the registered checks' columns (those always shown, and those
+    some run has a verdict in), then the families of verdicts no registered check claims."""
+    present = {grid_column(v) for r in runs for v in r.verdicts}
+    columns = [(key, heading) for key, heading, always in CHECKS.grid_columns() if always or key in present]
+    known = {key for key, _ in columns}
+    columns += [(key, key) for key in dict.fromkeys(grid_column(v) for r in runs for v in r.verdicts)
+                if key not in known]
+    keys = [key for key, _ in columns]
     rows = []
     for run in runs:
         worst = dict.fromkeys(keys, "n/a")
         for v in run.verdicts:
-            key = family(v)
+            key = grid_column(v)
             if RANK.get(v.status, 0) > RANK[worst[key]]:
                 worst[key] = v.status
-        if worst[Family.DIVERGED] == "n/a":
-            worst[Family.DIVERGED] = Status.FAIL if run.diverged_step is not None else Status.PASS
+        if worst.get(CheckName.DIVERGED) == "n/a":
+            worst[CheckName.DIVERGED] = Status.FAIL if run.diverged_step is not None else Status.PASS
         rows.append(GridRow(run_label(run, multi), tuple(badge(worst[k]) for k in keys)))
-    return VerdictGrid("run" if multi else "initializer", tuple(headings), tuple(rows))
+    return VerdictGrid("run" if multi else "initializer", tuple(h for _, h in columns), tuple(rows))
 
 
 def _finding(v: Verdict, run: str) -> Finding:
     effect = ", ".join(f"{k} = {fmt(x)}" for k, x in v.effect.items() if finite(x) is not None or
                        (isinstance(x, float) and math.isinf(x))) or "—"
-    return Finding(run, check_title(v), family(v), badge(v.status), layers_text(list(v.layers)), fmt_p(v.p_value),
+    return Finding(run, check_title(v), grid_column(v), badge(v.status), layers_text(list(v.layers)), fmt_p(v.p_value),
                    effect, v.message, v.advice or "", v.phase)
 
 

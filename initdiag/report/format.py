@@ -10,10 +10,10 @@ from typing import Any
 from ..checks import Verdict
 from ..jsonable import finite
 from ..structure.layers import LayerInfo
-from ..vocab import Family, Signal
+from ..vocab import HEALTHY
 from .context import Badge
 
-__all__ = ["badge", "check_title", "family", "fixed", "fmt", "fmt_p", "fmt_seconds", "layer_label", "layer_labels",
+__all__ = ["badge", "check_title", "fixed", "fmt", "fmt_p", "fmt_seconds", "layer_label", "layer_labels",
            "layers_text"]
 
 _SYMBOLS = {"pass": "✓", "warn": "▲", "fail": "✗", "n/a": "–"}
@@ -67,17 +67,11 @@ def badge(status: str, text: str | None = None) -> Badge:
     return Badge(status, _SYMBOLS[status], status if text is None else text)
 
 
-def family(verdict: Verdict) -> str:
-    """The verdict-grid column of a verdict: ``signal-forward``/``signal-backward`` for the signal checks
-    (by direction), else the verdict's family (``symmetry``, ``dead``, ``saturation``, ``diverged``)."""
-    if verdict.family == Family.SIGNAL:
-        return "signal-backward" if verdict.signal == Signal.BACKWARD else "signal-forward"
-    return verdict.family
-
-
 def check_title(verdict: Verdict) -> str:
-    """How a verdict's check is named in tables: ``vanishing (forward)``, ``dead``, ..."""
-    return f"{verdict.check} ({verdict.signal})" if verdict.signal else verdict.check
+    """How a verdict is named in tables: its outcome where the check names several (``vanishing (forward)``),
+    else its check (``dead``), with the signal it is about."""
+    name = verdict.outcome if verdict.outcome not in (verdict.check, HEALTHY) else verdict.check
+    return f"{name} ({verdict.signal})" if verdict.signal else name
 
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..checks import TheoryRow
-from ..results import AuditRun, ExperimentResult, RunResult
+from ..results import AuditRun, ExperimentResult, RunResult, TrainingRun
 from ..series import first_step_values
 from ..vocab import Kind, Phase, Role, RunStatus, Stat, Status
 from . import plots
@@ -23,7 +23,7 @@ __all__ = ["MAX_HEATMAP_STEPS", "accuracy_section", "run_label", "signal_section
 MAX_HEATMAP_STEPS = 200
 """Heatmaps show at most this many training steps (every k-th recorded step) to keep files small."""
 
-Run = RunResult | AuditRun
+Run = RunResult | AuditRun | TrainingRun
 
 
 def run_label(run: Run, multi: bool) -> str:
@@ -137,7 +137,7 @@ def signal_section(runs: Sequence[Run], labels: list[str], styles: dict[str, int
         for i, label in enumerate(labels):
             run = next(r for r in runs if r.label == label)
             steps = _heat_steps(run.frame)
-            if len(steps) == 0:
+            if len(steps) < 2 and isinstance(run, AuditRun):  # an audit's batches share one step: nothing over time
                 continue
             fid = f"fig-heat-{i}"
             svg = plots.heatmap_pair([("activation variance", _matrix(run.frame, Kind.FORWARD, layers, steps), None),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..results import AuditRun, RunResult
+from ..results import AuditRun, RunResult, TrainingRun
 from ..structure import Structure
 from ..vocab import Kind, Role, Stat
 from . import plots
@@ -13,7 +13,7 @@ from .format import fmt
 
 __all__ = ["stream_figures", "structure_section"]
 
-Run = RunResult | AuditRun
+Run = RunResult | AuditRun | TrainingRun
 
 
 def _fans(fan_in: float, fan_out: float) -> str:

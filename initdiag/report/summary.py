@@ -1,14 +1,14 @@
-"""``summary.json``: the machine-readable summary of an experiment or an audit (one schema, two kinds).
+"""``summary.json``: the machine-readable summary of a result (one schema for every kind).
 
-Strictly valid JSON (NaN/Inf become null). Schema version 2 (version 1 had neither ``structure`` nor
-``stream``)::
+Strictly valid JSON (NaN/Inf become null). Schema version 3 (version 2 had no ``outcome`` in a verdict: a
+signal verdict's ``check`` held its outcome; version 1 had neither ``structure`` nor ``stream``)::
 
-    {"schema_version": 2, "tool": "initdiag", "version": str, "kind": "experiment" | "audit",
+    {"schema_version": 3, "tool": "initdiag", "version": str, "kind": "experiment" | "audit" | "training",
      "created": ISO-8601 UTC, "command": str, "model": str,
      "dataset": {"name", "source", "kind", "train_size", "test_size", "files": {file: md5}},
      "config": {...}, "environment": {str: str}, "duration_seconds": float, "missing": [run name, ...],
      "runs": [{"name", "initializer", "seed", "status": "ok"|"diverged", "diverged_step": int|null,
-               "test_accuracy", "test_loss", "seconds",
+               "test_accuracy", "test_loss", "seconds", "failed": [--fail-on name],
                "history": [{"epoch", "train_loss", "test_loss", "test_accuracy"}],
                "layers": [{"name", "module", "depth", "activation", "activation_variance_init",
                            "gradient_variance_init", "weight_variance_init"}],
@@ -16,38 +16,42 @@ Strictly valid JSON (NaN/Inf become null). Schema version 2 (version 1 had neith
                "structure": Structure.to_json() | null, "stream": {"values", "bounded", "rules"} | null}],
      "comparisons": [Comparison.to_json()], "accuracy": {initializer: {"mean", "ci_low", "ci_high", "n"}}}
 
-The ``*_init`` values are the ``var`` statistic (forward, backward, weight) at the first training step
-(an audit: averaged over its batches). An audit's runs have an empty ``history``, null accuracies and two
-more keys, ``"failed"`` (its ``--fail-on`` names) and ``"weights"`` (``LayerWeight.to_json()`` per weight
-layer); its ``dataset`` describes the inputs (``name`` the input kind, ``train_size`` the samples pushed
-through, ``test_size`` 0, plus ``description``, ``batch_shape``, ``dtype``); ``comparisons`` and
-``accuracy`` are empty; and the top level adds ``"passed"`` and ``"recommendation"``.
+A verdict is ``{"check", "outcome", "family", "signal", "status", "phase", "layers", "p_value", "effect",
+"message", "advice", "details"}``. The ``*_init`` values are the ``var`` statistic (forward, backward, weight)
+at the first training step (an audit: averaged over its batches). An audit's runs have an empty ``history``,
+null accuracies and ``"weights"`` (``LayerWeight.to_json()`` per weight layer); its ``dataset`` describes the
+inputs (``name`` the input kind, ``train_size`` the samples pushed through, ``test_size`` 0, plus
+``description``, ``batch_shape``, ``dtype``); ``comparisons`` and ``accuracy`` are empty; and the top level
+adds ``"passed"`` and ``"recommendation"``. A training (a callback's report) is its audit at the first batch
+(the first run, as an audit's) and the training as a second run with ``"losses"`` (the loss of every step)
+and ``"steps_per_epoch"``; the top level adds ``"framework"``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from ..jsonable import json_safe
-from ..results import AuditRecord, AuditRun, RunResult
+from ..results import AuditResult, AuditRun, ExperimentResult, Result, RunResult, TrainingResult, TrainingRun
 from ..series import first_step_values
-from ..vocab import Kind, __version__
-from .build import Result
+from ..vocab import Kind, ResultKind, Status, __version__
 
 __all__ = ["SCHEMA_VERSION", "summary_json"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
-def _run_json(run: RunResult | AuditRun) -> dict[str, Any]:
+def _run_json(run: RunResult | AuditRun | TrainingRun) -> dict[str, Any]:
     fwd, bwd, wgt = (first_step_values(run.frame, k) for k in (Kind.FORWARD, Kind.BACKWARD, Kind.WEIGHT))
     trained = run if isinstance(run, RunResult) else None
     data: dict[str, Any] = {
         "name": run.name, "initializer": run.label, "seed": run.seed, "status": run.status,
         "diverged_step": run.diverged_step, "test_accuracy": trained.test_accuracy if trained else math.nan,
         "test_loss": trained.test_loss if trained else math.nan, "seconds": run.seconds,
+        "failed": list(run.failed),
         "history": [{"epoch": e.epoch, "train_loss": e.train_loss, "test_loss": e.test_loss,
                      "test_accuracy": e.test_accuracy} for e in trained.history] if trained else [],
         "layers": [{"name": layer.name, "module": layer.module, "depth": layer.depth,
@@ -61,41 +65,51 @@ def _run_json(run: RunResult | AuditRun) -> dict[str, Any]:
                                                    "rules": list(run.stream.rules)},
     }
     if isinstance(run, AuditRun):
-        data["failed"] = list(run.failed)
         data["weights"] = [w.to_json() for w in run.weights]
+    if isinstance(run, TrainingRun):
+        data["losses"] = [float(x) for x in run.losses]
+        data["steps_per_epoch"] = run.steps_per_epoch
     return data
+
+
+def _experiment(result: ExperimentResult) -> dict[str, Any]:
+    prov = result.provenance
+    return {"model": result.config.model.label,
+            "dataset": {"name": prov.name, "source": prov.source, "kind": prov.kind, "train_size": prov.train_size,
+                        "test_size": prov.test_size, "files": dict(prov.files)},
+            "missing": list(result.missing), "comparisons": [c.to_json() for c in result.comparisons],
+            "accuracy": result.accuracy}
+
+
+def _audit(result: AuditResult) -> dict[str, Any]:
+    inputs = result.inputs
+    return {"model": result.model,
+            "dataset": {"name": inputs.kind, "source": inputs.source, "kind": inputs.kind,
+                        "train_size": inputs.batches * inputs.batch_shape[0], "test_size": 0,
+                        "files": dict(inputs.files), "description": inputs.description,
+                        "batch_shape": list(inputs.batch_shape), "dtype": inputs.dtype},
+            "passed": result.passed, "recommendation": result.recommendation.to_json()}
+
+
+def _training(result: TrainingResult) -> dict[str, Any]:
+    return {**_audit(result.audit), "passed": not any(v.status == Status.FAIL for v in result.verdicts),
+            "framework": result.framework}
+
+
+_KIND_PARTS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    ResultKind.EXPERIMENT: _experiment, ResultKind.AUDIT: _audit, ResultKind.TRAINING: _training}
+"""Per result kind, its part of the summary beyond what every kind has."""
 
 
 def summary_json(result: Result) -> dict[str, Any]:
     """The summary of ``result`` (see the module docstring for the schema)."""
-    audit = isinstance(result, AuditRecord)
     data: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "tool": "initdiag", "version": __version__,
-        "kind": "audit" if audit else "experiment",
+        "schema_version": SCHEMA_VERSION, "tool": "initdiag", "version": __version__, "kind": str(result.kind),
         "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "command": result.command,
+        "command": result.command, "missing": [], "comparisons": [], "accuracy": {},
     }
-    if isinstance(result, AuditRecord):
-        inputs = result.inputs
-        data["model"] = result.model
-        data["dataset"] = {"name": inputs.kind, "source": inputs.source, "kind": inputs.kind,
-                           "train_size": inputs.batches * inputs.batch_shape[0], "test_size": 0,
-                           "files": dict(inputs.files), "description": inputs.description,
-                           "batch_shape": list(inputs.batch_shape), "dtype": inputs.dtype}
-    else:
-        prov = result.provenance
-        data["model"] = result.config.model.label
-        data["dataset"] = {"name": prov.name, "source": prov.source, "kind": prov.kind, "train_size": prov.train_size,
-                           "test_size": prov.test_size, "files": dict(prov.files)}
-    data.update({
-        "config": result.config.to_json(), "environment": dict(result.environment),
-        "duration_seconds": result.seconds, "missing": [] if audit else list(result.missing),  # type: ignore[union-attr]
-        "runs": [_run_json(r) for r in result.runs],
-        "comparisons": [] if audit else [c.to_json() for c in result.comparisons],  # type: ignore[union-attr]
-        "accuracy": {} if audit else result.accuracy,  # type: ignore[union-attr]
-    })
-    if isinstance(result, AuditRecord):
-        data["passed"] = result.passed
-        data["recommendation"] = result.recommendation.to_json()
+    data.update(_KIND_PARTS[result.kind](result))
+    data.update({"config": cast(Any, result).config.to_json(), "environment": dict(result.environment),
+                 "duration_seconds": result.seconds, "runs": [_run_json(r) for r in result.runs]})
     cleaned: dict[str, Any] = json_safe(data)
     return cleaned

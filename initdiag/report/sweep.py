@@ -18,8 +18,8 @@ from ..errors import UsageError
 from ..jsonable import json_safe
 from ..models import ModelName
 from ..results import ExperimentResult, RunResult, SweepResult, cell_key
-from ..vocab import FORMATS, Backend, RunStatus, Status
-from .build import _grid, _notices, _provenance
+from ..vocab import FORMATS, Backend, ResultKind, RunStatus, Status
+from .build import KINDS, _grid, common_facts
 from .context import Badge, ComparisonRow, KeyValue, Provenance
 from .files import write_files
 from .format import RANK, badge, fixed, fmt, fmt_p
@@ -93,12 +93,16 @@ def _comparisons(result: SweepResult) -> tuple[CellComparisonRow, ...]:
         for cell in result.cells for c in cell.comparisons)
 
 
+def _cell_provenance(cell: ExperimentResult) -> Provenance:
+    return KINDS[ResultKind.EXPERIMENT].provenance(cell, common_facts(cell))
+
+
 def _sweep_provenance(result: SweepResult) -> Provenance:
     """The experiment report's provenance of the first cell (data set, files, seeds), with the sweep's own
     command, start, duration, environment and configuration."""
     first = result.cells[0]
     env = result.environment or first.environment
-    prov = _provenance(replace(first, command=result.command, started=result.started, seconds=result.seconds,
+    prov = _cell_provenance(replace(first, command=result.command, started=result.started, seconds=result.seconds,
                                environment=env))
     config = tuple(KeyValue(k, v if isinstance(v, str) else json.dumps(json_safe(v), sort_keys=True))
                    for k, v in result.config.to_json().items())
@@ -134,7 +138,7 @@ def build_sweep_context(result: SweepResult) -> SweepContext:
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         provenance=_sweep_provenance(result),
         facts=_facts(result, labels),
-        notices=_notices(result.cells[0]),
+        notices=KINDS[ResultKind.EXPERIMENT].notices(result.cells[0]),
         missing=tuple(result.missing),
         grid=_sweep_grid(result, labels),
         accuracy=_accuracy(result, labels),
@@ -175,6 +179,6 @@ def write_sweep_report(result: SweepResult, out_dir: Path, formats: Sequence[str
         "html": ("report.html", get_html),
         "pdf": ("report.pdf", lambda: pdf_bytes(get_html(), paper)),
         "json": ("summary.json", lambda: json.dumps(sweep_summary_json(result), indent=2, allow_nan=False) + "\n"),
-        "csv": ("series.csv", lambda: result.frame().to_csv(index=False, float_format="%.9g")),
+        "csv": ("series.csv", lambda: result.frame.to_csv(index=False, float_format="%.9g")),
     }
     return write_files(out_dir, formats, writers)

@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
+from .activations import ACTIVATIONS, ActivationInfo
 from .discover import StructureProbe, discover
 from .layers import (
-    ACTIVATION_TYPES,
     CONV_TYPES,
     RECORDED_WEIGHT_TYPES,
     WEIGHT_LAYER_TYPES,
@@ -23,11 +23,12 @@ from .layers import (
 from .model import Activation, Block, NormLayer, Structure, WeightLayer
 
 __all__ = [
-    "ACTIVATION_TYPES",
+    "ACTIVATIONS",
     "CONV_TYPES",
     "RECORDED_WEIGHT_TYPES",
     "WEIGHT_LAYER_TYPES",
     "Activation",
+    "ActivationInfo",
     "Block",
     "ConvLinear",
     "LayerInfo",

@@ -2,8 +2,9 @@
 
 Functions are classified by name (``func.__name__``, a property getter by its attribute's name, a
 trailing ``_`` of in-place variants dropped), which covers ``F.relu``, ``torch.relu``, ``Tensor.relu``
-and ``relu_`` alike. Anything not listed stops the dataflow searches (conservative: an unknown op ends a
-chain as if it were a reduction).
+and ``relu_`` alike; activations (functions and modules) are those of the registry,
+:mod:`initdiag.structure.activations`. Anything not listed stops the dataflow searches (conservative: an
+unknown op ends a chain as if it were a reduction).
 """
 
 from __future__ import annotations
@@ -14,6 +15,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..vocab import ActivationName
+from .activations import (
+    ActivationInfo,
+    Params,
+    _arg,
+    activation_of_module,
+    function_activations,
+    named_activation,
+)
+
 
 def _words(text: str) -> list[str]:
     return text.split()
@@ -23,11 +34,6 @@ def _words(text: str) -> list[str]:
 LEAF, TRANSPARENT, ACT, NORM, WEIGHT, RESADD, PRODUCT, REDUCE, STOP, NONLIN, SUB, FACTORY, ADD, MUL, \
     LINMAP = range(15)
 
-ACT_FUNCS = {"relu": "relu", "relu6": "relu6", "leaky_relu": "leaky_relu", "rrelu": "leaky_relu",
-             "prelu": "leaky_relu", "elu": "elu", "selu": "selu", "celu": "celu", "gelu": "gelu",
-             "silu": "silu", "mish": "mish", "softplus": "softplus", "tanh": "tanh", "hardtanh": "hardtanh",
-             "sigmoid": "sigmoid", "expit": "sigmoid", "hardsigmoid": "hardsigmoid", "hardswish": "hardswish",
-             "softsign": "softsign"}
 NORM_FUNCS = {"batch_norm": "batch", "layer_norm": "layer", "group_norm": "group", "instance_norm": "instance",
               "rms_norm": "rms", "local_response_norm": "other", "normalize": "other"}
 WEIGHT_FUNCS = {"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
@@ -70,8 +76,6 @@ for _n in _FACTORY:
 for _names, _cat in ((ADD_FUNCS, ADD), (SUB_FUNCS, SUB), (MUL_FUNCS | DIV_FUNCS, MUL), (WEIGHT_FUNCS, LINMAP)):
     for _n in _names:
         _CATEGORY[_n] = _cat
-for _n in ACT_FUNCS:
-    _CATEGORY[_n] = ACT
 for _n in NORM_FUNCS:
     _CATEGORY[_n] = NORM
 
@@ -87,45 +91,23 @@ def function_name(func: Any) -> str:
     return name
 
 
+_ACT_CALLS: dict[str, tuple[ActivationInfo, Any]] = {function_name(f): (info, f)
+                                                     for f, info in function_activations().items()}
+"""Activation function name -> its registry entry and a callable of that name (its parameter reader)."""
+for _n in _ACT_CALLS:
+    _CATEGORY[_n] = ACT
+
+
 def category(name: str) -> int:
     """The node category of a function name (STOP when unknown)."""
     return _CATEGORY.get(name, STOP)
 
 
-def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], i: int, key: str, default: Any = None) -> Any:
-    if len(args) > i:
-        return args[i]
-    return kwargs.get(key, default)
-
-
-def _num(v: Any) -> Any:
-    if isinstance(v, Tensor):
-        return float(v.detach().float().mean()) if v.numel() else 0.0
-    if isinstance(v, bool) or v is None or isinstance(v, str):
-        return v
-    return float(v)
-
-
-def function_act_params(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """The parameters of a functional activation call, with torch's defaults."""
-    if name == "leaky_relu":
-        return (("negative_slope", _num(_arg(args, kwargs, 1, "negative_slope", 0.01))),)
-    if name == "prelu":
-        return (("negative_slope", _num(_arg(args, kwargs, 1, "weight", 0.25))),)
-    if name == "rrelu":
-        lo, hi = _arg(args, kwargs, 1, "lower", 1 / 8), _arg(args, kwargs, 2, "upper", 1 / 3)
-        return (("negative_slope", (float(lo) + float(hi)) / 2),)
-    if name in ("elu", "celu"):
-        return (("alpha", _num(_arg(args, kwargs, 1, "alpha", 1.0))),)
-    if name == "gelu":
-        return (("approximate", str(kwargs.get("approximate", args[1] if len(args) > 1 else "none"))),)
-    if name == "softplus":
-        return (("beta", _num(_arg(args, kwargs, 1, "beta", 1.0))),
-                ("threshold", _num(_arg(args, kwargs, 2, "threshold", 20.0))))
-    if name == "hardtanh":
-        return (("min_val", _num(_arg(args, kwargs, 1, "min_val", -1.0))),
-                ("max_val", _num(_arg(args, kwargs, 2, "max_val", 1.0))))
-    return ()
+def function_activation(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Params]:
+    """``(activation, params)`` of a call of the activation function named ``name`` (a key of the registry's
+    functions by :func:`function_name`), with torch's defaults for the parameters not given."""
+    info, func = _ACT_CALLS[name]
+    return str(info.name), info.call_params(func, args, kwargs)
 
 
 def norm_function_info(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bool, tuple[int, ...]]:
@@ -234,21 +216,6 @@ def constant_over_batch(t: Tensor, batch: int | None, is_data: bool) -> bool:
 
 
 # -- modules ----------------------------------------------------------------------------------------------------
-_MODULE_FAMILIES: dict[type, str] = {
-    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu", nn.PReLU: "leaky_relu", nn.RReLU: "leaky_relu",
-    nn.ELU: "elu", nn.SELU: "selu", nn.CELU: "celu", nn.GELU: "gelu", nn.SiLU: "silu", nn.Mish: "mish",
-    nn.Softplus: "softplus", nn.Tanh: "tanh", nn.Hardtanh: "hardtanh", nn.Sigmoid: "sigmoid",
-    nn.Hardsigmoid: "hardsigmoid", nn.Hardswish: "hardswish", nn.Softsign: "softsign",
-    nn.Tanhshrink: "module", nn.Softshrink: "module", nn.Hardshrink: "module", nn.LogSigmoid: "module",
-    nn.Threshold: "module"}
-_NAMED_FAMILIES = {"relu": "relu", "relu6": "relu6", "leakyrelu": "leaky_relu", "elu": "elu", "selu": "selu",
-                   "celu": "celu", "silu": "silu", "swish": "silu", "mish": "mish", "softplus": "softplus",
-                   "tanh": "tanh", "hardtanh": "hardtanh", "sigmoid": "sigmoid", "hardsigmoid": "hardsigmoid",
-                   "hardswish": "hardswish", "softsign": "softsign", "gelu": "gelu", "newgelu": "gelu",
-                   "fastgelu": "gelu", "gelutanh": "gelu", "pytorchgelutanh": "gelu", "accurategelu": "gelu",
-                   "quickgelu": "gelu", "clippedgelu": "gelu", "geluerf": "gelu", "gelunew": "gelu"}
-_GELU_APPROX = {"newgelu": "tanh", "fastgelu": "tanh", "gelutanh": "tanh", "pytorchgelutanh": "tanh",
-                "accurategelu": "tanh", "gelunew": "tanh", "quickgelu": "sigmoid"}
 _NORM_TYPES: tuple[tuple[type, str], ...] = (
     (nn.modules.batchnorm._BatchNorm, "batch"), (nn.LayerNorm, "layer"), (nn.GroupNorm, "group"),
     (nn.modules.instancenorm._InstanceNorm, "instance"), (nn.RMSNorm, "rms"), (nn.LocalResponseNorm, "other"))
@@ -265,16 +232,6 @@ def norm_kind(module: nn.Module) -> str | None:
     return None
 
 
-def _named_family(cls_name: str) -> tuple[str, str] | None:
-    n = cls_name.lower().replace("_", "")
-    for suffix in ("activation", "act", "layer", "me", "jit", "auto"):
-        if n.endswith(suffix) and n[: -len(suffix)] in _NAMED_FAMILIES:
-            n = n[: -len(suffix)]
-            break
-    fam = _NAMED_FAMILIES.get(n)
-    return None if fam is None else (fam, n)
-
-
 def module_role(module: nn.Module) -> int:
     """How a module's calls are read: a known activation class, an activation by its class name
     (parameter-free library classes such as transformers' ``NewGELUActivation``), a candidate for the
@@ -288,35 +245,25 @@ def module_role(module: nn.Module) -> int:
     if isinstance(module, (nn.Identity, nn.modules.dropout._DropoutNd)) or "drop" in lowered or \
             "stochasticdepth" in lowered:  # drop path: a random per-sample mask, identity in eval mode
         return SKIP
-    if any(c in _MODULE_FAMILIES for c in cls.__mro__):
+    if activation_of_module(module) is not None:
         return ACT_MODULE
     leaf = (next(module.parameters(), None) is None and next(module.buffers(), None) is None
             and next(module.children(), None) is None)
     if not leaf or cls.__module__.startswith("torch.nn"):
         return OTHER
-    return NAMED_ACT if _named_family(cls.__name__) is not None else CANDIDATE
+    return NAMED_ACT if named_activation(cls.__name__) is not None else CANDIDATE
 
 
-def module_activation(module: nn.Module) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """``(family, params)`` of an activation module of role ACT_MODULE or NAMED_ACT."""
-    fam = next((_MODULE_FAMILIES[c] for c in type(module).__mro__ if c in _MODULE_FAMILIES), None)
-    key = ""
-    if fam is None:
-        named = _named_family(type(module).__name__)
-        fam, key = named if named is not None else ("module", "")
-    params: list[tuple[str, Any]] = []
-    if fam == "gelu":
-        approx = getattr(module, "approximate", None)
-        params.append(("approximate", approx if isinstance(approx, str) else _GELU_APPROX.get(key, "none")))
-    elif isinstance(module, nn.PReLU):
-        params.append(("negative_slope", _num(module.weight)))
-    elif isinstance(module, nn.RReLU):
-        params.append(("negative_slope", (module.lower + module.upper) / 2))
-    else:
-        keys = {"leaky_relu": ("negative_slope",), "elu": ("alpha",), "celu": ("alpha",),
-                "softplus": ("beta", "threshold"), "hardtanh": ("min_val", "max_val")}.get(fam, ())
-        params += [(k, _num(getattr(module, k))) for k in keys if hasattr(module, k)]
-    return fam, tuple(params)
+def module_activation(module: nn.Module) -> tuple[str, Params]:
+    """``(activation, params)`` of an activation module of role ACT_MODULE or NAMED_ACT (``"module"`` if neither
+    its type nor its class name is registered)."""
+    info, key = activation_of_module(module), ""
+    if info is None:
+        named = named_activation(type(module).__name__)
+        if named is None:
+            return str(ActivationName.MODULE), ()
+        info, key = named
+    return str(info.name), info.module_params(module, key)
 
 
 def elementwise_test(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], pos: int, x0: Tensor,

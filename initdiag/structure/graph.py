@@ -143,7 +143,7 @@ class Tracker(TorchFunctionMode):
         if is_data and (layer is not None or any(i in self._after_layer for i in dins)):
             self._after_layer.add(n)
         if cat == fn.ACT:
-            g.extra[n] = (fn.ACT_FUNCS[name], fn.function_act_params(name, args, kwargs), site)
+            g.extra[n] = (*fn.function_activation(name, args, kwargs), site)
         elif cat == fn.NORM:
             affine, shape = fn.norm_function_info(name, args, kwargs)
             g.extra[n] = (fn.NORM_FUNCS[name], affine, shape, site)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..vocab import ActivationName
+from ..vocab import ActivationFamily, ActivationName
+from .activations import activation_of_module
 
 __all__ = [
-    "ACTIVATION_TYPES",
     "CONV_TYPES",
     "RECORDED_WEIGHT_TYPES",
     "WEIGHT_LAYER_TYPES",
@@ -38,34 +38,14 @@ RECORDED_WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
 )
 """Modules recorded as weight layers (role ``"weight"``, counted in ``depth``)."""
 
-ACTIVATION_TYPES: dict[type[nn.Module], ActivationName] = {
-    nn.ReLU: ActivationName.RELU,
-    nn.ReLU6: ActivationName.RELU6,
-    nn.LeakyReLU: ActivationName.LEAKY_RELU,
-    nn.PReLU: ActivationName.PRELU,
-    nn.ELU: ActivationName.ELU,
-    nn.SELU: ActivationName.SELU,
-    nn.CELU: ActivationName.CELU,
-    nn.GELU: ActivationName.GELU,
-    nn.SiLU: ActivationName.SILU,
-    nn.Mish: ActivationName.MISH,
-    nn.Softplus: ActivationName.SOFTPLUS,
-    nn.Tanh: ActivationName.TANH,
-    nn.Hardtanh: ActivationName.HARDTANH,
-    nn.Sigmoid: ActivationName.SIGMOID,
-    nn.Hardsigmoid: ActivationName.HARDSIGMOID,
-    nn.Hardswish: ActivationName.HARDSWISH,
-    nn.Softsign: ActivationName.SOFTSIGN,
-}
-
 
 def activation_name(module: nn.Module) -> ActivationName | None:
-    """The activation family of ``module`` (``"relu"``, ``"tanh"``, ...), or None if it is not an activation
-    module. Subclasses count (the most specific registered base wins), e.g. ``nn.ReLU6`` is ``"relu6"``."""
-    for cls in type(module).__mro__:
-        if cls in ACTIVATION_TYPES:
-            return ACTIVATION_TYPES[cls]
-    return None
+    """The activation ``module`` computes (``"relu"``, ``"tanh"``, ...; ``"module"`` for an elementwise torch
+    module outside the families), or None if it is not an activation module (``nn.Identity`` is none). Subclasses
+    count (the most specific registered base wins), e.g. ``nn.ReLU6`` is ``"relu6"``; the registry:
+    :data:`~initdiag.structure.activations.ACTIVATIONS`."""
+    info = activation_of_module(module)
+    return None if info is None or info.family == ActivationFamily.LINEAR else info.name
 
 
 def main_weight(module: nn.Module) -> torch.Tensor | None:

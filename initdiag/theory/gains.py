@@ -26,10 +26,8 @@ Params = tuple[tuple[str, object], ...]
 
 
 def phi_spec(name: str, params: Params = ()) -> ActivationSpec | None:
-    """The theory's activation for a family name and its parameters; None for one it cannot evaluate (an
-    unrecognized module of the model's own, an unknown function)."""
-    if name in ("linear", "identity", "none", ""):
-        return activation_function("linear")
+    """The theory's activation for a registry name (or alias) and its parameters; None for one it cannot
+    evaluate (an unrecognized module of the model's own, an unknown function)."""
     try:
         return activation_function(name, **dict(params))  # type: ignore[arg-type]
     except (KeyError, ValueError, TypeError):

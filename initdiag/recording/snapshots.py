@@ -1,0 +1,123 @@
+"""Snapshots of a model: copies of its weights and gradients, the parameters that are all zero, the second
+moment of each weight and what each normalization's affine parameters set. Plain reads of the model, taken
+before or after training (no hooks); the checks judge them."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..structure import Structure
+from ..structure.layers import WEIGHT_LAYER_TYPES, main_weight
+
+__all__ = ["Weights", "norm_gains", "snapshot_grads", "snapshot_weights", "transposed_weights", "weight_moments",
+           "zero_parameters"]
+
+Weights = Mapping[str, tuple[np.ndarray, np.ndarray | None]]
+"""Weight-layer module name -> (weight, bias) as numpy arrays."""
+
+_BIASES = ("bias", "in_proj_bias", "bias_ih_l0")
+_MULTIPLICATIVE_EXCLUDED = ("bias", "beta", "running_mean", "running_var")
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy().copy()
+
+
+def _bias(module: nn.Module) -> torch.Tensor | None:
+    return next((b for b in (getattr(module, attr, None) for attr in _BIASES) if isinstance(b, torch.Tensor)), None)
+
+
+def transposed_weights(structure: Structure | None) -> set[str]:
+    """The modules whose weight is stored ``(in, out)`` (applied as ``x @ W``, as transformers' ``Conv1D``),
+    so that a snapshot turns it into rows of output units like every other layer's."""
+    if structure is None:
+        return set()
+    return {w.module_name for w in structure.weight_layers
+            if w.op in ("addmm", "matmul", "mm") and len(w.param_shape) == 2 and w.param_shape[0] == w.fan_in}
+
+
+def snapshot_weights(model: nn.Module, names: Collection[str] | None = None,
+                     transposed: Collection[str] = ()) -> Weights:
+    """Copies of weight layers' weights and matching biases (for the symmetry check), by module name (the
+    root as its class name): the modules in ``names`` whose weight (:func:`~initdiag.structure.main_weight`)
+    has two or more dims, or, without ``names``, every Conv/Linear module. A weight of a module in
+    ``transposed`` (:func:`transposed_weights`) is stored transposed: one row per output unit."""
+    snap: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for name, module in model.named_modules():
+        key = name or type(module).__name__
+        if (names is None and not isinstance(module, WEIGHT_LAYER_TYPES)) or (names is not None and key not in names):
+            continue
+        weight = main_weight(module)
+        if weight is None or weight.dim() < 2:
+            continue
+        bias = _bias(module)
+        snap[key] = (_numpy(weight.t() if key in transposed else weight), None if bias is None else _numpy(bias))
+    return snap
+
+
+def snapshot_grads(model: nn.Module, names: Collection[str], transposed: Collection[str] = ()) -> Weights:
+    """Copies of the gradients (``.grad``) of the weights and biases :func:`snapshot_weights` takes, for the
+    modules in ``names`` whose weight has a gradient (for the symmetry check's look-ahead), oriented alike."""
+    snap: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for name, module in model.named_modules():
+        key = name or type(module).__name__
+        weight = main_weight(module) if key in names else None
+        if weight is None or weight.dim() < 2 or weight.grad is None:
+            continue
+        bias = _bias(module)
+        grad = weight.grad.t() if key in transposed else weight.grad
+        snap[key] = (_numpy(grad), None if bias is None or bias.grad is None else _numpy(bias.grad))
+    return snap
+
+
+def zero_parameters(model: nn.Module) -> dict[str, bool]:
+    """The multiplicative parameters of ``model`` (weights, normalization scales, scalar gains: not biases)
+    that are all zero, by qualified name -> whether their ``.grad`` (after a backward pass) is non-zero.
+
+    A zero parameter with a non-zero gradient breaks out of zero at the first step (a zero-initialized
+    head, the last layer of a residual branch under Fixup, ``zero_init_residual``'s BatchNorm scale,
+    SkipInit's gain); one whose gradient is zero too stays zero and silences what it multiplies."""
+    found: dict[str, bool] = {}
+    for name, p in model.named_parameters():
+        last = name.rpartition(".")[2].lower()
+        if last in _MULTIPLICATIVE_EXCLUDED or last.endswith("bias") or not p.is_floating_point() or p.numel() == 0:
+            continue
+        if not bool(p.detach().any()):
+            found[name] = p.grad is not None and bool(p.grad.detach().any())
+    return found
+
+
+def weight_moments(model: nn.Module, structure: Structure | None) -> dict[str, float]:
+    """Module name -> ``mean(W^2)`` of each weight layer's weight (its Var(W) for zero-mean weights): the
+    structure's weight layers (their parameter as seen), or every Conv/Linear module without a structure."""
+    modules = dict(model.named_modules())
+    out: dict[str, float] = {}
+    layers = [(w.module_name, w.param) for w in structure.weight_layers] if structure is not None else \
+        [(name, "weight") for name, m in modules.items() if isinstance(m, WEIGHT_LAYER_TYPES)]
+    for name, param in layers:
+        module = modules.get(name)
+        weight = getattr(module, param, None) if module is not None else None
+        if isinstance(weight, torch.Tensor):
+            out[name or type(module).__name__] = float(weight.detach().double().square().mean())
+    return out
+
+
+def norm_gains(model: nn.Module, structure: Structure | None) -> dict[str, float]:
+    """Normalization call site -> ``mean(gamma^2) + mean(beta^2)``: the second moment its output has at
+    initialization (1 without affine parameters)."""
+    if structure is None:
+        return {}
+    modules = dict(model.named_modules())
+    out: dict[str, float] = {}
+    for norm in structure.norms:
+        module = modules.get(norm.module_name) if norm.module_name is not None else None
+        gamma = getattr(module, "weight", None) if module is not None else None
+        beta = getattr(module, "bias", None) if module is not None else None
+        g2 = float(gamma.detach().double().square().mean()) if isinstance(gamma, torch.Tensor) else 1.0
+        b2 = float(beta.detach().double().square().mean()) if isinstance(beta, torch.Tensor) else 0.0
+        out[norm.name] = g2 + b2
+    return out

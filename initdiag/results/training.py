@@ -1,0 +1,95 @@
+"""A training's result: someone else's training (a framework's fit) with initdiag attached."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+
+from ..checks import RunAnalysis, Verdict, failed_checks
+from ..config import AuditConfig
+from ..series import concat
+from ..structure import Structure
+from ..structure.layers import LayerInfo
+from ..vocab import ResultKind, RunStatus
+from .audit import AuditResult, AuditRun
+from .base import _Analysed, _Writes, first_nonfinite
+
+__all__ = ["TrainingResult", "TrainingRun"]
+
+
+@dataclass(frozen=True)
+class TrainingRun(_Analysed):
+    """Someone else's training as recorded by a callback: ``frame`` every recorded step, ``losses`` the loss of
+    every step, ``analysis`` the verdicts about training (``diverged``, ``unstable``, ``stalled``,
+    ``update_ratio``, ``dead_growth``)."""
+
+    name: str
+    label: str
+    seed: int
+    frame: pd.DataFrame
+    layers: tuple[LayerInfo, ...]
+    analysis: RunAnalysis
+    losses: np.ndarray
+    seconds: float
+    structure: Structure | None = None
+    steps_per_epoch: int | None = None
+
+    @property
+    def diverged_step(self) -> int | None:
+        """The first step whose loss is not finite, else None."""
+        return first_nonfinite(self.losses)
+
+    @property
+    def status(self) -> str:
+        return RunStatus.DIVERGED if self.diverged_step is not None else RunStatus.OK
+
+
+@dataclass(frozen=True)
+class TrainingResult(_Writes):
+    """A training run by a framework (Lightning, the Hugging Face Trainer, the user's own loop) with initdiag
+    attached: the audit of the model at its first batch, then the training as it was recorded.
+    ``framework``: who trained (the callback's label)."""
+
+    audit: AuditResult
+    training: TrainingRun
+    framework: str
+    started: datetime
+    seconds: float
+    command: str
+    environment: dict[str, str] = field(default_factory=dict)
+    kind: ClassVar[str] = ResultKind.TRAINING
+
+    @property
+    def runs(self) -> tuple[AuditRun | TrainingRun, ...]:
+        """The audited initialization, then the training."""
+        return (*self.audit.runs, self.training)
+
+    @property
+    def config(self) -> AuditConfig:
+        return self.audit.config
+
+    @property
+    def model(self) -> str:
+        return self.audit.model
+
+    @property
+    def analysis(self) -> dict[str, RunAnalysis]:
+        return {r.name: r.analysis for r in self.runs}
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """The audit's batches, then every recorded training step."""
+        return concat([*(r.series for r in self.audit.runs), self.training.frame])
+
+    @property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        return tuple(v for run in self.runs for v in run.verdicts)
+
+    def failed(self, checks: Sequence[str]) -> set[str]:
+        return failed_checks(self.verdicts, checks)
