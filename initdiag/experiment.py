@@ -29,7 +29,16 @@ from .initializers import InitSpec, apply_initializer
 from .jsonable import run_name
 from .models import build_model
 from .progress import NullProgress, Progress
-from .recording import Recorder, Weights, norm_gains, snapshot_grads, snapshot_weights, weight_moments, zero_parameters
+from .recording import (
+    Recorder,
+    Weights,
+    input_groups,
+    norm_gains,
+    snapshot_grads,
+    snapshot_weights,
+    weight_moments,
+    zero_parameters,
+)
 from .results import ExperimentResult, RunResult
 from .structure import discover
 from .structure.layers import weight_layers
@@ -125,7 +134,8 @@ def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData
                            grad_norms=outcome.grad_norms, weight_vars=weight_vars,
                            default_init=spec.name == "pytorch-default", structure=structure, grads_init=grads_init,
                            zero_params=zero, norm_gains=norm_gains(model, structure),
-                           steps_per_epoch=math.ceil(len(data.train_x) / config.batch_size))
+                           steps_per_epoch=math.ceil(len(data.train_x) / config.batch_size),
+                           input_groups=input_groups(model))
     analysis = analyze(evidence, seed=seed)
     return RunResult(
         name=name, spec=spec, seed=seed, history=outcome.history, test_accuracy=outcome.test_accuracy,

@@ -29,6 +29,7 @@ from ..initializers import InitSpec, apply_initializer
 from ..recording import (
     Recorder,
     Weights,
+    input_groups,
     norm_gains,
     snapshot_grads,
     snapshot_weights,
@@ -103,9 +104,9 @@ class _Recorded:
 
 
 def _args(batch: Inputs, device: torch.device) -> Inputs:
-    """A copy that requires grad (dL/dy also before the first weight), never the caller's tensor."""
-    return tuple(a.detach().to(device).requires_grad_(True).clone() if a.is_floating_point() else a.to(device)
-                 for a in batch)
+    """A copy of each input, never the caller's tensor: a leaf that does not require grad, as data does (a
+    forward may set ``requires_grad`` on its input or a view of it, which torch allows on leaves only)."""
+    return tuple(a.detach().to(device).clone() if a.is_floating_point() else a.to(device) for a in batch)
 
 
 def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditConfig, device: torch.device,
@@ -214,11 +215,12 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
         if spec is not None:  # the formula for what the initializer drew, the weights as seen for the rest
             weight_vars.update(theory_variances(work, spec))
         default = spec.name == "pytorch-default" if spec is not None else _looks_default(work)
-        gains = norm_gains(work, structure)
+        gains, groups = norm_gains(work, structure), input_groups(work)
     frame = pool_batches(rec.series)
     evidence = RunEvidence(run=label, initializer=label, frame=frame, layers=rec.layers, weights_init=snapshot,
                            weights_final={}, losses=rec.losses, weight_vars=weight_vars, default_init=default,
-                           structure=structure, grads_init=rec.grads, zero_params=rec.zero_params, norm_gains=gains)
+                           structure=structure, grads_init=rec.grads, zero_params=rec.zero_params, norm_gains=gains,
+                           input_groups=groups)
     return AuditRun(name=label, label=label, seed=cfg.seed, frame=frame, series=rec.series, layers=rec.layers,
                     analysis=analyze(evidence, seed=cfg.seed), weights=weights, losses=rec.losses,
                     seconds=time.perf_counter() - start, structure=structure)

@@ -25,6 +25,7 @@ from ..vocab import HEALTHY, CheckName, Signal, Status
 from .analysis import RunAnalysis, analyze
 from .chains import SignalCheck, chain_fits, main_fit
 from .compare import Comparison, accuracy_summary, compare_accuracies, holm, mcnemar_exact, welch_t
+from .cosine import max_cosine_pvalue, neuron_rows
 from .diverged import DivergedCheck, diverged_verdict
 from .dynamics import dead_growth_verdict, stalled_verdict, unstable_verdict, update_ratio_verdict, update_ratios
 from .evidence import RunEvidence, init_advice, pretty_activation, recommended_initializer
@@ -34,7 +35,7 @@ from .overlay import TheoryProfile, TheoryRow, chain_predictions, expected_chain
 from .registry import CHECKS, AnalysisContext, Check, CheckRegistry
 from .signal import SignalFit, signal_fit
 from .stream import StreamCheck, stream_prediction, stream_values, stream_verdicts
-from .symmetry import SymmetryCheck, max_cosine_pvalue, neuron_rows, symmetry_groups, symmetry_verdict
+from .symmetry import SymmetryCheck, symmetry_groups, symmetry_verdict
 from .training import DeadGrowthCheck, StalledCheck, UnstableCheck, UpdateRatioCheck
 from .units import DeadCheck, SaturationCheck, dead_verdict, saturation_verdict
 from .verdict import DEFAULT_THRESHOLDS, Thresholds, Verdict, failed_checks, worst_status

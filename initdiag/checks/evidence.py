@@ -58,6 +58,9 @@ class RunEvidence:
     norm_gains: Mapping[str, float] = field(default_factory=dict)
     steps_per_epoch: int | None = None
     """Training steps per epoch (the ``stalled`` check judges the first epoch); None: unknown or no training."""
+    input_groups: Mapping[str, int] = field(default_factory=dict)
+    """Weight-layer module name -> groups of output units reading disjoint inputs (grouped convolutions;
+    absent: 1): only units of one group can be symmetric."""
 
     @property
     def blocks(self) -> tuple[LayerInfo, ...]:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import bisect
-import functools
 import math
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from ..recording.snapshots import Weights
 from ..vocab import CheckName, Family, Need, Phase, Signal, Status
 from .chains import design_notes_of
 from .compare import holm
+from .cosine import blocked_max_cos, max_cos, max_cosine_pvalue, native_rows, neuron_rows
 from .evidence import RunEvidence, init_advice
 from .registry import AnalysisContext, Check, MethodNote
 from .verdict import Thresholds, Verdict
@@ -22,23 +21,6 @@ __all__ = ["SymmetryCheck", "max_cosine_pvalue", "neuron_rows", "symmetry_groups
 
 _DEFAULT = Thresholds()
 _EPS = float(np.finfo(np.float64).eps)
-
-
-def neuron_rows(weight: np.ndarray, bias: np.ndarray | None, dtype: Any = np.float64) -> np.ndarray:
-    """One row per neuron (output channel): the weight reshaped to ``(out, -1)``, the bias appended, in
-    ``dtype`` (a view of the weight when that needs no copy)."""
-    w = np.asarray(weight, dtype=dtype)
-    rows = w.reshape(w.shape[0], -1)
-    if bias is not None:
-        rows = np.hstack([rows, np.asarray(bias, dtype=dtype).reshape(-1, 1)])
-    return rows
-
-
-def _native_rows(weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    """:func:`neuron_rows` in float32 for weights of 32 bits or fewer (float32 holds them exactly), else
-    float64: the checks read every weight once or twice, at half the memory traffic."""
-    small = np.asarray(weight).dtype.itemsize <= 4 and (bias is None or np.asarray(bias).dtype.itemsize <= 4)
-    return neuron_rows(weight, bias, np.float32 if small else np.float64)
 
 
 def symmetry_groups(weight: np.ndarray, bias: np.ndarray | None, atol: float,
@@ -50,7 +32,7 @@ def symmetry_groups(weight: np.ndarray, bias: np.ndarray | None, atol: float,
     visited in the order of a fixed random projection, so only rows whose projections are within the
     tolerance are compared: about ``O(out * in)`` work for a random layer or a fully symmetric one.
     """
-    return _groups(_native_rows(weight, bias), atol, rtol)
+    return _groups(native_rows(weight, bias), atol, rtol)
 
 
 def _groups(rows: np.ndarray, atol: float, rtol: float) -> list[list[int]]:
@@ -89,71 +71,6 @@ def _groups(rows: np.ndarray, atol: float, rtol: float) -> list[list[int]]:
     return sorted(sorted(m) for m in members if len(m) >= 2)
 
 
-@functools.lru_cache(maxsize=32)
-def _null_max_cos(n: int, d: int, n_samples: int) -> np.ndarray:
-    """Monte Carlo null: max |cos| among ``n`` independent N(0, I_d) rows, ``n_samples`` draws (cached)."""
-    rng = np.random.default_rng([n, d, n_samples])
-    out = np.empty(n_samples)
-    for s in range(n_samples):
-        out[s] = _max_abs_cos(rng.standard_normal((n, d)))
-    return np.sort(out)
-
-
-def _max_abs_cos(rows: np.ndarray, norms: np.ndarray | None = None) -> float:
-    """Largest |cosine| between two different rows (the Gram matrix in float32: error ~1e-6); ``norms``: the
-    rows' Euclidean norms when already known."""
-    norms = np.linalg.norm(rows, axis=1) if norms is None else norms
-    u = (rows / norms[:, None]).astype(np.float32)
-    gram = np.abs(u @ u.T)
-    np.fill_diagonal(gram, 0.0)
-    return float(min(1.0, gram.max()))
-
-
-def max_cosine_pvalue(weight: np.ndarray, bias: np.ndarray | None, n_samples: int = 0,
-                      rng: np.random.Generator | None = None, *,
-                      max_rows: int = _DEFAULT.cosine_max_rows) -> tuple[float, float]:
-    """Largest |cosine| between two neurons and its p-value under independent random rows.
-
-    Statistic: ``c = max_{i<j} |<r_i, r_j>| / (|r_i| |r_j|)`` over the rows of :func:`neuron_rows`
-    (non-finite and all-zero rows dropped, columns that are 0 in every row dropped, e.g. zero biases,
-    leaving ``n`` rows of dimension ``d``; more than ``max_rows`` rows are subsampled with ``rng``).
-    Null hypothesis: the rows are independent, isotropic (e.g. i.i.d. zero-mean Gaussian) vectors.
-    ``n_samples = 0``: analytic, ``p = min(1, n(n-1)/2 * P(|cos| >= c))`` with
-    ``cos^2 ~ Beta(1/2, (d-1)/2)`` for one pair (a union bound: valid, and tight in the small-p tail
-    where decisions are made); ``n_samples > 0``: Monte Carlo, ``p = (1 + #{null >= c}) / (1 + n_samples)``
-    with the null drawn once per ``(n, d)`` and cached. Returns ``(nan, nan)`` when ``n < 2`` or ``d < 2``.
-    """
-    return _max_cos(_native_rows(weight, bias), n_samples, rng, max_rows)
-
-
-def _max_cos(rows: np.ndarray, n_samples: int, rng: np.random.Generator | None,
-             max_rows: int) -> tuple[float, float]:
-    """:func:`max_cosine_pvalue` of the rows of :func:`neuron_rows` (copied only where rows or columns go)."""
-    keep = np.isfinite(rows).all(axis=1)
-    if not keep.all():
-        rows = rows[keep]
-    norms = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
-    if not (norms > 0).all():
-        rows, norms = rows[norms > 0], norms[norms > 0]
-    used = np.any(rows != 0, axis=0) if len(rows) else np.ones(rows.shape[1], bool)
-    if not used.all():
-        rows = rows[:, used]
-    if len(rows) > max_rows:
-        rng = rng if rng is not None else np.random.default_rng(0)
-        pick = np.sort(rng.choice(len(rows), size=max_rows, replace=False))
-        rows, norms = rows[pick], norms[pick]
-    n, d = rows.shape
-    if n < 2 or d < 2:
-        return math.nan, math.nan
-    c = _max_abs_cos(rows, np.sqrt(norms))
-    if n_samples <= 0:
-        q = float(stats.beta.sf(c * c, 0.5, (d - 1) / 2.0))
-        return c, min(1.0, n * (n - 1) / 2.0 * q)
-    null = _null_max_cos(n, d, n_samples)
-    exceed = len(null) - int(np.searchsorted(null, c * (1 - 1e-12), side="left"))
-    return c, (1 + exceed) / (1 + n_samples)
-
-
 def _groups_text(groups: list[list[int]], n: int) -> str:
     if len(groups) == 1 and len(groups[0]) == n:
         return f"all {n} neurons identical"
@@ -171,14 +88,24 @@ def _persisted(init: list[list[int]], final: list[list[int]]) -> bool:
 
 
 def _layer_report(name: str, weight: np.ndarray, bias: np.ndarray | None, th: Thresholds,
-                  rng: np.random.Generator) -> dict[str, Any]:
-    rows = _native_rows(weight, bias)
-    groups = _groups(rows, th.symmetry_atol, th.symmetry_rtol)
-    n = int(weight.shape[0])
+                  rng: np.random.Generator, input_groups: int = 1) -> dict[str, Any]:
+    """Identical neurons and the cosine test of one layer. With ``input_groups`` > 1 (a grouped or depthwise
+    convolution) only neurons of one group read the same inputs, so groups and pairs are taken within each
+    block of ``n / input_groups`` consecutive neurons: neurons reading different inputs get different
+    gradients and are never symmetric, whatever their weights (a depthwise layer has no pair at all)."""
+    rows = native_rows(weight, bias)
+    n = int(rows.shape[0])
+    blocks = input_groups if input_groups > 1 and n % input_groups == 0 else 1
+    size = n // blocks
+    groups = [[b * size + i for i in g] for b in range(blocks)
+              for g in _groups(rows[b * size:(b + 1) * size], th.symmetry_atol, th.symmetry_rtol)]
     later = {i for g in groups for i in g[1:]}
     reps = np.array([i for i in range(n) if i not in later], dtype=np.int64)
-    max_cos, p = _max_cos(rows[reps] if later else rows, th.mc_samples, rng, th.cosine_max_rows)
-    return {"layer": name, "neurons": n, "distinct": n - len(later), "groups": groups, "max_cos": max_cos,
+    if blocks == 1:
+        largest, p = max_cos(rows[reps] if later else rows, th.mc_samples, rng, th.cosine_max_rows)
+    else:
+        largest, p = blocked_max_cos(rows, reps, blocks, size, th, rng)
+    return {"layer": name, "neurons": n, "distinct": n - len(later), "groups": groups, "max_cos": largest,
             "p_value": p, "rows_tested": int(min(len(reps), th.cosine_max_rows))}
 
 
@@ -296,7 +223,7 @@ def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random
     weights: Weights = ev.weights_init if phase == "init" else ev.weights_final
     if not weights:
         return None, []
-    reports = [_layer_report(name, w, b, th, rng) for name, (w, b) in weights.items()]
+    reports = [_layer_report(name, w, b, th, rng, ev.input_groups.get(name, 1)) for name, (w, b) in weights.items()]
     before = {r["layer"]: r["groups"] for r in init_reports or []}
     _adjust(reports, phase, before)
     broken = _split_breaking(reports, weights, ev.grads_init, th) if phase == "init" else []

@@ -33,7 +33,7 @@ from ..checks import CHECKS, RunAnalysis, RunEvidence, Verdict, analyze, failed_
 from ..config import KEEP, AuditConfig, parse_fail_on
 from ..errors import UsageError
 from ..modes import Modes, preserve_modes
-from ..recording import Recorder, Weights, snapshot_weights
+from ..recording import Recorder, Weights, input_groups, snapshot_weights
 from ..results import AuditResult, TrainingResult, TrainingRun
 from ..structure.layers import LayerInfo
 from ..vocab import FORMATS, Kind, Stat
@@ -226,7 +226,8 @@ class TrainingSession:
         losses = self.losses()
         ev = RunEvidence(run=self.label, initializer=KEEP, frame=frame, layers=layers,
                          weights_init=self._weights_init, weights_final=snapshot_weights(model), losses=losses,
-                         structure=init.structure, steps_per_epoch=self.steps_per_epoch)
+                         structure=init.structure, steps_per_epoch=self.steps_per_epoch,
+                         input_groups=input_groups(model))
         self.analysis = analyze(ev, checks=[c for c in CHECKS if c.during_training], theory=False)
         self.verdicts = self.analysis.verdicts
         for sink in sinks:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from .recorder import Recorder
 from .snapshots import (
     Weights,
+    input_groups,
     norm_gains,
+    output_rows,
     snapshot_grads,
     snapshot_weights,
     transposed_weights,
@@ -16,7 +18,9 @@ from .snapshots import (
 __all__ = [
     "Recorder",
     "Weights",
+    "input_groups",
     "norm_gains",
+    "output_rows",
     "snapshot_grads",
     "snapshot_weights",
     "transposed_weights",

@@ -13,7 +13,8 @@ from torch import nn
 from ..structure import Structure
 from ..structure.layers import WEIGHT_LAYER_TYPES, main_weight
 
-__all__ = ["Weights", "norm_gains", "snapshot_grads", "snapshot_weights", "transposed_weights", "weight_moments",
+__all__ = ["Weights", "input_groups", "norm_gains", "output_rows", "snapshot_grads", "snapshot_weights",
+           "transposed_weights", "weight_moments",
            "zero_parameters"]
 
 Weights = Mapping[str, tuple[np.ndarray, np.ndarray | None]]
@@ -40,6 +41,27 @@ def transposed_weights(structure: Structure | None) -> set[str]:
             if w.op in ("addmm", "matmul", "mm") and len(w.param_shape) == 2 and w.param_shape[0] == w.fan_in}
 
 
+def output_rows(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as one row per output unit, the unit's incoming weights: a transposed convolution's weight
+    ``(in, out / groups, *k)`` becomes ``(out, in / groups * prod(k))`` (unit ``j`` of group ``g`` reads
+    ``W[g-th in slice, j]``); every other layer's weight is already ``(out, ...)``."""
+    if not isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return weight
+    groups = module.groups
+    fan_in, per_group = weight.shape[0] // groups, weight.shape[1]
+    kernel = tuple(weight.shape[2:])
+    grouped = weight.reshape(groups, fan_in, per_group, *kernel).transpose(1, 2)
+    return grouped.reshape(groups * per_group, -1)
+
+
+def input_groups(model: nn.Module) -> dict[str, int]:
+    """Weight-layer module name -> the number of groups of its output units that read disjoint inputs (a
+    grouped or depthwise convolution's ``groups``; 1 elsewhere, left out). Only units of one group read the
+    same inputs, so only they can be symmetric; :func:`output_rows` lists the units group by group."""
+    return {name or type(m).__name__: int(m.groups) for name, m in model.named_modules()
+            if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1}
+
+
 def snapshot_weights(model: nn.Module, names: Collection[str] | None = None,
                      transposed: Collection[str] = ()) -> Weights:
     """Copies of weight layers' weights and matching biases (for the symmetry check), by module name (the
@@ -55,7 +77,8 @@ def snapshot_weights(model: nn.Module, names: Collection[str] | None = None,
         if weight is None or weight.dim() < 2:
             continue
         bias = _bias(module)
-        snap[key] = (_numpy(weight.t() if key in transposed else weight), None if bias is None else _numpy(bias))
+        rows = weight.t() if key in transposed else output_rows(module, weight)
+        snap[key] = (_numpy(rows), None if bias is None else _numpy(bias))
     return snap
 
 
@@ -69,7 +92,7 @@ def snapshot_grads(model: nn.Module, names: Collection[str], transposed: Collect
         if weight is None or weight.dim() < 2 or weight.grad is None:
             continue
         bias = _bias(module)
-        grad = weight.grad.t() if key in transposed else weight.grad
+        grad = weight.grad.t() if key in transposed else output_rows(module, weight.grad)
         snap[key] = (_numpy(grad), None if bias is None or bias.grad is None else _numpy(bias.grad))
     return snap
 

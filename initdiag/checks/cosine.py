@@ -1,0 +1,120 @@
+"""Neurons as rows, and the near-duplicate test: the largest |cosine| between neurons against independent
+random rows (the statistic the symmetry check warns on)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from .verdict import Thresholds
+
+__all__ = ["blocked_max_cos", "max_cos", "max_cosine_pvalue", "native_rows", "neuron_rows"]
+
+_DEFAULT = Thresholds()
+
+
+def neuron_rows(weight: np.ndarray, bias: np.ndarray | None, dtype: Any = np.float64) -> np.ndarray:
+    """One row per neuron (output channel): the weight reshaped to ``(out, -1)``, the bias appended, in
+    ``dtype`` (a view of the weight when that needs no copy)."""
+    w = np.asarray(weight, dtype=dtype)
+    rows = w.reshape(w.shape[0], -1)
+    if bias is not None:
+        rows = np.hstack([rows, np.asarray(bias, dtype=dtype).reshape(-1, 1)])
+    return rows
+
+
+def native_rows(weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """:func:`neuron_rows` in float32 for weights of 32 bits or fewer (float32 holds them exactly), else
+    float64: the checks read every weight once or twice, at half the memory traffic."""
+    small = np.asarray(weight).dtype.itemsize <= 4 and (bias is None or np.asarray(bias).dtype.itemsize <= 4)
+    return neuron_rows(weight, bias, np.float32 if small else np.float64)
+
+
+@functools.lru_cache(maxsize=32)
+def _null_max_cos(n: int, d: int, n_samples: int) -> np.ndarray:
+    """Monte Carlo null: max |cos| among ``n`` independent N(0, I_d) rows, ``n_samples`` draws (cached)."""
+    rng = np.random.default_rng([n, d, n_samples])
+    out = np.empty(n_samples)
+    for s in range(n_samples):
+        out[s] = _max_abs_cos(rng.standard_normal((n, d)))
+    return np.sort(out)
+
+
+def _max_abs_cos(rows: np.ndarray, norms: np.ndarray | None = None) -> float:
+    """Largest |cosine| between two different rows (the Gram matrix in float32: error ~1e-6); ``norms``: the
+    rows' Euclidean norms when already known."""
+    norms = np.linalg.norm(rows, axis=1) if norms is None else norms
+    u = (rows / norms[:, None]).astype(np.float32)
+    gram = np.abs(u @ u.T)
+    np.fill_diagonal(gram, 0.0)
+    return float(min(1.0, gram.max()))
+
+
+def max_cosine_pvalue(weight: np.ndarray, bias: np.ndarray | None, n_samples: int = 0,
+                      rng: np.random.Generator | None = None, *,
+                      max_rows: int = _DEFAULT.cosine_max_rows) -> tuple[float, float]:
+    """Largest |cosine| between two neurons and its p-value under independent random rows.
+
+    Statistic: ``c = max_{i<j} |<r_i, r_j>| / (|r_i| |r_j|)`` over the rows of :func:`neuron_rows`
+    (non-finite and all-zero rows dropped, columns that are 0 in every row dropped, e.g. zero biases,
+    leaving ``n`` rows of dimension ``d``; more than ``max_rows`` rows are subsampled with ``rng``).
+    Null hypothesis: the rows are independent, isotropic (e.g. i.i.d. zero-mean Gaussian) vectors.
+    ``n_samples = 0``: analytic, ``p = min(1, n(n-1)/2 * P(|cos| >= c))`` with
+    ``cos^2 ~ Beta(1/2, (d-1)/2)`` for one pair (a union bound: valid, and tight in the small-p tail
+    where decisions are made); ``n_samples > 0``: Monte Carlo, ``p = (1 + #{null >= c}) / (1 + n_samples)``
+    with the null drawn once per ``(n, d)`` and cached. Returns ``(nan, nan)`` when ``n < 2`` or ``d < 2``.
+    """
+    return max_cos(native_rows(weight, bias), n_samples, rng, max_rows)
+
+
+def max_cos(rows: np.ndarray, n_samples: int, rng: np.random.Generator | None,
+             max_rows: int) -> tuple[float, float]:
+    """:func:`max_cosine_pvalue` of the rows of :func:`neuron_rows` (copied only where rows or columns go)."""
+    keep = np.isfinite(rows).all(axis=1)
+    if not keep.all():
+        rows = rows[keep]
+    norms = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+    if not (norms > 0).all():
+        rows, norms = rows[norms > 0], norms[norms > 0]
+    used = np.any(rows != 0, axis=0) if len(rows) else np.ones(rows.shape[1], bool)
+    if not used.all():
+        rows = rows[:, used]
+    if len(rows) > max_rows:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        pick = np.sort(rng.choice(len(rows), size=max_rows, replace=False))
+        rows, norms = rows[pick], norms[pick]
+    n, d = rows.shape
+    if n < 2 or d < 2:
+        return math.nan, math.nan
+    c = _max_abs_cos(rows, np.sqrt(norms))
+    if n_samples <= 0:
+        q = float(stats.beta.sf(c * c, 0.5, (d - 1) / 2.0))
+        return c, min(1.0, n * (n - 1) / 2.0 * q)
+    null = _null_max_cos(n, d, n_samples)
+    exceed = len(null) - int(np.searchsorted(null, c * (1 - 1e-12), side="left"))
+    return c, (1 + exceed) / (1 + n_samples)
+
+
+def blocked_max_cos(rows: np.ndarray, reps: np.ndarray, blocks: int, size: int, th: Thresholds,
+                     rng: np.random.Generator) -> tuple[float, float]:
+    """The cosine test over pairs within blocks only: the largest |cos| of any block, and its p-value as a
+    union bound over every within-block pair, ``min(1, sum_b n_b (n_b - 1) / 2 * q)``, where each block's own
+    bound is ``n_b (n_b - 1) / 2 * q`` (:func:`max_cosine_pvalue`; rows of one dimension in every block)."""
+    best, best_pairs, best_p, pairs = math.nan, 0.0, math.nan, 0.0
+    for b in range(blocks):
+        members = reps[(reps >= b * size) & (reps < (b + 1) * size)]
+        c, p = max_cos(rows[members], th.mc_samples, rng, th.cosine_max_rows)
+        if not math.isfinite(c):
+            continue
+        m = min(len(members), th.cosine_max_rows)
+        block_pairs = m * (m - 1) / 2.0
+        pairs += block_pairs
+        if not math.isfinite(best) or c > best:
+            best, best_pairs, best_p = c, block_pairs, p
+    if not math.isfinite(best):
+        return math.nan, math.nan
+    return best, min(1.0, best_p * pairs / best_pairs)
