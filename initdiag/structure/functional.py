@@ -91,6 +91,17 @@ def function_name(func: Any) -> str:
     return name
 
 
+_IN_PLACE_DUNDERS = frozenset({"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__iand__",
+                               "__ior__"})
+
+
+def writes_in_place(func: Any) -> bool:
+    """Whether ``func`` writes into its first argument: an in-place variant (``copy_``, ``relu_``, ``add_``),
+    an augmented assignment (``+=``) or ``x[i] = y``."""
+    name = getattr(func, "__name__", None) or ""
+    return (len(name) > 1 and name.endswith("_") and not name.endswith("__")) or name in _IN_PLACE_DUNDERS
+
+
 _ACT_CALLS: dict[str, tuple[ActivationInfo, Any]] = {function_name(f): (info, f)
                                                      for f, info in function_activations().items()}
 """Activation function name -> its registry entry and a callable of that name (its parameter reader)."""

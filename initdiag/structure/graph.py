@@ -4,8 +4,10 @@ Every torch function call that returns tensors during the root's first forward b
 name, category (:mod:`~initdiag.structure.functional`), the nodes of its tensor inputs and the innermost
 module call it ran in. A tensor's producer is looked up by ``id`` and checked with a weak reference
 (ids of freed tensors are reused), so nothing is kept alive; an in-place op (``relu_``, ``+=``,
-``x[i] = y``) simply becomes the tensor's new producer. Tensors first seen as inputs become leaves: the
-root's inputs (data), parameters, and constants (buffers, anything else). A node is "data" when it
+``x[i] = y``, ``buffer[..].copy_(x)``) simply becomes the tensor's new producer, and so of the tensor a
+written view belongs to (torchvision's detection models batch images by copying them into a zero buffer).
+Tensors first seen as inputs become leaves: the root's inputs (data), parameters, and constants (buffers,
+anything else). A node is "data" when it
 descends from the root's inputs; for other nodes the set of parameters they derive from is kept, which
 is how a weight standardized or parametrized before ``F.conv2d`` is traced to its module's parameter.
 Nested torch calls are not seen again (``F.multi_head_attention_forward`` is one node); hooks run unseen.
@@ -74,6 +76,8 @@ class Tracker(TorchFunctionMode):
             self._op(func, args, kwargs, (out,))
         elif isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
             self._op(func, args, kwargs, tuple(t for t in out if isinstance(t, Tensor)))
+        elif out is None and args and isinstance(args[0], Tensor) and getattr(func, "__name__", "") == "__setitem__":
+            self._op(func, args, kwargs, (args[0],))  # x[i] = y: x now holds y's values too
         return out
 
     def node_of(self, t: Tensor) -> int:
@@ -157,6 +161,9 @@ class Tracker(TorchFunctionMode):
         prod = self._prod
         for t in outs:
             prod[id(t)] = (n, weakref.ref(t))
+            base = t._base
+            if base is not None and fn.writes_in_place(func):  # writing into a view writes into its base:
+                prod[id(base)] = (n, weakref.ref(base))  # images copied into a padded batch stay data
 
     def _linmap(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Tensor,
                 ndata: int) -> tuple[int, int | None]:
