@@ -1,30 +1,22 @@
 """Watching one forward: module hooks and a TorchFunctionMode record a dataflow graph as plain data.
 
-Every torch function call that returns tensors during the root's first forward becomes a node: its
-name, category (:mod:`~initdiag.structure.functional`), the nodes of its tensor inputs and the innermost
-module call it ran in. A tensor's producer is looked up by ``id`` and checked with a weak reference
-(ids of freed tensors are reused), so nothing is kept alive; an in-place op (``relu_``, ``+=``,
-``x[i] = y``, ``buffer[..].copy_(x)``) simply becomes the tensor's new producer, and so of the tensor a
-written view belongs to (torchvision's detection models batch images by copying them into a zero buffer).
-Tensors first seen as inputs become leaves: the root's inputs (data), parameters, and constants (buffers,
-anything else). A node is "data" when it
-descends from the root's inputs; for other nodes the set of parameters they derive from is kept, which
-is how a weight standardized or parametrized before ``F.conv2d`` is traced to its module's parameter.
-Nested torch calls are not seen again (``F.multi_head_attention_forward`` is one node); hooks run unseen.
-
-Weight layers (:meth:`Tracker._linmap`): the first linear map (``linear``, ``conv*``, ``addmm``,
-``matmul``, ``einsum``, ``embedding``, ``multi_head_attention_forward``, ...) in a module call whose
-weight operand derives only from parameters/constants, one of them a >= 2-dim parameter of that module.
-Where it can be wrong: recurrent layers (``_VF.lstm``) are not linear maps here; a module applying two
-of its own weights counts once, with the first; ``nn.MultiheadAttention`` is one layer (its in_proj,
-fan_out 3E; out_proj is not called as a module); a weight computed outside the forward and stored as a
-plain tensor is a constant; data made by code the mode does not see (``torch.from_numpy(x.numpy())``)
-becomes a constant.
-
-Constant inputs (:meth:`Tracker._constant_input`): the module call's first tensor has a batch dim of 1, or
-equal rows along dim 0 (exact), and is not downstream of a weight layer (that one silenced it; by design
-are ids from data or buffers). Batch size: the root's first tensor's dim 0 (sequence-first inputs are
-misread); with a batch of one it falls back to "not derived from data".
+Every torch function call that returns tensors during the root's first forward becomes a node: its name,
+category (:mod:`~initdiag.structure.functional`), the nodes of its tensor inputs and the innermost module
+call it ran in. A tensor's producer is looked up by ``id`` and checked with a weak reference (ids of freed
+tensors are reused), so nothing is kept alive; an in-place op (``relu_``, ``+=``, ``x[i] = y``,
+``buf[..].copy_(x)``) becomes the new producer of the tensor and of the base of a written view (images
+copied into a zero buffer stay data). Tensors first seen as inputs become leaves: the root's inputs
+(data), parameters, and constants (buffers, anything else). A node is "data" when it descends from the
+root's inputs; for other nodes the set of parameters they derive from is kept, which is how a weight
+standardized or parametrized before ``F.conv2d`` is traced to its module's parameter. Nested torch calls
+are not seen again (``F.multi_head_attention_forward`` is one node); hooks run unseen. Weight layers
+(:meth:`Tracker._linmap`): the first linear map (``linear``, ``conv*``, ``addmm``, ``matmul``, ``einsum``,
+``embedding``, ``multi_head_attention_forward``, ...) in a module call whose weight operand derives only
+from parameters/constants, one of them a >= 2-dim parameter of that module. Where it can be wrong:
+recurrent layers (``_VF.lstm``) are not linear maps here; a module applying two of its own weights counts
+once, with the first; ``nn.MultiheadAttention`` is one layer (its in_proj, fan_out 3E); a weight computed
+outside the forward and stored as a plain tensor, and data made by code the mode does not see
+(``torch.from_numpy(x.numpy())``), are constants. Constant inputs: :meth:`Tracker._constant_input`.
 """
 
 from __future__ import annotations
@@ -76,7 +68,7 @@ class Tracker(TorchFunctionMode):
             self._op(func, args, kwargs, (out,))
         elif isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
             self._op(func, args, kwargs, tuple(t for t in out if isinstance(t, Tensor)))
-        elif out is None and args and isinstance(args[0], Tensor) and getattr(func, "__name__", "") == "__setitem__":
+        elif out is None and args and isinstance(args[0], Tensor) and fn.writes_in_place(func):
             self._op(func, args, kwargs, (args[0],))  # x[i] = y: x now holds y's values too
         return out
 
@@ -161,9 +153,8 @@ class Tracker(TorchFunctionMode):
         prod = self._prod
         for t in outs:
             prod[id(t)] = (n, weakref.ref(t))
-            base = t._base
-            if base is not None and fn.writes_in_place(func):  # writing into a view writes into its base:
-                prod[id(base)] = (n, weakref.ref(base))  # images copied into a padded batch stay data
+            if t._base is not None and fn.writes_in_place(func):  # a write into a view writes its base
+                prod[id(t._base)] = (n, weakref.ref(t._base))
 
     def _linmap(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Tensor,
                 ndata: int) -> tuple[int, int | None]:
@@ -229,7 +220,9 @@ class Tracker(TorchFunctionMode):
 
     def _constant_input(self, call: Call, x: Any) -> bool:
         """:func:`~initdiag.structure.functional.constant_over_batch` of the module call's first tensor
-        (else the map's data operand), unless that is downstream of a weight layer."""
+        (else the map's data operand): a batch dim of 1, or equal rows along dim 0 (exact; the batch size is
+        the root's first tensor's dim 0), unless that is downstream of a weight layer (which silenced it;
+        ids from data or buffers are constant by design). With a batch of one: "not derived from data"."""
         t = call.x_ref() if call.x_ref is not None else None
         t = t if t is not None else x if isinstance(x, Tensor) else None
         e = self._prod.get(id(t)) if t is not None else None
