@@ -54,3 +54,31 @@ def test_verdicts_survive_copying_the_input_into_a_buffer() -> None:
     assert plain.passed and wrapped.passed
     assert [(v.check, v.outcome, v.signal, v.status) for v in wrapped.verdicts] == \
         [(v.check, v.outcome, v.signal, v.status) for v in plain.verdicts]
+
+
+class VAE(nn.Module):
+    """pytorch/examples' VAE shape: two parallel heads (mean, log-variance) of one hidden layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(64, 32), nn.Linear(32, 8), nn.Linear(32, 8)
+        self.fc3, self.fc4 = nn.Linear(8, 32), nn.Linear(32, 64)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.fc1(x))
+        mu, logvar = self.fc21(h), self.fc22(h)
+        z = mu + torch.randn_like(logvar) * torch.exp(0.5 * logvar)
+        return torch.sigmoid(self.fc4(torch.relu(self.fc3(z)))), mu, logvar
+
+
+def test_parallel_heads_are_never_one_chain() -> None:
+    """The layers judged as one chain follow the data: fc21 and fc22 read the same input side by side, so
+    no chain holds both, and the longest path through the reparametrization is fc1, fc21, fc3, fc4."""
+    torch.manual_seed(0)
+    structure = discover(VAE(), torch.randn(4, 64))
+    assert structure.longest_path() == ("fc1", "fc21", "fc3", "fc4")
+    result = initdiag.audit(VAE(), input_shape=(64,))
+    for v in result.verdicts:
+        for chain in v.details.get("chains", []):
+            assert chain["n_layers"] <= 4
+    assert not any({"fc21", "fc22"} <= set(seg) for seg in structure.segments())

@@ -44,8 +44,11 @@ def _chains(ev: RunEvidence) -> list[tuple[str, ...]]:
     chains = [c for c in chains if c]
     if len(chains) > 1 and not ev.structure.norms and not ev.structure.blocks:
         # residual adds written in a forward, no block modules and nothing normalized: nothing bounds the
-        # growth between adds, so the whole network is judged as one chain too (as a plain chain would be)
-        chains.append(tuple(names))
+        # growth between adds, so the longest path of layers through the adds is judged as one chain too
+        # (as a plain chain would be); layers side by side (two heads of one input) are never on one path
+        path = tuple(n for n in ev.structure.longest_path() if n in recorded)
+        if len(path) > max(len(c) for c in chains):
+            chains.append(path)
     return chains
 
 

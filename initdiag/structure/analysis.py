@@ -191,9 +191,11 @@ class _Analysis:
                     heapq.heappush(heap, (nxt, nnorm))
         return LINEAR, first_norm
 
-    def successors(self, start: int, own: int) -> list[int]:
+    def successors(self, start: int, own: int, through_adds: bool = False) -> list[int]:
         """Weight layers reached from ``start`` through shape ops, constant scales/biases and activations
-        (also unknown elementwise functions), stopping at norms, sums/products of data and reductions."""
+        (also unknown elementwise functions), stopping at norms, sums/products of data and reductions; with
+        ``through_adds``, through sums of data paths (residual adds) too."""
+        passes = (fn.TRANSPARENT, fn.ACT, fn.NONLIN, *((fn.RESADD,) if through_adds else ()))
         g, out = self.g, []
         stack, visited = [start], {start}
         while stack:
@@ -210,7 +212,7 @@ class _Analysis:
                     if li != own and li not in out:
                         out.append(li)
                     continue
-                elif g.kind[c] not in (fn.TRANSPARENT, fn.ACT, fn.NONLIN):
+                elif g.kind[c] not in passes:
                     continue
                 if nxt not in visited:
                     visited.add(nxt)
@@ -235,6 +237,7 @@ def build(g: Graph, root: str, pshapes: dict[int, dict[str, tuple[int, ...]]]) -
                 break
     layers: list[WeightLayer] = []
     links: list[tuple[str, str]] = []
+    flow: list[tuple[str, str]] = []
     extra_acts: dict[str, Activation] = {}
     nodes_of_layer: dict[int, list[int]] = {}
     for n, li in g.node_layer.items():
@@ -256,7 +259,12 @@ def build(g: Graph, root: str, pshapes: dict[int, dict[str, tuple[int, ...]]]) -
                 pair = (layer_names[li], layer_names[lj])
                 if pair not in links:
                     links.append(pair)
+            for lj in an.successors(s, li, through_adds=True):
+                pair = (layer_names[li], layer_names[lj])
+                if pair not in flow:
+                    flow.append(pair)
     known = {a.site for a in activations}
     activations += [a for site, a in extra_acts.items() if site not in known]
     return Structure(root=root, weight_layers=tuple(layers), norms=tuple(an.norms), blocks=tuple(blocks),
-                     activations=tuple(activations), stream_input=stream_input, links=tuple(links))
+                     activations=tuple(activations), stream_input=stream_input, links=tuple(links),
+                     flow_links=tuple(flow))

@@ -183,6 +183,8 @@ class Structure:
     ``links``: pairs ``(a, b)`` of weight-layer call sites where ``b``'s data input comes from ``a``'s
     output through only shape ops, dropout, pooling, constant scales or biases and activations (no
     normalization, residual add, product of data or reduction); :meth:`segments` builds chains from them.
+    ``flow_links``: the same through residual adds too (sums of two data paths): the data flow between weight
+    layers where nothing normalizes it, along which :meth:`longest_path` runs.
     ``stream_input``: the call site whose output enters the first block, when one is clear.
     """
 
@@ -193,6 +195,7 @@ class Structure:
     activations: tuple[Activation, ...]
     stream_input: str | None = None
     links: tuple[tuple[str, str], ...] = ()
+    flow_links: tuple[tuple[str, str], ...] = ()
 
     @cached_property
     def _by_name(self) -> dict[str, WeightLayer]:
@@ -257,6 +260,21 @@ class Structure:
             chains.append(tuple(chain))
         return tuple(chains)
 
+    def longest_path(self) -> tuple[str, ...]:
+        """The longest sequence of weight layers each feeding the next along :attr:`flow_links` (execution
+        order breaks ties): what a network whose residual adds nothing normalizes propagates through, layer
+        after layer. Parallel layers (two heads reading one input) are never on one path."""
+        order = {w.name: i for i, w in enumerate(self.weight_layers)}
+        best: dict[str, tuple[str, ...]] = {}
+        preds: dict[str, list[str]] = {}
+        for a, b in self.flow_links:
+            if a in order and b in order and order[a] < order[b]:
+                preds.setdefault(b, []).append(a)
+        for w in self.weight_layers:  # execution order is a topological order of the forward links
+            paths = [best[a] for a in preds.get(w.name, ()) if a in best]
+            best[w.name] = (*max(paths, key=len, default=()), w.name)
+        return max(best.values(), key=len, default=())
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (lists, strings, numbers, None); :meth:`from_json` reads it back."""
         return {"root": self.root,
@@ -265,7 +283,7 @@ class Structure:
                 "blocks": [b.to_json() for b in self.blocks],
                 "activations": [a.to_json() for a in self.activations],
                 "stream_input": self.stream_input,
-                "links": [list(p) for p in self.links]}
+                "links": [list(p) for p in self.links], "flow_links": [list(p) for p in self.flow_links]}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Structure:
@@ -275,4 +293,5 @@ class Structure:
                    blocks=tuple(Block.from_json(b) for b in d["blocks"]),
                    activations=tuple(Activation.from_json(a) for a in d["activations"]),
                    stream_input=d["stream_input"],
-                   links=tuple((str(a), str(b)) for a, b in d["links"]))
+                   links=tuple((str(a), str(b)) for a, b in d["links"]),
+                   flow_links=tuple((str(a), str(b)) for a, b in d.get("flow_links", ())))
