@@ -17,8 +17,8 @@ from ..config import AuditConfig
 from ..series import concat
 from ..structure import Structure
 from ..structure.layers import LayerInfo
-from ..vocab import ResultKind, RunStatus, Status
-from .base import _Analysed, _Writes, first_nonfinite
+from ..vocab import ResultKind, Status
+from .base import _LossRun, _Writes
 
 __all__ = ["AuditInputs", "AuditResult", "AuditRun", "LayerWeight", "Recommendation"]
 
@@ -85,7 +85,7 @@ class Recommendation:
 
 
 @dataclass(frozen=True)
-class AuditRun(_Analysed):
+class AuditRun(_LossRun):
     """One audited initialization of a model (``label``: ``keep`` or an initializer): no training.
 
     ``frame`` holds each statistic averaged over the batches (what the checks read, at step 0), ``series``
@@ -103,15 +103,6 @@ class AuditRun(_Analysed):
     losses: np.ndarray
     seconds: float
     structure: Structure | None = None
-
-    @property
-    def diverged_step(self) -> int | None:
-        """The first batch whose loss is not finite, else None."""
-        return first_nonfinite(self.losses)
-
-    @property
-    def status(self) -> str:
-        return RunStatus.DIVERGED if self.diverged_step is not None else RunStatus.OK
 
 
 @dataclass(frozen=True)
@@ -138,10 +129,6 @@ class AuditResult(_Writes):
     def passed(self) -> bool:
         """True when no verdict of any run is ``fail``."""
         return not any(v.status == Status.FAIL for v in self.verdicts)
-
-    @property
-    def analysis(self) -> dict[str, RunAnalysis]:
-        return {r.name: r.analysis for r in self.runs}
 
     @cached_property
     def frame(self) -> pd.DataFrame:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..checks import RunAnalysis, TheoryProfile, TheoryRow, Verdict
 from ..theory.stream import StreamTheory
-from ..vocab import FORMATS
+from ..vocab import FORMATS, RunStatus
 
 __all__ = ["Result", "first_nonfinite", "set_report_writer"]
 
@@ -64,8 +64,17 @@ class Result(Protocol):
     def write(self, out_dir: str | Path, formats: Sequence[str] = FORMATS, paper: str = "a4") -> dict[str, Path]: ...
 
 
+class _HasRuns(Protocol):
+    @property
+    def runs(self) -> Sequence[Any]: ...
+
+
 class _Writes:
-    """``write()`` for a result: the registered report writer."""
+    """``write()`` for a result: the registered report writer; and ``analysis``, each run's by its name."""
+
+    @property
+    def analysis(self: _HasRuns) -> dict[str, RunAnalysis]:
+        return {r.name: r.analysis for r in self.runs}
 
     def write(self, out_dir: str | Path, formats: Sequence[str] = FORMATS, paper: str = "a4") -> dict[str, Path]:
         """Write the report (report.html, report.pdf, summary.json, series.csv, as ``formats`` says) into
@@ -102,6 +111,21 @@ class _Analysed:
     def failed(self) -> tuple[str, ...]:
         """The ``--fail-on`` names this run fails."""
         return tuple(sorted(self.analysis.failed()))
+
+
+class _LossRun(_Analysed):
+    """A run whose ``losses`` (one per step or batch) decide its status: diverged at the first non-finite one."""
+
+    losses: np.ndarray
+
+    @property
+    def diverged_step(self) -> int | None:
+        """The first step (or batch) whose loss is not finite, else None."""
+        return first_nonfinite(self.losses)
+
+    @property
+    def status(self) -> str:
+        return RunStatus.DIVERGED if self.diverged_step is not None else RunStatus.OK
 
 
 def first_nonfinite(losses: np.ndarray) -> int | None:

@@ -83,9 +83,6 @@ class ExperimentResult(_Writes):
         """All runs' series in one tidy DataFrame."""
         return concat([r.frame for r in self.runs])
 
-    @property
-    def analysis(self) -> dict[str, RunAnalysis]:
-        return {r.name: r.analysis for r in self.runs}
 
 
 def cell_key(model: ModelSpec) -> str:

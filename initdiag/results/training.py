@@ -16,15 +16,15 @@ from ..config import AuditConfig
 from ..series import concat
 from ..structure import Structure
 from ..structure.layers import LayerInfo
-from ..vocab import ResultKind, RunStatus
+from ..vocab import ResultKind
 from .audit import AuditResult, AuditRun
-from .base import _Analysed, _Writes, first_nonfinite
+from .base import _LossRun, _Writes
 
 __all__ = ["TrainingResult", "TrainingRun"]
 
 
 @dataclass(frozen=True)
-class TrainingRun(_Analysed):
+class TrainingRun(_LossRun):
     """Someone else's training as recorded by a callback: ``frame`` every recorded step, ``losses`` the loss of
     every step, ``analysis`` the verdicts about training (``diverged``, ``unstable``, ``stalled``,
     ``update_ratio``, ``dead_growth``)."""
@@ -39,15 +39,6 @@ class TrainingRun(_Analysed):
     seconds: float
     structure: Structure | None = None
     steps_per_epoch: int | None = None
-
-    @property
-    def diverged_step(self) -> int | None:
-        """The first step whose loss is not finite, else None."""
-        return first_nonfinite(self.losses)
-
-    @property
-    def status(self) -> str:
-        return RunStatus.DIVERGED if self.diverged_step is not None else RunStatus.OK
 
 
 @dataclass(frozen=True)
@@ -77,10 +68,6 @@ class TrainingResult(_Writes):
     @property
     def model(self) -> str:
         return self.audit.model
-
-    @property
-    def analysis(self) -> dict[str, RunAnalysis]:
-        return {r.name: r.analysis for r in self.runs}
 
     @cached_property
     def frame(self) -> pd.DataFrame:
