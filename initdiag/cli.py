@@ -168,7 +168,6 @@ def _gate(failed: set[str], err: TextIO) -> int:
 
 def _cmd_report(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     from .backends import ExperimentInterrupted, run_experiment
-    from .checks import failed_checks
     from .data import load_mnist
     from .progress import Progress
     from .report import write_report
@@ -213,7 +212,7 @@ def _cmd_report(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err:
     _wrote(paths, out_dir, out)
     if args.tensorboard is not None:
         out.write(f"TensorBoard: tensorboard --logdir {args.tensorboard}\n")
-    return _gate(failed_checks((v for run in result.runs for v in run.verdicts), config.fail_on), err)
+    return _gate(result.failed(config.fail_on), err)
 
 
 def _cmd_audit(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
@@ -255,7 +254,6 @@ def _sweep_config(args: argparse.Namespace) -> SweepConfig:
 
 def _cmd_sweep(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     from .backends.sweep import SweepInterrupted, run_sweep
-    from .checks import failed_checks
     from .data import load_mnist
     from .progress import Progress
     from .report.sweep import write_sweep_report
@@ -294,8 +292,7 @@ def _cmd_sweep(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: 
     out.write("\n")
     _table(rows, out)
     _wrote(paths, out_dir, out)
-    verdicts = [v for cell in result.cells for run in cell.runs for v in run.verdicts]
-    return _gate(failed_checks(verdicts, base.fail_on), err)
+    return _gate(result.failed(base.fail_on), err)
 
 
 _RUNNERS: dict[str, Callable[[argparse.Namespace, Sequence[str], TextIO, TextIO], int]] = {

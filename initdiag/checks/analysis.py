@@ -10,7 +10,7 @@ recomputing it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any
 
 from ..jsonable import json_safe
@@ -74,15 +74,11 @@ class RunAnalysis:
 
 
 def _fit_from(data: Mapping[str, Any]) -> SignalFit:
-    values: dict[str, Any] = {}
-    for f in fields(SignalFit):
-        v = data.get(f.name)
-        if isinstance(v, list):
-            v = tuple(v)
-        elif v is None and f.name not in ("per_sample",):
-            v = float("nan")
-        values[f.name] = v if v is not None else False
-    return SignalFit(**values)
+    """The fit :meth:`RunAnalysis.to_json` wrote: lists back to tuples, undefined numbers (null) back to NaN."""
+    def value(name: str, default: Any) -> Any:
+        v = data.get(name, default)
+        return tuple(v) if isinstance(v, list) else float("nan") if v is None or v is MISSING else v
+    return SignalFit(**{f.name: value(f.name, f.default) for f in fields(SignalFit)})
 
 
 def _stamped(check: Check, verdicts: Iterable[Verdict | None]) -> list[Verdict]:

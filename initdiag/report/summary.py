@@ -37,7 +37,7 @@ from typing import Any, cast
 from ..jsonable import json_safe
 from ..results import AuditResult, AuditRun, ExperimentResult, Result, RunResult, TrainingResult, TrainingRun
 from ..series import first_step_values
-from ..vocab import Kind, ResultKind, Status, __version__
+from ..vocab import Kind, ResultKind, __version__
 
 __all__ = ["SCHEMA_VERSION", "summary_json"]
 
@@ -92,8 +92,7 @@ def _audit(result: AuditResult) -> dict[str, Any]:
 
 
 def _training(result: TrainingResult) -> dict[str, Any]:
-    return {**_audit(result.audit), "passed": not any(v.status == Status.FAIL for v in result.verdicts),
-            "framework": result.framework}
+    return {**_audit(result.audit), "passed": result.passed, "framework": result.framework}
 
 
 _KIND_PARTS: dict[str, Callable[[Any], dict[str, Any]]] = {

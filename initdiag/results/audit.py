@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -12,12 +11,12 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from ..checks import RunAnalysis, Verdict, failed_checks
+from ..checks import RunAnalysis
 from ..config import AuditConfig
 from ..series import concat
 from ..structure import Structure
 from ..structure.layers import LayerInfo
-from ..vocab import ResultKind, Status
+from ..vocab import ResultKind
 from .base import _LossRun, _Writes
 
 __all__ = ["AuditInputs", "AuditResult", "AuditRun", "LayerWeight", "Recommendation"]
@@ -120,21 +119,7 @@ class AuditResult(_Writes):
     environment: dict[str, str] = field(default_factory=dict)
     kind: ClassVar[str] = ResultKind.AUDIT
 
-    @property
-    def verdicts(self) -> tuple[Verdict, ...]:
-        """Every run's verdicts, run by run."""
-        return tuple(v for run in self.runs for v in run.verdicts)
-
-    @property
-    def passed(self) -> bool:
-        """True when no verdict of any run is ``fail``."""
-        return not any(v.status == Status.FAIL for v in self.verdicts)
-
     @cached_property
     def frame(self) -> pd.DataFrame:
         """Every run's statistics, batch by batch (``step`` = batch), as one tidy DataFrame."""
         return concat([run.series for run in self.runs])
-
-    def failed(self, checks: Sequence[str]) -> set[str]:
-        """The names among ``checks`` (``--fail-on`` names) that some run fails."""
-        return failed_checks(self.verdicts, checks)

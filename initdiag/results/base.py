@@ -20,9 +20,9 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import pandas as pd
 
-from ..checks import RunAnalysis, TheoryProfile, TheoryRow, Verdict
+from ..checks import RunAnalysis, TheoryProfile, TheoryRow, Verdict, failed_checks
 from ..theory.stream import StreamTheory
-from ..vocab import FORMATS, RunStatus
+from ..vocab import FORMATS, RunStatus, Status
 
 __all__ = ["Result", "first_nonfinite", "set_report_writer"]
 
@@ -70,11 +70,26 @@ class _HasRuns(Protocol):
 
 
 class _Writes:
-    """``write()`` for a result: the registered report writer; and ``analysis``, each run's by its name."""
+    """``write()`` for a result: the registered report writer; and what every kind reads off its runs:
+    ``analysis`` (each run's by its name), ``verdicts``, ``passed`` and ``failed(checks)``."""
 
     @property
     def analysis(self: _HasRuns) -> dict[str, RunAnalysis]:
         return {r.name: r.analysis for r in self.runs}
+
+    @property
+    def verdicts(self: _HasRuns) -> tuple[Verdict, ...]:
+        """Every run's verdicts, run by run."""
+        return tuple(v for run in self.runs for v in run.verdicts)
+
+    @property
+    def passed(self: _HasRuns) -> bool:
+        """True when no verdict of any run is ``fail``."""
+        return not any(v.status == Status.FAIL for run in self.runs for v in run.verdicts)
+
+    def failed(self: _HasRuns, checks: Sequence[str]) -> set[str]:
+        """The names among ``checks`` (``--fail-on`` names) that some run fails."""
+        return failed_checks((v for run in self.runs for v in run.verdicts), checks)
 
     def write(self, out_dir: str | Path, formats: Sequence[str] = FORMATS, paper: str = "a4") -> dict[str, Path]:
         """Write the report (report.html, report.pdf, summary.json, series.csv, as ``formats`` says) into

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -11,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from ..checks import RunAnalysis, Verdict, failed_checks
+from ..checks import RunAnalysis
 from ..config import AuditConfig
 from ..series import concat
 from ..structure import Structure
@@ -74,9 +73,3 @@ class TrainingResult(_Writes):
         """The audit's batches, then every recorded training step."""
         return concat([*(r.series for r in self.audit.runs), self.training.frame])
 
-    @property
-    def verdicts(self) -> tuple[Verdict, ...]:
-        return tuple(v for run in self.runs for v in run.verdicts)
-
-    def failed(self, checks: Sequence[str]) -> set[str]:
-        return failed_checks(self.verdicts, checks)
