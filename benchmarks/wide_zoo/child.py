@@ -44,8 +44,10 @@ def base_record(spec: ModelSpec, variant: str) -> dict[str, Any]:
 def _verdicts(result: Any) -> dict[str, Any]:
     """Status and failing/warning verdicts of the audit's first run (the model as it is: ``keep``)."""
     run = result.runs[0]
-    failing = [{"check": str(v.check), "outcome": str(v.outcome)} for v in run.verdicts if v.status == "fail"]
-    warning = [{"check": str(v.check), "outcome": str(v.outcome)} for v in run.verdicts if v.status == "warn"]
+    failing = [{"check": str(v.check), "outcome": str(v.outcome), "message": v.message[:400]}
+               for v in run.verdicts if v.status == "fail"]
+    warning = [{"check": str(v.check), "outcome": str(v.outcome), "message": v.message[:400]}
+               for v in run.verdicts if v.status == "warn"]
     status = "failed" if failing else "warned" if warning else "clean"
     return {"status": status, "failed": list(run.failed), "failing": failing, "warning": warning}
 

@@ -5,8 +5,9 @@ segfault costs only that model: a variant still running ``--timeout`` seconds af
 and recorded as ``timeout``; a child that dies mid-variant gives ``error``; the remaining variants go on in a
 fresh child. Records are appended to ``--out`` (JSONL) as models finish; ``--summary FILE`` tallies them.
 Record fields: id, library, kind, variant, held_out, expect (passes | fails | theory), status (clean,
-warned, failed, error, timeout, skipped), failed (check names), failing / warning ({check, outcome}), error
-and phase (build | audit | child), why (skipped), note, build_s, audit_s. Usage::
+warned, failed, error, timeout, skipped), failed (check names), failing / warning ({check, outcome,
+message}, the message cut at 400 characters), error and phase (build | audit | child), why (skipped), note,
+build_s, audit_s. Usage::
 
     python benchmarks/wide_zoo/run.py --list
     python benchmarks/wide_zoo/run.py --limit 12 --jobs 1
