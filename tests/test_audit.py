@@ -220,9 +220,9 @@ def test_architecture_specifics() -> None:
             for name, (build, kw) in ARCHITECTURES.items() if name != "resnet18"}
     layers = {name: [la.name for la in run.layers if la.role != "block"] for name, run in runs.items()}
     assert layers["shared-weights"] == ["fc", "act", "fc@2", "act@2", "head"]  # each call recorded
-    assert layers["lstm"] == ["rnn.0", "head"]  # the output sequence, not the final states
-    assert layers["gru-bare"] == ["GRU.0"]
-    assert layers["transformer-encoder"][:2] == ["emb", "encoder.layers.0.self_attn.0"]
+    assert layers["lstm"] == ["rnn", "head"]  # the output sequence, not the final states
+    assert layers["gru-bare"] == ["GRU"]
+    assert layers["transformer-encoder"][:2] == ["emb", "encoder.layers.0.self_attn"]
     blocks = [la.name for la in runs["transformer-encoder"].layers if la.role == "block"]
     assert blocks[0] == "encoder.layers.0:in" and "encoder.layers.1" in blocks  # the residual stream too
     assert {"block.a", "block.b", "lists.fc", "head"} <= set(layers["dicts-and-lists"])

@@ -155,7 +155,7 @@ def test_one_odd_layer_does_not_decide_and_the_raw_change_is_reported() -> None:
 
 def test_no_signal_zero_and_float_rounding_level() -> None:
     assert signal_verdicts([1.0, 0.0, 0.0, 0.0]).outcome == "no_signal"
-    rounding = signal_verdicts([1.0, 1.0, 1e-8, 1e-8], mean_sq=[1.0, 1.0, 1.0, 1.0])
+    rounding = signal_verdicts([1.0, 1.0, 1e-12, 1e-12], mean_sq=[1.0, 1.0, 1.0, 1.0])
     assert (rounding.outcome, rounding.layers) == ("no_signal", ("fc2", "fc3"))
     assert signal_verdicts([1.0, 1.0, 1e-3, 1e-3], mean_sq=[1.0] * 4).outcome != "no_signal"
     lost_after_decay = signal_verdicts([1.0, 1e-2, 1e-4, 1e-6, 0.0, 0.0])

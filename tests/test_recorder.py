@@ -411,14 +411,14 @@ def test_recurrent_attention_and_embedding_layers_are_weight_layers() -> None:
     frame = rec.frame()
     layers = rec.layers()
     # the first floating-point output of each (the LSTM's sequence, the attended values), in execution order
-    assert [(la.name, la.role, la.depth) for la in layers] == [("emb", "weight", 0), ("lstm.0", "weight", 1),
-                                                             ("attn.0", "weight", 2), ("head", "weight", 3)]
+    assert [(la.name, la.role, la.depth) for la in layers] == [("emb", "weight", 0), ("lstm", "weight", 1),
+                                                             ("attn", "weight", 2), ("head", "weight", 3)]
     assert [la.weight_shape for la in layers] == [None, None, None, (3, 8)]  # theory covers Conv/Linear only
     for la, name in zip(layers, ("emb", "lstm", "attn", "head"), strict=True):
         want = _direct(ref_out[name].detach(), ref_out[name].dim() - 1)["var"]
         assert _values(frame, la.name, "forward")["var"] == pytest.approx(want, rel=1e-5), la.name
         assert _values(frame, la.name, "backward")["var"] > 0, la.name
-    weights = {"emb": model.emb.weight, "lstm.0": model.lstm.weight_ih_l0, "attn.0": model.attn.in_proj_weight}
+    weights = {"emb": model.emb.weight, "lstm": model.lstm.weight_ih_l0, "attn": model.attn.in_proj_weight}
     for name, weight in weights.items():
         want = torch.var(weight.detach(), unbiased=False).item()
         assert _values(frame, name, "weight")["var"] == pytest.approx(want, rel=1e-6), name

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from ..theory import late_gain
 from ..vocab import HEALTHY, CheckName, Family, Need, Outcome, Phase, Signal, Status
 from .evidence import RunEvidence
@@ -101,6 +103,112 @@ SUBGEOMETRIC_TOL = 0.05
 """A late per-layer factor within this of 1 is sub-geometric: theory's (and twice this, the measurement's)."""
 
 
+def _structural_zero(v: Verdict, ev: RunEvidence, forward_silent: bool) -> Verdict:
+    """A backward ``no_signal`` verdict judged against the forward pass: when no layer lacks forward signal
+    without a design explaining it, no weight, dead unit or saturated gate the initialization set up can have
+    zeroed the gradient (each of those silences the forward output after it too), so the loss does not depend
+    on these layers' outputs at initialization by the model's structure: a selection (top-k, NMS), a softmax
+    over a single element, a masked or discarded output. Not an initialization failure: it passes when each
+    silent layer's weight gets a gradient through another call of the same module, and warns otherwise (the
+    weight does not learn from this loss). Any other verdict is returned as it is."""
+    if v.signal != Signal.BACKWARD or v.outcome != Outcome.NO_SIGNAL or forward_silent:
+        return v
+    module_of = {la.name: la.module_name for la in ev.weight_layers}
+    learning = [n for n in v.layers if _has_gradient(ev, module_of.get(n, n.split("@")[0]))]
+    status = Status.PASS if len(learning) == len(v.layers) else Status.WARN
+    learners = sum(ev.zero_params.values())
+    zeros = f", or one of the {learners} zero-initialized parameters that learn from step 1" if learners else ""
+    ends = (", and each of these weights gets a gradient through another call of its module." if status == Status.PASS
+            else "; the weights that get no gradient at all do not learn from this loss.")
+    text = (v.message + " Every layer carries signal forward, so no weight, dead unit or saturated gate of the "
+            "initialization zeroed this gradient: the loss does not depend on these outputs at initialization by "
+            "the model's structure (a selection such as top-k or NMS, a softmax over a single element, a masked or "
+            f"discarded output{zeros}){ends}")
+    return Verdict(v.check, v.signal, status.value, v.layers, v.p_value, v.effect, text,
+                   None if status == Status.PASS else v.advice, v.phase, v.details,
+                   HEALTHY if status == Status.PASS else v.outcome, v.family)
+
+
+_HOMOGENEOUS = frozenset({"relu", "leaky_relu", "prelu", "linear"})
+"""Activations with ``f(a x) = a f(x)`` for ``a > 0`` (positively homogeneous of degree 1)."""
+
+
+def homogeneous(ev: RunEvidence, layers: Sequence[str]) -> bool:
+    """Whether the map from the first layer's output to the last's is positively homogeneous: every layer after
+    the first has no bias or a zero one, and every activation between them is ReLU, leaky ReLU, PReLU or none.
+    Then ``y_L(a y_1) = a y_L(y_1)``: a change of the forward variance along the chain is a constant factor on
+    its output, the same for every input, not a loss of the signal's shape."""
+    info = {la.name: la for la in ev.weight_layers}
+    if any(n not in info for n in layers):
+        return False
+    for n in layers[:-1]:
+        if (info[n].activation or "linear") not in _HOMOGENEOUS:
+            return False
+    for n in layers[1:]:
+        weights = ev.weights_init.get(info[n].module_name)
+        if weights is None or (weights[1] is not None and bool(np.any(weights[1] != 0))):
+            return False  # a bias unknown (not snapshotted) or not zero
+    return True
+
+
+def _dual_directions(ev: RunEvidence, th: Thresholds, by_kind: dict[str, list[tuple[SignalFit, Verdict]]]) -> None:
+    """A chain whose forward variance vanishes or explodes passes when the chain is :func:`homogeneous` and its
+    backward signal (the gradient that trains it) is healthy: the forward change is then a constant factor on
+    the chain's output (a scale that a normalization after it absorbs and that the output's own scale shows),
+    not a signal lost with depth. He et al. 2015 (sec. 2.2) make the same point for fan-out initializations
+    (torchvision's and timm's VGG): preserving the backward signal suffices. Replaces those verdicts in place."""
+    healthy = {f.layers for f, v in by_kind.get(str(Signal.BACKWARD), ())
+               if v.status == Status.PASS and v.outcome == HEALTHY}
+    judged = by_kind.get(str(Signal.FORWARD), [])
+    for i, (f, v) in enumerate(judged):
+        if v.outcome not in (Outcome.VANISHING, Outcome.EXPLODING) or f.layers not in healthy \
+                or not homogeneous(ev, f.layers):
+            continue
+        judged[i] = (f, Verdict(v.check, v.signal, Status.PASS.value, (), v.p_value, v.effect, v.message + " But "
+                     "the chain is positively homogeneous (ReLU-family activations, no biases after its first layer),"
+                     " so this is a constant factor on its output for every input, and the gradient that trains "
+                     "these layers is preserved (backward healthy): the scale shows in the output, not as a signal "
+                     "lost with depth (He et al. 2015, sec. 2.2: preserving the backward signal suffices).", None,
+                     v.phase, v.details, HEALTHY, Family.SIGNAL))
+
+
+def branch_of(ev: RunEvidence, layers: Sequence[str]) -> str | None:
+    """The residual block whose branch holds every layer of a chain, or None."""
+    blocks = {la.name: la.block for la in ev.weight_layers}
+    found = {blocks.get(n) for n in layers}
+    return found.pop() if len(found) == 1 and None not in found else None
+
+
+def _in_branch(v: Verdict, f: SignalFit, ev: RunEvidence, th: Thresholds) -> Verdict:
+    """A chain inside one residual block's branch is judged by what it does to the stream. Vanishing (either
+    direction) passes: the branch starts small, so the block starts near the identity, which is what SkipInit
+    and Fixup set up on purpose (De & Smith 2020; Zhang et al. 2019; Hugging Face's std 0.02 on narrow layers
+    does it too) and what the stream check sees; the gradient toward the branch's first layers is small while
+    its last layers are, as behind a zero-initialized last layer, and the stream carries the gradient past the
+    block. Exploding is the branch swamping the stream: with 2 layers it fails from ``change_factor`` on (not
+    only from ``few_layers_factor``), whatever the chain's length."""
+    block = branch_of(ev, f.layers)
+    if block is None or v.outcome not in (Outcome.VANISHING, Outcome.EXPLODING):
+        return v
+    if v.outcome == Outcome.VANISHING and v.status != Status.PASS:
+        return Verdict(v.check, v.signal, Status.PASS.value, (), v.p_value, v.effect, v.message + f" But these "
+                       f"layers are a branch of block '{block}': a branch that starts small starts the block near "
+                       "the identity (SkipInit, Fixup), and its effect on the residual stream is the stream check's "
+                       "to judge.", None, v.phase, v.details, HEALTHY, Family.SIGNAL)
+    raw = f.change_raw
+    if v.outcome == Outcome.EXPLODING and v.status == Status.WARN and len(f.fitted) == 2 and raw >= th.change_factor:
+        return Verdict(v.check, v.signal, Status.FAIL.value, v.layers, v.p_value, v.effect, v.message + f" These "
+                       f"layers are a branch of block '{block}': a branch that grows {raw:.3g}x swamps the residual "
+                       "stream it adds to, whatever the branch's length.", v.advice, v.phase, v.details, v.outcome,
+                       Family.SIGNAL)
+    return v
+
+
+def _has_gradient(ev: RunEvidence, module: str) -> bool:
+    grads = ev.grads_init.get(module)
+    return grads is not None and bool(np.any(grads[0] != 0))
+
+
 def chain_verdicts(ev: RunEvidence, th: Thresholds, fits: Mapping[str, Sequence[SignalFit]],
                    expected: Mapping[str, Mapping[tuple[str, ...], float | None]],
                    notes: Mapping[str, str] | None = None,
@@ -112,10 +220,13 @@ def chain_verdicts(ev: RunEvidence, th: Thresholds, fits: Mapping[str, Sequence[
     theory predicts for its activation, is healthy (not judged by a straight line); ``notes[kind]`` is added to
     the direction's message."""
     out: list[Verdict] = []
+    forward_silent = any(f.no_signal for f in fits.get(Signal.FORWARD, ()))
+    by_kind: dict[str, list[tuple[SignalFit, Verdict]]] = {}
     for kind, kind_fits in fits.items():
-        judged: list[tuple[SignalFit, Verdict]] = []
+        judged = by_kind.setdefault(kind, [])
         for f in kind_fits:
             v = signal_verdict(f, ev, th, expected.get(kind, {}).get(f.layers))
+            v = None if v is None else _in_branch(_structural_zero(v, ev, forward_silent), f, ev, th)
             follows = _follows_theory(f, (predicted or {}).get(kind, {}).get(f.layers)) if v is not None and \
                 v.outcome in (Outcome.VANISHING, Outcome.EXPLODING) else None
             if v is not None and follows is not None:
@@ -128,6 +239,8 @@ def chain_verdicts(ev: RunEvidence, th: Thresholds, fits: Mapping[str, Sequence[
                             "line.", None, v.phase, v.details, HEALTHY, Family.SIGNAL)
             if v is not None:
                 judged.append((f, v))
+    _dual_directions(ev, th, by_kind)
+    for kind, judged in by_kind.items():
         if not judged:
             continue
         fit, worst = max(judged, key=lambda fv: (_RANK[Status(fv[1].status)], _OUTCOME_RANK.get(fv[1].outcome, 0),
@@ -210,8 +323,9 @@ class SignalCheck(SignalColumns, Check):
             ),
             MethodNote(
                 "no_signal", "No signal",
-                "A layer carries no signal when its output (or dL/dy) does not vary over the batch. Variances come "
-                "from float32 sums, so a constant output shows var ~ 1e-7 mean_sq rather than 0. When the signal "
+                "A layer carries no signal when its output (or dL/dy) does not vary over the batch. Variances are "
+                "float64 sums of float32 values; a constant that float32 arithmetic computed along different "
+                "paths varies by its rounding, ~1e-11 mean_sq at most for sums of 4096 terms. When the signal "
                 "is lost after layers that already fit a vanishing trend, the verdict is 'vanishing' instead.",
                 "not a statistical test (a measurement at float precision).",
                 f"var <= {th.no_signal_rel:g} x max(mean_sq, {th.no_signal_floor:g}) in any layer.",

@@ -9,7 +9,9 @@ Two designs leave a layer without signal at initialization on purpose:
   layer and the layers after it in its chain carry no signal; backward, the layers before it in its chain
   and in its block (all layers, for a zero head) get no gradient.
 * **constant inputs**: a layer whose input does not vary over the batch (an embedding of token type ids
-  that are all 0) has a constant output because its input is, not because of its weights.
+  that are all 0, a query projection of a learned class token) has a constant output because its input is,
+  not because of its weights. Decided from the values; a constant that a weight layer upstream made of a
+  varying input is that layer's finding, and the structure does not mark it.
 
 A zero parameter whose gradient is zero too (every weight of the network zero) stays zero: nothing
 explains it, and the checks fail as before. Not a statistical test: exact zeros and equal inputs.
@@ -95,6 +97,13 @@ def explained(ev: RunEvidence) -> Explained:
         for la in layers:
             if la.block == b.name:
                 backward.setdefault(la.name, why)
+    for scale in {_owner(p) for p in learners} - layer_modules:  # a zero normalization scale: what follows it
+        before = [la for la in layers if la.norm_after == scale and la.block is not None]
+        for z in before[:1]:  # in its block (a squeeze-excite after it) sees its zero output
+            why = f"the normalization '{scale}' after '{z.name}' has a zero scale that learns from step 1"
+            for la in layers:
+                if la.block == z.block and order[la.name] > order[z.name]:
+                    forward.setdefault(la.name, why)
     if zero_blocks:
         notes.append(f"{len(zero_blocks)} of {len(blocks)} residual blocks start as the identity: the last layer or "
                      "the scale of each branch is zero and learns from step 1 (zero_init_residual, SkipInit, "
@@ -108,7 +117,8 @@ def explained(ev: RunEvidence) -> Explained:
                     forward.setdefault(name, why)
     if constant:
         names = ", ".join(f"'{c.name}'" for c in constant[:3]) + (" ..." if len(constant) > 3 else "")
-        notes.append(f"{names} get the same input for every sample (e.g. one token type id for every token): their "
-                     "output is constant because their input is, not because of their initialization.")
+        notes.append(f"{names} get the same input for every sample (one token type id for every token, a learned "
+                     "class token, a LayerNorm over one feature): their output is constant because their input is, "
+                     "not because of their initialization.")
     head = last.name if any(z.name == last.name for z in zero_layers) else None
     return Explained(forward, backward, tuple(notes), learners, head)

@@ -91,6 +91,30 @@ def _late(values: np.ndarray, within: list[bool], n: int, late_only: bool = True
     return r, r ** n
 
 
+MIN_STEPS = 3
+"""Within-stage steps a stream needs before its per-block factor can fail it: with one or two ratios, a branch
+that adds a fixed variance ``b`` to a small stream (``1 + b / v``, an embedding at std 0.02 before the first
+block) cannot be told apart from geometric growth."""
+
+
+def _unmeasured(within: list[bool], raw: float, change: float, limit: float, bounded: bool) -> str:
+    """Why a change beyond ``limit`` extrapolated from the per-block factor is not what was measured ("" when
+    it is): fewer than :data:`MIN_STEPS` within-stage steps, or a measured first-to-last change ``raw`` within
+    ``limit`` or against the factor's direction: the factor then describes steps (within stages, or the later
+    half) of a stream whose whole change the measurement shows to be small (a U-Net's decoder, stage
+    transitions that rescale)."""
+    steps = sum(within)
+    if steps < MIN_STEPS:
+        return (f"Only {steps} within-stage step(s): an additive branch on a small stream cannot be told apart "
+                "from geometric growth, so this is uncertain.")
+    agrees = raw >= limit if change > 1 else raw <= 1 / limit
+    if not agrees:
+        return (f"The measured first-to-last change ({raw:.3g}) is within the threshold: the per-block factor"
+                + (" of the later half" if bounded else "") + " does not hold across the stream (stage "
+                "transitions or a decoder undo it), so this is uncertain.")
+    return ""
+
+
 def _verdict(outcome: str, kind: str, status: str, layers: tuple[str, ...], p_value: float | None,
              effect: dict[str, float | None], message: str, advice: str | None,
              details: dict[str, Any] | None = None) -> Verdict:
@@ -163,16 +187,17 @@ def stream_verdicts(ev: RunEvidence, th: Thresholds, predicted: tuple[float | No
                                "changes the normalized weights' effective step size, not the signal (Yang et al. "
                                "2019; Arora et al. 2019)." + notes,
                                None, details=details))
-        elif big >= limit:
+        elif big >= limit and not (unmeasured := _unmeasured(within, raw, change, limit, bool(bounded))):
             out.append(_verdict(check, str(kind), Status.FAIL.value, (sites[0], sites[-1]), None, effect,
                                text + " The growth is geometric, not the bounded growth of normalized branches."
                                + notes, "Normalize the residual branches (BatchNorm/LayerNorm), scale them down "
                                "(SkipInit, Fixup: zero the last layer of each branch) or lower the branch gains; "
                                + init_advice(ev), details=details))
-        elif bounded and big >= th.change_factor:
+        elif big >= limit or (bounded and big >= th.change_factor):
+            why = unmeasured if big >= limit else ("Beyond the threshold, but the design's normalizations bound the "
+                                                   "stream and rescale its gradient: uncertain.")
             out.append(_verdict(check, str(kind), Status.WARN.value, (sites[0], sites[-1]), None, effect,
-                               text + " Beyond the threshold, but the design's normalizations bound the stream and "
-                               "rescale its gradient: uncertain." + notes, init_advice(ev), details=details))
+                               text + " " + why + notes, init_advice(ev), details=details))
         else:
             out.append(_verdict(HEALTHY, str(kind), Status.PASS.value, (), None, effect,
                                text + f" Within the {th.change_factor:g}x threshold.{notes}", None, details=details))

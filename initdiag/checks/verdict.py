@@ -92,8 +92,11 @@ class Thresholds:
         alpha: 1 - confidence level of the slope's interval (t-based), and the level of the accuracy
             comparisons.
         no_signal_rel, no_signal_floor: a layer carries no signal when ``var <= no_signal_rel *
-            max(mean_sq, no_signal_floor)`` (``var`` comes from float32 sums: a constant output shows
-            ``var ~ 1e-7 mean_sq``, not 0).
+            max(mean_sq, no_signal_floor)``. The sums are float64 of float32 values (exact squares), so an exact
+            constant gives ``var ~ 1e-16 mean_sq``; a constant float32 arithmetic computed along different paths
+            (GEMM blocking) varies by its rounding, ``(sqrt(K) 2^-24)^2 ~ 1e-11 mean_sq`` for sums of K = 4096
+            terms. 1e-9 (a standard deviation 3e-5 of the output's scale) sits above both and below any signal
+            a layer carries by design (a gate's logits scaled by 0.01 before a sigmoid: ~1e-6).
     Symmetry:
         symmetry_atol, symmetry_rtol: two neurons (weight row + bias) are identical when every entry
             differs by at most ``atol + rtol * max|entry of the layer|``.
@@ -137,7 +140,7 @@ class Thresholds:
     change_factor: float = 100.0
     few_layers_factor: float = 1e4
     alpha: float = 0.05
-    no_signal_rel: float = 1e-6
+    no_signal_rel: float = 1e-9
     no_signal_floor: float = 1e-30
     symmetry_atol: float = 1e-7
     symmetry_rtol: float = 1e-5

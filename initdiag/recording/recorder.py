@@ -286,6 +286,7 @@ class Recorder:
             else:
                 tensors = iter_tensors(output)
             for suffix, y in tensors:
+                suffix = suffix if role == Role.ACTIVATION else ""  # one output: named as the module
                 layer = self._by_key.get((module_id, call, suffix)) or self._layer_for(mod, role, call, suffix)
                 cdim = layer.cdims.get(y.dim())
                 if cdim is None:

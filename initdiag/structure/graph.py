@@ -49,11 +49,11 @@ class Tracker(TorchFunctionMode):
         self._post_call: list[int | None] = []
         self._prod: dict[int, tuple[int, weakref.ref[Tensor]]] = {}
         self._stack: list[int] = []
+        self._silenced: set[int] = set()  # data nodes derived from a weight layer's output constant over the batch
         self._ncalls: dict[int, int] = {}
         self._finfo: dict[Any, tuple[str, int]] = {}
         self._probe: dict[int, tuple[Tensor, int]] = {}
         self._act_cache: dict[int, tuple[str, tuple[tuple[str, Any], ...]] | None] = {}
-        self._after_layer: set[int] = set()  # data nodes downstream of a weight layer
         self.info = info = ModelInfo(model)
         self.names, self.roles, self.own, self.own_all, self.params = (info.names, info.roles, info.own,
                                                                        info.own_all, info.params)
@@ -136,8 +136,9 @@ class Tracker(TorchFunctionMode):
             sets = [g.pset[i] for i in ins if g.pset[i]]
             pset = sets[0] if len(sets) == 1 else frozenset().union(*sets)
         n = g.add(cat, name, tuple(ins), self._stack[-1], is_data, pset)
-        if is_data and (layer is not None or any(i in self._after_layer for i in dins)):
-            self._after_layer.add(n)
+        if is_data and (any(i in self._silenced for i in dins) or (layer is not None and not g.layers[layer]
+                        .constant_input and fn.constant_over_batch(outs[0], g.batch, True))):
+            self._silenced.add(n)
         if cat == fn.ACT:
             g.extra[n] = (*fn.function_activation(name, args, kwargs), site)
         elif cat == fn.NORM:
@@ -221,13 +222,14 @@ class Tracker(TorchFunctionMode):
     def _constant_input(self, call: Call, x: Any) -> bool:
         """:func:`~initdiag.structure.functional.constant_over_batch` of the module call's first tensor
         (else the map's data operand): a batch dim of 1, or equal rows along dim 0 (exact; the batch size is
-        the root's first tensor's dim 0), unless that is downstream of a weight layer (which silenced it;
-        ids from data or buffers are constant by design). With a batch of one: "not derived from data"."""
+        the root's first tensor's dim 0). Decided from the values, wherever the input comes from (ids, a
+        learned token sliced out of a data tensor, a LayerNorm over one feature), except downstream of a weight
+        layer that made a varying input constant (that layer's finding). Batch of one: "not derived from data"."""
         t = call.x_ref() if call.x_ref is not None else None
         t = t if t is not None else x if isinstance(x, Tensor) else None
         e = self._prod.get(id(t)) if t is not None else None
         node = e[0] if e is not None and e[1]() is t else None
-        if t is None or node in self._after_layer:
+        if t is None or node in self._silenced:
             return False
         return fn.constant_over_batch(t, self.graph.batch, node is not None and bool(self.graph.data[node]))
 
@@ -395,6 +397,4 @@ class Tracker(TorchFunctionMode):
         if self.state == RECORDING and not self._stack:
             self.graph.complete = True
         self.state = DONE
-        self._stack = []
-        self._prod = {}
-        self._probe = {}
+        self._stack, self._prod, self._probe, self._silenced = [], {}, {}, set()

@@ -1,0 +1,266 @@
+"""Mechanisms that keep verdicts right on designs nobody tuned the audit for, each on a small hand-built model
+that reproduces the pattern: inputs that do not depend on the data, gradients that the structure (not the
+initialization) zeroes, a zero normalization scale's shadow, homogeneous chains whose forward scale is a
+constant factor, branches that start small, and streams judged on what was measured. Each answer is the one
+theory gives (He et al. 2015; De & Smith 2020; Zhang et al. 2019)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import initdiag
+from initdiag.results import AuditRun
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _run(model: nn.Module, **kw: object) -> AuditRun:
+    torch.manual_seed(0)
+    options = {"batches": 1, "batch_size": 8, **kw}
+    return initdiag.audit(model, **options).runs[0]  # type: ignore[arg-type]
+
+
+def _signal(run: AuditRun, kind: str) -> initdiag.Verdict:
+    return next(v for v in run.verdicts if v.check == "signal" and v.signal == kind)
+
+
+class _ClassToken(nn.Module):
+    """Patch features plus a learned class token, normalized together; a query projection reads the class token
+    only (its input is the same for every sample), a key projection reads every token."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Linear(16, width)
+        self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.norm = nn.LayerNorm(width)
+        self.q = nn.Linear(width, width)
+        self.k = nn.Linear(width, width)
+        self.head = nn.Linear(width, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), self.embed(x)], dim=1)
+        tokens = self.norm(tokens)
+        q = self.q(tokens[:, :1])
+        k = self.k(tokens)
+        attn = (q @ k.transpose(1, 2) / k.shape[-1] ** 0.5).softmax(-1)
+        return self.head((attn @ tokens).squeeze(1))
+
+
+def test_a_layer_reading_a_learned_token_has_a_constant_input_by_design() -> None:
+    run = _run(_ClassToken(), input_shape=(6, 16))
+    q = next(la for la in run.layers if la.name == "q")
+    assert q.constant_input  # decided from the values: the class token row is equal over the batch
+    assert "no_signal" not in run.failed, [v.message for v in run.verdicts if v.status == "fail"]
+
+
+class _TupleEmbedding(nn.Module):
+    """An embedding module that returns ``(values, scale)``, as quantized embeddings do."""
+
+    def __init__(self, n: int, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n, width))
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return nn.functional.embedding(ids, self.weight), self.weight.abs().max()
+
+
+class _TypedTokens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(50, 32)
+        self.types = _TupleEmbedding(2, 32)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        types, _ = self.types(torch.zeros_like(ids))
+        return self.head(self.tokens(ids) + types).mean(1)
+
+
+def test_a_weight_layer_with_a_tuple_output_is_recorded_under_its_own_name() -> None:
+    run = _run(_TypedTokens(), input_shape=(6,), input_dtype="long", vocab=50)
+    names = [la.name for la in run.layers]
+    assert "types" in names and not any(n.startswith("types.") for n in names)
+    assert next(la for la in run.layers if la.name == "types").constant_input
+    assert "no_signal" not in run.failed
+
+
+class _OneKeyAttention(nn.Module):
+    """Attention whose keys are pooled to a single token: the softmax over one element is 1 whatever the query,
+    so the query projection gets no gradient from any loss, by the model's structure."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Linear(16, width)
+        self.q = nn.Linear(width, width)
+        self.k = nn.Linear(width, width)
+        self.v = nn.Linear(width, width)
+        self.head = nn.Linear(width, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        pooled = h.mean(1, keepdim=True)
+        attn = (self.q(h) @ self.k(pooled).transpose(1, 2)).softmax(-1)
+        return self.head((attn @ self.v(pooled)).mean(1))
+
+
+class _DiscardedCall(nn.Module):
+    """One shared projection applied to two inputs, a top-1 selection keeping one of them per sample: the call
+    whose output is never selected gets no gradient, the shared weight gets one through the other call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Linear(16, 32)
+        self.proj = nn.Linear(32, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.proj(torch.relu(self.trunk(x)))
+        b = self.proj(torch.relu(self.trunk(-x)) * 0.0 - 100.0)  # always scores lower
+        both = torch.stack([a, b], 1)
+        pick = both.sum(-1).argmax(1)
+        return self.head(both[torch.arange(x.shape[0]), pick])
+
+
+def test_a_gradient_the_structure_zeroes_is_not_an_initialization_failure() -> None:
+    run = _run(_OneKeyAttention(), input_shape=(6, 16))
+    assert "no_signal" not in run.failed
+    back = _signal(run, "backward")
+    assert back.status == "warn" and "q" in back.layers and "structure" in back.message
+    shared = _run(_DiscardedCall(), input_shape=(16,))
+    assert shared.failed == () or "no_signal" not in shared.failed, shared.failed
+    # a zero weight downstream zeroes the gradient and silences the forward too: that still fails
+    model = _OneKeyAttention()
+    with torch.no_grad():  # two zero layers in a row: neither gets a gradient, neither learns
+        for layer in (model.v, model.head):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    assert "no_signal" in _run(model, input_shape=(6, 16)).failed
+
+
+class _ZeroScaleBlock(nn.Module):
+    """``x + se(bn(conv(x)))`` with the BatchNorm's scale zero (zero_init_last): the squeeze-excite after it sees
+    a zero input and learns from step 2 on."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+        nn.init.zeros_(self.bn.weight)
+        self.fc1 = nn.Conv2d(c, 4, 1)
+        self.fc2 = nn.Conv2d(4, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(y.mean((2, 3), keepdim=True)))))
+        return torch.relu(x + y * gate)
+
+
+def test_layers_after_a_zero_normalization_scale_inherit_its_explanation() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _ZeroScaleBlock(), _ZeroScaleBlock(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    run = _run(model, input_shape=(3, 8, 8))
+    assert "no_signal" not in run.failed, [v.message for v in run.verdicts if v.status == "fail"]
+
+
+def _widening(std: float | None) -> nn.Sequential:
+    """A plain ReLU conv net that widens 8 -> 128 with zero biases and a Linear head; ``std=None``: as torchvision's
+    and timm's VGG, He fan-out convolutions (each widening 2x halves the forward variance, the backward per
+    element is preserved) and a head at N(0, 0.01) (x0.006 forward); else every weight N(0, std^2)."""
+    torch.manual_seed(0)
+    widths = [3, 8, 16, 32, 64, 128, 128, 128]
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(widths):
+        conv = nn.Conv2d(a, b, 3, padding=1)
+        if std is None:
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        else:
+            nn.init.normal_(conv.weight, std=std)
+        nn.init.zeros_(conv.bias)  # type: ignore[arg-type]
+        layers += [conv, nn.ReLU()]
+    head = nn.Linear(128, 10)
+    nn.init.normal_(head.weight, std=0.01 if std is None else std)
+    nn.init.zeros_(head.bias)
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+
+
+def test_a_homogeneous_chain_with_a_preserved_gradient_is_not_vanishing() -> None:
+    run = _run(_widening(None), input_shape=(3, 8, 8))
+    forward = _signal(run, "forward")
+    assert forward.status == "pass" and "homogeneous" in forward.message, forward.message
+    assert _signal(run, "backward").status == "pass"
+    # the classic small init shrinks both directions: still vanishing
+    small = _run(_widening(0.01), input_shape=(3, 8, 8))
+    assert {"vanishing", "no_signal"} & set(small.failed), small.failed
+
+
+class _Branchy(nn.Module):
+    """A pre-norm residual MLP of ``blocks`` blocks, each branch ``depth`` Linear layers of ``width`` at
+    ``std`` (Hugging Face's 0.02: a per-layer gain of ~width * 0.02^2 / 2)."""
+
+    def __init__(self, std: float, width: int = 64, depth: int = 3, blocks: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Linear(16, width)
+        self.blocks = nn.ModuleList(_Block(width, depth, std) for _ in range(blocks))
+        self.head = nn.Linear(width, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for b in self.blocks:
+            h = b(h)
+        return self.head(h)
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int, depth: int, std: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fcs = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        for fc in self.fcs:
+            nn.init.normal_(fc.weight, std=std)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(x)
+        for i, fc in enumerate(self.fcs):
+            y = fc(y) if i == len(self.fcs) - 1 else torch.relu(fc(y))
+        return x + y
+
+
+def test_a_branch_that_starts_small_passes_and_one_that_explodes_fails_at_any_length() -> None:
+    torch.manual_seed(0)
+    small = _run(_Branchy(0.02), input_shape=(16,))
+    assert not {"vanishing", "no_signal"} & set(small.failed), [v.message for v in small.verdicts]
+    torch.manual_seed(0)
+    big = _run(_Branchy(1.0, width=512, depth=2), input_shape=(16,))  # ~256x per layer: it swamps the stream
+    forward = _signal(big, "forward")
+    assert forward.status == "fail" and forward.outcome == "exploding", forward.message
+
+
+class _SmallEmbeddingStack(nn.Module):
+    """Two pre-norm blocks on an embedding at std 0.001, the first branch small (std 0.02), the second at He:
+    the second block adds a branch ~1e6x the stream's variance (``1 + b / v``: additive, a normalized branch's
+    output does not depend on the stream's scale), which one or two ratios cannot tell from geometric growth."""
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, width)
+        nn.init.normal_(self.emb.weight, std=0.001)
+        self.blocks = nn.ModuleList([_Block(width, 2, 0.02), _Block(width, 2, (2 / width) ** 0.5)])
+        self.head = nn.Linear(width, 5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.emb(ids)
+        for b in self.blocks:
+            h = b(h)
+        return self.head(h).mean(1)
+
+
+def test_a_stream_of_two_blocks_on_a_small_embedding_is_not_judged_geometric() -> None:
+    run = _run(_SmallEmbeddingStack(), input_shape=(6,), input_dtype="long", vocab=50)
+    stream = next(v for v in run.verdicts if v.check == "stream" and v.signal == "forward")
+    assert stream.effect["late_gain"] > 1e4  # type: ignore[operator]  # the ratio alone would fail it
+    assert stream.status == "warn" and "within-stage step" in stream.message, stream.message
