@@ -264,3 +264,31 @@ def test_a_stream_of_two_blocks_on_a_small_embedding_is_not_judged_geometric() -
     stream = next(v for v in run.verdicts if v.check == "stream" and v.signal == "forward")
     assert stream.effect["late_gain"] > 1e4  # type: ignore[operator]  # the ratio alone would fail it
     assert stream.status == "warn" and "within-stage step" in stream.message, stream.message
+
+
+class _Pyramid(nn.Module):
+    """Two feature-pyramid levels: the top lateral conv feeds its level's output conv and, upsampled, the level
+    below; the loss weighs the top level's output by 1e-4. The top lateral's gradient is the sum of both
+    consumers', so (lateral, output conv) is no chain backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c2 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.inner2, self.inner3 = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+        self.out2, self.out3 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f2 = torch.relu(self.c2(x))
+        f3 = torch.relu(self.c3(f2))
+        l3 = self.inner3(f3)
+        l2 = self.inner2(f2) + nn.functional.interpolate(l3, size=f2.shape[-2:])
+        return self.out2(l2).mean((2, 3)) + 1e-4 * self.out3(l3).mean((2, 3))
+
+
+def test_a_layer_whose_output_feeds_two_paths_ends_its_chain_backward() -> None:
+    run = _run(_Pyramid(), input_shape=(3, 8, 8))
+    backward = _signal(run, "backward")
+    assert backward.status == "pass", backward.message
+    chains = {tuple(c["layers"]) for c in backward.details["chains"]}
+    assert ("inner3", "out3") not in chains

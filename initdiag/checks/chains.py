@@ -54,6 +54,26 @@ def _chains(ev: RunEvidence) -> list[tuple[str, ...]]:
     return chains
 
 
+def _split_at_fanout(chains: list[tuple[str, ...]], ev: RunEvidence) -> list[tuple[str, ...]]:
+    """Backward, a layer whose output also flows to layers outside its chain (a feature pyramid's lateral conv
+    feeds its level's output conv and, upsampled, the level below) gets the sum of its consumers' gradients,
+    so the chain's backward ratio across it is not a per-layer gain: the chain is cut after such a layer."""
+    if ev.structure is None:
+        return chains
+    successors: dict[str, set[str]] = {}
+    for a, b in ev.structure.flow_links:
+        successors.setdefault(a, set()).add(b)
+    out: list[tuple[str, ...]] = []
+    for chain in chains:
+        start = 0
+        for i, name in enumerate(chain[:-1]):
+            if len(successors.get(name, ())) > 1:
+                out.append(chain[start:i + 1])
+                start = i + 1
+        out.append(chain[start:])
+    return out
+
+
 def chain_fits(ev: RunEvidence, th: Thresholds, skip: Explained | None = None) -> dict[str, list[SignalFit]]:
     """Per direction, the fit (:func:`~initdiag.checks.signal.signal_fit`) of each chain at the first training
     step (forward falls back to the ``init`` probe), leaving out the layers ``skip`` explains."""
@@ -67,7 +87,8 @@ def chain_fits(ev: RunEvidence, th: Thresholds, skip: Explained | None = None) -
         left_out: Mapping[str, str] = {} if skip is None else skip.forward if kind == Signal.FORWARD else skip.backward
         sizes = ev.output_sizes() if kind == Signal.BACKWARD else None
         rows = SignalRows.of(ev.frame, str(kind), str(phase))
-        for chain in _chains(ev):
+        chains = _chains(ev) if kind == Signal.FORWARD else _split_at_fanout(_chains(ev), ev)
+        for chain in chains:
             names = [n for n in chain if n not in left_out]
             if not names:
                 continue
@@ -134,17 +155,18 @@ _HOMOGENEOUS = frozenset({"relu", "leaky_relu", "prelu", "linear"})
 
 
 def homogeneous(ev: RunEvidence, layers: Sequence[str]) -> bool:
-    """Whether the map from the first layer's output to the last's is positively homogeneous: every layer after
-    the first has no bias or a zero one, and every activation between them is ReLU, leaky ReLU, PReLU or none.
-    Then ``y_L(a y_1) = a y_L(y_1)``: a change of the forward variance along the chain is a constant factor on
-    its output, the same for every input, not a loss of the signal's shape."""
+    """Whether the map from the first layer's output to the last's is positively homogeneous up to a constant:
+    every layer strictly between them has no bias or a zero one, and every activation between them is ReLU,
+    leaky ReLU, PReLU or none. Then ``y_L(a y_1) - b_L = a (y_L(y_1) - b_L)``: a change of the forward
+    variance along the chain is a constant factor on its output, the same for every input, not a loss of the
+    signal's shape."""
     info = {la.name: la for la in ev.weight_layers}
     if any(n not in info for n in layers):
         return False
     for n in layers[:-1]:
         if (info[n].activation or "linear") not in _HOMOGENEOUS:
             return False
-    for n in layers[1:]:
+    for n in layers[1:-1]:  # the last layer's bias shifts the output by a constant: no change of variance
         weights = ev.weights_init.get(info[n].module_name)
         if weights is None or (weights[1] is not None and bool(np.any(weights[1] != 0))):
             return False  # a bias unknown (not snapshotted) or not zero
@@ -152,16 +174,17 @@ def homogeneous(ev: RunEvidence, layers: Sequence[str]) -> bool:
 
 
 def _dual_directions(ev: RunEvidence, th: Thresholds, by_kind: dict[str, list[tuple[SignalFit, Verdict]]]) -> None:
-    """A chain whose forward variance vanishes or explodes passes when the chain is :func:`homogeneous` and its
-    backward signal (the gradient that trains it) is healthy: the forward change is then a constant factor on
-    the chain's output (a scale that a normalization after it absorbs and that the output's own scale shows),
-    not a signal lost with depth. He et al. 2015 (sec. 2.2) make the same point for fan-out initializations
+    """A chain whose forward variance vanishes passes when the chain is :func:`homogeneous` and its backward
+    signal (the gradient that trains it) is healthy: the forward change is then a constant factor on the
+    chain's output (a scale that a normalization after it absorbs; a small output is what a zero-initialized
+    head takes to the limit), not a signal lost with depth. Exploding stays judged: a large output saturates
+    what reads it (a softmax). He et al. 2015 (sec. 2.2) make the same point for fan-out initializations
     (torchvision's and timm's VGG): preserving the backward signal suffices. Replaces those verdicts in place."""
     healthy = {f.layers for f, v in by_kind.get(str(Signal.BACKWARD), ())
                if v.status == Status.PASS and v.outcome == HEALTHY}
     judged = by_kind.get(str(Signal.FORWARD), [])
     for i, (f, v) in enumerate(judged):
-        if v.outcome not in (Outcome.VANISHING, Outcome.EXPLODING) or f.layers not in healthy \
+        if v.outcome != Outcome.VANISHING or f.layers not in healthy \
                 or not homogeneous(ev, f.layers):
             continue
         judged[i] = (f, Verdict(v.check, v.signal, Status.PASS.value, (), v.p_value, v.effect, v.message + " But "
