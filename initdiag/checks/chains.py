@@ -372,9 +372,26 @@ class SignalCheck(SignalColumns, Check):
                 "Fixup) leaves zero at the first step: the missing signal it causes (forward at and after it in its "
                 "chain, backward before it) is by design and passes with a note, and so do identical neurons whose "
                 "gradients differ. A layer whose input is the same for every sample (an embedding of one token type "
-                "id) has a constant output because its input is. Every weight zero, with zero gradients, still "
-                "fails.",
+                "id, a learned class token; decided from the values: equal rows over the batch) has a constant "
+                "output because its input is, unless a weight layer upstream made a varying input constant (that "
+                "layer fails). A zero normalization scale (zero_init_last) explains the layers after it in its "
+                "block. A gradient of 0 while no layer lacks forward signal without such an explanation comes from "
+                "the model's structure (a top-k or NMS selection, a softmax over one element): it passes when the "
+                "weight gets a gradient through another call of its module, else warns. Every weight zero, with "
+                "zero gradients, still fails.",
                 "not a statistical test (exact zeros and equal inputs).",
                 "a one-step look-ahead: the gradient of the first batch.",
+            ),
+            MethodNote(
+                "vanishing/exploding", "What a chain's own gain does not decide",
+                "A chain inside one residual block's branch that vanishes passes: the block starts near the "
+                "identity (SkipInit, Fixup; De & Smith 2020), and the stream check judges the branch's effect; one "
+                "that explodes fails from the change factor on even with 2 layers (the branch swamps the stream). "
+                "A positively homogeneous chain (ReLU family, zero biases inside it) whose forward vanishes while "
+                "its backward is healthy passes: the change is a constant factor on its output (He et al. 2015, "
+                "sec. 2.2: preserving the backward signal suffices, as fan-out initializations do). Backward, a "
+                "chain ends after a layer whose output flows to more than one consumer (its gradient is their sum).",
+                "a branch's or a homogeneous chain's scale is a factor on the output, not a signal lost with depth.",
+                f"as above; exploding branches of 2 layers fail from {th.change_factor:g}x.",
             ),
         )

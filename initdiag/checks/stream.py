@@ -12,7 +12,9 @@ Linear growth ``v_l = a + b l`` gives ``r -> 1`` and ``r^n`` of a few whatever t
 geometric growth ``(1 + G)^l`` gives ``(1 + G)^n``. Null hypothesis: the stream changes at most linearly
 across blocks, as theory predicts for normalized or zero branches (Brock et al. 2021; De & Smith 2020).
 Thresholds, with ``C = change_factor``: for a design theory says grows geometrically (unnormalized
-branches), fail when ``r^n >= C`` (exploding) or ``<= 1/C`` (vanishing), forward and backward. For a
+branches), fail when ``r^n >= C`` (exploding) or ``<= 1/C`` (vanishing), forward and backward. Either kind
+of design fails only on what was measured: at least :data:`MIN_STEPS` within-stage steps and a measured
+first-to-last change ``v_n / v_0`` beyond the same limit in the same direction (else it warns). For a
 bounded design the forward stream fails only beyond ``C^2`` (the measurement then contradicts theory) and
 warns beyond ``C``; its backward stream is reported, not judged: each normalized branch is invariant to the
 scale of its input, so its Jacobian shrinks as ``1/sigma`` of a stream that grows and grows as one that is
@@ -242,5 +244,8 @@ class StreamCheck(SignalColumns, Check):
             "the stream's variance changes at most linearly across blocks.",
             f"fail when the change reaches {th.change_factor:g}x for a design theory says grows geometrically, "
             f"{th.change_factor ** 2:g}x (warn at {th.change_factor:g}x) for a bounded one, whose gradient on the "
-            "stream is reported, not judged (normalized branches are scale-invariant).",
+            "stream is reported, not judged (normalized branches are scale-invariant). A fail needs what was "
+            f"measured to agree: at least {MIN_STEPS} within-stage steps (with fewer, a branch adding a fixed "
+            "variance to a small stream, 1 + b/v, looks geometric) and a measured first-to-last change beyond the "
+            "same threshold in the same direction; else it warns.",
         ),)
