@@ -292,3 +292,33 @@ def test_a_layer_whose_output_feeds_two_paths_ends_its_chain_backward() -> None:
     assert backward.status == "pass", backward.message
     chains = {tuple(c["layers"]) for c in backward.details["chains"]}
     assert ("inner3", "out3") not in chains
+
+
+def _bn_net(conv_std: float | None) -> nn.Sequential:
+    """Conv-BatchNorm-ReLU x4, a Linear head at PyTorch's default; convs He (None) or N(0, conv_std^2)."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for a, b in ((3, 16), (16, 16), (16, 32), (32, 32)):
+        conv = nn.Conv2d(a, b, 3, padding=1, bias=False)
+        if conv_std is None:
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        else:
+            nn.init.normal_(conv.weight, std=conv_std)
+        layers += [conv, nn.BatchNorm2d(b), nn.ReLU()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+def test_n01_convs_in_a_batch_normalized_net_are_absorbed_by_the_batchnorm() -> None:
+    """BN(a x) = BN(x) for a > 0 (Ioffe & Szegedy 2015): N(0, 1) convs (x ~fan_in in variance) reach the next
+    layer exactly as He's do, so the verdicts are the same; what is left is the head's scale, which no conv sets."""
+    runs = {std: _run(_bn_net(std), input_shape=(3, 8, 8)) for std in (None, 1.0)}
+    verdicts = {std: {(v.check, v.signal): (v.outcome, v.status) for v in run.verdicts if v.check == "signal"}
+                for std, run in runs.items()}
+    assert verdicts[None] == verdicts[1.0] and all(s == "pass" for _, s in verdicts[1.0].values()), verdicts
+    frames = {std: run.frame for std, run in runs.items()}
+    bn_out = {std: f[(f.layer == "2") & (f.kind == "forward") & (f.stat == "var") & (f.phase == "train")]["value"]
+              .iloc[0] for std, f in frames.items()}
+    conv_out = {std: f[(f.layer == "0") & (f.kind == "forward") & (f.stat == "var") & (f.phase == "train")]["value"]
+                .iloc[0] for std, f in frames.items()}
+    assert conv_out[1.0] / conv_out[None] > 5  # N(0, 1) vs He 2/27: ~13x larger conv output
+    assert bn_out[1.0] == pytest.approx(bn_out[None], rel=1e-3)  # and the same after BatchNorm and ReLU
