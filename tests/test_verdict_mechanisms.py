@@ -322,3 +322,65 @@ def test_n01_convs_in_a_batch_normalized_net_are_absorbed_by_the_batchnorm() -> 
                 .iloc[0] for std, f in frames.items()}
     assert conv_out[1.0] / conv_out[None] > 5  # N(0, 1) vs He 2/27: ~13x larger conv output
     assert bn_out[1.0] == pytest.approx(bn_out[None], rel=1e-3)  # and the same after BatchNorm and ReLU
+
+
+class _Fixup(nn.Module):
+    """Fixup (Zhang et al. 2019): residual MLP blocks ``x + fc2(relu(fc1(x)))`` with fc1 He scaled by
+    ``blocks ** -0.5`` and fc2 zero, and a zero classifier: at step 1 only the classifier gets a gradient, the
+    branches' last layers from step 2."""
+
+    def __init__(self, width: int = 32, blocks: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Linear(16, width)
+        self.fc1 = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+        self.fc2 = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+        for a, b in zip(self.fc1, self.fc2, strict=True):
+            nn.init.kaiming_normal_(a.weight, nonlinearity="relu")
+            a.weight.data.mul_(blocks ** -0.5)
+            nn.init.zeros_(b.weight)
+            nn.init.zeros_(b.bias)
+        self.head = nn.Linear(width, 10)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for a, b in zip(self.fc1, self.fc2, strict=True):
+            h = h + b(torch.relu(a(h)))
+        return self.head(h)
+
+
+class _Adapter(nn.Module):
+    """A trunk with an adapter: a zero convolution in, a trainable block, a zero convolution out (as ControlNet
+    attaches its copy). The out conv learns from step 1, the in conv from step 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.zero_in = nn.Conv2d(3, 8, 1)
+        self.block = nn.Conv2d(8, 8, 3, padding=1)
+        self.zero_out = nn.Conv2d(8, 8, 1)
+        for z in (self.zero_in, self.zero_out):
+            nn.init.zeros_(z.weight)
+            nn.init.zeros_(z.bias)  # type: ignore[arg-type]
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        y = torch.relu(self.block(h + self.zero_in(x)))
+        return self.head((h + self.zero_out(y)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("build", "shape"), [(_Fixup, (16,)), (_Adapter, (3, 8, 8))], ids=["fixup", "adapter"])
+def test_zeros_that_learn_a_step_after_another_zero_are_by_design(build: type[nn.Module],
+                                                                  shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    run = _run(build(), input_shape=shape)
+    assert not {"no_signal", "symmetry"} & set(run.failed), [v.message for v in run.verdicts if v.status == "fail"]
+    assert any("step 2" in v.message for v in run.verdicts), [v.message for v in run.verdicts]
+    # the same zeros with nothing upstream that ever moves them stay zero: every weight zero still fails
+    dead = build()
+    with torch.no_grad():
+        for p in dead.parameters():
+            p.zero_()
+    assert {"no_signal", "symmetry"} & set(_run(dead, input_shape=shape).failed)

@@ -37,6 +37,7 @@ from ..recording import (
     weight_moments,
     zero_parameters,
 )
+from ..recording.lookahead import later_learners
 from ..results import AuditResult, AuditRun
 from ..series import FRAME_COLUMNS
 from ..structure import Structure, discover
@@ -101,6 +102,7 @@ class _Recorded:
     losses: np.ndarray
     grads: Weights
     zero_params: dict[str, bool]
+    zero_steps: dict[str, int]
 
 
 def _args(batch: Inputs, device: torch.device) -> Inputs:
@@ -118,6 +120,8 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
     losses: list[float] = []
     grads: Weights = {}
     zero: dict[str, bool] = {}
+    names: set[str] = set()
+    first: Inputs = batches[0]
     with recorder, torch.enable_grad():
         for i, batch in enumerate(batches):
             args = _args(batch, device)
@@ -134,9 +138,18 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
                     raise ModelLoadError(f"the backward pass through the model failed: {_first_line(exc)}") from exc
             if i == 0:
                 names = {la.module_name for la in recorder.layers() if la.role == Role.WEIGHT}
-                grads, zero = snapshot_grads(work, names, transposed), zero_parameters(work)
+                grads, zero, first = snapshot_grads(work, names, transposed), zero_parameters(work), args
             work.zero_grad(set_to_none=True)
-    return _Recorded(recorder.frame(), tuple(recorder.layers()), np.asarray(losses, dtype=np.float64), grads, zero)
+    steps = {name: 1 for name, learns in zero.items() if learns}
+    if not all(zero.values()):  # outside the recorder: the copy's steps are no part of the series
+        seed = cfg.seed + 1
+        later, later_grads = later_learners(
+            work, lambda m: _loss(m(*first), cfg.loss, torch.Generator().manual_seed(seed)), zero, names, transposed)
+        zero.update(dict.fromkeys(later, True))
+        steps.update(later)
+        grads = {**grads, **later_grads}
+    return _Recorded(recorder.frame(), tuple(recorder.layers()), np.asarray(losses, dtype=np.float64), grads, zero,
+                     steps)
 
 
 DISCOVERY_ROWS = 2
@@ -220,7 +233,7 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
     evidence = RunEvidence(run=label, initializer=label, frame=frame, layers=rec.layers, weights_init=snapshot,
                            weights_final={}, losses=rec.losses, weight_vars=weight_vars, default_init=default,
                            structure=structure, grads_init=rec.grads, zero_params=rec.zero_params, norm_gains=gains,
-                           input_groups=groups)
+                           input_groups=groups, zero_steps=rec.zero_steps)
     return AuditRun(name=label, label=label, seed=cfg.seed, frame=frame, series=rec.series, layers=rec.layers,
                     analysis=analyze(evidence, seed=cfg.seed), weights=weights, losses=rec.losses,
                     seconds=time.perf_counter() - start, structure=structure)

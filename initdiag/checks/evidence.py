@@ -35,9 +35,11 @@ class RunEvidence:
 
     With the model's structure known (``structure``), the checks judge each chain of layers and the residual
     stream on their own; ``grads_init`` (weight-layer module name -> (weight gradient, bias gradient) of the
-    first step) lets the symmetry check look one step ahead; ``zero_params`` (the parameters that are all
-    zero at initialization, by qualified name -> whether their gradient is non-zero: they learn from step
-    1) tells intentional zeros from failures; ``norm_gains`` (normalization call site -> ``mean(gamma^2) +
+    first step; for a module whose weight starts learning later, its gradient at that step) lets the symmetry
+    check look ahead; ``zero_params`` (the parameters that are all zero at initialization, by qualified name
+    -> whether they get a non-zero gradient within the look-ahead) tells intentional zeros from failures, and
+    ``zero_steps`` says from which step each learns (absent: step 1; the audit looks ahead several steps,
+    :mod:`~initdiag.recording.lookahead`); ``norm_gains`` (normalization call site -> ``mean(gamma^2) +
     mean(beta^2)``, the second moment it sets) serves the theory of the stream.
     """
 
@@ -55,6 +57,7 @@ class RunEvidence:
     structure: Structure | None = None
     grads_init: Weights = field(default_factory=dict)
     zero_params: Mapping[str, bool] = field(default_factory=dict)
+    zero_steps: Mapping[str, int] = field(default_factory=dict)
     norm_gains: Mapping[str, float] = field(default_factory=dict)
     steps_per_epoch: int | None = None
     """Training steps per epoch (the ``stalled`` check judges the first epoch); None: unknown or no training."""

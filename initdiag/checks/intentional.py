@@ -2,19 +2,21 @@
 
 Two designs leave a layer without signal at initialization on purpose:
 
-* **intentional zeros** that a one-step look-ahead resolves: a parameter that is all zero and whose
-  gradient is not (a zero-initialized output head, as in torchvision's ViT and timm's MLP-Mixer; the last
-  layer or the scale of a residual branch under ``zero_init_residual``, SkipInit or Fixup, De & Smith 2020,
-  Zhang et al. 2019). It leaves zero at the first step, and the signal flows from then on. Forward, the zero
-  layer and the layers after it in its chain carry no signal; backward, the layers before it in its chain
-  and in its block (all layers, for a zero head) get no gradient.
+* **intentional zeros** that a look-ahead resolves: a parameter that is all zero and whose gradient is not,
+  at the first step or within the audit's few steps after it (:mod:`~initdiag.recording.lookahead`: a
+  zero-initialized output head, as in torchvision's ViT and timm's MLP-Mixer; the last layer or the scale of
+  a residual branch under ``zero_init_residual`` or SkipInit, from step 1; under Fixup, whose classifier is
+  zero too, from step 2; De & Smith 2020, Zhang et al. 2019). It leaves zero then, and the signal flows.
+  Forward, the zero layer and the layers after it in its chain carry no signal; backward, the layers before
+  it in its chain and in its block (all layers, for a zero head) get no gradient.
 * **constant inputs**: a layer whose input does not vary over the batch (an embedding of token type ids
   that are all 0, a query projection of a learned class token) has a constant output because its input is,
   not because of its weights. Decided from the values; a constant that a weight layer upstream made of a
   varying input is that layer's finding, and the structure does not mark it.
 
-A zero parameter whose gradient is zero too (every weight of the network zero) stays zero: nothing
-explains it, and the checks fail as before. Not a statistical test: exact zeros and equal inputs.
+A zero parameter whose gradient stays zero through the look-ahead (every weight of the network zero) stays
+zero: nothing explains it, and the checks fail as before. Not a statistical test: exact zeros and equal
+inputs.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ def _within(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".") if prefix else True
 
 
+def _step(ev: RunEvidence, learners: Sequence[str], scope: str, within: bool = False) -> int:
+    """The step from which the zero parameters of module ``scope`` (or, ``within``, of modules under it) learn:
+    the latest of their look-ahead steps (1 when the first step's gradient is not zero)."""
+    own = [p for p in learners if (_within(_owner(p), scope) if within else _owner(p) == scope)]
+    return max((ev.zero_steps.get(p, 1) for p in own), default=1)
+
+
 def explained(ev: RunEvidence) -> Explained:
     """What explains each layer's missing signal in ``ev`` (see the module docstring)."""
     layers = list(ev.weight_layers)
@@ -63,7 +72,7 @@ def explained(ev: RunEvidence) -> Explained:
     zero_layers = [la for la in layers if any(_owner(p) == la.module_name for p in learners)]
     last = layers[-1]
     for z in zero_layers:
-        why = f"'{z.name}' is zero-initialized and learns from step 1 (its gradient is not zero)"
+        why = f"'{z.name}' is zero-initialized and learns from step {_step(ev, learners, z.module_name)}"
         for seg in segments:
             if z.name in seg:
                 at = seg.index(z.name)
@@ -75,8 +84,8 @@ def explained(ev: RunEvidence) -> Explained:
             for la in layers[:-1]:
                 backward.setdefault(la.name, why)
             notes.append(f"The output head '{z.name}' is zero-initialized on purpose: each output unit gets its own "
-                         "gradient, so it breaks symmetry and learns from step 1, and the gradient reaches the trunk "
-                         "from then on.")
+                         f"gradient, so it breaks symmetry and learns from step {_step(ev, learners, z.module_name)}, "
+                         "and the gradient reaches the trunk from then on.")
         elif z.block is not None:  # the rest of its block's branch sees its zero output (e.g. an SE after it)
             for la in layers:
                 if la.block == z.block and order[la.name] < order[z.name]:
@@ -86,27 +95,31 @@ def explained(ev: RunEvidence) -> Explained:
     layer_modules = {la.module_name for la in layers}
     for scope in {_owner(p) for p in learners} - layer_modules:  # a zero scale or gain outside any weight layer
         if ev.structure is None or not any(_within(b.module_name, scope) for b in ev.structure.blocks):
-            why = f"the zero parameter(s) of '{scope or 'the model'}' learn from step 1"
+            why = f"the zero parameter(s) of '{scope or 'the model'}' learn from step {_step(ev, learners, scope)}"
             for la in layers:
                 if _within(la.module_name, scope):
                     backward.setdefault(la.name, why)
     blocks = ev.structure.blocks if ev.structure is not None else ()
     zero_blocks = [b for b in blocks if any(_within(_owner(p), b.module_name) for p in learners)]
     for b in zero_blocks:
-        why = f"block '{b.name}' starts as the identity: a zero scale or last layer of its branch learns from step 1"
+        why = (f"block '{b.name}' starts as the identity: a zero scale or last layer of its branch learns from "
+               f"step {_step(ev, learners, b.module_name, within=True)}")
         for la in layers:
             if la.block == b.name:
                 backward.setdefault(la.name, why)
     for scale in {_owner(p) for p in learners} - layer_modules:  # a zero normalization scale: what follows it
         before = [la for la in layers if la.norm_after == scale and la.block is not None]
         for z in before[:1]:  # in its block (a squeeze-excite after it) sees its zero output
-            why = f"the normalization '{scale}' after '{z.name}' has a zero scale that learns from step 1"
+            why = (f"the normalization '{scale}' after '{z.name}' has a zero scale that learns from step "
+                   f"{_step(ev, learners, scale)}")
             for la in layers:
                 if la.block == z.block and order[la.name] > order[z.name]:
                     forward.setdefault(la.name, why)
     if zero_blocks:
+        late = max(_step(ev, learners, b.module_name, within=True) for b in zero_blocks)
         notes.append(f"{len(zero_blocks)} of {len(blocks)} residual blocks start as the identity: the last layer or "
-                     "the scale of each branch is zero and learns from step 1 (zero_init_residual, SkipInit, "
+                     "the scale of each branch is zero and learns from step " + ("1" if late == 1 else f"{late} (the "
+                     "look-ahead: a zero after it gets its gradient first)") + " (zero_init_residual, SkipInit, "
                      "Fixup), so the stream passes unchanged at initialization.")
     constant = [la for la in layers if la.constant_input]
     for c in constant:

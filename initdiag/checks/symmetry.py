@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -199,10 +200,14 @@ def _pass_message(reports: list[Report], worst: Report | None, min_p: float, pha
     return f"{when.capitalize()}, no identical neurons in {len(reports)} Conv/Linear layers."
 
 
-def _broken_text(broken: list[Report]) -> str:
+def _broken_text(broken: list[Report], steps: Mapping[str, int]) -> str:
+    """``steps``: parameter -> the look-ahead step from which it learns (absent: 1)."""
     names = ", ".join(f"'{r['layer']}'" for r in broken[:3]) + (" ..." if len(broken) > 3 else "")
+    layers = {r["layer"] for r in broken}
+    late = max((s for p, s in steps.items() if p.rpartition(".")[0] in layers), default=1)
+    when = "from the first step" if late == 1 else f"by step {late} (the look-ahead: a zero after them moves first)"
     return (f" Layers {names} start with identical neurons (e.g. zero-initialized) but each neuron gets its "
-            "own gradient, so they differ from the first step: symmetry is broken by design.")
+            f"own gradient, so they differ {when}: symmetry is broken by design.")
 
 
 def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random.Generator,
@@ -251,7 +256,7 @@ def symmetry_verdict(ev: RunEvidence, phase: str, th: Thresholds, rng: np.random
                        + init_advice(ev), phase, details), reports
     message = _pass_message(reports, worst, min_p, phase, when, sub_text) + persisted_text
     if broken:
-        message += _broken_text(broken)
+        message += _broken_text(broken, ev.zero_steps)
         effect["layers_breaking"] = float(len(broken))
     return Verdict(CheckName.SYMMETRY, Signal.WEIGHTS, Status.PASS.value, (), p_value,
                    effect, message, None, phase, details), reports

@@ -1,0 +1,92 @@
+"""Look ahead a few steps: when do the zero parameters that get no gradient at the first step start to learn?
+
+A zero parameter whose gradient is zero at step 1 is not necessarily stuck. Under Fixup (Zhang et al. 2019)
+the classifier and the last layer of every residual branch start at zero: at step 1 only the classifier gets
+a gradient, and the branches get theirs from step 2, once the classifier has moved. A zero convolution that
+feeds a trainable block whose output passes another zero convolution (an adapter on a frozen trunk) is the
+same pattern. Each zero in such a chain learns one step after the zero that shadows it, so the look-ahead
+takes as many plain SGD steps, on a copy of the model and the first batch, as there are zero parameters still
+waiting (at most :data:`MAX_STEPS`); every weight zero stays zero whatever the number of steps.
+
+Not a statistical test: exact zeros of gradients. The copy leaves the model, its buffers and the random state
+(dropout) as they were.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Collection, Mapping
+
+import torch
+from torch import nn
+
+from .snapshots import Weights, snapshot_grads
+
+__all__ = ["LR", "MAX_STEPS", "later_learners"]
+
+MAX_STEPS = 4
+"""Steps looked ahead after the first: a chain of up to 5 zeros, one step each."""
+
+LR = 0.01
+"""Plain SGD's learning rate on the copy: only whether a gradient becomes non-zero matters, not how far a
+step goes, so it is small enough to keep every model finite."""
+
+
+def _learns(p: torch.nn.Parameter) -> bool:
+    g = p.grad
+    return g is not None and bool(torch.isfinite(g).all()) and bool(g.detach().any())
+
+
+def later_learners(model: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor], zero: Mapping[str, bool],
+                   names: Collection[str], transposed: Collection[str] = ()) -> tuple[dict[str, int], Weights]:
+    """For the zero parameters of ``zero`` (name -> gets a gradient at step 1) that do not learn at step 1:
+    the step (2 to ``MAX_STEPS + 1``) at which each first gets a finite non-zero gradient, and the gradients
+    (:func:`~initdiag.recording.snapshots.snapshot_grads` of the weight-layer modules ``names``) of the modules
+    that own one, at that step. ``loss_of(m)`` runs the first batch through ``m`` and returns its loss. Takes
+    plain SGD steps at :data:`LR` on a deep copy (in place, values restored after, for a model that cannot be
+    copied); parameters still waiting after ``MAX_STEPS`` are left out."""
+    waiting = {name for name, learns in zero.items() if not learns}
+    if not waiting:
+        return {}, {}
+    try:
+        work, saved = copy.deepcopy(model), []
+    except Exception:  # a model that cannot be copied steps in place and gets its values back
+        work, saved = model, [(t, t.detach().clone()) for t in (*model.parameters(), *model.buffers())]
+    try:
+        return _steps(work, loss_of, waiting, names, transposed)
+    finally:
+        work.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for tensor, value in saved:
+                tensor.copy_(value)
+
+
+def _steps(work: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor], waiting: set[str], names: Collection[str],
+           transposed: Collection[str]) -> tuple[dict[str, int], Weights]:
+    """The SGD steps of :func:`later_learners` on ``work`` (changed in place)."""
+    params = dict(work.named_parameters())
+    owners = {name.rpartition(".")[0] for name in waiting}
+    started: dict[str, int] = {}
+    grads: dict[str, tuple] = {}
+    devices = [p.device.index or 0 for p in params.values() if p.is_cuda][:1]
+    with torch.random.fork_rng(devices=devices), torch.enable_grad():
+        for step in range(1, MAX_STEPS + 2):
+            work.zero_grad(set_to_none=True)
+            loss = loss_of(work)
+            if not loss.requires_grad or not torch.isfinite(loss):
+                break
+            loss.backward()
+            if step > 1:
+                now = {name for name in waiting if name in params and _learns(params[name])}
+                for name in now:
+                    started[name] = step
+                owned = {name.rpartition(".")[0] for name in now} & owners & set(names)
+                grads.update(snapshot_grads(work, owned, transposed))
+                waiting -= now
+            if not waiting:
+                break
+            with torch.no_grad():
+                for p in params.values():
+                    if p.grad is not None and bool(torch.isfinite(p.grad).all()):
+                        p.add_(p.grad, alpha=-LR)
+    return started, grads
