@@ -9,7 +9,8 @@
   BN(x) for a > 0; Ioffe & Szegedy 2015) and only the head's scale is left, so such a variant fails only if
   the head's scale matters: expect ``theory`` (recorded, not counted as a miss).
 * ``no_norm_he`` (residual nets only): every normalization layer (BatchNorm, LayerNorm, GroupNorm, RMSNorm,
-  ...) replaced by ``nn.Identity``, every Conv/Linear weight He normal (fan-in, ReLU gain). Expect ``fails``:
+  ...) replaced by ``nn.Identity``, every Conv/Linear weight He normal (fan-in, ReLU gain), every other 1-D
+  scale (LayerScale, SkipInit gains) 1, since a scale alpha < 1 bounds the stream by design. Expect ``fails``:
   each block adds a branch of the stream's variance, so the stream grows ~2x per block (Zhang et al. 2019,
   Fixup; De & Smith 2020). A model without a normalization layer has nothing to remove: skipped.
 """
@@ -93,6 +94,15 @@ def bn_absorbs(model: nn.Module) -> bool:
     return bool(convs) and all(i + 1 < len(layers) and _is_batch_norm(layers[i + 1]) for i in convs)
 
 
+def _branch_scales(model: nn.Module) -> list[nn.Parameter]:
+    """The 1-D multiplicative parameters left once the norms are gone (LayerScale's ``gamma``, SkipInit's gain):
+    every 1-D floating-point parameter but biases. At 1e-6 or 0.1 they keep each branch's variance ``alpha^2``
+    times smaller, so the stream grows ``(1 + alpha^2 g)`` per block and stays bounded by design (Touvron et al.
+    2021; De & Smith 2020): set to 1, the variant is the plain residual net theory says explodes."""
+    return [p for name, p in model.named_parameters() if p.dim() == 1 and p.is_floating_point()
+            and not name.rpartition(".")[2].endswith("bias")]
+
+
 def _he(module: nn.Module) -> None:
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
@@ -137,5 +147,9 @@ def prepare(variant: str, model: nn.Module) -> Prepared:
                   or type(m).__name__ == "Conv1D"]
         for m in layers:
             _he(m)
-        return Prepared(model, EXPECT[variant], f"{removed} norm layers removed, {len(layers)} layers He-initialized")
+        scales = _branch_scales(model)
+        for t in scales:
+            t.fill_(1.0)
+        return Prepared(model, EXPECT[variant], f"{removed} norm layers removed, {len(layers)} layers He-initialized, "
+                        f"{len(scales)} per-channel scales set to 1")
     raise ValueError(f"no variant {variant!r}; choose from {', '.join(VARIANTS)}")
