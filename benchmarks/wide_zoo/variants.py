@@ -86,10 +86,11 @@ def _biases(model: nn.Module) -> list[nn.Parameter]:
 
 
 def bn_absorbs(model: nn.Module) -> bool:
-    """Whether every conv is followed (in registration order, among weight and norm layers) by a BatchNorm: a
-    fully batch-normalized conv net, where a conv's scale does not reach the next layer."""
-    layers = [m for m in model.modules() if next(m.children(), None) is None
-              and (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or is_norm(m))]
+    """Whether every conv is followed (in registration order, among weight and norm layers) by a BatchNorm (a
+    leaf, or one with children such as timm's BatchNormAct2d, whose activation is its child): a fully
+    batch-normalized conv net, where a conv's scale does not reach the next layer."""
+    layers = [m for m in model.modules() if (next(m.children(), None) is None or _is_batch_norm(m))
+              and (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or is_norm(m) or _is_batch_norm(m))]
     convs = [i for i, m in enumerate(layers) if isinstance(m, nn.modules.conv._ConvNd)]
     return bool(convs) and all(i + 1 < len(layers) and _is_batch_norm(layers[i + 1]) for i in convs)
 
