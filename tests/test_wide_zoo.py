@@ -24,7 +24,7 @@ from benchmarks.wide_zoo import run  # noqa: E402
 from benchmarks.wide_zoo.catalog import ModelSpec, catalog, is_held_out, size_key  # noqa: E402
 from benchmarks.wide_zoo.child import run_variant  # noqa: E402
 from benchmarks.wide_zoo.summary import latest, tally  # noqa: E402
-from benchmarks.wide_zoo.variants import bn_absorbs, prepare, variants_for  # noqa: E402
+from benchmarks.wide_zoo.variants import norm_absorbs, prepare, variants_for  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -96,7 +96,7 @@ def test_normal1_in_a_batch_normalized_conv_net_is_a_theory_case() -> None:
     bn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8),
                        nn.Flatten(), nn.Linear(8, 10))
     plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8))
-    assert bn_absorbs(bn) and not bn_absorbs(plain)
+    assert norm_absorbs(bn) and not norm_absorbs(plain)
     assert prepare("normal1", bn).expect == "theory"
     prepared = prepare("normal1", plain)
     assert prepared.expect == "fails" and float(plain[0].weight.detach().std()) == pytest.approx(1.0, abs=0.3)

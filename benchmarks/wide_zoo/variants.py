@@ -5,14 +5,17 @@
   bias zero. Expect ``fails``: no signal, and every unit of a layer identical (symmetry).
 * ``normal1``: every weight matrix and conv kernel N(0, 1) whatever its fan-in; embeddings, normalization
   parameters and biases untouched. Expect ``fails``: the variance grows ~fan_in-fold per layer. Except in a
-  fully batch-normalized conv net, where each conv's scale is absorbed by the BatchNorm after it (BN(a x) =
-  BN(x) for a > 0; Ioffe & Szegedy 2015) and only the head's scale is left, so such a variant fails only if
-  the head's scale matters: expect ``theory`` (recorded, not counted as a miss).
+  fully normalized conv net, where each conv's scale is absorbed by the normalization after it (BN(a x) =
+  BN(x) for a > 0, Ioffe & Szegedy 2015; InstanceNorm, GroupNorm and LayerNorm alike) and only the head's
+  scale is left, so such a variant fails only if the head's scale matters: expect ``theory`` (recorded, not
+  counted as a miss).
 * ``no_norm_he`` (residual nets only): every normalization layer (BatchNorm, LayerNorm, GroupNorm, RMSNorm,
   ...) replaced by ``nn.Identity``, every Conv/Linear weight He normal (fan-in, ReLU gain), every other 1-D
   scale (LayerScale, SkipInit gains) 1, since a scale alpha < 1 bounds the stream by design. Expect ``fails``:
   each block adds a branch of the stream's variance, so the stream grows ~2x per block (Zhang et al. 2019,
-  Fixup; De & Smith 2020). A model without a normalization layer has nothing to remove: skipped.
+  Fixup; De & Smith 2020). With fewer than :data:`MIN_BLOCKS` residual blocks (as the audit's structure
+  finds them) that is under the 100x the checks need: expect ``theory``. A model without a normalization
+  layer has nothing to remove: skipped.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["EXPECT", "VARIANTS", "Prepared", "bn_absorbs", "is_norm", "prepare", "variants_for"]
+__all__ = ["EXPECT", "MIN_BLOCKS", "VARIANTS", "Prepared", "is_norm", "norm_absorbs", "prepare", "variants_for"]
 
 VARIANTS = ("good", "zeros", "normal1", "no_norm_he")
 EXPECT = {"good": "passes", "zeros": "fails", "normal1": "fails", "no_norm_he": "fails"}
+MIN_BLOCKS = 7
+"""Residual blocks a ``no_norm_he`` variant needs before theory's ~2x per block reaches 100x (2^7 = 128)."""
 """Each variant's expectation before looking at the model (``normal1`` may turn into ``theory``)."""
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
@@ -85,22 +90,24 @@ def _biases(model: nn.Module) -> list[nn.Parameter]:
             if "bias" in n and p.is_floating_point()]
 
 
-def bn_absorbs(model: nn.Module) -> bool:
-    """Whether every conv is followed (in registration order, among weight and norm layers) by a BatchNorm (a
-    leaf, or one with children such as timm's BatchNormAct2d, whose activation is its child): a fully
-    batch-normalized conv net, where a conv's scale does not reach the next layer."""
+def norm_absorbs(model: nn.Module) -> bool:
+    """Whether every conv is followed (in registration order, among weight and norm layers) by a normalization
+    (a leaf, or a BatchNorm with children such as timm's BatchNormAct2d, whose activation is its child): a
+    fully normalized conv net, where a conv's scale does not reach the next layer (BatchNorm, InstanceNorm,
+    GroupNorm and LayerNorm all give ``norm(a x) = norm(x)`` for ``a > 0``)."""
     layers = [m for m in model.modules() if (next(m.children(), None) is None or _is_batch_norm(m))
               and (isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or is_norm(m) or _is_batch_norm(m))]
     convs = [i for i, m in enumerate(layers) if isinstance(m, nn.modules.conv._ConvNd)]
-    return bool(convs) and all(i + 1 < len(layers) and _is_batch_norm(layers[i + 1]) for i in convs)
+    return bool(convs) and all(i + 1 < len(layers) and (is_norm(layers[i + 1]) or _is_batch_norm(layers[i + 1]))
+                               for i in convs)
 
 
 def _branch_scales(model: nn.Module) -> list[nn.Parameter]:
-    """The 1-D multiplicative parameters left once the norms are gone (LayerScale's ``gamma``, SkipInit's gain):
-    every 1-D floating-point parameter but biases. At 1e-6 or 0.1 they keep each branch's variance ``alpha^2``
+    """The per-channel multiplicative parameters left once the norms are gone (LayerScale's ``gamma``, shaped
+    ``(C,)`` or ``(C, 1, 1)``, SkipInit's gain): every floating-point parameter with one non-1 dim but biases. At 1e-6 or 0.1 they keep each branch's variance ``alpha^2``
     times smaller, so the stream grows ``(1 + alpha^2 g)`` per block and stays bounded by design (Touvron et al.
     2021; De & Smith 2020): set to 1, the variant is the plain residual net theory says explodes."""
-    return [p for name, p in model.named_parameters() if p.dim() == 1 and p.is_floating_point()
+    return [p for name, p in model.named_parameters() if p.squeeze().dim() == 1 and p.is_floating_point()
             and not name.rpartition(".")[2].endswith("bias")]
 
 
@@ -136,8 +143,8 @@ def prepare(variant: str, model: nn.Module) -> Prepared:
         weights = _weights(model, embeddings=False)
         for t in weights:
             t.normal_(0.0, 1.0)
-        if bn_absorbs(model):
-            return Prepared(model, "theory", f"{len(weights)} weights N(0,1); every conv feeds a BatchNorm, "
+        if norm_absorbs(model):
+            return Prepared(model, "theory", f"{len(weights)} weights N(0,1); every conv feeds a normalization, "
                             "which absorbs its scale: only the head's scale is left")
         return Prepared(model, EXPECT[variant], f"{len(weights)} weights N(0,1)")
     if variant == "no_norm_he":
