@@ -104,9 +104,10 @@ def norm_absorbs(model: nn.Module) -> bool:
 
 def _branch_scales(model: nn.Module) -> list[nn.Parameter]:
     """The per-channel multiplicative parameters left once the norms are gone (LayerScale's ``gamma``, shaped
-    ``(C,)`` or ``(C, 1, 1)``, SkipInit's gain): every floating-point parameter with one non-1 dim but biases. At 1e-6 or 0.1 they keep each branch's variance ``alpha^2``
-    times smaller, so the stream grows ``(1 + alpha^2 g)`` per block and stays bounded by design (Touvron et al.
-    2021; De & Smith 2020): set to 1, the variant is the plain residual net theory says explodes."""
+    ``(C,)`` or ``(C, 1, 1)``, SkipInit's gain): every floating-point parameter with one non-1 dim but biases.
+    At 1e-6 or 0.1 they keep each branch's variance ``alpha^2`` times smaller, so the stream grows
+    ``(1 + alpha^2 g)`` per block and stays bounded by design (Touvron et al. 2021; De & Smith 2020): set to 1,
+    the variant is the plain residual net theory says explodes."""
     return [p for name, p in model.named_parameters() if p.squeeze().dim() == 1 and p.is_floating_point()
             and not name.rpartition(".")[2].endswith("bias")]
 
