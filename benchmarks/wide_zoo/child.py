@@ -62,6 +62,7 @@ def run_variant(spec: ModelSpec, variant: str) -> dict[str, Any]:
     if spec.skip:
         return {**rec, "status": "skipped", "why": spec.skip}
     start = time.perf_counter()
+    torch.manual_seed(0)  # the library's init draws from the global generator: the same weights every run
     try:
         prepared = prepare(variant, spec.build())
         kwargs = spec.audit_kwargs(prepared.model)
