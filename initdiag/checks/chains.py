@@ -380,7 +380,8 @@ class SignalCheck(SignalColumns, Check):
                 "weight gets a gradient through another call of its module, else warns. Every weight zero, with "
                 "zero gradients, still fails.",
                 "not a statistical test (exact zeros and equal inputs).",
-                "a one-step look-ahead: the gradient of the first batch.",
+                "a look-ahead: the gradient of the first batch; an audit adds up to 4 plain SGD steps on a copy for "
+                "zeros that wait on another zero (Fixup's branches).",
             ),
             MethodNote(
                 "vanishing/exploding", "What a chain's own gain does not decide",
