@@ -101,11 +101,13 @@ def test_a_ray_worker_killed_mid_run_is_retried_and_counted_once(tmp_path: Path)
 
 def test_an_interrupted_sweep_resumes_and_runs_only_what_is_missing(tmp_path: Path) -> None:
     out = tmp_path / "s"
-    argv = [sys.executable, "-m", "initdiag", "sweep", *GRID, "--jobs", "1", "--out", str(out)]
+    # runs of 48 steps, not 6: with 6 a fast machine finished all four before the interrupt reached it
+    argv = [sys.executable, "-m", "initdiag", "sweep", *GRID, "--limit-train", "3072", "--jobs", "1", "--out", str(out)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not _saved(out) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
