@@ -101,9 +101,11 @@ def test_a_ray_worker_killed_mid_run_is_retried_and_counted_once(tmp_path: Path)
 
 def test_an_interrupted_sweep_resumes_and_runs_only_what_is_missing(tmp_path: Path) -> None:
     out = tmp_path / "s"
-    # runs of 48 steps, not 6: with 6 a fast machine finished all four before the interrupt reached it
-    argv = [sys.executable, "-m", "initdiag", "sweep", *GRID, "--limit-train", "3072", "--jobs", "1", "--out", str(out)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = [sys.executable, "-m", "initdiag", "sweep", *GRID, "--jobs", "1", "--out", str(out)]
+    # a test run started in the background (`cmd &` in a script) inherits SIGINT ignored, and Python then
+    # leaves it ignored: the child gets the default back, as a terminal's Ctrl-C would find it
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not _saved(out) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
