@@ -114,7 +114,8 @@ def _args(batch: Inputs, device: torch.device) -> Inputs:
 def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditConfig, device: torch.device,
             structure: Structure | None, transposed: set[str]) -> _Recorded:
     """Each batch forward and backward under the Recorder (step = batch); labels from a seeded generator."""
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    label_seed = cfg.seed + 1  # the random labels of the loss; the look-ahead draws the first batch's again
+    gen = torch.Generator().manual_seed(label_seed)
     recorder = Recorder(work, every=1, run=label, initializer=label, seed=cfg.seed, structure=structure,
                         updates=False)
     losses: list[float] = []
@@ -142,9 +143,9 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
             work.zero_grad(set_to_none=True)
     steps = {name: 1 for name, learns in zero.items() if learns}
     if not all(zero.values()):  # outside the recorder: the copy's steps are no part of the series
-        seed = cfg.seed + 1
         later, later_grads = later_learners(
-            work, lambda m: _loss(m(*first), cfg.loss, torch.Generator().manual_seed(seed)), zero, names, transposed)
+            work, lambda m: _loss(m(*first), cfg.loss, torch.Generator().manual_seed(label_seed)), zero, names,
+            transposed)
         zero.update(dict.fromkeys(later, True))
         steps.update(later)
         grads = {**grads, **later_grads}

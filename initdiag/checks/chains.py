@@ -15,6 +15,7 @@ normalization layers whose residual adds are written in a ``forward`` rather tha
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -78,6 +79,7 @@ def chain_fits(ev: RunEvidence, th: Thresholds, skip: Explained | None = None) -
     """Per direction, the fit (:func:`~initdiag.checks.signal.signal_fit`) of each chain at the first training
     step (forward falls back to the ``init`` probe), leaving out the layers ``skip`` explains."""
     fits: dict[str, list[SignalFit]] = {}
+    chains = _chains(ev)
     for kind in (Signal.FORWARD, Signal.BACKWARD):
         phase, step = Phase.TRAIN, earliest_step(ev.frame, kind, Phase.TRAIN)
         if step is None and kind == Signal.FORWARD:
@@ -87,8 +89,7 @@ def chain_fits(ev: RunEvidence, th: Thresholds, skip: Explained | None = None) -
         left_out: Mapping[str, str] = {} if skip is None else skip.forward if kind == Signal.FORWARD else skip.backward
         sizes = ev.output_sizes() if kind == Signal.BACKWARD else None
         rows = SignalRows.of(ev.frame, str(kind), str(phase))
-        chains = _chains(ev) if kind == Signal.FORWARD else _split_at_fanout(_chains(ev), ev)
-        for chain in chains:
+        for chain in chains if kind == Signal.FORWARD else _split_at_fanout(chains, ev):
             names = [n for n in chain if n not in left_out]
             if not names:
                 continue
@@ -124,6 +125,12 @@ SUBGEOMETRIC_TOL = 0.05
 """A late per-layer factor within this of 1 is sub-geometric: theory's (and twice this, the measurement's)."""
 
 
+def _passes(v: Verdict, reason: str, **effect: float) -> Verdict:
+    """``v`` turned healthy because ``reason`` (appended to its message) explains its finding."""
+    return replace(v, status=Status.PASS.value, layers=(), message=v.message + reason, advice=None,
+                   outcome=HEALTHY, effect={**v.effect, **effect} if effect else v.effect)
+
+
 def _structural_zero(v: Verdict, ev: RunEvidence, forward_silent: bool) -> Verdict:
     """A backward ``no_signal`` verdict judged against the forward pass: when no layer lacks forward signal
     without a design explaining it, no weight, dead unit or saturated gate the initialization set up can have
@@ -141,13 +148,13 @@ def _structural_zero(v: Verdict, ev: RunEvidence, forward_silent: bool) -> Verdi
     zeros = f", or one of the {learners} zero-initialized parameters that learn from step 1" if learners else ""
     ends = (", and each of these weights gets a gradient through another call of its module." if status == Status.PASS
             else "; the weights that get no gradient at all do not learn from this loss.")
-    text = (v.message + " Every layer carries signal forward, so no weight, dead unit or saturated gate of the "
-            "initialization zeroed this gradient: the loss does not depend on these outputs at initialization by "
-            "the model's structure (a selection such as top-k or NMS, a softmax over a single element, a masked or "
-            f"discarded output{zeros}){ends}")
-    return Verdict(v.check, v.signal, status.value, v.layers, v.p_value, v.effect, text,
-                   None if status == Status.PASS else v.advice, v.phase, v.details,
-                   HEALTHY if status == Status.PASS else v.outcome, v.family)
+    reason = (" Every layer carries signal forward, so no weight, dead unit or saturated gate of the "
+              "initialization zeroed this gradient: the loss does not depend on these outputs at initialization by "
+              "the model's structure (a selection such as top-k or NMS, a softmax over a single element, a masked "
+              f"or discarded output{zeros}){ends}")
+    if status == Status.PASS:
+        return replace(_passes(v, reason), layers=v.layers)
+    return replace(v, status=status.value, message=v.message + reason)
 
 
 _HOMOGENEOUS = frozenset({"relu", "leaky_relu", "prelu", "linear"})
@@ -173,7 +180,7 @@ def homogeneous(ev: RunEvidence, layers: Sequence[str]) -> bool:
     return True
 
 
-def _dual_directions(ev: RunEvidence, th: Thresholds, by_kind: dict[str, list[tuple[SignalFit, Verdict]]]) -> None:
+def _dual_directions(ev: RunEvidence, by_kind: dict[str, list[tuple[SignalFit, Verdict]]]) -> None:
     """A chain whose forward variance vanishes passes when the chain is :func:`homogeneous` and its backward
     signal (the gradient that trains it) is healthy: the forward change is then a constant factor on the
     chain's output (a scale that a normalization after it absorbs; a small output is what a zero-initialized
@@ -187,12 +194,11 @@ def _dual_directions(ev: RunEvidence, th: Thresholds, by_kind: dict[str, list[tu
         if v.outcome != Outcome.VANISHING or f.layers not in healthy \
                 or not homogeneous(ev, f.layers):
             continue
-        judged[i] = (f, Verdict(v.check, v.signal, Status.PASS.value, (), v.p_value, v.effect, v.message + " But "
-                     "the chain is positively homogeneous (ReLU-family activations, no biases after its first layer),"
-                     " so this is a constant factor on its output for every input, and the gradient that trains "
-                     "these layers is preserved (backward healthy): the scale shows in the output, not as a signal "
-                     "lost with depth (He et al. 2015, sec. 2.2: preserving the backward signal suffices).", None,
-                     v.phase, v.details, HEALTHY, Family.SIGNAL))
+        judged[i] = (f, _passes(v, " But the chain is positively homogeneous (ReLU-family activations, no biases "
+                                "after its first layer), so this is a constant factor on its output for every input, "
+                                "and the gradient that trains these layers is preserved (backward healthy): the scale "
+                                "shows in the output, not as a signal lost with depth (He et al. 2015, sec. 2.2: "
+                                "preserving the backward signal suffices)."))
 
 
 def branch_of(ev: RunEvidence, layers: Sequence[str]) -> str | None:
@@ -214,16 +220,14 @@ def _in_branch(v: Verdict, f: SignalFit, ev: RunEvidence, th: Thresholds) -> Ver
     if block is None or v.outcome not in (Outcome.VANISHING, Outcome.EXPLODING):
         return v
     if v.outcome == Outcome.VANISHING and v.status != Status.PASS:
-        return Verdict(v.check, v.signal, Status.PASS.value, (), v.p_value, v.effect, v.message + f" But these "
-                       f"layers are a branch of block '{block}': a branch that starts small starts the block near "
-                       "the identity (SkipInit, Fixup), and its effect on the residual stream is the stream check's "
-                       "to judge.", None, v.phase, v.details, HEALTHY, Family.SIGNAL)
+        return _passes(v, f" But these layers are a branch of block '{block}': a branch that starts small starts "
+                       "the block near the identity (SkipInit, Fixup), and its effect on the residual stream is the "
+                       "stream check's to judge.")
     raw = f.change_raw
     if v.outcome == Outcome.EXPLODING and v.status == Status.WARN and len(f.fitted) == 2 and raw >= th.change_factor:
-        return Verdict(v.check, v.signal, Status.FAIL.value, v.layers, v.p_value, v.effect, v.message + f" These "
-                       f"layers are a branch of block '{block}': a branch that grows {raw:.3g}x swamps the residual "
-                       "stream it adds to, whatever the branch's length.", v.advice, v.phase, v.details, v.outcome,
-                       Family.SIGNAL)
+        return replace(v, status=Status.FAIL.value, message=v.message + f" These layers are a branch of block "
+                       f"'{block}': a branch that grows {raw:.3g}x swamps the residual stream it adds to, whatever "
+                       "the branch's length.")
     return v
 
 
@@ -253,16 +257,14 @@ def chain_verdicts(ev: RunEvidence, th: Thresholds, fits: Mapping[str, Sequence[
             follows = _follows_theory(f, (predicted or {}).get(kind, {}).get(f.layers)) if v is not None and \
                 v.outcome in (Outcome.VANISHING, Outcome.EXPLODING) else None
             if v is not None and follows is not None:
-                v = Verdict(v.check, v.signal, Status.PASS.value, (), v.p_value, {**v.effect, "late_gain": follows[0],
-                            "expected_late_gain": follows[1]},
-                            v.message + f" But the change is sub-geometric, as theory predicts for this activation: "
-                            f"the per-layer factor over the last half of the chain is {follows[0]:.3g} (theory "
+                v = _passes(v, f" But the change is sub-geometric, as theory predicts for this activation: the "
+                            f"per-layer factor over the last half of the chain is {follows[0]:.3g} (theory "
                             f"{follows[1]:.3g}), tending to 1 (a polynomial approach to a fixed point at the edge of "
                             "chaos, Schoenholz et al. 2017), so it is judged against theory's curve, not a straight "
-                            "line.", None, v.phase, v.details, HEALTHY, Family.SIGNAL)
+                            "line.", late_gain=follows[0], expected_late_gain=follows[1])
             if v is not None:
                 judged.append((f, v))
-    _dual_directions(ev, th, by_kind)
+    _dual_directions(ev, by_kind)
     for kind, judged in by_kind.items():
         if not judged:
             continue

@@ -92,8 +92,8 @@ def explained(ev: RunEvidence) -> Explained:
                     backward.setdefault(la.name, why)
                 elif la.block == z.block and order[la.name] > order[z.name]:
                     forward.setdefault(la.name, why)
-    layer_modules = {la.module_name for la in layers}
-    for scope in {_owner(p) for p in learners} - layer_modules:  # a zero scale or gain outside any weight layer
+    outside = {_owner(p) for p in learners} - {la.module_name for la in layers}  # zero scales and gains
+    for scope in outside:  # a zero scale or gain outside any weight layer
         if ev.structure is None or not any(_within(b.module_name, scope) for b in ev.structure.blocks):
             why = f"the zero parameter(s) of '{scope or 'the model'}' learn from step {_step(ev, learners, scope)}"
             for la in layers:
@@ -107,14 +107,15 @@ def explained(ev: RunEvidence) -> Explained:
         for la in layers:
             if la.block == b.name:
                 backward.setdefault(la.name, why)
-    for scale in {_owner(p) for p in learners} - layer_modules:  # a zero normalization scale: what follows it
-        before = [la for la in layers if la.norm_after == scale and la.block is not None]
-        for z in before[:1]:  # in its block (a squeeze-excite after it) sees its zero output
-            why = (f"the normalization '{scale}' after '{z.name}' has a zero scale that learns from step "
-                   f"{_step(ev, learners, scale)}")
-            for la in layers:
-                if la.block == z.block and order[la.name] > order[z.name]:
-                    forward.setdefault(la.name, why)
+    for scale in outside:  # a zero normalization scale: what follows it in its block (a squeeze-excite) sees 0
+        normed = next((la for la in layers if la.norm_after == scale and la.block is not None), None)
+        if normed is None:
+            continue
+        why = f"the normalization '{scale}' after '{normed.name}' has a zero scale that learns from step " \
+              f"{_step(ev, learners, scale)}"
+        for la in layers:
+            if la.block == normed.block and order[la.name] > order[normed.name]:
+                forward.setdefault(la.name, why)
     if zero_blocks:
         late = max(_step(ev, learners, b.module_name, within=True) for b in zero_blocks)
         notes.append(f"{len(zero_blocks)} of {len(blocks)} residual blocks start as the identity: the last layer or "
