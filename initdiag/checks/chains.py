@@ -333,8 +333,8 @@ class SignalCheck(SignalColumns, Check):
                 "vanishing/exploding", "Signal propagation (forward and backward)",
                 "At the first training batch, the variance over the batch of each Conv/Linear output (forward, per "
                 "element, averaged over channels) and the per-sample energy of the gradient dL/dy of that output "
-                "(backward: its variance times the elements per sample, which He init preserves across width "
-                "changes and max-pooling; per element, and then only a warning, when the layer sizes are unknown) "
+                "(backward: its variance times the elements per sample, which He fan-in init preserves across width "
+                "changes and strides; per element, and then only a warning, when the layer sizes are unknown) "
                 "are log-transformed and regressed on the layer's position in execution order (least squares, "
                 "scipy.stats.linregress). The per-layer gain is exp(slope) forward and exp(-slope) backward (the "
                 f"gradient flows from the loss), with a t-based {level} interval; the change across the L layers is "

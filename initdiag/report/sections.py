@@ -102,7 +102,10 @@ def _expected(run: Run, kind: str, layers: list[str]) -> list[float | None]:
 def _theory(t: TheoryRow, run: str) -> TheoryLine:
     lo, hi = t.gain_low, t.gain_high
     interval = f"[{fmt(lo)}, {fmt(hi)}]" if lo is not None or hi is not None else "—"
-    return TheoryLine(run, t.activation, t.signal, fmt(t.expected_gain), fmt(t.measured_gain), interval, t.note)
+    expected = fmt(t.expected_gain)
+    if t.expected_low is not None and t.expected_high is not None and t.expected_low < t.expected_high:
+        expected += f" ({fmt(t.expected_low)}–{fmt(t.expected_high)})"
+    return TheoryLine(run, t.activation, t.signal, expected, fmt(t.measured_gain), interval, t.note)
 
 
 def signal_section(runs: Sequence[Run], labels: list[str], styles: dict[str, int], multi: bool,

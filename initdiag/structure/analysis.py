@@ -21,6 +21,7 @@ it; an unknown op (say ``torch.where``) ends the search early.
 from __future__ import annotations
 
 import heapq
+from dataclasses import replace
 from typing import Any
 
 from . import functional as fn
@@ -191,18 +192,21 @@ class _Analysis:
                     heapq.heappush(heap, (nxt, nnorm))
         return LINEAR, first_norm
 
-    def successors(self, start: int, own: int, through_adds: bool = False) -> list[int]:
+    def successors(self, start: int, own: int, through_adds: bool = False,
+                   routes: dict[int, str] | None = None) -> list[int]:
         """Weight layers reached from ``start`` through shape ops, constant scales/biases and activations
         (also unknown elementwise functions), stopping at norms, sums/products of data and reductions; with
-        ``through_adds``, through sums of data paths (residual adds) too."""
+        ``through_adds``, through sums of data paths (residual adds) too. ``routes`` receives, per layer
+        reached, the poolings and concatenations on the way ("max+cat"; "mixed" when two paths differ;
+        :func:`~initdiag.structure.functional.route_kind`)."""
         passes = (fn.TRANSPARENT, fn.ACT, fn.NONLIN, *((fn.RESADD,) if through_adds else ()))
         g, out = self.g, []
-        stack, visited = [start], {start}
+        stack, visited = [(start, "")], {start}
         while stack:
-            n = stack.pop()
+            n, route = stack.pop()
             for c in self.consumers[n]:
                 oc = self._entry(n, c)
-                nxt = c
+                nxt, step = c, route
                 if oc is not None:
                     if self.opaque[oc][0] != "act" or g.calls[oc].out_node is None:
                         continue
@@ -211,12 +215,17 @@ class _Analysis:
                     li = g.node_layer[c]
                     if li != own and li not in out:
                         out.append(li)
+                        if routes is not None:
+                            routes[li] = route if routes.get(li, route) == route else "mixed"
                     continue
                 elif g.kind[c] not in passes:
                     continue
+                else:
+                    kind = fn.route_kind(g.name[c])
+                    step = route if not kind or kind in route.split("+") else "+".join(filter(None, (route, kind)))
                 if nxt not in visited:
                     visited.add(nxt)
-                    stack.append(nxt)
+                    stack.append((nxt, step))
         return out
 
 
@@ -242,6 +251,7 @@ def build(g: Graph, root: str, pshapes: dict[int, dict[str, tuple[int, ...]]]) -
     nodes_of_layer: dict[int, list[int]] = {}
     for n, li in g.node_layer.items():
         nodes_of_layer.setdefault(li, []).append(n)
+    routes: dict[int, str] = {}
     for li, rec in enumerate(g.layers):
         call = g.calls[rec.call]
         act, norm = an.follow(rec.node)
@@ -255,7 +265,7 @@ def build(g: Graph, root: str, pshapes: dict[int, dict[str, tuple[int, ...]]]) -
             constant_input=rec.constant_input, activation=act, norm_after=norm, block=block_of.get(li), index=li,
             bias=rec.bias))
         for s in nodes_of_layer.get(li, ()):
-            for lj in an.successors(s, li):
+            for lj in an.successors(s, li, routes=routes):
                 pair = (layer_names[li], layer_names[lj])
                 if pair not in links:
                     links.append(pair)
@@ -263,6 +273,7 @@ def build(g: Graph, root: str, pshapes: dict[int, dict[str, tuple[int, ...]]]) -
                 pair = (layer_names[li], layer_names[lj])
                 if pair not in flow:
                     flow.append(pair)
+    layers = [replace(w, route_in=routes[i]) if routes.get(i) else w for i, w in enumerate(layers)]
     known = {a.site for a in activations}
     activations += [a for site, a in extra_acts.items() if site not in known]
     return Structure(root=root, weight_layers=tuple(layers), norms=tuple(an.norms), blocks=tuple(blocks),

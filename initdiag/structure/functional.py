@@ -114,6 +114,17 @@ def category(name: str) -> int:
     return _CATEGORY.get(name, STOP)
 
 
+def route_kind(name: str) -> str:
+    """How a data path through function ``name`` routes the gradient back: "max" (a max-pool: to each
+    window's maximum), "avg" (an average pool: spread evenly), "cat" (a concatenation: each input's own
+    slice), else ""."""
+    if "max_pool" in name:
+        return "max"
+    if "avg_pool" in name:
+        return "avg"
+    return "cat" if name in ("cat", "concat", "concatenate", "stack", "hstack") else ""
+
+
 def function_activation(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Params]:
     """``(activation, params)`` of a call of the activation function named ``name`` (a key of the registry's
     functions by :func:`function_name`), with torch's defaults for the parameters not given."""

@@ -68,7 +68,10 @@ class WeightLayer:
     (``fan_in * out_numel / in_numel`` per sample; an embedding: its dimension). ``in_shape`` /
     ``out_shape`` are per sample (leading batch dim dropped). ``constant_input``: the data input did not
     vary over the batch. ``norm_after``: the normalization the output reaches before ``activation``.
-    ``block``: the residual block call site containing it. ``index``: execution order from 0.
+    ``block``: the residual block call site containing it. ``index``: execution order from 0. ``route_in``:
+    the poolings and concatenations its data input passed after the weight layer before it ("max", "avg",
+    "cat", joined by "+" in path order, "mixed" when its inputs took different routes, "" for none:
+    :func:`~initdiag.structure.functional.route_kind`).
     """
 
     name: str
@@ -87,6 +90,7 @@ class WeightLayer:
     block: str | None
     index: int
     bias: bool
+    route_in: str = ""
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -4,7 +4,17 @@ backward twin), per-layer gains, chains of layers, residual streams and normaliz
 from __future__ import annotations
 
 from .activations import ACTIVATION_FUNCTIONS, ActivationSpec, activation_function, as_activation
-from .gains import Transition, activation_factors, chain_profile, expected_gain, phi_spec, variance_profile
+from .gains import (
+    Transition,
+    activation_factors,
+    backward_gain,
+    chain_profile,
+    expected_gain,
+    max_slope_second,
+    phi_spec,
+    slope_bound,
+    variance_profile,
+)
 from .gauss import (
     GaussMoments,
     batchnorm_relu_gradient_gain,
@@ -25,6 +35,7 @@ __all__ = [
     "activation_factors",
     "activation_function",
     "as_activation",
+    "backward_gain",
     "batchnorm_relu_gradient_gain",
     "chain_profile",
     "chi",
@@ -32,9 +43,11 @@ __all__ = [
     "gaussian_moments",
     "late_gain",
     "length_map",
+    "max_slope_second",
     "normalized",
     "phi_spec",
     "propagate_stream",
     "residual_step",
+    "slope_bound",
     "variance_profile",
 ]

@@ -16,11 +16,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+from scipy import special
+
 from ..structure.layers import shape_fans
 from .activations import ActivationSpec, activation_function
-from .gauss import gaussian_moments
+from .gauss import PANEL_NODES, _evaluate, _split_rule, gaussian_moments
 
-__all__ = ["Transition", "activation_factors", "chain_profile", "expected_gain", "phi_spec", "variance_profile"]
+__all__ = ["Transition", "activation_factors", "backward_gain", "chain_profile", "expected_gain", "max_slope_second",
+           "phi_spec", "slope_bound", "variance_profile"]
 
 Params = tuple[tuple[str, object], ...]
 
@@ -58,10 +62,25 @@ def expected_gain(activation: str, weight_var: float, shape: tuple[int, ...] | N
     return (fan_in * factors[0] if direction == "forward" else fan_out * factors[1]) * weight_var
 
 
+def max_slope_second(name: str, q: float, m: float, params: Params = ()) -> float | None:
+    """``E[phi'(sqrt(q) M)^2]`` with ``M`` the largest of ``m`` independent standard normals: what the activation
+    passes of the gradient that a max-pool over ``m`` of its outputs routes to the window's maximum (density
+    ``m phi(z) Phi(z)^(m-1)``; ReLU: ``1 - 2^-m``, against 1/2 without the pool). ``m`` may be fractional (an
+    average window size). None when the activation cannot be evaluated."""
+    spec = phi_spec(name, params)
+    if spec is None or not (math.isfinite(q) and q > 0 and math.isfinite(m) and m >= 1):
+        return None
+    z, w = _split_rule(math.sqrt(q), PANEL_NODES, spec.breakpoints, spec.scale)
+    _, slope = _evaluate(spec, math.sqrt(q) * z)
+    return float(w @ (slope * slope * m * special.ndtr(z) ** (m - 1)))
+
+
 @dataclass(frozen=True)
 class Transition:
     """From one layer of a chain to the next: the activation between them (family name and parameters), and
-    the next layer's ``Var(W)``, ``Var(b)``, ``fan_in`` and ``fan_out``."""
+    the next layer's ``Var(W)``, ``Var(b)``, ``fan_in`` and ``fan_out``. ``route``: the poolings and
+    concatenations between them (:attr:`~initdiag.structure.model.WeightLayer.route_in`); ``spread``: elements of
+    the previous layer's output per element of the next layer's input (4 after a 2x2 pool)."""
 
     activation: str
     weight_var: float
@@ -69,6 +88,45 @@ class Transition:
     fan_out: float
     bias_var: float = 0.0
     params: Params = ()
+    route: str = ""
+    spread: float = 1.0
+
+
+def slope_bound(name: str, params: Params = ()) -> float | None:
+    """``sup_x phi'(x)^2`` (1 for ReLU, tanh and linear): the most of a gradient the activation can pass, reached
+    when the gradient falls only where the slope is largest. None when the activation cannot be evaluated."""
+    spec = phi_spec(name, params)
+    if spec is None:
+        return None
+    x = np.concatenate([np.linspace(-50.0, 50.0, 20001), np.asarray(spec.breakpoints, float)])
+    _, slope = _evaluate(spec, x)
+    return float(np.max(slope * slope))
+
+
+def backward_gain(t: Transition, q: float, bound: str = "independent") -> float | None:
+    """The per-element gain of dL/dy from the next layer's output back to the previous one's, whose output has
+    second moment ``q``: ``fan_out Var(W) c / r``. The next layer's input gets ``fan_out Var(W)`` (fan_out counts
+    the outputs each input element feeds); between them the activation passes ``c = E[phi'^2]`` and the routing
+    spreads the gradient over ``spread = m`` times as many elements: a max-pool keeps the energy and sends it to
+    each window's maximum (``r = m``, ``c`` from :func:`max_slope_second`), an average pool divides it by m
+    (``r = m^2``), a concatenation hands each input its own slice (``r = 1``), a view or slice keeps it
+    (``r = m``). A route that mixes these: None.
+
+    The max-pool's ``c`` assumes the m values of a window independent; neighbours of an image are positively
+    correlated, which by Slepian's inequality makes the maximum less often large, so ``bound="low"`` takes the
+    fully correlated window (``c = E[phi'^2]``) and the two bracket what a max-pool can do; ``"independent"`` and
+    ``"high"`` take the independent window."""
+    factors = activation_factors(t.activation, q, t.params)
+    if factors is None:
+        return None
+    slope, m = factors[1], t.spread
+    if t.route in ("", "max", "avg") and math.isclose(m, 1.0):
+        return t.fan_out * t.weight_var * slope
+    if t.route == "max":
+        pooled = (slope if bound == "low" else max_slope_second(t.activation, q, m, t.params)) if m > 1 else None
+        return None if pooled is None else t.fan_out * t.weight_var * pooled / m
+    route = {"": m, "avg": m * m, "cat": 1.0}.get(t.route)
+    return None if route is None else t.fan_out * t.weight_var * slope / route
 
 
 def chain_profile(anchor: float, transitions: Sequence[Transition], direction: str,
@@ -77,9 +135,9 @@ def chain_profile(anchor: float, transitions: Sequence[Transition], direction: s
 
     Forward, from the measured ``anchor`` at the first layer's output: ``q_l = fan_in Var(W_l) E[phi(sqrt(q_{l-1})
     z)^2] + Var(b_l)``. Backward (dL/dy flows from the loss), from the measured ``anchor`` at the last layer:
-    ``g_{l-1} = g_l fan_out Var(W_l) E[phi'(sqrt(q_{l-1}) z)^2]``, with ``q_{l-1}`` the forward second moment
-    of layer l-1's output: ``inputs`` (measured) where given, else the forward profile from ``inputs[0]``.
-    None when an activation cannot be evaluated."""
+    ``g_{l-1} = g_l`` x :func:`backward_gain` (``fan_out Var(W_l) E[phi'(sqrt(q_{l-1}) z)^2]`` without pooling),
+    with ``q_{l-1}`` the forward second moment of layer l-1's output: ``inputs`` (measured) where given, else the
+    forward profile from ``inputs[0]``. None when an activation cannot be evaluated."""
     if direction == "forward":
         profile = [float(anchor)]
         for t in transitions:
@@ -93,10 +151,10 @@ def chain_profile(anchor: float, transitions: Sequence[Transition], direction: s
         return None
     back = [float(anchor)]
     for t, q in zip(transitions[::-1], qs[-2::-1], strict=True):
-        moments = activation_factors(t.activation, q, t.params)
-        if moments is None:
+        gain = backward_gain(t, q)
+        if gain is None:
             return None
-        back.append(back[-1] * t.fan_out * t.weight_var * moments[1])
+        back.append(back[-1] * gain)
     return back[::-1]
 
 
