@@ -384,3 +384,66 @@ def test_zeros_that_learn_a_step_after_another_zero_are_by_design(build: type[nn
         for p in dead.parameters():
             p.zero_()
     assert {"no_signal", "symmetry"} & set(_run(dead, input_shape=shape).failed)
+
+
+class _Recurrent(nn.Module):
+    """A hand-written RNN: one input and one recurrent Linear applied at each of ``steps`` time steps."""
+
+    def __init__(self, scale: float | None = None, width: int = 32, steps: int = 20) -> None:
+        super().__init__()
+        self.steps, self.width = steps, width
+        self.inp, self.rec, self.out = nn.Linear(8, width), nn.Linear(width, width), nn.Linear(width, 5)
+        self.act: nn.Module = nn.Tanh() if scale is None else nn.Identity()
+        if scale is not None:  # a linear recurrence whose Jacobian has every singular value = scale
+            nn.init.orthogonal_(self.rec.weight, gain=scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.new_zeros(x.shape[0], self.width)
+        for t in range(self.steps):
+            h = self.act(self.inp(x[:, t]) + self.rec(h))
+        return self.out(h)
+
+
+def test_a_vanishing_recurrence_warns_with_its_memory_and_an_exploding_one_fails() -> None:
+    """torch's default Linear init (Var = 1/(3 fan_in)) makes a tanh recurrence contract by ~1/3 per step: the
+    gradient of the last step reaches only a few steps back, a short memory the shared weights still learn
+    from (Pascanu et al. 2013), so it warns; an orthogonal recurrence of gain 1.5 grows 2.25x per step and
+    fails."""
+    short = _run(_Recurrent(), input_shape=(20, 8), batch_size=16)
+    back = _signal(short, "backward")
+    assert back.status == "warn" and back.outcome == "vanishing", back.message
+    assert "recurrence: module 'rec'" in back.message and 0 < back.effect["memory_steps"] < 10
+    assert all(v.status != "fail" for v in short.verdicts if v.check == "signal")
+    blowing = _run(_Recurrent(scale=1.5), input_shape=(20, 8), batch_size=16)
+    forward = _signal(blowing, "forward")
+    assert forward.status == "fail" and forward.outcome == "exploding", forward.message
+
+
+class _FunctionalMLP(nn.Module):
+    """An MLP whose nonlinearity is a function called in ``forward`` (no activation module to hook)."""
+
+    def __init__(self, act: str) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(20, 64), nn.Linear(64, 64), nn.Linear(64, 5)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.relu if self.act == "relu" else torch.sigmoid
+        return self.c(f(self.b(nn.functional.relu(self.a(x)) if self.act == "relu" else f(self.a(x)))))
+
+
+def test_dead_and_saturated_units_are_counted_after_functional_activations() -> None:
+    """A bias of -10 under weights of std 0.01 leaves every pre-activation near -10: ReLU units are dead and
+    sigmoid outputs sit at 0 (within 0.01 of the bound), whichever way the function is called."""
+    for act, check in (("relu", "dead"), ("sigmoid", "saturation")):
+        healthy = _run(_FunctionalMLP(act), input_shape=(20,), batch_size=32)
+        verdict = next(v for v in healthy.verdicts if v.check == check and v.phase == "init")
+        assert verdict.status == "pass" and f"':{act}'" not in verdict.message.split("(")[0], verdict.message
+        broken = _FunctionalMLP(act)
+        with torch.no_grad():
+            for layer in (broken.a, broken.b):
+                layer.weight.normal_(0, 0.01)
+                layer.bias.fill_(-10.0)
+        run = _run(broken, input_shape=(20,), batch_size=32)
+        verdict = next(v for v in run.verdicts if v.check == check and v.phase == "init")
+        assert verdict.status == "fail" and verdict.layers[0] == "a:" + act, verdict.message

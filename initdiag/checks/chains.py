@@ -5,11 +5,10 @@ A normalization resets the forward variance and a residual add mixes two paths, 
 log-variance through every Conv/Linear layer of a ResNet or a transformer measures nothing a theory
 predicts (Yang et al. 2019; Brock et al. 2021). Within a chain (``Structure.segments()``: layers joined
 output to input through activations, pooling and shape ops only) the variance theory of He et al. 2015
-holds layer by layer, so each chain gets the fit and rules of :func:`~initdiag.checks.signal.signal_verdict`.
-A plain network (an MLP, VGG without BatchNorm, the seed CNN) is one chain, judged exactly as before. Layers
-whose missing signal is by design (:mod:`~initdiag.checks.intentional`) are left out. A network without
-normalization layers whose residual adds are written in a ``forward`` rather than wrapped in block modules
-(so that no stream can be recorded) is also judged as one chain of all its layers.
+holds layer by layer, so each chain gets the fit and rules of :func:`~initdiag.checks.signal.signal_verdict`
+(a plain network is one chain). Layers whose missing signal is by design (:mod:`.intentional`) are left out;
+chains through a recurrence: :mod:`.recurrence`. A network without normalization layers whose residual adds
+are written in a ``forward``, not in block modules (no stream recorded), is judged as one chain of all layers.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from ..vocab import HEALTHY, CheckName, Family, Need, Outcome, Phase, Signal, St
 from .evidence import RunEvidence
 from .intentional import Explained, explained
 from .overlay import chain_predictions, expected_chain_gain
+from .recurrence import recurrent_verdict
 from .registry import AnalysisContext, Check, MethodNote, SignalColumns
 from .signal import SignalFit, SignalRows, earliest_step, signal_fit, signal_verdict
 from .verdict import Thresholds, Verdict
@@ -232,8 +232,7 @@ def _in_branch(v: Verdict, f: SignalFit, ev: RunEvidence, th: Thresholds) -> Ver
 
 
 def _has_gradient(ev: RunEvidence, module: str) -> bool:
-    grads = ev.grads_init.get(module)
-    return grads is not None and bool(np.any(grads[0] != 0))
+    return (grads := ev.grads_init.get(module)) is not None and bool(np.any(grads[0] != 0))
 
 
 def chain_verdicts(ev: RunEvidence, th: Thresholds, fits: Mapping[str, Sequence[SignalFit]],
@@ -253,7 +252,8 @@ def chain_verdicts(ev: RunEvidence, th: Thresholds, fits: Mapping[str, Sequence[
         judged = by_kind.setdefault(kind, [])
         for f in kind_fits:
             v = signal_verdict(f, ev, th, expected.get(kind, {}).get(f.layers))
-            v = None if v is None else _in_branch(_structural_zero(v, ev, forward_silent), f, ev, th)
+            v = None if v is None else recurrent_verdict(
+                _in_branch(_structural_zero(v, ev, forward_silent), f, ev, th), f, ev, th)
             follows = _follows_theory(f, (predicted or {}).get(kind, {}).get(f.layers)) if v is not None and \
                 v.outcome in (Outcome.VANISHING, Outcome.EXPLODING) else None
             if v is not None and follows is not None:
