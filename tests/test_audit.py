@@ -193,8 +193,10 @@ def _backward_layers(result: AuditResult) -> None:
         series = run.series
         with_backward = set(series.loc[(series["kind"] == "backward") & (series["stat"] == "var"), "layer"].astype(str))
         # every site but the stream entering the first block straight from the data, which, as data, has no
-        # gradient: the audit's inputs are leaves that do not require grad
-        assert all(name.endswith(":in") for name in recorded - with_backward), recorded - with_backward
+        # gradient (the audit's inputs are leaves that do not require grad), and the functional activations,
+        # computed from their weight layer's output for the forward statistics only
+        functional = {la.name for la in run.layers if la.role == "activation" and ":" in la.name}
+        assert all(name.endswith(":in") for name in recorded - with_backward - functional), recorded - with_backward
         assert set(series["step"]) == set(range(len(run.losses)))
 
 

@@ -17,7 +17,8 @@ output, not the attention weights):
 
 * ``forward``: statistics of the module's output ``y`` per channel (a conv's channel, a linear layer's
   feature) over the batch and positions: ``var``, ``mean_sq``, ``zero_frac``; ``dead_frac`` for ReLU-family
-  modules, ``sat_frac`` for tanh/sigmoid (formulas in :func:`~initdiag.recording.rows.moment_chunk`).
+  modules, ``sat_frac`` for tanh/sigmoid (:func:`~initdiag.recording.rows.moment_chunk`), and as
+  ``<layer>:<function>`` for such functions called in ``forward`` (:mod:`~initdiag.recording.functional`).
 * ``backward``: the same of dL/dy, from a hook set in the forward hook on the autograd node that made the
   output (a pre-hook: the gradient a tensor hook on the output would get; a tensor hook for a leaf). Works
   with in-place activations, where ``register_full_backward_hook`` fails.
@@ -25,17 +26,15 @@ output, not the attention weights):
   (:func:`~initdiag.structure.main_weight`) and of its gradient, read once the backward pass has accumulated
   every ``.grad``; ``update`` (``updates=True``): the same of the change the optimizer made to the weight
   after the recorded step, read at the next forward (:mod:`~initdiag.recording.updates`).
-* with the model's :class:`~initdiag.structure.Structure` (given, or discovered during the first forward
-  inside the recorder): every weight layer it found (any module whose parameter of 2+ dims acts as a
-  linear map: transformers' ``Conv1D``, timm's standardized convs, ...), its elementwise activation
+* with the model's :class:`~initdiag.structure.Structure` (given, or discovered during the first forward,
+  then used from the next step on): every weight layer it found (any module whose parameter of 2+ dims acts
+  as a linear map: transformers' ``Conv1D``, timm's standardized convs, ...), its elementwise activation
   modules, and each residual block's output, the residual stream (role ``block``, ``depth`` = its index
   in the stream; ``<first block>:in`` is the stream entering it, depth -1), forward and backward.
-  Discovered during the first forward, the structure adds its layers and blocks from the next step on.
 
 One path per statistic: forward hooks, hooks on the output's autograd node, one reduction
 (:func:`~initdiag.recording.moments.reduce`) into a row per layer and kind, copied to the host when a buffer
-fills (no sync per hook). The model is never altered: hooks come off in ``finally``, the user's own hooks
-keep working, train/eval mode and parameters are untouched.
+fills (no sync per hook). The model is never altered: hooks come off in ``finally``.
 """
 
 from __future__ import annotations
@@ -54,8 +53,10 @@ from torch.utils.hooks import RemovableHandle
 from ..structure import Structure, StructureProbe
 from ..structure.activations import SATURATING
 from ..structure.layers import RECORDED_WEIGHT_TYPES, LayerInfo, activation_name, main_weight
+from ..structure.model import Activation
 from ..vocab import Kind, Phase, Role
 from .collect import Collector
+from .functional import apply_activation, functional_activations
 from .moments import Geometry, reduce
 from .rows import LayerState, layer_infos
 from .sites import channel_dim, iter_tensors, traced
@@ -98,17 +99,10 @@ class Recorder:
         self.grads_at = grads_at
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1 (got {flush_every})")
-        self.model = model
-        self.every = every
-        self.run = run
-        self.initializer = initializer
-        self.seed = seed
-        self.saturation_tol = saturation_tol
-        self.max_per_channel = max_per_channel
-        self.structure = structure
+        self.model, self.every, self.run, self.initializer, self.seed = model, every, run, initializer, seed
+        self.saturation_tol, self.max_per_channel, self.structure = saturation_tol, max_per_channel, structure
         """The model's structure: given, or discovered during the first forward inside the recorder."""
-        self.epoch = 0
-        self.step = -1
+        self.epoch, self.step = 0, -1
         self._phase: str = Phase.TRAIN
         self._recording = False
         self._handles: list[RemovableHandle] = []
@@ -125,6 +119,7 @@ class Recorder:
         self._weights = StepWeights(updates)  # this step's weights, read after backward; the last step's copies
         self._layouts: dict[tuple[Any, ...], Geometry | None] = {}
         self._collector = Collector(flush_every)
+        self._functional: dict[str, Activation] = {}  # weight-layer site -> the functional activation it feeds
 
     # -- attaching ----------------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -172,6 +167,7 @@ class Recorder:
         for act in structure.activations:
             if act.source == "module" and act.module_name in modules:
                 self._hook(modules[act.module_name], Role.ACTIVATION)
+        self._functional = functional_activations(structure)
         for block in structure.blocks:
             module = modules.get(block.module_name)
             if module is None or id(module) in self._hooked:
@@ -298,6 +294,8 @@ class Recorder:
                     self._last_weight.activation = layer.activation
                     self._act_seen = True
                 self._push(layer, Kind.FORWARD, y, cdim, sat)
+                if weight_role and layer.name in self._functional:
+                    self._push_functional(mod, call, layer.name, y, cdim)
                 if self._phase == Phase.TRAIN and y.requires_grad:
                     self._hook_gradient(layer, y, cdim)
                 if role != Role.ACTIVATION:  # a weight layer's or block's first floating-point output only
@@ -308,6 +306,14 @@ class Recorder:
                     self._weights.add(self._first_site[module_id], current)
 
         return hook
+
+    def _push_functional(self, module: nn.Module, call: int, site: str, y: torch.Tensor, cdim: int) -> None:
+        """The forward rows of the functional activation fed by the weight layer at ``site`` (:mod:`.functional`)."""
+        act = self._functional[site]
+        layer = self._by_key.get((id(module), call, f":{act.name}")) or \
+            self._layer_for(module, Role.ACTIVATION, call, f":{act.name}")
+        layer.activation = layer.module = act.name
+        self._push(layer, Kind.FORWARD, apply_activation(act, y), cdim, SATURATING.get(act.name))
 
     def _make_stream_input_hook(self, module: nn.Module, name: str) -> Any:
         """A forward pre-hook on the first block: its input, the stream entering the blocks."""
