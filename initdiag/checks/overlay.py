@@ -206,8 +206,9 @@ def theory_rows(ev: RunEvidence, fits: Mapping[str, SignalFit]) -> tuple[TheoryR
         low, high = ((_expected_profile_gain(ev, direction, fit, b)[0] for b in ("low", "high"))
                      if direction == "backward" else (expected, expected))
         formula = ("fan_in x Var(W) x c" if direction == "forward" else
-                   "fan_out x Var(W) x c x n_in/n_out (per-sample energy)" if fit.per_sample else
-                   "fan_out x Var(W) x c")
+                   "fan_out x Var(W) x c x n_prev/n_next (per-sample energy), the gradient's route between the layers "
+                   "counted (max-pool: c at each window's maximum)" if fit.per_sample else
+                   "fan_out x Var(W) x c, the gradient's route between the layers counted")
         note = why or (f"{formula} per layer, c = E[phi(sqrt(q) z)^2] / q forward and E[phi'(sqrt(q) z)^2] backward "
                        "at each layer's measured q (1/2 for ReLU, 1 linear)")
         if len(fit.layers) < len(names):

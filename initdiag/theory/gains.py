@@ -68,8 +68,10 @@ def max_slope_second(name: str, q: float, m: float, params: Params = ()) -> floa
     ``m phi(z) Phi(z)^(m-1)``; ReLU: ``1 - 2^-m``, against 1/2 without the pool). ``m`` may be fractional (an
     average window size). None when the activation cannot be evaluated."""
     spec = phi_spec(name, params)
-    if spec is None or not (math.isfinite(q) and q > 0 and math.isfinite(m) and m >= 1):
+    if spec is None or not (math.isfinite(q) and q >= 0 and math.isfinite(m) and m >= 1):
         return None
+    if q == 0:  # every value of the window is 0
+        return gaussian_moments(spec, 0.0).slope_second
     z, w = _split_rule(math.sqrt(q), PANEL_NODES, spec.breakpoints, spec.scale)
     _, slope = _evaluate(spec, math.sqrt(q) * z)
     return float(w @ (slope * slope * m * special.ndtr(z) ** (m - 1)))
