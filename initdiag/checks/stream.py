@@ -67,7 +67,9 @@ def stream_prediction(ev: RunEvidence) -> StreamTheory | None:
     if not sites or not sites[0].endswith(":in") or not values[0] > 0:
         return None
     bias_var = {name: float(np.mean(np.square(b))) for name, (_, b) in ev.weights_init.items() if b is not None}
-    return stream_theory(ev.structure, float(values[0]), ev.weight_vars, bias_var, ev.norm_gains)
+    means = dict(zip(*stream_values(ev, Kind.FORWARD, Stat.MEAN_SQ), strict=True))
+    return stream_theory(ev.structure, float(values[0]), ev.weight_vars, bias_var, ev.norm_gains,
+                         float(means.get(sites[0], 0.0)))
 
 
 def _steps(ev: RunEvidence, sites: list[str]) -> list[bool]:

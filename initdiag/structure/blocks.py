@@ -146,6 +146,30 @@ def _walk_back(g: Graph, n: int, stop: dict[int, str]) -> str | None:
     return None
 
 
+def _activation_after(g: Graph, out: int | None) -> str:
+    """The elementwise activation applied to a block's last residual sum before it leaves the block (ResNet's
+    ``relu(x + f(x))``): from the block's output back through shape ops to an activation whose input, back
+    through shape ops again, is a residual add; "" when there is none."""
+    acts = {c.out_node: c for c in g.calls if c.act is not None and c.out_node is not None}
+    n, name = out, ""
+    for _ in range(64):
+        if n is None:
+            return ""
+        act = acts.get(n) if not name else None
+        if act is not None and act.act is not None:
+            name, n = act.act[0], act.in_node
+            continue
+        if not name and g.kind[n] == fn.ACT:
+            name = str(g.extra[n][0])
+        elif name and g.kind[n] == fn.RESADD:
+            return name
+        elif g.kind[n] != fn.TRANSPARENT:
+            return ""
+        ins = [i for i in g.inputs[n] if g.data[i]]
+        n = ins[0] if len(ins) == 1 else None
+    return ""
+
+
 def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
                 norm_names: list[str]) -> tuple[list[Block], str | None]:
     """The trunk's residual blocks and the call site whose output enters the first one."""
@@ -185,7 +209,7 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
             in_shape=per_sample(call.in_shape, g.batch), out_shape=per_sample(call.out_shape, g.batch),
             residual_adds=len(found), shortcut=shortcut, layers=layers, norms=norms,
             branch_normalized=all(nanc[f[1]] & ~nanc[f[2]] for f in found), post_norm=post,
-            last_branch_layers=last))
+            last_branch_layers=last, activation_after="" if post else _activation_after(g, call.out_node)))
     stream_input = None
     if stream:
         first = g.calls[stream[0]]

@@ -143,7 +143,8 @@ class Block:
     ``shortcut``: "identity", or the call sites of the weight layers only on the shortcut path.
     ``branch_normalized``: every residual branch passes a normalization of its own. ``post_norm``: the
     block's output is a normalization of its last residual sum. ``last_branch_layers``: per residual add,
-    the weight layer or normalization whose output is added.
+    the weight layer or normalization whose output is added. ``activation_after``: the elementwise activation
+    applied to the last residual sum inside the block (ResNet's ``relu(x + f(x))``), "" for none.
     """
 
     name: str
@@ -159,6 +160,7 @@ class Block:
     branch_normalized: bool
     post_norm: bool
     last_branch_layers: tuple[str, ...]
+    activation_after: str = ""
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
