@@ -178,11 +178,8 @@ def _agreement(fit: SignalFit, low: float | None, high: float | None) -> str:
         return ""
     lo, hi = min(low, high), max(low, high)
     if fit.gain_high < lo or fit.gain_low > hi:
-        return (f"; the measured interval excludes the theory's range {lo:.3g}-{hi:.3g}: an assumption of the "
+        return (f"the measured interval excludes the theory's range {lo:.3g}-{hi:.3g}: an assumption of the "
                 "theory fails here (or the measurement), worth a look")
-    if lo < hi:
-        return (f"; theory's range {lo:.3g}-{hi:.3g}: the low end if a max-pool's window moves as one, the high "
-                "end with independent windows and the loss's gradient on the units that pass the most")
     return ""
 
 
@@ -205,21 +202,15 @@ def theory_rows(ev: RunEvidence, fits: Mapping[str, SignalFit]) -> tuple[TheoryR
             continue
         low, high = ((_expected_profile_gain(ev, direction, fit, b)[0] for b in ("low", "high"))
                      if direction == "backward" else (expected, expected))
-        formula = ("fan_in x Var(W) x c" if direction == "forward" else
-                   "fan_out x Var(W) x c x n_prev/n_next (per-sample energy), the gradient's route between the layers "
-                   "counted (max-pool: c at each window's maximum)" if fit.per_sample else
-                   "fan_out x Var(W) x c, the gradient's route between the layers counted")
-        note = why or (f"{formula} per layer, c = E[phi(sqrt(q) z)^2] / q forward and E[phi'(sqrt(q) z)^2] backward "
-                       "at each layer's measured q (1/2 for ReLU, 1 linear)")
-        if len(fit.layers) < len(names):
-            note += f"; over the chain '{fit.layers[0]}' to '{fit.layers[-1]}' ({fit.n_layers} layers)"
-        if ev.default_init:
-            note += "; theory ignores the biases, which add variance"
+        notes = [why, f"over the chain '{fit.layers[0]}' to '{fit.layers[-1]}' ({fit.n_layers} layers)"
+                 if len(fit.layers) < len(names) else "",
+                 "theory ignores the biases, which add variance" if ev.default_init else "",
+                 "" if why else _agreement(fit, low, high)]
+        note = "; ".join(n for n in notes if n)
 
         def opt(x: float) -> float | None:
             return x if math.isfinite(x) else None
 
-        note += _agreement(fit, low, high) if not why else ""
         rows.append(TheoryRow(ev.initializer, act_label, direction, expected, opt(fit.gain), opt(fit.gain_low),
                               opt(fit.gain_high), note, low, high))
     return tuple(rows)
