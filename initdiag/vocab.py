@@ -154,6 +154,8 @@ class CheckName(StrEnum):
     """ReLU-family units that output 0 for every input of the evaluation batch."""
     SATURATION = "saturation"
     """tanh/sigmoid outputs pinned at their bounds."""
+    GATES = "gates"
+    """Gates of recurrent layers (LSTM/GRU/RNN) pinned at their activation's bounds at initialization."""
     DIVERGED = "diverged"
     """NaN/Inf in the loss or in a recorded statistic."""
     UNSTABLE = "unstable"

@@ -37,6 +37,7 @@ from ..recording import (
     weight_moments,
     zero_parameters,
 )
+from ..recording.gates import GateStats, capture_recurrent_inputs, gate_stats
 from ..recording.lookahead import later_learners
 from ..results import AuditResult, AuditRun
 from ..series import FRAME_COLUMNS
@@ -103,6 +104,7 @@ class _Recorded:
     grads: Weights
     zero_params: dict[str, bool]
     zero_steps: dict[str, int]
+    gates: tuple[GateStats, ...]
 
 
 def _args(batch: Inputs, device: torch.device) -> Inputs:
@@ -123,13 +125,18 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
     zero: dict[str, bool] = {}
     names: set[str] = set()
     first: Inputs = batches[0]
+    gates: tuple[GateStats, ...] = ()
     with recorder, torch.enable_grad():
         for i, batch in enumerate(batches):
             args = _args(batch, device)
             try:
-                output = work(*args)
+                with capture_recurrent_inputs(work, enabled=i == 0) as recurrent:
+                    output = work(*args)
             except Exception as exc:
                 raise _rejected(work, args, cfg, exc) from exc
+            if i == 0:
+                gates = tuple(g for name, inputs in recurrent.items()
+                              for g in gate_stats(name, work.get_submodule(name), inputs))  # type: ignore[arg-type]
             loss = _loss(output, cfg.loss, gen)
             losses.append(float(loss.detach()))
             if loss.requires_grad:
@@ -150,7 +157,7 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
         steps.update(later)
         grads = {**grads, **later_grads}
     return _Recorded(recorder.frame(), tuple(recorder.layers()), np.asarray(losses, dtype=np.float64), grads, zero,
-                     steps)
+                     steps, gates)
 
 
 DISCOVERY_ROWS = 2
@@ -234,7 +241,7 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
     evidence = RunEvidence(run=label, initializer=label, frame=frame, layers=rec.layers, weights_init=snapshot,
                            weights_final={}, losses=rec.losses, weight_vars=weight_vars, default_init=default,
                            structure=structure, grads_init=rec.grads, zero_params=rec.zero_params, norm_gains=gains,
-                           input_groups=groups, zero_steps=rec.zero_steps)
+                           input_groups=groups, zero_steps=rec.zero_steps, gates=rec.gates)
     return AuditRun(name=label, label=label, seed=cfg.seed, frame=frame, series=rec.series, layers=rec.layers,
                     analysis=analyze(evidence, seed=cfg.seed), weights=weights, losses=rec.losses,
                     seconds=time.perf_counter() - start, structure=structure)

@@ -29,6 +29,7 @@ from .cosine import max_cosine_pvalue, neuron_rows
 from .diverged import DivergedCheck, diverged_verdict
 from .dynamics import dead_growth_verdict, stalled_verdict, unstable_verdict, update_ratio_verdict, update_ratios
 from .evidence import RunEvidence, init_advice, pretty_activation, recommended_initializer
+from .gates import GateCheck, gate_verdict
 from .intentional import Explained, explained
 from .methods import MethodNote, methods
 from .overlay import TheoryProfile, TheoryRow, chain_predictions, expected_chain_gain, theory_profiles, theory_rows
@@ -72,6 +73,7 @@ __all__ = [
     "expected_chain_gain",
     "explained",
     "failed_checks",
+    "gate_verdict",
     "holm",
     "init_advice",
     "main_fit",
@@ -105,6 +107,7 @@ CHECKS.register(StreamCheck())
 CHECKS.register(SymmetryCheck())
 CHECKS.register(DeadCheck())
 CHECKS.register(SaturationCheck())
+CHECKS.register(GateCheck())
 CHECKS.register(DivergedCheck())
 CHECKS.register(UnstableCheck())
 CHECKS.register(StalledCheck())

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..recording.gates import GateStats
 from ..recording.snapshots import Weights
 from ..structure import Structure
 from ..structure.activations import ADVICE, lookup
@@ -64,6 +65,8 @@ class RunEvidence:
     input_groups: Mapping[str, int] = field(default_factory=dict)
     """Weight-layer module name -> groups of output units reading disjoint inputs (grouped convolutions;
     absent: 1): only units of one group can be symmetric."""
+    gates: tuple[GateStats, ...] = ()
+    """The gates of the recurrent layers at initialization (:mod:`~initdiag.recording.gates`)."""
 
     @property
     def blocks(self) -> tuple[LayerInfo, ...]:
