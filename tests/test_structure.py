@@ -281,6 +281,7 @@ def test_t5_blocks_are_layers_of_residual_sublayers() -> None:
     s = discover(transformers.T5ForConditionalGeneration(cfg).eval(), input_ids=ids, decoder_input_ids=ids)
     assert [b.module_type for b in s.blocks] == ["T5Block"] * 4  # not T5LayerSelfAttention / T5LayerFF
     assert [b.residual_adds for b in s.blocks] == [2, 2, 3, 3]  # decoder blocks: self-, cross-attention, FF
+    assert [b.restarts for b in s.blocks] == [False, False, True, False]  # the decoder reads its own embeddings
     assert {n.kind for n in s.norms} == {"rms"} and all(b.branch_normalized for b in s.blocks)
     assert s.layer("encoder.block.0.layer.1.DenseReluDense.wi").activation.name == "relu"
 

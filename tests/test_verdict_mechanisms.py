@@ -447,3 +447,39 @@ def test_dead_and_saturated_units_are_counted_after_functional_activations() -> 
         run = _run(broken, input_shape=(20,), batch_size=32)
         verdict = next(v for v in run.verdicts if v.check == check and v.phase == "init")
         assert verdict.status == "fail" and verdict.layers[0] == "a:" + act, verdict.message
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(width, width, 3, padding=1), nn.Conv2d(width, width, 3, padding=1)
+        self.na, self.nb = nn.BatchNorm2d(width), nn.BatchNorm2d(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.nb(self.b(torch.relu(self.na(self.a(x))))))
+
+
+class _Siamese(nn.Module):
+    """One backbone of 6 residual blocks applied to an image and to its mirror image; the head compares them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.blocks = nn.Sequential(*(_ResidualBlock() for _ in range(6)))
+        self.head = nn.Linear(16, 4)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x)).mean((2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head((self.embed(x) - self.embed(torch.flip(x, [3]))).abs())
+
+
+def test_a_backbone_called_on_two_inputs_is_one_stream_of_its_own_blocks() -> None:
+    """The second call's first block reads the stem's output again, not the first call's last block: its
+    blocks start another stream (of the same weights), so the stream is 6 blocks long, not 12."""
+    run = _run(_Siamese(), input_shape=(1, 12, 12))
+    assert run.structure is not None
+    assert [b.name for b in run.structure.blocks] == [f"blocks.{i}" for i in range(6)]
+    stream = next(v for v in run.verdicts if v.check == "stream" and v.signal == "forward")
+    assert "6 blocks" in stream.message and stream.status == "pass", stream.message

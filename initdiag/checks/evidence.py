@@ -71,8 +71,12 @@ class RunEvidence:
     @property
     def blocks(self) -> tuple[LayerInfo, ...]:
         """The residual stream's recorded sites (the stream entering the first block, then each block), in
-        stream order."""
-        return tuple(sorted((la for la in self.layers if la.role == Role.BLOCK), key=lambda la: la.depth))
+        stream order; with the structure, only its stream's (a block module called again, on another input,
+        is not the stream's continuation)."""
+        known = None if self.structure is None or not self.structure.blocks else \
+            {b.name for b in self.structure.blocks} | {f"{self.structure.blocks[0].name}:in"}
+        return tuple(sorted((la for la in self.layers if la.role == Role.BLOCK and (known is None or la.name in known)),
+                            key=lambda la: la.depth))
 
     @property
     def weight_layers(self) -> tuple[LayerInfo, ...]:

@@ -74,12 +74,13 @@ def stream_prediction(ev: RunEvidence) -> StreamTheory | None:
 
 def _steps(ev: RunEvidence, sites: list[str]) -> list[bool]:
     """For each step ``sites[i] -> sites[i+1]`` (stream order): whether it stays within a stage (the block has
-    an identity shortcut, its input's shape and no normalization after the add)."""
+    an identity shortcut, its input's shape, no normalization after the add, and reads the previous block)."""
     blocks = {b.name: b for b in ev.structure.blocks} if ev.structure is not None else {}
     out = []
     for site in sites[1:]:
         b = blocks.get(site)
-        out.append(b is not None and b.shortcut == "identity" and b.in_shape == b.out_shape and not b.post_norm)
+        out.append(b is not None and b.shortcut == "identity" and b.in_shape == b.out_shape and not b.post_norm
+                   and not b.restarts)
     return out
 
 

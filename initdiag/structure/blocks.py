@@ -170,6 +170,29 @@ def _activation_after(g: Graph, out: int | None) -> str:
     return ""
 
 
+def _stream_runs(g: Graph, stream: list[int]) -> list[list[int]]:
+    """The block calls as runs, each block's input deriving from the previous one's output (an encoder, then a
+    decoder that starts from its own embeddings); a run that calls again the modules of an earlier one (a
+    backbone applied to a second input, as in a siamese network) is the same stream again and is left out."""
+    marks = {out: k for k, ci in enumerate(stream) if (out := g.calls[ci].out_node) is not None}
+    anc = ancestor_bits(g, marks) if stream else []
+    runs: list[list[int]] = []
+    for k, ci in enumerate(stream):
+        node = g.calls[ci].in_node
+        if runs and node is not None and anc[node] >> (k - 1) & 1:
+            runs[-1].append(ci)
+        else:
+            runs.append([ci])
+    seen: set[str] = set()
+    kept = []
+    for run in runs:
+        modules = {g.calls[ci].module_name for ci in run}
+        if not modules <= seen:
+            kept.append(run)
+        seen |= modules
+    return kept
+
+
 def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
                 norm_names: list[str]) -> tuple[list[Block], str | None]:
     """The trunk's residual blocks and the call site whose output enters the first one."""
@@ -186,8 +209,10 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
     per_type = Counter(g.calls[ci].module_type for ci in kept)
     kept = [ci for ci in kept if per_type[g.calls[ci].module_type] >= 2]
     kept_set = set(kept)
-    stream = sorted((ci for ci in kept if not any(_inside(g, ci, o) for o in kept_set if o != ci)),
-                    key=lambda ci: g.calls[ci].start)
+    runs = _stream_runs(g, sorted((ci for ci in kept if not any(_inside(g, ci, o) for o in kept_set if o != ci)),
+                                  key=lambda ci: g.calls[ci].start))
+    stream = [ci for run in runs for ci in run]
+    restarts = {run[0] for run in runs[1:]}
     stop = {n: layer_names[li] for n, li in g.node_layer.items()}
     stop.update({n: norm_names[ni] for n, ni in norm_marks.items()})
     blocks: list[Block] = []
@@ -209,7 +234,8 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
             in_shape=per_sample(call.in_shape, g.batch), out_shape=per_sample(call.out_shape, g.batch),
             residual_adds=len(found), shortcut=shortcut, layers=layers, norms=norms,
             branch_normalized=all(nanc[f[1]] & ~nanc[f[2]] for f in found), post_norm=post,
-            last_branch_layers=last, activation_after="" if post else _activation_after(g, call.out_node)))
+            last_branch_layers=last, activation_after="" if post else _activation_after(g, call.out_node),
+            restarts=ci in restarts))
     stream_input = None
     if stream:
         first = g.calls[stream[0]]

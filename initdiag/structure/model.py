@@ -144,7 +144,8 @@ class Block:
     ``branch_normalized``: every residual branch passes a normalization of its own. ``post_norm``: the
     block's output is a normalization of its last residual sum. ``last_branch_layers``: per residual add,
     the weight layer or normalization whose output is added. ``activation_after``: the elementwise activation
-    applied to the last residual sum inside the block (ResNet's ``relu(x + f(x))``), "" for none.
+    applied to the last residual sum inside the block (ResNet's ``relu(x + f(x))``), "" for none. ``restarts``:
+    its input does not derive from the previous block's output (a decoder's first block after an encoder's).
     """
 
     name: str
@@ -161,6 +162,7 @@ class Block:
     post_norm: bool
     last_branch_layers: tuple[str, ...]
     activation_after: str = ""
+    restarts: bool = False
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}

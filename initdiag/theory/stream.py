@@ -101,14 +101,15 @@ def _shortcut(structure: Structure, block: Block, v: float, weight_var: Mapping[
 def stream_theory(structure: Structure, v0: float, weight_var: Mapping[str, float], bias_var: Mapping[str, float],
                   norm_gain: Mapping[str, float], mean_sq0: float = 0.0) -> StreamTheory:
     """The stream's predicted variance from the measured variance ``v0`` (and squared mean ``mean_sq0``) entering
-    the first block (see the module docstring). ``weight_var``/``bias_var``: Var(W), Var(b) by module name;
+    the first block (see the module docstring); None from a block that restarts the stream (its input is not
+    the previous block's output) on. ``weight_var``/``bias_var``: Var(W), Var(b) by module name;
     ``norm_gain``: normalization call site -> ``mean(gamma^2) + mean(beta^2)``."""
     values: list[float | None] = [float(v0)]
     rules: list[str] = []
     bounded = True
     mean = math.sqrt(max(mean_sq0, 0.0))
     for block in structure.blocks:
-        v = None if values[-1] is None else values[-1] + mean * mean  # the second moment
+        v = None if values[-1] is None or block.restarts else values[-1] + mean * mean  # the second moment
         if block.post_norm:
             last = block.norms[-1] if block.norms else ""
             values.append(norm_gain.get(last, 1.0))
