@@ -117,9 +117,10 @@ def signal_section(runs: Sequence[Run], labels: list[str], styles: dict[str, int
     layers = _layer_order(runs)
     names = layer_labels([la for r in runs for la in r.layers], layers)
     figures: list[Figure] = []
-    for kind, what, fid, fan, anchor in (
-            (Kind.FORWARD, "Activation variance", "fig-forward", "fan_in", "first"),
-            (Kind.BACKWARD, "Gradient variance (dL/d output)", "fig-backward", "fan_out", "last")):
+    for kind, what, fid, fan, anchor, route in (
+            (Kind.FORWARD, "Activation variance", "fig-forward", "fan_in", "first", ""),
+            (Kind.BACKWARD, "Gradient variance (dL/d output)", "fig-backward", "fan_out", "last",
+             "; through a max-pool, c at each window's maximum and the gradient spread over the window")):
         values: dict[str, list[float | None]] = {}
         expected: dict[str, list[float | None]] = {}
         for label in labels:
@@ -133,8 +134,8 @@ def signal_section(runs: Sequence[Run], labels: list[str], styles: dict[str, int
         figures.append(Figure(fid, svg, f"{what} of each Conv/Linear layer's output at the first training step"
                               + (", mean over seeds" if multi else "") + "; log scale. Thin dashed lines with "
                               "hollow markers: the variance theory expects from each initializer (gain per layer "
-                              f"{fan} x Var(W) x c, c = 1/2 after ReLU, 1 linear), started from the measured "
-                              f"value at the {anchor} layer."))
+                              f"{fan} x Var(W) x c, c = 1/2 after ReLU, 1 linear{route}), started from the "
+                              f"measured value at the {anchor} layer."))
     heatmaps = []
     if over_training:
         for i, label in enumerate(labels):
