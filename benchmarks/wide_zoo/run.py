@@ -92,9 +92,10 @@ def _one_child(spec: ModelSpec, pending: list[str], timeout: float, records: lis
                 line = lines.get(timeout=max(0.0, started + timeout - time.perf_counter()))
             except queue.Empty:
                 _kill(proc)
-                records.append({**base_record(spec, current), "status": "timeout", "audit_s": timeout,
-                                "error": f"killed after {timeout:g} s"})
-                pending.remove(current)
+                if current in pending:  # else its result came and the child hung on its way out
+                    records.append({**base_record(spec, current), "status": "timeout", "audit_s": timeout,
+                                    "error": f"killed after {timeout:g} s"})
+                    pending.remove(current)
                 return
             if line is None:
                 code = proc.wait()
@@ -144,9 +145,14 @@ def run_all(specs: Sequence[ModelSpec], variants: Sequence[str], timeout: float,
     out.parent.mkdir(parents=True, exist_ok=True)
     done: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, out.open("a") as sink:
-        futures = [pool.submit(run_model, spec, variants, timeout) for spec in specs]
+        futures = {pool.submit(run_model, spec, variants, timeout): spec for spec in specs}
         for future in as_completed(futures):
-            for rec in future.result():
+            try:
+                records = future.result()
+            except Exception as exc:  # a fault of the harness for one model must not lose the others' records
+                records = [{**base_record(futures[future], v), "status": "error", "phase": "harness",
+                            "error": f"{type(exc).__name__}: {exc}"[:300]} for v in variants]
+            for rec in records:
                 sink.write(json.dumps(rec) + "\n")
                 done.append(rec)
                 if report is not None:
