@@ -483,3 +483,25 @@ def test_a_backbone_called_on_two_inputs_is_one_stream_of_its_own_blocks() -> No
     assert [b.name for b in run.structure.blocks] == [f"blocks.{i}" for i in range(6)]
     stream = next(v for v in run.verdicts if v.check == "stream" and v.signal == "forward")
     assert "6 blocks" in stream.message and stream.status == "pass", stream.message
+
+
+class _PriorHead(nn.Module):
+    """A detector-style head: hidden ReLU layer, logits with the focal loss's prior bias -log(99), sigmoid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden, self.logits = nn.Linear(20, 64), nn.Linear(64, 8)
+        nn.init.normal_(self.logits.weight, std=0.01)
+        nn.init.constant_(self.logits.bias, -4.595)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(torch.relu(self.hidden(x))))
+
+
+def test_a_sigmoid_on_the_output_is_the_losss_link_not_a_saturated_unit() -> None:
+    """Every output sits at the prior 0.01, within 0.01 of the bound 0, by design (Lin et al. 2017): only
+    hidden functional activations are counted, so the saturation check has no layer to judge here."""
+    run = _run(_PriorHead(), input_shape=(20,), batch_size=32)
+    assert not any(la.name.endswith(":sigmoid") for la in run.layers)
+    assert any(la.name == "hidden:relu" for la in run.layers)
+    assert all(v.status != "fail" for v in run.verdicts if v.check == "saturation")

@@ -16,10 +16,13 @@ __all__ = ["apply_activation", "functional_activations"]
 
 def functional_activations(structure: Structure) -> dict[str, Activation]:
     """Weight-layer site -> the ReLU-family or bounded function its output reaches without a normalization
-    between (where dead or saturated units can be counted). Assumes no constant scale or bias between them,
-    which the structure's search passes."""
+    between, for layers whose output feeds another weight layer: hidden units, where dead or saturated units
+    stop the gradient. A sigmoid on the model's output is the loss's link (a detector's logits start at the
+    prior's -4.6 by design, Lin et al. 2017, and the loss's gradient does not pass through it). Assumes no
+    constant scale or bias between layer and function, which the structure's search passes."""
+    feeding = {a for a, _ in structure.flow_links}
     return {la.name: la.activation for la in structure.weight_layers
-            if la.activation.source == "function" and la.norm_after is None
+            if la.activation.source == "function" and la.norm_after is None and la.name in feeding
             and (la.activation.name in RELU_FAMILY or la.activation.name in SATURATING)}
 
 
