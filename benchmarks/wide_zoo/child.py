@@ -96,10 +96,9 @@ def _stream_growth(run: Any) -> float:
     blocks = run.structure.blocks if run.structure is not None else ()
     if not blocks:
         return 0.0
-    frame = run.series
-    rows = frame[(frame["kind"] == "forward") & (frame["stat"] == "var") & (frame["phase"] == "train")]
-    rows = rows[rows["step"] == rows["step"].min()]
-    var = dict(zip(rows["layer"].astype(str), rows["value"].astype(float), strict=False))
+    from initdiag.series import first_step_values
+
+    var = first_step_values(run.series, "forward")
     first, last = var.get(f"{blocks[0].name}:in"), var.get(blocks[-1].name)
     return last / first if first and last is not None and first > 0 else 0.0
 

@@ -69,8 +69,8 @@ def capture_recurrent_inputs(model: nn.Module, enabled: bool = True) -> Iterator
 
 
 def _cell(kind: str, nonlin: str, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None,
-          w: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """One step: ``(h, pre-activations stacked by gate [gates, batch, hidden], c, gate inputs)``."""
+          w: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One step: ``(h, pre-activations stacked by gate [gates, batch, hidden], c)``."""
     w_ih, w_hh, b_ih, b_hh = w
     gi, gh = x @ w_ih.T + b_ih, h @ w_hh.T + b_hh
     if kind == "LSTM":
@@ -78,15 +78,15 @@ def _cell(kind: str, nonlin: str, x: torch.Tensor, h: torch.Tensor, c: torch.Ten
         i, f, g, o = torch.sigmoid(four[0]), torch.sigmoid(four[1]), torch.tanh(four[2]), torch.sigmoid(four[3])
         assert c is not None
         c = f * c + i * g
-        return o * torch.tanh(c), torch.stack(four), c, gi
+        return o * torch.tanh(c), torch.stack(four), c
     if kind == "GRU":
         ir, iz, in_ = gi.chunk(3, 1)
         hr, hz, hn = gh.chunk(3, 1)
         r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
         n_pre = in_ + r * hn
-        return (1 - z) * torch.tanh(n_pre) + z * h, torch.stack((ir + hr, iz + hz, n_pre)), None, gi
+        return (1 - z) * torch.tanh(n_pre) + z * h, torch.stack((ir + hr, iz + hz, n_pre)), None
     pre = gi + gh
-    return (torch.tanh(pre) if nonlin == "tanh" else torch.relu(pre)), pre[None], None, gi
+    return (torch.tanh(pre) if nonlin == "tanh" else torch.relu(pre)), pre[None], None
 
 
 Replayed = list[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -120,7 +120,7 @@ def replay(module: nn.RNNBase, args: tuple[Any, ...]) -> tuple[torch.Tensor, Rep
             hs, pres, ins = {}, {}, []
             for t in steps:
                 ins.append(h)
-                h, pre, c, _ = _cell(kind, getattr(module, "nonlinearity", "tanh"), seq[t], h, c, w)  # type: ignore[arg-type]
+                h, pre, c = _cell(kind, getattr(module, "nonlinearity", "tanh"), seq[t], h, c, w)  # type: ignore[arg-type]
                 hs[t], pres[t] = h, pre
             order = range(seq.shape[0])
             outputs.append(torch.stack([hs[t] for t in order]))

@@ -146,11 +146,11 @@ def _walk_back(g: Graph, n: int, stop: dict[int, str]) -> str | None:
     return None
 
 
-def _activation_after(g: Graph, out: int | None) -> str:
+def _activation_after(g: Graph, out: int | None, acts: dict[int, Call]) -> str:
     """The elementwise activation applied to a block's last residual sum before it leaves the block (ResNet's
     ``relu(x + f(x))``): from the block's output back through shape ops to an activation whose input, back
-    through shape ops again, is a residual add; "" when there is none."""
-    acts = {c.out_node: c for c in g.calls if c.act is not None and c.out_node is not None}
+    through shape ops again, is a residual add; "" when there is none. ``acts``: the activation module calls by
+    output node."""
     n, name = out, ""
     for _ in range(64):
         if n is None:
@@ -216,6 +216,7 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
     stop = {n: layer_names[li] for n, li in g.node_layer.items()}
     stop.update({n: norm_names[ni] for n, ni in norm_marks.items()})
     blocks: list[Block] = []
+    acts = {c.out_node: c for c in g.calls if c.act is not None and c.out_node is not None}
     for index, ci in enumerate(stream):
         call, found = g.calls[ci], cands[ci]
         layers = tuple(dict.fromkeys(layer_names[li] for n, li in sorted(g.node_layer.items())
@@ -234,7 +235,7 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
             in_shape=per_sample(call.in_shape, g.batch), out_shape=per_sample(call.out_shape, g.batch),
             residual_adds=len(found), shortcut=shortcut, layers=layers, norms=norms,
             branch_normalized=all(nanc[f[1]] & ~nanc[f[2]] for f in found), post_norm=post,
-            last_branch_layers=last, activation_after="" if post else _activation_after(g, call.out_node),
+            last_branch_layers=last, activation_after="" if post else _activation_after(g, call.out_node, acts),
             restarts=ci in restarts))
     stream_input = None
     if stream:
