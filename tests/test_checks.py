@@ -170,8 +170,22 @@ def test_overflow_at_init_is_exploding() -> None:
 def test_fewer_than_three_layers_fall_back_to_the_raw_change() -> None:
     assert signal_verdicts([1.0, 50.0]).status == "pass"
     assert (signal_verdicts([1.0, 500.0]).outcome, signal_verdicts([1.0, 500.0]).status) == ("exploding", "warn")
-    assert (signal_verdicts([1.0, 1e-5]).outcome, signal_verdicts([1.0, 1e-5]).status) == ("vanishing", "fail")
+    assert (signal_verdicts([1.0, 1e-5]).outcome, signal_verdicts([1.0, 1e-5]).status) == ("vanishing", "warn")
+    assert (signal_verdicts([1.0, 1e-9]).outcome, signal_verdicts([1.0, 1e-9]).status) == ("vanishing", "fail")
     assert signal_verdicts([1.0]).status == "pass"
+
+
+def test_a_fall_fails_only_as_deep_as_he_et_al_found_untrainable() -> None:
+    # He et al. (2015, Fig. 3): a ReLU net at Xavier (x1/2 per layer) trained at 22 layers (~5e-7 across), not
+    # at 30 (~2e-9). AlexNet at PyTorch's default init falls ~1e-4 over 8 layers and trains.
+    alexnet_like = signal_verdicts(list(0.27 ** np.arange(8)))
+    assert (alexnet_like.outcome, alexnet_like.status) == ("vanishing", "warn")
+    assert "warns, not fails" in alexnet_like.message
+    assert signal_verdicts(list(0.5 ** np.arange(22))).status == "warn"
+    assert (signal_verdicts(list(0.5 ** np.arange(30))).outcome, signal_verdicts(list(0.5 ** np.arange(30))).status) \
+        == ("vanishing", "fail")
+    rise = signal_verdicts(list(3.7 ** np.arange(8)))  # the mirror image of the AlexNet fall still fails
+    assert (rise.outcome, rise.status) == ("exploding", "fail")
 
 
 def test_noisy_trend_whose_interval_includes_zero_only_warns() -> None:
@@ -229,6 +243,18 @@ def test_tolerance_is_relative_to_the_weight_scale() -> None:
     w[4] = w[1] * (1 + 1e-9)
     assert symmetry_groups(w, None, atol=1e-7, rtol=1e-5) == [[1, 4]]
     assert symmetry_groups(w, None, atol=1e-7, rtol=0.0) == []
+
+
+def test_weights_and_bias_each_have_their_own_scale() -> None:
+    # A gate that starts open (gMLP's spatial gate: W ~ N(0, 1e-6), b = 1): the bias of 1 must not widen the
+    # weights' tolerance to 1e-5, which would call 16 distinct rows of 1e-6 "identical".
+    rng = np.random.default_rng(2)
+    w, b = rng.normal(0, 1e-6, (16, 16)), np.ones(16)
+    assert symmetry_groups(w, b, atol=1e-9, rtol=1e-5) == []
+    w[5] = w[2]
+    assert symmetry_groups(w, b, atol=1e-9, rtol=1e-5) == [[2, 5]]
+    b[5] = 2.0  # same weights, different bias: different neurons
+    assert symmetry_groups(w, b, atol=1e-9, rtol=1e-5) == []
 
 
 def test_rows_with_nan_join_no_group() -> None:

@@ -505,3 +505,94 @@ def test_a_sigmoid_on_the_output_is_the_losss_link_not_a_saturated_unit() -> Non
     assert not any(la.name.endswith(":sigmoid") for la in run.layers)
     assert any(la.name == "hidden:relu" for la in run.layers)
     assert all(v.status != "fail" for v in run.verdicts if v.check == "saturation")
+
+
+class _OpenGate(nn.Module):
+    """``u * gate(v)`` with the gate's weights ~ N(0, 1e-6) and bias 1, so the gate starts open and the unit as
+    ``u`` (gMLP's spatial gating, Liu et al. 2021); ``tiny_everywhere``: every weight at that scale instead."""
+
+    def __init__(self, tiny_everywhere: bool = False, width: int = 16) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 2 * width)
+        self.gate = nn.Linear(width, width)
+        self.head = nn.Linear(width, 5)
+        with torch.no_grad():
+            for layer in (self.fc, self.gate, self.head) if tiny_everywhere else (self.gate,):
+                layer.weight.normal_(0.0, 1e-6)
+            self.gate.bias.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, v = torch.relu(self.fc(x)).chunk(2, dim=-1)
+        return self.head(u * self.gate(v))
+
+
+def test_a_gate_that_starts_open_is_by_design_and_an_all_tiny_net_is_not() -> None:
+    run = _run(_OpenGate(), input_shape=(12,))
+    assert not run.failed, [v.message for v in run.verdicts if v.status == "fail"]  # neither symmetric nor silent
+    assert "no_signal" in _run(_OpenGate(tiny_everywhere=True), input_shape=(12,)).failed
+
+
+class _ClassAttention(nn.Module):
+    """A learned class token that sees the data only through ``scale * attention`` (CaiT's class attention,
+    layer scale 1e-6 as in its deeper variants), then a norm and an MLP; ``learned=False``: the same 1e-6 as a fixed buffer, which no step
+    changes."""
+
+    def __init__(self, learned: bool = True, width: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Linear(12, width)
+        self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.v = nn.Linear(width, width)
+        scale = torch.full((width,), 1e-6)
+        if learned:
+            self.scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("scale", scale)
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, 32)
+        self.fc2 = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x)
+        cls = self.cls.expand(x.shape[0], -1, -1) + self.scale * self.v(tokens).mean(1, keepdim=True)
+        return self.fc2(torch.relu(self.fc1(self.norm(cls)))).squeeze(1)
+
+
+def test_layers_that_see_the_data_only_through_a_near_zero_layer_scale_inherit_its_explanation() -> None:
+    run = _run(_ClassAttention(), input_shape=(6, 12))
+    assert "no_signal" not in run.failed, [v.message for v in run.verdicts if v.status == "fail"]
+    assert any("near-zero" in note for v in run.verdicts for note in [v.message])
+    assert "no_signal" in _run(_ClassAttention(learned=False), input_shape=(6, 12)).failed
+
+
+class _PyramidHead(nn.Module):
+    """One head of 14 padded 3x3 convs (He init) applied to a 8x8 map and to its 1x1 average: on the 1x1 map each
+    kernel sees only its centre, 1/9 of its fan-in, so that call falls by (2/9)^13 ~ 3e-9 while the 8x8 call keeps
+    its variance (a detection head shared across pyramid levels at a small input). ``shared=False``: the 1x1 map
+    gets a head of its own, which learns from nothing else."""
+
+    def __init__(self, shared: bool = True, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+
+        def head() -> nn.Sequential:
+            layers: list[nn.Module] = []
+            for _ in range(14):
+                conv = nn.Conv2d(width, width, 3, padding=1)
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
+                layers += [conv, nn.ReLU()]
+            return nn.Sequential(*layers)
+
+        self.head = head()
+        self.small_head = self.head if shared else head()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.stem(x)
+        return self.head(f).mean((2, 3)) + self.small_head(f.mean((2, 3), keepdim=True)).mean((2, 3))
+
+
+def test_a_call_of_shared_weights_that_falls_warns_when_another_call_carries_the_signal() -> None:
+    shared = _run(_PyramidHead(), input_shape=(3, 8, 8))
+    assert "vanishing" not in shared.failed, [v.message for v in shared.verdicts if v.status == "fail"]
+    assert any("applied side by side" in v.message for v in shared.verdicts if v.status == "warn")
+    assert "vanishing" in _run(_PyramidHead(shared=False), input_shape=(3, 8, 8)).failed

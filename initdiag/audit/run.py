@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +38,7 @@ from ..recording import (
     zero_parameters,
 )
 from ..recording.gates import GateStats, capture_recurrent_inputs, gate_stats
-from ..recording.lookahead import later_learners
+from ..recording.lookahead import later_learners, zero_shadow
 from ..results import AuditResult, AuditRun
 from ..series import FRAME_COLUMNS
 from ..structure import Structure, discover
@@ -105,6 +105,7 @@ class _Recorded:
     zero_params: dict[str, bool]
     zero_steps: dict[str, int]
     gates: tuple[GateStats, ...]
+    zero_shadow: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _args(batch: Inputs, device: torch.device) -> Inputs:
@@ -156,8 +157,11 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
         zero.update(dict.fromkeys(later, True))
         steps.update(later)
         grads = {**grads, **later_grads}
+    params = dict(work.named_parameters())
+    near = [p for p, learns in zero.items() if learns and p in params and bool(params[p].detach().any())]
+    shadow = dict.fromkeys(zero_shadow(work, first, near, names), tuple(near)) if near else {}
     return _Recorded(recorder.frame(), tuple(recorder.layers()), np.asarray(losses, dtype=np.float64), grads, zero,
-                     steps, gates)
+                     steps, gates, shadow)
 
 
 DISCOVERY_ROWS = 2
@@ -241,7 +245,8 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
     evidence = RunEvidence(run=label, initializer=label, frame=frame, layers=rec.layers, weights_init=snapshot,
                            weights_final={}, losses=rec.losses, weight_vars=weight_vars, default_init=default,
                            structure=structure, grads_init=rec.grads, zero_params=rec.zero_params, norm_gains=gains,
-                           input_groups=groups, zero_steps=rec.zero_steps, gates=rec.gates)
+                           input_groups=groups, zero_steps=rec.zero_steps, gates=rec.gates,
+                           zero_shadow=rec.zero_shadow)
     return AuditRun(name=label, label=label, seed=cfg.seed, frame=frame, series=rec.series, layers=rec.layers,
                     analysis=analyze(evidence, seed=cfg.seed), weights=weights, losses=rec.losses,
                     seconds=time.perf_counter() - start, structure=structure)

@@ -23,7 +23,7 @@ from ..vocab import HEALTHY, CheckName, Family, Need, Outcome, Phase, Signal, St
 from .evidence import RunEvidence
 from .intentional import Explained, explained
 from .overlay import chain_predictions, expected_chain_gain
-from .recurrence import recurrent_verdict
+from .recurrence import parallel_calls, recurrent_verdict
 from .registry import AnalysisContext, Check, MethodNote, SignalColumns
 from .signal import SignalFit, SignalRows, earliest_step, signal_fit, signal_verdict
 from .verdict import Thresholds, Verdict
@@ -191,8 +191,7 @@ def _dual_directions(ev: RunEvidence, by_kind: dict[str, list[tuple[SignalFit, V
                if v.status == Status.PASS and v.outcome == HEALTHY}
     judged = by_kind.get(str(Signal.FORWARD), [])
     for i, (f, v) in enumerate(judged):
-        if v.outcome != Outcome.VANISHING or f.layers not in healthy \
-                or not homogeneous(ev, f.layers):
+        if v.outcome != Outcome.VANISHING or f.layers not in healthy or not homogeneous(ev, f.layers):
             continue
         judged[i] = (f, _passes(v, " But the chain is positively homogeneous (ReLU-family activations, no biases "
                                 "after its first layer), so this is a constant factor on its output for every input, "
@@ -265,6 +264,7 @@ def chain_verdicts(ev: RunEvidence, th: Thresholds, fits: Mapping[str, Sequence[
             if v is not None:
                 judged.append((f, v))
     _dual_directions(ev, by_kind)
+    parallel_calls(ev, by_kind)
     for kind, judged in by_kind.items():
         if not judged:
             continue
@@ -341,10 +341,10 @@ class SignalCheck(SignalColumns, Check):
                 "gain^(L-1), so one odd layer (e.g. a 10-way classifier head) does not decide the verdict. The raw "
                 "first-to-last change is reported too.",
                 "the variance is preserved from layer to layer (slope 0, gain 1).",
-                f"fail when gain^(L-1) >= {th.change_factor:g} (exploding) or <= 1/{th.change_factor:g} (vanishing) "
-                f"and the {level} interval of the gain excludes 1; warn when the factor is passed but the interval "
-                f"includes 1. With 2 layers (no interval) the raw change decides: >= {th.few_layers_factor:g}x "
-                f"fails, >= {th.change_factor:g}x warns.",
+                f"fail when gain^(L-1) >= {th.change_factor:g} (exploding) or <= 1/{th.vanishing_fail_factor:g} "
+                f"(vanishing; He et al. 2015: ReLU nets learn through 5e-7, not 2e-9; warn at 1/{th.change_factor:g}) "
+                f"and the {level} interval of the gain excludes 1, else warn. With 2 layers (no interval) the raw "
+                f"change decides: a rise >= {th.few_layers_factor:g}x fails, >= {th.change_factor:g}x warns.",
             ),
             MethodNote(
                 "no_signal", "No signal",

@@ -67,6 +67,9 @@ class RunEvidence:
     absent: 1): only units of one group can be symmetric."""
     gates: tuple[GateStats, ...] = ()
     """The gates of the recurrent layers at initialization (:mod:`~initdiag.recording.gates`)."""
+    zero_shadow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Weight-layer call site -> the near-zero parameters (that learn) through which alone its input varies
+    over the batch (:func:`~initdiag.recording.lookahead.zero_shadow`)."""
 
     @property
     def blocks(self) -> tuple[LayerInfo, ...]:

@@ -122,6 +122,20 @@ def explained(ev: RunEvidence) -> Explained:
                      "the scale of each branch is zero and learns from step " + ("1" if late == 1 else f"{late} (the "
                      "look-ahead: a zero after it gets its gradient first)") + " (zero_init_residual, SkipInit, "
                      "Fixup), so the stream passes unchanged at initialization.")
+    shadowed = [la for la in layers if la.name in ev.zero_shadow]
+    if shadowed:
+        near = list(dict.fromkeys(p for la in shadowed for p in ev.zero_shadow[la.name]))
+        names = ", ".join(f"'{p}'" for p in near[:2]) + (" ..." if len(near) > 2 else "")
+        late = max((ev.zero_steps.get(p, 1) for p in near), default=1)
+        for c in shadowed:
+            why = f"'{c.name}' sees the data only through near-zero parameters that learn from step {late}"
+            for seg in segments:
+                if c.name in seg:
+                    for name in seg[seg.index(c.name):]:
+                        forward.setdefault(name, why)
+        notes.append(f"{len(shadowed)} layer(s) ('{shadowed[0].name}' first) see the data only through the near-zero "
+                     f"parameter(s) {names} (a layer scale of 1e-5 beside a learned token): with them at exactly 0 "
+                     f"their input is the same for every sample. They learn from step {late}, and the data with them.")
     constant = [la for la in layers if la.constant_input]
     for c in constant:
         why = f"'{c.name}' gets the same input for every sample"

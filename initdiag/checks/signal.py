@@ -19,7 +19,7 @@ from ..vocab import HEALTHY, CheckName, Family, Outcome, Status
 from .evidence import RunEvidence, init_advice
 from .verdict import Thresholds, Verdict
 
-__all__ = ["SignalFit", "SignalRows", "earliest_step", "signal_effect", "signal_fit", "signal_verdict"]
+__all__ = ["SignalFit", "SignalRows", "earliest_step", "shallow_fall", "signal_effect", "signal_fit", "signal_verdict"]
 
 WEIGHT_MODULES = frozenset(t.__name__ for t in WEIGHT_LAYER_TYPES)
 _DEFAULT = Thresholds()
@@ -215,6 +215,14 @@ def signal_fit(frame: pd.DataFrame | SignalRows, kind: str = "forward", step: in
     )
 
 
+def shallow_fall(th: Thresholds) -> str:
+    """Why a fall short of ``th.vanishing_fail_factor`` warns instead of failing."""
+    return (f" A fall short of {th.vanishing_fail_factor:g}x warns, not fails: the optimizer recovers a scale this "
+            "deep (a normalization or the loss rescales it; in a ReLU net the forward and backward falls cancel "
+            "in the weight gradients), and He et al. (2015, Fig. 3) trained a ReLU net through ~5e-7, slower, "
+            "while ~2e-9 did not learn.")
+
+
 def _at_least(x: float, bound: float) -> bool:
     """``x >= bound``, counting an ``x`` equal to ``bound`` up to float rounding (relative 1e-9) as equal, so
     a change exactly at a threshold gets one verdict whatever the variances' scale (rescaling rounds the
@@ -258,7 +266,8 @@ def signal_verdict(fit: SignalFit, ev: RunEvidence, th: Thresholds = _DEFAULT,
     fit a vanishing trend, else ``no_signal``; otherwise ``exploding``/``vanishing`` when
     ``change_fitted >= C`` / ``<= 1/C`` and the slope's interval excludes 0 (``warn`` if it does not);
     with 2 layers (no interval) the raw change decides: fail beyond ``few_layers_factor``, warn beyond
-    ``C``. Everything else is ``healthy``. A backward trend measured per element (layer sizes unknown,
+    ``C``. A fall fails only from ``th.vanishing_fail_factor`` on (``V``, 1e8: He et al. 2015) and warns
+    between ``C`` and ``V``. Everything else is ``healthy``. A backward trend measured per element (layer sizes unknown,
     ``fit.per_sample`` false) only warns: per-element dL/dy variance changes with the layer sizes.
     """
     if fit.n_layers == 0:
@@ -306,8 +315,11 @@ def signal_verdict(fit: SignalFit, ev: RunEvidence, th: Thresholds = _DEFAULT,
         big = max(raw, 1 / raw) if raw > 0 else math.inf
         check = Outcome.EXPLODING if raw > 1 else Outcome.VANISHING
         text += " With 2 layers there is no interval: the raw change decides."
-        if _at_least(big, th.few_layers_factor):
+        fail_at = th.few_layers_factor if raw > 1 else max(th.few_layers_factor, th.vanishing_fail_factor)
+        if _at_least(big, fail_at):
             return make(check, Status.FAIL, ends, text)
+        if raw < 1 and _at_least(big, th.few_layers_factor):
+            return make(check, Status.WARN, ends, text + shallow_fall(th))
         if _at_least(big, th.change_factor):
             return make(check, Status.WARN, ends, text)
         return make(HEALTHY, Status.PASS, (), text, adv=None)
@@ -316,6 +328,8 @@ def signal_verdict(fit: SignalFit, ev: RunEvidence, th: Thresholds = _DEFAULT,
         if (sure_up if growing else sure_down) and unsure:
             return make(check, Status.WARN, ends, text + " Measured per element: the layer sizes were not "
                         "recorded, so changes of width or spatial size (pooling) are not accounted for.", p)
+        if shrinking and sure_down and not _at_least(1 / th.vanishing_fail_factor, fit.change_fitted):
+            return make(check, Status.WARN, ends, text + shallow_fall(th), p)
         if sure_up if growing else sure_down:
             return make(check, Status.FAIL, ends, text, p)
         return make(check, Status.WARN, ends, text + " The gain's interval includes 1, so this is uncertain.", p)

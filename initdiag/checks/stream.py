@@ -12,7 +12,8 @@ Linear growth ``v_l = a + b l`` gives ``r -> 1`` and ``r^n`` of a few whatever t
 geometric growth ``(1 + G)^l`` gives ``(1 + G)^n``. Null hypothesis: the stream changes at most linearly
 across blocks, as theory predicts for normalized or zero branches (Brock et al. 2021; De & Smith 2020).
 Thresholds, with ``C = change_factor``: for a design theory says grows geometrically (unnormalized
-branches), fail when ``r^n >= C`` (exploding) or ``<= 1/C`` (vanishing), forward and backward. Either kind
+branches), fail when ``r^n >= C`` (exploding) or ``<= 1/V`` (vanishing, ``V = vanishing_fail_factor``;
+warn from ``1/C``), forward and backward. Either kind
 of design fails only on what was measured: at least :data:`MIN_STEPS` within-stage steps and a measured
 first-to-last change ``v_n / v_0`` beyond the same limit in the same direction (else it warns). For a
 bounded design the forward stream fails only beyond ``C^2`` (the measurement then contradicts theory) and
@@ -38,7 +39,7 @@ from ..vocab import HEALTHY, CheckName, Family, Kind, Need, Outcome, Phase, Stat
 from .chains import why_of
 from .evidence import RunEvidence, init_advice
 from .registry import AnalysisContext, Check, MethodNote, SignalColumns
-from .signal import earliest_step
+from .signal import earliest_step, shallow_fall
 from .verdict import Thresholds, Verdict
 
 __all__ = ["StreamCheck", "stream_prediction", "stream_theory_of", "stream_values", "stream_verdicts"]
@@ -192,15 +193,17 @@ def stream_verdicts(ev: RunEvidence, th: Thresholds, predicted: tuple[float | No
                                "changes the normalized weights' effective step size, not the signal (Yang et al. "
                                "2019; Arora et al. 2019)." + notes,
                                None, details=details))
-        elif big >= limit and not (unmeasured := _unmeasured(within, raw, change, limit, bool(bounded))):
+        elif (big >= limit and not (unmeasured := _unmeasured(within, raw, change, limit, bool(bounded)))
+              and (check == Outcome.EXPLODING or big >= th.vanishing_fail_factor)):
             out.append(_verdict(check, str(kind), Status.FAIL.value, (sites[0], sites[-1]), None, effect,
                                text + " The growth is geometric, not the bounded growth of normalized branches."
                                + notes, "Normalize the residual branches (BatchNorm/LayerNorm), scale them down "
                                "(SkipInit, Fixup: zero the last layer of each branch) or lower the branch gains; "
                                + init_advice(ev), details=details))
         elif big >= limit or (bounded and big >= th.change_factor):
-            why = unmeasured if big >= limit else ("Beyond the threshold, but the design's normalizations bound the "
-                                                   "stream and rescale its gradient: uncertain.")
+            why = (unmeasured or shallow_fall(th).strip() if big >= limit else
+                   "Beyond the threshold, but the design's normalizations bound the stream and rescale its "
+                   "gradient: uncertain.")
             out.append(_verdict(check, str(kind), Status.WARN.value, (sites[0], sites[-1]), None, effect,
                                text + " " + why + notes, init_advice(ev), details=details))
         else:
@@ -250,5 +253,6 @@ class StreamCheck(SignalColumns, Check):
             "stream is reported, not judged (normalized branches are scale-invariant). A fail needs what was "
             f"measured to agree: at least {MIN_STEPS} within-stage steps (with fewer, a branch adding a fixed "
             "variance to a small stream, 1 + b/v, looks geometric) and a measured first-to-last change beyond the "
-            "same threshold in the same direction; else it warns.",
+            "same threshold in the same direction; else it warns. A fall fails only from "
+            f"{th.vanishing_fail_factor:g}x on (He et al. 2015: ReLU nets still learn through ~5e-7).",
         ),)

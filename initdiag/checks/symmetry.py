@@ -28,29 +28,35 @@ def symmetry_groups(weight: np.ndarray, bias: np.ndarray | None, atol: float,
                     rtol: float = 0.0) -> list[list[int]]:
     """Groups (size >= 2, indices ascending, ordered by first index) of identical neurons.
 
-    Neuron ``i`` joins a group when ``max_k |row_i,k - row_j,k| <= atol + rtol * max|entry|`` for the
-    group's first row ``j`` (rows from :func:`neuron_rows`; rows with NaN/Inf join none). Rows are
-    visited in the order of a fixed random projection, so only rows whose projections are within the
-    tolerance are compared: about ``O(out * in)`` work for a random layer or a fully symmetric one.
+    Neuron ``i`` joins a group when ``|row_i,k - row_j,k| <= atol + rtol * scale_k`` for every entry ``k``
+    and the group's first row ``j`` (rows from :func:`neuron_rows`; rows with NaN/Inf join none), where
+    ``scale_k`` is the largest |weight| for a weight entry and the largest |bias| for the bias: the two are
+    different parameters, and a bias of 1 next to weights of 1e-6 (a gate that starts open, gMLP) must not
+    make every weight row "equal" within 1e-5. Rows are visited in the order of a fixed random projection, so
+    only rows whose projections are within the tolerance are compared: about ``O(out * in)`` work for a random
+    layer or a fully symmetric one.
     """
-    return _groups(native_rows(weight, bias), atol, rtol)
+    return _groups(native_rows(weight, bias), atol, rtol, bias is not None)
 
 
-def _groups(rows: np.ndarray, atol: float, rtol: float) -> list[list[int]]:
-    """:func:`symmetry_groups` of the rows of :func:`neuron_rows` (float32 or float64), projected and compared
-    in float64."""
+def _groups(rows: np.ndarray, atol: float, rtol: float, has_bias: bool = False) -> list[list[int]]:
+    """:func:`symmetry_groups` of the rows of :func:`neuron_rows` (float32 or float64; the bias last when
+    ``has_bias``), projected and compared in float64."""
     d = rows.shape[1]
     finite = np.flatnonzero(np.isfinite(rows).all(axis=1))
     if len(finite) < 2:
         return []
     if len(finite) < len(rows):
         rows = rows[finite]
-    scale = float(max(rows.max(), -rows.min()))
+    split = d - 1 if has_bias and d > 1 else d
+    scales = np.array([float(np.abs(part).max(initial=0.0)) for part in (rows[:, :split], rows[:, split:])])
+    scale = np.full(d, scales[0])
+    scale[split:] = scales[1]
     tol = atol + rtol * scale
     v = 1.0 + np.random.default_rng(20240611).random(d)
     step = max(1, (1 << 18) // max(d, 1))  # float64 projections, a cache-sized block of rows at a time
     proj = np.concatenate([rows[i:i + step].astype(np.float64) @ v for i in range(0, len(rows), step)])
-    window = (tol + 2 * d * _EPS * scale) * float(np.sum(v))
+    window = float(v @ (tol + 2 * d * _EPS * scale))
     order = np.argsort(proj, kind="stable")
     if not (np.diff(proj[order]) <= window).any():  # no two projections close enough for any pair to match
         return []
@@ -61,8 +67,8 @@ def _groups(rows: np.ndarray, atol: float, rtol: float) -> list[list[int]]:
         i, p = int(finite[pos]), float(proj[pos])
         lo = bisect.bisect_left(leader_proj, p - window)
         if lo < len(leaders):
-            diff = np.abs(rows[leaders[lo:]].astype(np.float64) - rows[pos].astype(np.float64)).max(axis=1)
-            hit = np.flatnonzero(diff <= tol)
+            diff = np.abs(rows[leaders[lo:]].astype(np.float64) - rows[pos].astype(np.float64))
+            hit = np.flatnonzero((diff <= tol).all(axis=1))
             if hit.size:
                 members[lo + int(hit[0])].append(i)
                 continue
@@ -99,7 +105,7 @@ def _layer_report(name: str, weight: np.ndarray, bias: np.ndarray | None, th: Th
     blocks = input_groups if input_groups > 1 and n % input_groups == 0 else 1
     size = n // blocks
     groups = [[b * size + i for i in g] for b in range(blocks)
-              for g in _groups(rows[b * size:(b + 1) * size], th.symmetry_atol, th.symmetry_rtol)]
+              for g in _groups(rows[b * size:(b + 1) * size], th.symmetry_atol, th.symmetry_rtol, bias is not None)]
     later = {i for g in groups for i in g[1:]}
     reps = np.array([i for i in range(n) if i not in later], dtype=np.int64)
     if blocks == 1:
@@ -286,8 +292,8 @@ class SymmetryCheck(Check):
                 "training; the report gives the number of distinct neurons, the groups, and whether each group "
                 "persisted through training. Identical neurons get identical gradients, so they stay identical.",
                 "not a statistical test (exact comparison within a float tolerance).",
-                f"|difference| <= {th.symmetry_atol:g} + {th.symmetry_rtol:g} x max|entry| in every entry; any "
-                "group fails.",
+                f"|difference| <= {th.symmetry_atol:g} + {th.symmetry_rtol:g} x max|weight| in every weight, "
+                "x max|bias| in the bias; any group fails.",
             ),
             MethodNote(
                 "symmetry", "Near-duplicate neurons",

@@ -89,6 +89,14 @@ class Thresholds:
             from inputs growing correlated with depth).
         few_layers_factor: with fewer than 3 layers there is no confidence interval: a raw
             first-to-last change beyond this factor fails, beyond ``change_factor`` warns.
+        vanishing_fail_factor: a fall (``vanishing``) fails only from this factor on and warns between
+            ``change_factor`` and it. A fall is a scale the optimizer can recover (a normalization or the
+            loss rescales it, and in a ReLU net the forward and backward falls cancel in the weight
+            gradients ``x_l g_l``), until it is too deep to learn from: He et al. (2015, Fig. 3) trained a
+            22-layer ReLU net at Xavier (x1/2 per layer, ~5e-7 across) and it converged, slower, while the
+            30-layer one (~2e-9) did not learn. 1e8 lies between the two. A rise keeps ``change_factor``
+            (``few_layers_factor`` with 2 layers): a large output starts confident and wrong, and a large
+            branch swamps the stream it joins.
         alpha: 1 - confidence level of the slope's interval (t-based), and the level of the accuracy
             comparisons.
         no_signal_rel, no_signal_floor: a layer carries no signal when ``var <= no_signal_rel *
@@ -99,7 +107,8 @@ class Thresholds:
             a layer carries by design (a gate's logits scaled by 0.01 before a sigmoid: ~1e-6).
     Symmetry:
         symmetry_atol, symmetry_rtol: two neurons (weight row + bias) are identical when every entry
-            differs by at most ``atol + rtol * max|entry of the layer|``.
+            differs by at most ``atol + rtol * scale``, ``scale`` the layer's largest |weight| for weights and
+            its largest |bias| for the bias.
         near_duplicate_alpha: family-wise level (Holm across the run's layers) of the near-duplicate test
             (largest |cosine| between neurons vs independent random rows). 1% keeps the false-alarm rate
             of the symmetry check below 5% per run even with both the init and final phases tested.
@@ -139,6 +148,7 @@ class Thresholds:
 
     change_factor: float = 100.0
     few_layers_factor: float = 1e4
+    vanishing_fail_factor: float = 1e8
     alpha: float = 0.05
     no_signal_rel: float = 1e-9
     no_signal_floor: float = 1e-30
@@ -165,6 +175,8 @@ class Thresholds:
     def __post_init__(self) -> None:
         if self.change_factor <= 1 or self.few_layers_factor < self.change_factor:
             raise ValueError("need 1 < change_factor <= few_layers_factor")
+        if self.vanishing_fail_factor < self.change_factor:
+            raise ValueError("need change_factor <= vanishing_fail_factor")
         for name in ("alpha", "near_duplicate_alpha"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in (0, 1)")

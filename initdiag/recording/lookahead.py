@@ -8,6 +8,9 @@ same pattern. Each zero in such a chain learns one step after the zero that shad
 takes as many plain SGD steps, on a copy of the model and the first batch, as there are zero parameters still
 waiting (at most :data:`MAX_STEPS`); every weight zero stays zero whatever the number of steps.
 
+Near-zero parameters (a layer scale of 1e-6) are zeros too (:func:`~initdiag.recording.snapshots.near_zero`);
+:func:`zero_shadow` finds the layers whose input varies over the batch only through them.
+
 Not a statistical test: exact zeros of gradients. The copy leaves the model, its buffers and the random state
 (dropout) as they were.
 """
@@ -15,14 +18,16 @@ Not a statistical test: exact zeros of gradients. The copy leaves the model, its
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .snapshots import Weights, snapshot_grads
+from ..structure.functional import constant_over_batch
+from .snapshots import Weights, leaves_zero, snapshot_grads
 
-__all__ = ["LR", "MAX_STEPS", "later_learners"]
+__all__ = ["LR", "MAX_STEPS", "later_learners", "zero_shadow"]
 
 MAX_STEPS = 4
 """Steps looked ahead after the first: a chain of up to 5 zeros, one step each."""
@@ -30,11 +35,6 @@ MAX_STEPS = 4
 LR = 0.01
 """Plain SGD's learning rate on the copy: only whether a gradient becomes non-zero matters, not how far a
 step goes, so it is small enough to keep every model finite."""
-
-
-def _learns(p: torch.nn.Parameter) -> bool:
-    g = p.grad
-    return g is not None and bool(torch.isfinite(g).all()) and bool(g.detach().any())
 
 
 def later_learners(model: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor], zero: Mapping[str, bool],
@@ -77,7 +77,7 @@ def _steps(work: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor], waitin
                 break
             loss.backward()
             if step > 1:
-                now = {name for name in waiting if name in params and _learns(params[name])}
+                now = {name for name in waiting if name in params and leaves_zero(params[name])}
                 for name in now:
                     started[name] = step
                 owned = {name.rpartition(".")[0] for name in now} & owners & set(names)
@@ -90,3 +90,55 @@ def _steps(work: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor], waitin
                     if p.grad is not None and bool(torch.isfinite(p.grad).all()):
                         p.add_(p.grad, alpha=-LR)
     return started, grads
+
+
+def zero_shadow(model: nn.Module, args: Sequence[Any], params: Collection[str],
+                names: Collection[str]) -> tuple[str, ...]:
+    """The call sites of the weight-layer modules ``names`` (the module's name, ``@k`` from its second call on)
+    whose input varies over the batch only through the near-zero parameters ``params``: equal for every
+    sample with them set to exactly 0, not equal as they are (a class-attention block whose only data arrives
+    through a layer scale of 1e-5 beside a learned class token). Two forwards of ``args`` without gradients in
+    eval mode (no running statistics updated, no dropout); values, modes and the random state restored."""
+    named = dict(model.named_parameters())
+    zeroed = [named[p] for p in params if p in named]
+    modules = {name: m for name, m in model.named_modules() if name in names}
+    if not zeroed or not modules or not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
+        return ()
+    batch = int(args[0].shape[0])
+    seen: dict[str, bool] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def pre(module: nn.Module, inputs: tuple[Any, ...]) -> None:
+            x = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+            k = counts[name] = counts.get(name, 0) + 1
+            if x is not None:
+                seen[name if k == 1 else f"{name}@{k}"] = constant_over_batch(x, batch, True)
+        return pre
+
+    def constant() -> dict[str, bool]:
+        seen.clear()
+        counts.clear()
+        model(*args)
+        return dict(seen)
+
+    modes = [(m, m.training) for m in model.modules()]
+    saved = [(p, p.detach().clone()) for p in zeroed]
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in modules.items()]
+    devices = [p.device.index or 0 for p in zeroed if p.is_cuda][:1]
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            model.eval()
+            before = constant()
+            for p in zeroed:
+                p.zero_()
+            after = constant()
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for p, value in saved:
+                p.copy_(value)
+        for m, mode in modes:
+            m.training = mode
+    return tuple(site for site, same in after.items() if same and not before.get(site, True))

@@ -13,8 +13,8 @@ from torch import nn
 from ..structure import Structure
 from ..structure.layers import WEIGHT_LAYER_TYPES, main_weight
 
-__all__ = ["Weights", "input_groups", "norm_gains", "output_rows", "snapshot_grads", "snapshot_weights",
-           "transposed_weights", "weight_moments",
+__all__ = ["NEAR_ZERO", "Weights", "input_groups", "leaves_zero", "near_zero", "norm_gains",
+           "output_rows", "snapshot_grads", "snapshot_weights", "transposed_weights", "weight_moments",
            "zero_parameters"]
 
 Weights = Mapping[str, tuple[np.ndarray, np.ndarray | None]]
@@ -97,21 +97,46 @@ def snapshot_grads(model: nn.Module, names: Collection[str], transposed: Collect
     return snap
 
 
+NEAR_ZERO = 10 ** -4.5
+"""A parameter is zero by design when its root mean square is at most this fraction of its natural scale (1
+for a scale or gain, ``1/sqrt(fan_in)`` for a weight): what it multiplies then varies by at most
+``NEAR_ZERO^2 = 1e-9`` of its square, the ``no_signal`` floor (``Thresholds.no_signal_rel``). Layer scales of
+1e-5/1e-6 (CaiT, DINOv2, ConvNeXt) and a gate's weights of 1e-6 beside a bias of 1 (gMLP) are below it; no
+initializer's scale is."""
+
+
+def near_zero(p: torch.Tensor) -> bool:
+    """Whether ``p`` is zero by design: all zero, or within :data:`NEAR_ZERO` of its natural scale."""
+    if not bool(p.detach().any()):
+        return True
+    natural = (p.shape[0] / p.numel()) ** 0.5 if p.dim() >= 2 else 1.0
+    return float(p.detach().double().square().mean().sqrt()) <= NEAR_ZERO * natural
+
+
+def leaves_zero(p: torch.Tensor) -> bool:
+    """Whether the zero (or near-zero) ``p`` leaves zero at the next step: its ``.grad`` is finite and not
+    zero."""
+    g = p.grad
+    return g is not None and bool(torch.isfinite(g).all()) and bool(g.detach().any())
+
+
 def zero_parameters(model: nn.Module) -> dict[str, bool]:
     """The multiplicative parameters of ``model`` (weights, normalization scales, scalar gains: not biases)
-    that are all zero, by qualified name -> whether their ``.grad`` (after a backward pass) is non-zero.
+    that are zero by design, by qualified name -> whether they leave zero at the next step
+    (:func:`leaves_zero`, after a backward pass).
 
-    A zero parameter with a non-zero gradient breaks out of zero at the first step (a zero-initialized
-    head, the last layer of a residual branch under Fixup, ``zero_init_residual``'s BatchNorm scale,
-    SkipInit's gain); one whose gradient is zero too stays zero and silences what it multiplies."""
-    found: dict[str, bool] = {}
-    for name, p in model.named_parameters():
-        last = name.rpartition(".")[2].lower()
-        if last in _MULTIPLICATIVE_EXCLUDED or last.endswith("bias") or not p.is_floating_point() or p.numel() == 0:
-            continue
-        if not bool(p.detach().any()):
-            found[name] = p.grad is not None and bool(p.grad.detach().any())
-    return found
+    Zero by design: all zero, or near zero (:func:`near_zero`) beside at least one weight matrix that is not,
+    since a network whose every weight is near zero is broken, not designed. A zero parameter with a non-zero
+    gradient breaks out of zero at the first step (a zero-initialized head, the last layer of a residual
+    branch under Fixup, ``zero_init_residual``'s BatchNorm scale, SkipInit's gain, a layer scale of 1e-6);
+    one whose gradient is zero too stays zero and silences what it multiplies."""
+    params = [(name, p) for name, p in model.named_parameters()
+              if not (name.rpartition(".")[2].lower() in _MULTIPLICATIVE_EXCLUDED
+                      or name.rpartition(".")[2].lower().endswith("bias") or not p.is_floating_point()
+                      or p.numel() == 0)]
+    designed = any(p.dim() >= 2 and not near_zero(p) for _, p in params)
+    return {name: leaves_zero(p) for name, p in params
+            if not bool(p.detach().any()) or (designed and near_zero(p))}
 
 
 def weight_moments(model: nn.Module, structure: Structure | None) -> dict[str, float]:
