@@ -534,8 +534,8 @@ def test_a_gate_that_starts_open_is_by_design_and_an_all_tiny_net_is_not() -> No
 
 class _ClassAttention(nn.Module):
     """A learned class token that sees the data only through ``scale * attention`` (CaiT's class attention,
-    layer scale 1e-6 as in its deeper variants), then a norm and an MLP; ``learned=False``: the same 1e-6 as a fixed buffer, which no step
-    changes."""
+    layer scale 1e-6 as in its deeper variants), then a norm and an MLP; ``learned=False``: the same 1e-6 as a
+    fixed buffer, which no step changes."""
 
     def __init__(self, learned: bool = True, width: int = 16) -> None:
         super().__init__()
@@ -596,3 +596,35 @@ def test_a_call_of_shared_weights_that_falls_warns_when_another_call_carries_the
     assert "vanishing" not in shared.failed, [v.message for v in shared.verdicts if v.status == "fail"]
     assert any("applied side by side" in v.message for v in shared.verdicts if v.status == "warn")
     assert "vanishing" in _run(_PyramidHead(shared=False), input_shape=(3, 8, 8)).failed
+
+
+class _MultiBranch(nn.Module):
+    """``relu(sum of parallel convs)`` with no identity path (RepVGG's and MobileOne's training-time blocks), He
+    init: with ``norm``, each branch ends in a BatchNorm; without, Var(sum) = the branches' variances added, so
+    each block multiplies the signal by about the number of branches."""
+
+    def __init__(self, branches: int, norm: bool, c: int = 16) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, 3 if i % 2 == 0 else 1, padding=1 if i % 2 == 0 else 0, bias=False)
+                                   for i in range(branches))
+        self.norms = nn.ModuleList(nn.BatchNorm2d(c) if norm else nn.Identity() for _ in range(branches))
+        for conv in self.convs:
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.norms[0](self.convs[0](x))
+        for conv, norm in zip(self.convs[1:], self.norms[1:], strict=True):
+            out = out + norm(conv(x))
+        return torch.relu(out)
+
+
+def _multi_branch_net(branches: int, norm: bool) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), *(_MultiBranch(branches, norm) for _ in range(8)),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+
+
+def test_sums_of_parallel_branches_without_normalization_are_judged_along_the_longest_path() -> None:
+    assert "exploding" in _run(_multi_branch_net(4, norm=False), input_shape=(3, 8, 8)).failed
+    for branches, norm in ((1, False), (4, True)):
+        run = _run(_multi_branch_net(branches, norm), input_shape=(3, 8, 8))
+        assert not run.failed, (branches, norm, [v.message for v in run.verdicts if v.status == "fail"])

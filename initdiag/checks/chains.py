@@ -45,10 +45,10 @@ def _chains(ev: RunEvidence) -> list[tuple[str, ...]]:
     seen = {n for c in chains for n in c}
     chains += [(n,) for n in names if n not in seen]  # recorded layers the structure did not see (RNNs)
     chains = [c for c in chains if c]
-    if len(chains) > 1 and not ev.structure.norms and not ev.structure.blocks:
-        # residual adds written in a forward, no block modules and nothing normalized: nothing bounds the
-        # growth between adds, so the longest path of layers through the adds is judged as one chain too
-        # (as a plain chain would be); layers side by side (two heads of one input) are never on one path
+    if len(chains) > 1 and not ev.structure.norms and all(b.shortcut != "identity" for b in ev.structure.blocks):
+        # nothing normalized and no identity shortcut for the stream check to judge (adds written in a forward,
+        # sums of parallel branches): nothing bounds the growth between adds, so the longest path of layers
+        # through them is one chain too; layers side by side (two heads of one input) are never on one path
         path = tuple(n for n in ev.structure.longest_path() if n in recorded)
         if len(path) > max(len(c) for c in chains):
             chains.append(path)
