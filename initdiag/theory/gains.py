@@ -21,7 +21,7 @@ from scipy import special
 
 from ..structure.layers import shape_fans
 from .activations import ActivationSpec, activation_function
-from .gauss import PANEL_NODES, _evaluate, _split_rule, gaussian_moments
+from .gauss import PANEL_NODES, gaussian_moments, split_rule, values_and_slopes
 
 __all__ = ["Transition", "activation_factors", "backward_gain", "chain_profile", "expected_gain", "max_slope_second",
            "phi_spec", "slope_bound", "variance_profile"]
@@ -72,8 +72,8 @@ def max_slope_second(name: str, q: float, m: float, params: Params = ()) -> floa
         return None
     if q == 0:  # every value of the window is 0
         return gaussian_moments(spec, 0.0).slope_second
-    z, w = _split_rule(math.sqrt(q), PANEL_NODES, spec.breakpoints, spec.scale)
-    _, slope = _evaluate(spec, math.sqrt(q) * z)
+    z, w = split_rule(math.sqrt(q), PANEL_NODES, spec.breakpoints, spec.scale)
+    _, slope = values_and_slopes(spec, math.sqrt(q) * z)
     return float(w @ (slope * slope * m * special.ndtr(z) ** (m - 1)))
 
 
@@ -101,7 +101,7 @@ def slope_bound(name: str, params: Params = ()) -> float | None:
     if spec is None:
         return None
     x = np.concatenate([np.linspace(-50.0, 50.0, 20001), np.asarray(spec.breakpoints, float)])
-    _, slope = _evaluate(spec, x)
+    _, slope = values_and_slopes(spec, x)
     return float(np.max(slope * slope))
 
 

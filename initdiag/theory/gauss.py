@@ -68,6 +68,8 @@ __all__ = [
     "propagate_chain",
     "propagate_stream",
     "residual_step",
+    "split_rule",
+    "values_and_slopes",
 ]
 
 Phi = str | ActivationSpec | Callable[[torch.Tensor], torch.Tensor]
@@ -109,7 +111,7 @@ def _legendre_rule(nodes: int) -> tuple[np.ndarray, np.ndarray]:
     return t, w
 
 
-def _split_rule(sqrt_q: float, nodes: int, breakpoints: tuple[float, ...], scale: float) -> tuple[np.ndarray, ...]:
+def split_rule(sqrt_q: float, nodes: int, breakpoints: tuple[float, ...], scale: float) -> tuple[np.ndarray, ...]:
     """Composite Gauss–Legendre for E_z[f(z)] on [-12, 12], panel edges at the integers and at the kinks and
     feature scales of f mapped to z = x / sqrt(q)."""
     features = [0.0, *breakpoints, *(s * scale * 2.0**j for j in range(-4, 11) for s in (-1.0, 1.0))]
@@ -123,7 +125,7 @@ def _split_rule(sqrt_q: float, nodes: int, breakpoints: tuple[float, ...], scale
     return z.ravel(), w.ravel()
 
 
-def _evaluate(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def values_and_slopes(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``phi(x)`` and ``phi'(x)`` (autograd) in float64, whatever grad mode the caller is in."""
     with torch.inference_mode(False), torch.enable_grad():
         xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
@@ -140,15 +142,15 @@ def _evaluate(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray) -> tupl
 def _integrate(fn: Callable[[torch.Tensor], torch.Tensor], q: float, nodes: int | None, method: Method,
                breakpoints: tuple[float, ...], scale: float, smooth: bool) -> GaussMoments:
     if q == 0.0:
-        y, g = _evaluate(fn, np.array([0.0, _Q0_STEP, -_Q0_STEP]))
+        y, g = values_and_slopes(fn, np.array([0.0, _Q0_STEP, -_Q0_STEP]))
         out = GaussMoments(0.0, float(y[0]), float(y[0]) ** 2, 0.0, float(g[1] ** 2 + g[2] ** 2) / 2.0, "point")
     else:
         hermite = method == "hermite" or (method == "auto" and smooth and q <= scale * scale)
         if hermite:
             z, w = _hermite_rule(nodes or HERMITE_NODES)
         else:
-            z, w = _split_rule(math.sqrt(q), nodes or PANEL_NODES, breakpoints, scale)
-        y, g = _evaluate(fn, math.sqrt(q) * z)
+            z, w = split_rule(math.sqrt(q), nodes or PANEL_NODES, breakpoints, scale)
+        y, g = values_and_slopes(fn, math.sqrt(q) * z)
         mean = float(w @ y)
         out = GaussMoments(q, mean, float(w @ (y * y)), float(w @ (y - mean) ** 2), float(w @ (g * g)),
                            "hermite" if hermite else "split")
