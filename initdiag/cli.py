@@ -217,10 +217,12 @@ def _cmd_report(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err:
 
 def _cmd_audit(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
     from .audit import run_audit
+    from .audit.run import seed_global_rngs
     from .audit.weights import forward_gain
     from .models import load_model_ref
 
     config = audit_config_from_args(args)
+    seed_global_rngs(config.seed)  # the model's own weights are drawn as it is built: --seed covers them
     model = load_model_ref(config.target, config.model_kwargs)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.target.rpartition(":")[2]) or "model"
     out_dir = prepare_out_dir(config.out, f"audit-{name}")

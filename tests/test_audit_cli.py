@@ -202,3 +202,19 @@ def test_bad_input_is_one_line_and_exit_code_2(args: list[str], message: str, mo
     assert message in stderr
     assert stderr.startswith("initdiag: error: ") and stderr.count("\n") == 1
     assert "Traceback" not in stdout + stderr
+
+
+def test_audits_of_a_users_class_repeat_exactly_with_the_default_seed(
+        models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The class draws its weights as it is built: --seed must cover that, whatever the RNG's state before.
+    import torch
+
+    seen = []
+    for i in range(3):
+        torch.manual_seed(1000 + i)  # what earlier work in the process left behind
+        out = tmp_path / f"run{i}"
+        code, _, stderr = run(capsys, f"{models}:Net", "--input-shape", "1,28,28", "--batches", "1",
+                              "--batch-size", "4", "--out", str(out), "--format", "json")
+        assert code == 0, stderr
+        seen.append([v["effect"] for r in _summary(out)["runs"] for v in r["verdicts"]])
+    assert seen[0] == seen[1] == seen[2]

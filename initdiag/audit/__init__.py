@@ -66,7 +66,9 @@ def audit(model: nn.Module, example_input: Any = None, *,
         vocab: token ids are drawn from ``[0, vocab)`` (default: the first Embedding's size).
         loss: ``"auto"`` (cross-entropy against random labels for (batch, classes) outputs, else the mean
             of squared outputs), ``"ce"`` or ``"mse"``.
-        seed: seeds the inputs, the labels, the initializers and the forked global RNG (dropout).
+        seed: seeds the inputs, the labels, the initializers and the forked global RNG (dropout). The model's
+            own weights are drawn when you build it, before this call: for the same numbers on every run,
+            seed first (``torch.manual_seed(0); model = Net()``), as ``initdiag audit`` does with ``--seed``.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         data_dir: MNIST directory for ``inputs="mnist"``.
 

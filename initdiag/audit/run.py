@@ -9,6 +9,7 @@ read each statistic averaged over the batches (:func:`pool_batches`).
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from ..vocab import Role
 from .inputs import Inputs, first_embedding, make_inputs, working_copy
 from .weights import layer_weights, looks_pytorch_default, recommend
 
-__all__ = ["audit_record", "pool_batches"]
+__all__ = ["audit_record", "pool_batches", "seed_global_rngs"]
 
 
 def _floating(output: Any) -> list[torch.Tensor]:
@@ -213,6 +214,14 @@ def pool_batches(frame: pd.DataFrame) -> pd.DataFrame:
         "kind": pd.Categorical(pooled["kind"].astype(str)), "stat": pd.Categorical(pooled["stat"].astype(str)),
         "value": values,
     }, columns=list(FRAME_COLUMNS))
+
+
+def seed_global_rngs(seed: int) -> None:
+    """Seed the global random generators a model's constructor may draw from: Python's ``random``, NumPy's
+    legacy global generator and torch's CPU generator (not a CUDA one: seeding it would initialize CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
 
 
 def _looks_default(model: nn.Module) -> bool:
