@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..structure.layers import LayerInfo
 from .evidence import RunEvidence
 
 __all__ = ["Explained", "explained"]
@@ -55,6 +56,29 @@ def _step(ev: RunEvidence, learners: Sequence[str], scope: str, within: bool = F
     the latest of their look-ahead steps (1 when the first step's gradient is not zero)."""
     own = [p for p in learners if (_within(_owner(p), scope) if within else _owner(p) == scope)]
     return max((ev.zero_steps.get(p, 1) for p in own), default=1)
+
+
+def _rest_of_chain(segments: Sequence[tuple[str, ...]], name: str, why: str, forward: dict[str, str]) -> None:
+    """``why`` explains the forward signal of ``name`` and of the layers after it in its chain."""
+    for seg in segments:
+        if name in seg:
+            for later in seg[seg.index(name):]:
+                forward.setdefault(later, why)
+
+
+def _shadow(ev: RunEvidence, shadowed: Sequence[LayerInfo], segments: Sequence[tuple[str, ...]],
+            forward: dict[str, str]) -> str:
+    """Explain the layers that see the data only through near-zero parameters (``ev.zero_shadow``), forward
+    from each to the end of its chain; the note naming them."""
+    near = list(dict.fromkeys(p for la in shadowed for p in ev.zero_shadow[la.name]))
+    names = ", ".join(f"'{p}'" for p in near[:2]) + (" ..." if len(near) > 2 else "")
+    late = max((ev.zero_steps.get(p, 1) for p in near), default=1)
+    for c in shadowed:
+        _rest_of_chain(segments, c.name, f"'{c.name}' sees the data only through near-zero parameters that learn "
+                       f"from step {late}", forward)
+    return (f"{len(shadowed)} layer(s) ('{shadowed[0].name}' first) see the data only through the near-zero "
+            f"parameter(s) {names} (a layer scale of 1e-5 beside a learned token): with them at exactly 0 their "
+            f"input is the same for every sample. They learn from step {late}, and the data with them.")
 
 
 def explained(ev: RunEvidence) -> Explained:
@@ -124,25 +148,10 @@ def explained(ev: RunEvidence) -> Explained:
                      "Fixup), so the stream passes unchanged at initialization.")
     shadowed = [la for la in layers if la.name in ev.zero_shadow]
     if shadowed:
-        near = list(dict.fromkeys(p for la in shadowed for p in ev.zero_shadow[la.name]))
-        names = ", ".join(f"'{p}'" for p in near[:2]) + (" ..." if len(near) > 2 else "")
-        late = max((ev.zero_steps.get(p, 1) for p in near), default=1)
-        for c in shadowed:
-            why = f"'{c.name}' sees the data only through near-zero parameters that learn from step {late}"
-            for seg in segments:
-                if c.name in seg:
-                    for name in seg[seg.index(c.name):]:
-                        forward.setdefault(name, why)
-        notes.append(f"{len(shadowed)} layer(s) ('{shadowed[0].name}' first) see the data only through the near-zero "
-                     f"parameter(s) {names} (a layer scale of 1e-5 beside a learned token): with them at exactly 0 "
-                     f"their input is the same for every sample. They learn from step {late}, and the data with them.")
+        notes.append(_shadow(ev, shadowed, segments, forward))
     constant = [la for la in layers if la.constant_input]
     for c in constant:
-        why = f"'{c.name}' gets the same input for every sample"
-        for seg in segments:
-            if c.name in seg:
-                for name in seg[seg.index(c.name):]:
-                    forward.setdefault(name, why)
+        _rest_of_chain(segments, c.name, f"'{c.name}' gets the same input for every sample", forward)
     if constant:
         names = ", ".join(f"'{c.name}'" for c in constant[:3]) + (" ..." if len(constant) > 3 else "")
         notes.append(f"{names} get the same input for every sample (one token type id for every token, a learned "

@@ -191,8 +191,7 @@ def stream_verdicts(ev: RunEvidence, th: Thresholds, predicted: tuple[float | No
                                text + " Reported, not judged: the normalized branches are invariant to the scale of "
                                "their input, so the gradient on the stream scales with 1/sigma of the stream and "
                                "changes the normalized weights' effective step size, not the signal (Yang et al. "
-                               "2019; Arora et al. 2019)." + notes,
-                               None, details=details))
+                               "2019; Arora et al. 2019)." + notes, None, details=details))
         elif (big >= limit and not (unmeasured := _unmeasured(within, raw, change, limit, bool(bounded)))
               and (check == Outcome.EXPLODING or big >= th.vanishing_fail_factor)):
             out.append(_verdict(check, str(kind), Status.FAIL.value, (sites[0], sites[-1]), None, effect,
