@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -628,3 +629,45 @@ def test_sums_of_parallel_branches_without_normalization_are_judged_along_the_lo
     for branches, norm in ((1, False), (4, True)):
         run = _run(_multi_branch_net(branches, norm), input_shape=(3, 8, 8))
         assert not run.failed, (branches, norm, [v.message for v in run.verdicts if v.status == "fail"])
+
+
+class _NoNormBlock(nn.Module):
+    """``x + fc2(relu(fc1(x)))`` without a normalization: the branch scales with the stream, Var(f(x)) = G Var(x)."""
+
+    def __init__(self, width: int, std: float | None, bias: bool) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, width, bias=bias), nn.Linear(width, width, bias=bias)
+        if std is not None:
+            for fc in (self.fc1, self.fc2):
+                nn.init.normal_(fc.weight, std=std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class _TwoBlocks(nn.Module):
+    """Two unnormalized blocks on an embedding at std 0.02 (a small transformer config without its norms)."""
+
+    def __init__(self, std: float | None, bias: bool = False, width: int = 64) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, width)
+        nn.init.normal_(self.emb.weight, std=0.02)
+        self.blocks = nn.Sequential(_NoNormBlock(width, std, bias), _NoNormBlock(width, std, bias))
+        self.head = nn.Linear(width, 5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.emb(ids))).mean(1)
+
+
+def test_two_unnormalized_blocks_fail_when_their_second_step_rules_out_linear_growth() -> None:
+    from initdiag.checks.stream import beyond_linear
+
+    within = [True, True]
+    assert not beyond_linear(np.array([1e-6, 1.0, 2.0]), within, 100.0)  # linear: v_0 + k b, however small v_0
+    assert beyond_linear(np.array([1.0, 300.0, 9e4]), within, 100.0)  # 300x at each step
+    assert not beyond_linear(np.array([1e-6, 1.0, 3.5]), within, 100.0)  # beyond linear, but 3.5^2 < 100
+    ids = {"input_shape": (6,), "input_dtype": "long", "vocab": 50}
+    assert "exploding" in _run(_TwoBlocks(std=1.0), **ids).failed  # G ~ width^2 / 2 per block
+    for healthy in (_TwoBlocks(std=(2 / 64) ** 0.5), _TwoBlocks(std=None, bias=True)):  # x2 per block; default
+        run = _run(healthy, **ids)
+        assert "exploding" not in run.failed, [v.message for v in run.verdicts if v.status == "fail"]

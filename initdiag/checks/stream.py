@@ -14,7 +14,8 @@ across blocks, as theory predicts for normalized or zero branches (Brock et al. 
 Thresholds, with ``C = change_factor``: for a design theory says grows geometrically (unnormalized
 branches), fail when ``r^n >= C`` (exploding) or ``<= 1/V`` (vanishing, ``V = vanishing_fail_factor``;
 warn from ``1/C``), forward and backward. Either kind
-of design fails only on what was measured: at least :data:`MIN_STEPS` within-stage steps and a measured
+of design fails only on what was measured: at least :data:`MIN_STEPS` within-stage steps (or, in a model
+without any normalization, steps whose ratios no linear growth reaches, :func:`beyond_linear`) and a measured
 first-to-last change ``v_n / v_0`` beyond the same limit in the same direction (else it warns). For a
 bounded design the forward stream fails only beyond ``C^2`` (the measurement then contradicts theory) and
 warns beyond ``C``; its backward stream is reported, not judged: each normalized branch is invariant to the
@@ -42,7 +43,7 @@ from .registry import AnalysisContext, Check, MethodNote, SignalColumns
 from .signal import earliest_step, shallow_fall
 from .verdict import Thresholds, Verdict
 
-__all__ = ["StreamCheck", "stream_prediction", "stream_theory_of", "stream_values", "stream_verdicts"]
+__all__ = ["StreamCheck", "beyond_linear", "stream_prediction", "stream_theory_of", "stream_values", "stream_verdicts"]
 
 
 def stream_values(ev: RunEvidence, kind: str, stat: str = Stat.VAR) -> tuple[list[str], np.ndarray]:
@@ -103,14 +104,41 @@ that adds a fixed variance ``b`` to a small stream (``1 + b / v``, an embedding 
 block) cannot be told apart from geometric growth."""
 
 
-def _unmeasured(within: list[bool], raw: float, change: float, limit: float, bounded: bool) -> str:
+LINEAR_MARGIN = 1.5
+"""How far above linear growth's largest ratio a step must be to rule linear growth out (sampling noise of a
+variance over one batch is well inside 1.5x)."""
+
+
+def beyond_linear(values: np.ndarray, within: list[bool], limit: float) -> bool:
+    """Whether the steps after a stage's first rule out linear growth and still imply ``limit``: every
+    ``k``-th consecutive within-stage step with ``k >= 2`` (at least one) has a ratio above
+    ``LINEAR_MARGIN * k / (k - 1)``, and their geometric mean raised to the stream's blocks reaches ``limit``.
+    A stream growing linearly within its stage, ``v_s + k b`` with ``v_s, b >= 0``, has ratio
+    ``(v_s + k b) / (v_s + (k - 1) b) <= k / (k - 1)`` at its ``k``-th step (2 at the second), however small
+    it starts; geometric growth keeps ``1 + G`` at every step. The first step of a stage is left out: a bias or
+    an embedding added to a tiny stream makes it anything."""
+    k, logs = 0, []
+    for i, ok in enumerate(within):
+        k = k + 1 if ok else 0
+        if k >= 2:
+            if not values[i] > 0 or not values[i + 1] / values[i] > LINEAR_MARGIN * k / (k - 1):
+                return False
+            logs.append(math.log(values[i + 1] / values[i]))
+    return bool(logs) and math.exp(sum(logs) / len(logs) * (len(values) - 1)) >= limit
+
+
+def _unmeasured(within: list[bool], raw: float, change: float, limit: float, bounded: bool,
+                values: np.ndarray | None = None, ev: RunEvidence | None = None) -> str:
     """Why a change beyond ``limit`` extrapolated from the per-block factor is not what was measured ("" when
-    it is): fewer than :data:`MIN_STEPS` within-stage steps, or a measured first-to-last change ``raw`` within
-    ``limit`` or against the factor's direction: the factor then describes steps (within stages, or the later
-    half) of a stream whose whole change the measurement shows to be small (a U-Net's decoder, stage
-    transitions that rescale)."""
+    it is): fewer than :data:`MIN_STEPS` within-stage steps (unless, in a model without any normalization,
+    the steps of ``values`` rule out linear growth, :func:`beyond_linear`: two blocks of a transformer with
+    its norms removed), or a measured first-to-last change ``raw`` within ``limit`` or against the
+    factor's direction: the factor then describes steps (within stages, or the later half) of a stream whose
+    whole change the measurement shows to be small (a U-Net's decoder, stage transitions that rescale)."""
     steps = sum(within)
-    if steps < MIN_STEPS:
+    unnormalized = ev is not None and ev.structure is not None and not ev.structure.norms  # nothing rescales
+    if steps < MIN_STEPS and (bounded or values is None or not unnormalized or change < 1
+                              or not beyond_linear(values, within, limit)):
         return (f"Only {steps} within-stage step(s): an additive branch on a small stream cannot be told apart "
                 "from geometric growth, so this is uncertain.")
     agrees = raw >= limit if change > 1 else raw <= 1 / limit
@@ -192,7 +220,7 @@ def stream_verdicts(ev: RunEvidence, th: Thresholds, predicted: tuple[float | No
                                "their input, so the gradient on the stream scales with 1/sigma of the stream and "
                                "changes the normalized weights' effective step size, not the signal (Yang et al. "
                                "2019; Arora et al. 2019)." + notes, None, details=details))
-        elif (big >= limit and not (unmeasured := _unmeasured(within, raw, change, limit, bool(bounded)))
+        elif (big >= limit and not (unmeasured := _unmeasured(within, raw, change, limit, bool(bounded), values, ev))
               and (check == Outcome.EXPLODING or big >= th.vanishing_fail_factor)):
             out.append(_verdict(check, str(kind), Status.FAIL.value, (sites[0], sites[-1]), None, effect,
                                text + " The growth is geometric, not the bounded growth of normalized branches."
@@ -251,7 +279,10 @@ class StreamCheck(SignalColumns, Check):
             f"{th.change_factor ** 2:g}x (warn at {th.change_factor:g}x) for a bounded one, whose gradient on the "
             "stream is reported, not judged (normalized branches are scale-invariant). A fail needs what was "
             f"measured to agree: at least {MIN_STEPS} within-stage steps (with fewer, a branch adding a fixed "
-            "variance to a small stream, 1 + b/v, looks geometric) and a measured first-to-last change beyond the "
+            "variance to a small stream, 1 + b/v, looks geometric, unless, in a model without normalization, the "
+            f"k-th steps of a stage, k >= 2, grow more than {LINEAR_MARGIN:g} k/(k-1), which linear growth never "
+            "does) and a measured "
+            "first-to-last change beyond the "
             "same threshold in the same direction; else it warns. A fall fails only from "
             f"{th.vanishing_fail_factor:g}x on (He et al. 2015: ReLU nets still learn through ~5e-7).",
         ),)
