@@ -128,7 +128,7 @@ def beyond_linear(values: np.ndarray, within: list[bool], limit: float) -> bool:
 
 
 def _unmeasured(within: list[bool], raw: float, change: float, limit: float, bounded: bool,
-                values: np.ndarray | None = None, ev: RunEvidence | None = None) -> str:
+                values: np.ndarray, ev: RunEvidence) -> str:
     """Why a change beyond ``limit`` extrapolated from the per-block factor is not what was measured ("" when
     it is): fewer than :data:`MIN_STEPS` within-stage steps (unless, in a model without any normalization,
     the steps of ``values`` rule out linear growth, :func:`beyond_linear`: two blocks of a transformer with
@@ -136,9 +136,8 @@ def _unmeasured(within: list[bool], raw: float, change: float, limit: float, bou
     factor's direction: the factor then describes steps (within stages, or the later half) of a stream whose
     whole change the measurement shows to be small (a U-Net's decoder, stage transitions that rescale)."""
     steps = sum(within)
-    unnormalized = ev is not None and ev.structure is not None and not ev.structure.norms  # nothing rescales
-    if steps < MIN_STEPS and (bounded or values is None or not unnormalized or change < 1
-                              or not beyond_linear(values, within, limit)):
+    unnormalized = ev.structure is not None and not ev.structure.norms  # nothing rescales a branch
+    if steps < MIN_STEPS and (bounded or not unnormalized or change < 1 or not beyond_linear(values, within, limit)):
         return (f"Only {steps} within-stage step(s): an additive branch on a small stream cannot be told apart "
                 "from geometric growth, so this is uncertain.")
     agrees = raw >= limit if change > 1 else raw <= 1 / limit
@@ -281,8 +280,7 @@ class StreamCheck(SignalColumns, Check):
             f"measured to agree: at least {MIN_STEPS} within-stage steps (with fewer, a branch adding a fixed "
             "variance to a small stream, 1 + b/v, looks geometric, unless, in a model without normalization, the "
             f"k-th steps of a stage, k >= 2, grow more than {LINEAR_MARGIN:g} k/(k-1), which linear growth never "
-            "does) and a measured "
-            "first-to-last change beyond the "
-            "same threshold in the same direction; else it warns. A fall fails only from "
+            "does) and a measured first-to-last change beyond the same threshold in the same direction; else it "
+            "warns. A fall fails only from "
             f"{th.vanishing_fail_factor:g}x on (He et al. 2015: ReLU nets still learn through ~5e-7).",
         ),)
