@@ -671,3 +671,57 @@ def test_two_unnormalized_blocks_fail_when_their_second_step_rules_out_linear_gr
     for healthy in (_TwoBlocks(std=(2 / 64) ** 0.5), _TwoBlocks(std=None, bias=True)):  # x2 per block; default
         run = _run(healthy, **ids)
         assert "exploding" not in run.failed, [v.message for v in run.verdicts if v.status == "fail"]
+
+
+class _MixtureBlock(nn.Module):
+    """``x + shared(x) + router(x) * expert(x)``-style blocks without a stream normalization: ``kind`` "mixture"
+    sums a shared and a routed path inside the branch (a mixture of experts), "expert norm" also normalizes the
+    routed expert's output, "gated" multiplies the whole branch by a data gate before the add (the branch end
+    is a product, as in hyper-connections)."""
+
+    def __init__(self, width: int, std: float | None, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.shared = _NoNormBlock(width, std, bias=False)
+        self.expert = _NoNormBlock(width, std, bias=False)
+        self.router = nn.Linear(width, 1, bias=False)
+        self.expert_norm = nn.LayerNorm(width) if kind == "expert norm" else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.router(x))
+        if self.kind == "gated":
+            return x + gate * self.expert.fc2(torch.relu(self.expert.fc1(x)))
+        routed = gate * self.expert_norm(self.expert(x) - x)
+        return x + ((self.shared(x) - x) + routed)
+
+
+class _TwoMixtures(nn.Module):
+    def __init__(self, std: float | None, kind: str, width: int = 64) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, width)
+        nn.init.normal_(self.emb.weight, std=0.02)
+        self.blocks = nn.Sequential(_MixtureBlock(width, std, kind), _MixtureBlock(width, std, kind))
+        self.head = nn.Linear(width, 5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.emb(ids))).mean(1)
+
+
+@pytest.mark.parametrize("kind", ["mixture", "expert norm", "gated"])
+def test_a_branch_made_of_parallel_or_gated_paths_is_still_an_unnormalized_branch(kind: str) -> None:
+    """A sum inside a branch (shared + routed experts) is no projection shortcut, a branch whose end is a product
+    is no zero branch, and a norm inside one expert normalizes no stream: each block still adds a multiple of the
+    stream, and with N(0, 1) weights two blocks explode."""
+    from initdiag.structure import discover
+
+    torch.manual_seed(0)
+    s = discover(_TwoMixtures(None, kind), torch.randint(0, 50, (4, 6)))
+    assert [b.shortcut for b in s.blocks] == ["identity", "identity"]
+    assert not any(b.branch_normalized or b.post_norm for b in s.blocks)
+    ids = {"input_shape": (6,), "input_dtype": "long", "vocab": 50}
+    run = _run(_TwoMixtures(1.0, kind), **ids)
+    assert "exploding" in run.failed, [v.message for v in run.verdicts if v.check == "stream"]
+    assert run.analysis.stream is not None and not run.analysis.stream.bounded
+    assert "zero branch" not in run.analysis.stream.rules
+    healthy = _run(_TwoMixtures(None, kind), **ids)  # PyTorch's default: each path shrinks
+    assert "exploding" not in healthy.failed, [v.message for v in healthy.verdicts if v.status == "fail"]

@@ -15,8 +15,9 @@ Thresholds, with ``C = change_factor``: for a design theory says grows geometric
 branches), fail when ``r^n >= C`` (exploding) or ``<= 1/V`` (vanishing, ``V = vanishing_fail_factor``;
 warn from ``1/C``), forward and backward. Either kind
 of design fails only on what was measured: at least :data:`MIN_STEPS` within-stage steps (or, in a model
-without any normalization, steps whose ratios no linear growth reaches, :func:`beyond_linear`) and a measured
-first-to-last change ``v_n / v_0`` beyond the same limit in the same direction (else it warns). For a
+none of whose blocks normalizes its branch or its sum, steps whose ratios no linear growth reaches,
+:func:`beyond_linear`) and a measured first-to-last change ``v_n / v_0`` beyond the same limit in the
+same direction (else it warns). For a
 bounded design the forward stream fails only beyond ``C^2`` (the measurement then contradicts theory) and
 warns beyond ``C``; its backward stream is reported, not judged: each normalized branch is invariant to the
 scale of its input, so its Jacobian shrinks as ``1/sigma`` of a stream that grows and grows as one that is
@@ -130,13 +131,17 @@ def beyond_linear(values: np.ndarray, within: list[bool], limit: float) -> bool:
 def _unmeasured(within: list[bool], raw: float, change: float, limit: float, bounded: bool,
                 values: np.ndarray, ev: RunEvidence) -> str:
     """Why a change beyond ``limit`` extrapolated from the per-block factor is not what was measured ("" when
-    it is): fewer than :data:`MIN_STEPS` within-stage steps (unless, in a model without any normalization,
-    the steps of ``values`` rule out linear growth, :func:`beyond_linear`: two blocks of a transformer with
-    its norms removed), or a measured first-to-last change ``raw`` within ``limit`` or against the
+    it is): fewer than :data:`MIN_STEPS` within-stage steps (unless, in a model none of whose blocks
+    normalizes its branch or its sum, the steps of ``values`` rule out linear growth, :func:`beyond_linear`:
+    two blocks of a transformer with its norms removed), or a measured first-to-last change ``raw`` within
+    ``limit`` or against the
     factor's direction: the factor then describes steps (within stages, or the later half) of a stream whose
     whole change the measurement shows to be small (a U-Net's decoder, stage transitions that rescale)."""
     steps = sum(within)
-    unnormalized = ev.structure is not None and not ev.structure.norms  # nothing rescales a branch
+    # nothing rescales a branch: no block normalizes its branch or its sum (a norm elsewhere, in a stem or inside
+    # one expert of a mixture, leaves the other branches adding a multiple of the stream)
+    unnormalized = ev.structure is not None and not any(b.branch_normalized or b.post_norm
+                                                        for b in ev.structure.blocks)
     if steps < MIN_STEPS and (bounded or not unnormalized or change < 1 or not beyond_linear(values, within, limit)):
         return (f"Only {steps} within-stage step(s): an additive branch on a small stream cannot be told apart "
                 "from geometric growth, so this is uncertain.")
@@ -278,8 +283,9 @@ class StreamCheck(SignalColumns, Check):
             f"{th.change_factor ** 2:g}x (warn at {th.change_factor:g}x) for a bounded one, whose gradient on the "
             "stream is reported, not judged (normalized branches are scale-invariant). A fail needs what was "
             f"measured to agree: at least {MIN_STEPS} within-stage steps (with fewer, a branch adding a fixed "
-            "variance to a small stream, 1 + b/v, looks geometric, unless, in a model without normalization, the "
-            f"k-th steps of a stage, k >= 2, grow more than {LINEAR_MARGIN:g} k/(k-1), which linear growth never "
+            "variance to a small stream, 1 + b/v, looks geometric, unless, where no block normalizes its branch or "
+            f"sum, the k-th steps of a stage, k >= 2, grow more than {LINEAR_MARGIN:g} k/(k-1), which linear "
+            "growth never "
             "does) and a measured first-to-last change beyond the same threshold in the same direction; else it "
             "warns. A fall fails only from "
             f"{th.vanishing_fail_factor:g}x on (He et al. 2015: ReLU nets still learn through ~5e-7).",

@@ -19,7 +19,8 @@ of different classes) are the blocks, not their sub-layers.
 Where it can be wrong: a single, non-repeated residual module is not a stream block; gated or
 multiplicative skips (highway networks) are not additions; a shortcut that goes through more weight
 layers than the branch swaps the roles of branch and shortcut; ancestry is by dataflow, so two branches
-that reuse the same weight layer look like one.
+that reuse the same weight layer look like one. A sum that feeds another residual add's branch and not its
+shortcut (parallel paths summed inside a branch) is part of that branch, not a shortcut.
 """
 
 from __future__ import annotations
@@ -102,9 +103,21 @@ def _residual_adds(g: Graph, call: Call, adds: list[int], wanc: list[int]) -> li
             p, q, bo, so = q, p, so, bo
         if bo and _bits(so) < _bits(bo):
             found.append((a, p, q, so))
+    found = [f for f in found if not (f[3] and _inside_branch(g, call, f[0], found))]
     if found and call.in_shape != call.out_shape and not any(f[3] for f in found):
         return []
     return found
+
+
+def _inside_branch(g: Graph, call: Call, add: int, found: list[_Add]) -> bool:
+    """Whether the sum ``add`` feeds the branch of another residual add of the call and not its shortcut:
+    a sum of parallel paths inside a branch (a mixture of experts' shared + routed experts, an inception-style
+    ``conv1(x) + conv2(conv3(x))``), whose weight-layer operand is then no shortcut of the block."""
+    after = {add}
+    for n in range(add + 1, call.end):
+        if any(i in after for i in g.inputs[n]):
+            after.add(n)
+    return any(f[0] != add and f[1] in after and f[2] not in after for f in found)
 
 
 def _inside(g: Graph, inner: int, outer: int) -> bool:

@@ -120,7 +120,8 @@ def stream_theory(structure: Structure, v0: float, weight_var: Mapping[str, floa
             values.append(None)
             rules.append("unknown")
             continue
-        total = _shortcut(structure, block, v, weight_var, norm_gain)
+        # a branch whose end no walk reached (it is multiplied into the stream) adds what theory cannot say
+        total = _shortcut(structure, block, v, weight_var, norm_gain) if block.last_branch_layers else None
         mean = mean if isinstance(block.shortcut, str) else 0.0  # a projection's weights are zero-mean
         added = 0.0
         for tail in block.last_branch_layers:
