@@ -9,16 +9,15 @@ no traceback; ``--debug`` shows it); 3 a ``--fail-on`` check failed (the report 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import re
-import shlex
+import shutil
 import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
@@ -26,19 +25,16 @@ from typing import TextIO
 from .config import (
     AuditConfig,
     ExperimentConfig,
-    SweepConfig,
     parse_audit_inits,
     parse_fail_on,
     parse_formats,
     parse_input_shape,
-    sweep_models,
 )
 from .errors import InitDiagError, Interrupted, OutputError, UsageError
 from .initializers import DEFAULT_INITIALIZERS, INITIALIZERS, parse_init_list
-from .jsonable import file_name
 from .models import MODELS, ModelSpec
 from .options import OPTIONS, build_parser
-from .vocab import Status
+from .vocab import BUILTIN_CHECKS
 
 __all__ = ["EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_USAGE", "OPTIONS", "build_parser", "main"]
 
@@ -85,12 +81,29 @@ def audit_config_from_args(args: argparse.Namespace) -> AuditConfig:
     )
 
 
-def prepare_out_dir(out: Path | None, model: str) -> Path:
-    """Create (if needed) and check the output directory before any long work starts."""
-    if out is None:
-        out = Path("reports") / f"{model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+def default_out_dir(model: str) -> Path:
+    """``reports/<model>-<time>``: where a command writes when ``--out`` is not given."""
+    return Path("reports") / f"{model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_out_dir(out: Path) -> None:
+    """OutputError now, before any work and creating nothing, when ``out`` could not be created or written."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path {out} exists and is not a directory")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write to output directory {out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to output directory {out}: {existing} is not writable")
+
+
+def prepare_out_dir(out: Path | None, model: str) -> Path:
+    """Create (if needed) and check the output directory."""
+    if out is None:
+        out = default_out_dir(model)
+    check_out_dir(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".initdiag-write-test-{os.getpid()}"
@@ -101,13 +114,18 @@ def prepare_out_dir(out: Path | None, model: str) -> Path:
     return out
 
 
-def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
-    """Rows as aligned columns, the first a heading underlined with dashes."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
-        if i == 0:
-            out.write("  ".join("-" * w for w in widths).rstrip() + "\n")
+@contextmanager
+def removed_on_failure(out: Path, keep: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """Run a command that writes into ``out``: if it fails with an error (not an interrupt, whose partial results
+    are kept for ``--resume``) and ``out`` did not exist before, remove ``out`` again unless ``keep()`` (finished
+    runs worth resuming): a failed command leaves no folder behind."""
+    existed = out.exists()
+    try:
+        yield
+    except Exception:
+        if not existed and out.is_dir() and not keep():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _cmd_list(out: TextIO) -> int:
@@ -120,186 +138,26 @@ def _cmd_list(out: TextIO) -> int:
         out.write(f"  {name:<16} {init.summary}\n  {'':<16} {init.formula}"
                   + (f"   [parameters: {params}]" if params else "") + "\n")
     out.write(f"\nDefault set: {','.join(DEFAULT_INITIALIZERS)}\n")
-    from .checks import CHECKS
-
     out.write("\nChecks (--fail-on takes a check's name or one of its outcomes):\n")
-    for check in CHECKS:
+    for check in BUILTIN_CHECKS:
         outcomes = [o for o in check.outcomes if o != "healthy"]
         out.write(f"  {check.name:<16} {check.title}" + (f"   [outcomes: {', '.join(outcomes)}]" if outcomes else "")
                   + "\n")
     return EXIT_OK
 
 
-RESUME_KEEPS = ("resume", "jobs", "debug", "command")
-"""Options that may accompany --resume; every other setting comes from the interrupted run."""
-
-
-def _resume_config(args: argparse.Namespace) -> tuple[ExperimentConfig, list[str]]:
-    from .store import RunStore
-
-    _only_resume(args, "report")
-    plan = RunStore(args.resume).load_plan()
-    config = dataclasses.replace(plan.config, out=args.resume, jobs=args.jobs or plan.config.jobs)
-    return config, list(plan.argv)
-
-
-def _only_resume(args: argparse.Namespace, command: str) -> None:
-    """--resume takes every setting from the directory: any other option given is a UsageError."""
-    defaults = vars(build_parser().parse_args([command]))
-    changed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
-               if k not in RESUME_KEEPS and v != defaults.get(k)]
-    if changed:
-        raise UsageError(f"--resume takes its settings from {args.resume}; drop {', '.join(changed)}")
-
-
-def _wrote(paths: dict[str, Path], out_dir: Path, out: TextIO) -> None:
-    out.write(f"\nReport written to {out_dir}/ ({', '.join(p.name for p in paths.values())})\n")
-    if "html" in paths:
-        out.write(f"Open {paths['html']}\n")
-
-
-def _gate(failed: set[str], err: TextIO) -> int:
-    """Exit code 3 and one line when a ``--fail-on`` check failed, else 0."""
-    if failed:
-        err.write(f"initdiag: --fail-on: failed checks: {', '.join(sorted(failed))}\n")
-        return EXIT_CHECK_FAILED
-    return EXIT_OK
-
-
-def _cmd_report(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
-    from .backends import ExperimentInterrupted, run_experiment
-    from .data import load_mnist
-    from .progress import Progress
-    from .report import write_report
-    from .store import RunStore
-
-    if args.resume is not None:
-        config, argv = _resume_config(args)
-        out_dir = prepare_out_dir(args.resume, config.model.name)
-    else:
-        config = config_from_args(args)
-        out_dir = prepare_out_dir(config.out, config.model.name)
-    store = RunStore(out_dir)
-    if args.resume is None:
-        store.save_plan(config, argv)
-    data = load_mnist(config.data_dir, config.dataset, config.limit_train)
-    if data.provenance.notice:
-        err.write(f"initdiag: notice: {data.provenance.notice}\n")
-    err.write(f"initdiag: data: {data.provenance.name} from {data.provenance.source} "
-              f"({data.provenance.train_size} train / {data.provenance.test_size} test images)\n")
-    try:
-        result = run_experiment(config, data, Progress(err), argv=argv, store=store)
-    except ExperimentInterrupted as exc:
-        partial = exc.result
-        paths = write_report(partial, out_dir, config.formats, config.paper) if partial.runs else {}
-        err.write(f"\ninitdiag: interrupted: {len(partial.runs)} finished run(s) kept, missing: "
-                  f"{', '.join(partial.missing)}\n")
-        if paths:
-            err.write(f"initdiag: partial report written to {out_dir}/ (it says what is missing)\n")
-        err.write(f"initdiag: continue with: initdiag report --resume {out_dir}\n")
-        return exc.exit_code
-    paths = write_report(result, out_dir, config.formats, config.paper)
-    if args.tensorboard is not None:
-        from .integrations.tensorboard import write_tensorboard
-        for run in result.runs:
-            write_tensorboard(run.frame, args.tensorboard / file_name(run.name), run.verdicts)
-    out.write("\n")
-    rows = [("initializer", "seed", "test accuracy", "test loss", "status", "verdicts")]
-    rows += [(run.label, str(run.seed), f"{run.test_accuracy:.4f}", f"{run.test_loss:.4f}", run.status,
-              ", ".join(sorted({v.outcome for v in run.verdicts if v.status == Status.FAIL})) or "-")
-             for run in result.runs]
-    _table(rows, out)
-    _wrote(paths, out_dir, out)
-    if args.tensorboard is not None:
-        out.write(f"TensorBoard: tensorboard --logdir {args.tensorboard}\n")
-    return _gate(result.failed(config.fail_on), err)
-
-
-def _cmd_audit(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
-    from .audit import run_audit
-    from .audit.run import seed_global_rngs
-    from .audit.weights import forward_gain
-    from .models import load_model_ref
-
-    config = audit_config_from_args(args)
-    seed_global_rngs(config.seed)  # the model's own weights are drawn as it is built: --seed covers them
-    model = load_model_ref(config.target, config.model_kwargs)
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.target.rpartition(":")[2]) or "model"
-    out_dir = prepare_out_dir(config.out, f"audit-{name}")
-    result = run_audit(model, config, command=shlex.join(["initdiag", *argv]))
-    if result.inputs.notice:
-        err.write(f"initdiag: notice: {result.inputs.notice}\n")
-    paths = result.write(out_dir, config.formats, config.paper)
-    out.write(f"Audited {config.target} with {result.inputs.description}.\n\n")
-    rows = [("initialization", "forward gain", "fails", "warns", "")]
-    for run in result.runs:
-        gain = forward_gain(run.verdicts)
-        fails = list(dict.fromkeys(f"{v.outcome} ({v.signal})" if v.signal in ("forward", "backward") else v.outcome
-                                   for v in run.verdicts if v.status == Status.FAIL))
-        rows.append((run.label, f"{gain:.3g}" if gain == gain else "-", ", ".join(fails) or "-",
-                     str(sum(v.status == Status.WARN for v in run.verdicts)),
-                     "<- recommended" if run.label == result.recommendation.initializer else ""))
-    _table(rows, out)
-    out.write(f"\nRecommendation: {result.recommendation.evidence}\n")
-    _wrote(paths, out_dir, out)
-    return _gate(result.failed(config.fail_on), err)
-
-
 def _raise_on_sigterm(signum: int, frame: object) -> None:
     raise Interrupted(EXIT_TERMINATED)
 
 
-def _sweep_config(args: argparse.Namespace) -> SweepConfig:
-    models = sweep_models(args.model, args.depth, args.width, args.activation)
-    return SweepConfig(config_from_args(args, models[0]), models, args.backend, args.ray_address)
+def _run_command(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """``report``, ``audit`` or ``sweep`` (:mod:`initdiag.commands`, imported only once the options parsed)."""
+    from . import commands
 
-
-def _cmd_sweep(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
-    from .backends.sweep import SweepInterrupted, run_sweep
-    from .data import load_mnist
-    from .progress import Progress
-    from .report.sweep import write_sweep_report
-    from .results import cell_key
-    from .store import RunStore
-
-    if args.resume is not None:
-        _only_resume(args, "sweep")
-        config, saved_argv = RunStore(args.resume).load_sweep()
-        argv, out_dir = list(saved_argv), prepare_out_dir(args.resume, "sweep")
-    else:
-        config = _sweep_config(args)
-        out_dir = prepare_out_dir(config.base.out, "sweep")
-        RunStore(out_dir).save_sweep(config, argv)
-    base = config.base
-    data = load_mnist(base.data_dir, base.dataset, base.limit_train)
-    if data.provenance.notice:
-        err.write(f"initdiag: notice: {data.provenance.notice}\n")
-    err.write(f"initdiag: sweep: {len(config.models)} cells x {len(base.initializers)} initializers x {base.seeds} "
-              f"seeds = {config.runs} runs on {config.backend}\n")
-    try:
-        result = run_sweep(config, data, out_dir, progress=Progress(err), argv=argv, resume=args.resume is not None)
-    except SweepInterrupted as exc:
-        if any(cell.runs for cell in exc.result.cells):
-            write_sweep_report(exc.result, out_dir, base.formats, base.paper)
-        err.write(f"\ninitdiag: interrupted: {len(exc.result.missing)} run(s) missing\n"
-                  f"initdiag: continue with: initdiag sweep --resume {out_dir}\n")
-        return exc.exit_code
-    paths = write_sweep_report(result, out_dir, base.formats, base.paper)
-    rows = [("cell", "initializer", "seeds", "mean accuracy", "failed checks")]
-    for cell in result.cells:
-        for label, summary in cell.accuracy.items():
-            runs = [r for r in cell.runs if r.label == label]
-            rows.append((cell_key(cell.config.model), label, str(len(runs)), f"{summary['mean']:.4f}",
-                         ", ".join(sorted({c for r in runs for c in r.failed})) or "-"))
-    out.write("\n")
-    _table(rows, out)
-    _wrote(paths, out_dir, out)
-    return _gate(result.failed(base.fail_on), err)
-
-
-_RUNNERS: dict[str, Callable[[argparse.Namespace, Sequence[str], TextIO, TextIO], int]] = {
-    "report": _cmd_report, "audit": _cmd_audit, "sweep": _cmd_sweep,
-}
+    runners: dict[str, Callable[[argparse.Namespace, Sequence[str], TextIO, TextIO], int]] = {
+        "report": commands.cmd_report, "audit": commands.cmd_audit, "sweep": commands.cmd_sweep,
+    }
+    return runners[args.command](args, argv, out, err)
 
 
 def _asked_for_version(argv: Sequence[str]) -> bool:
@@ -329,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         if args.command == "list":
             return _cmd_list(out)
-        return _RUNNERS[args.command](args, argv, out, err)
+        return _run_command(args, argv, out, err)
     except InitDiagError as exc:
         if debug:
             traceback.print_exc(file=err)

@@ -11,7 +11,7 @@ from .data import DATASETS
 from .errors import UsageError, did_you_mean
 from .initializers import DEFAULT_INITIALIZERS, INITIALIZERS, InitSpec, split_init_list, unique_labels
 from .models import ModelSpec
-from .vocab import FORMATS, PAPERS, AuditInputKind, Backend, Device, InputDtype, LossMode, Optimizer
+from .vocab import FORMATS, PAPERS, AuditInputKind, Backend, Device, InputDtype, LossMode, Optimizer, fail_on_names
 
 __all__ = ["AUDIT_INPUTS", "AUDIT_LOSSES", "INPUT_DTYPES", "KEEP", "AuditConfig", "ExperimentConfig",
            "parse_audit_inits", "parse_fail_on", "parse_formats", "parse_input_shape"]
@@ -46,10 +46,20 @@ def _device(value: str) -> None:
 
 
 def _check_names(names: tuple[str, ...]) -> None:
-    """Each of ``names`` must be a ``--fail-on`` name of a registered check (its name or an outcome)."""
-    from .checks import CHECKS  # the registry, as it stands when the names are checked
+    """Each of ``names`` must be a ``--fail-on`` name of a registered check (its name or an outcome): of the
+    built-in ones while the checks are not loaded (the CLI parses before any), else of the registry as it
+    stands (a plug-in check registered by then counts)."""
+    import sys
 
-    CHECKS.parse_fail_on(names)
+    if "initdiag.checks" in sys.modules:
+        from .checks import CHECKS
+
+        CHECKS.parse_fail_on(names)
+        return
+    known = fail_on_names()
+    for name in names:
+        if name not in known:
+            raise UsageError(f"unknown check '{name}'{did_you_mean(name, known)}; choose from {', '.join(known)}")
 
 
 def parse_fail_on(text: str) -> tuple[str, ...]:

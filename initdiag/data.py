@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
-import torch
 
 from .errors import DataError, UsageError, did_you_mean
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DATASETS", "DataProvenance", "MnistData", "default_cache_dir", "load_mnist", "read_idx"]
 
@@ -304,11 +306,15 @@ def _find_mnist(
 
 def _images(array: np.ndarray) -> torch.Tensor:
     """uint8 ``(N, 28, 28)`` -> float32 ``(N, 1, 28, 28)`` holding pixels/255."""
+    import torch
+
     return torch.from_numpy(array.astype(np.float32)).div_(255.0).unsqueeze(1)
 
 
 def _labels(array: np.ndarray) -> torch.Tensor:
     """uint8 ``(N,)`` -> int64 ``(N,)``."""
+    import torch
+
     return torch.from_numpy(array.astype(np.int64))
 
 

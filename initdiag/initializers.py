@@ -14,12 +14,13 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import UsageError, did_you_mean
-from .structure.layers import fans, shape_fans, weight_layers
+
+if TYPE_CHECKING:  # torch loads where a weight is drawn: the CLI parses its options without it
+    import torch
+    from torch import nn
 
 __all__ = [
     "DEFAULT_INITIALIZERS",
@@ -51,7 +52,13 @@ class InitName(StrEnum):
 
 DEFAULT_INITIALIZERS: tuple[str, ...] = ("zeros", "random", "xavier", "he")
 
-WeightFn = Callable[[torch.Tensor, torch.Generator, Mapping[str, float]], None]
+WeightFn = Callable[["torch.Tensor", "torch.Generator", Mapping[str, float]], None]
+
+
+def shape_fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(fan_in, fan_out)`` of a Conv/Linear weight of shape ``(out, in, *kernel)``."""
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
 
 
 @dataclass(frozen=True)
@@ -73,39 +80,57 @@ class Initializer:
 
 
 def _zeros(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
+    from torch import nn
+
     nn.init.zeros_(w)
 
 
 def _constant(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
+    from torch import nn
+
     nn.init.constant_(w, p["value"])
 
 
 def _random(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
+    from torch import nn
+
     nn.init.normal_(w, mean=p["mean"], std=p["std"], generator=g)
 
 
 def _xavier(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
+    from torch import nn
+
     nn.init.xavier_normal_(w, gain=p["gain"], generator=g)
 
 
 def _xavier_uniform(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
+    from torch import nn
+
     nn.init.xavier_uniform_(w, gain=p["gain"], generator=g)
 
 
 def _he(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
+    from torch import nn
+
     nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu", generator=g)
 
 
 def _he_uniform(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
+    from torch import nn
+
     nn.init.kaiming_uniform_(w, mode="fan_in", nonlinearity="relu", generator=g)
 
 
 def _lecun(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
-    fan_in, _ = fans(w)
+    from torch import nn
+
+    fan_in, _ = shape_fans(tuple(w.shape))
     nn.init.normal_(w, mean=0.0, std=math.sqrt(1.0 / fan_in), generator=g)
 
 
 def _orthogonal(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
+    from torch import nn
+
     nn.init.orthogonal_(w, gain=p["gain"], generator=g)
 
 
@@ -253,6 +278,10 @@ def apply_initializer(model: nn.Module, spec: InitSpec, seed: int) -> None:
     model on the CPU (no CUDA generator is touched), the generators of the model's GPUs otherwise;
     their states are restored afterwards.
     """
+    import torch
+
+    from .structure.layers import weight_layers
+
     init = spec.initializer
     params = spec.resolved
     layers = list(weight_layers(model))

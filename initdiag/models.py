@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import UsageError, did_you_mean
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["ACTIVATIONS", "MODELS", "ModelName", "ModelSpec", "build_model", "is_reference", "load_model_ref"]
 
@@ -21,14 +23,28 @@ class ModelName(StrEnum):
 
 def _relu() -> nn.Module:
     """ReLU in place: the same numbers, no second activation buffer."""
+    from torch import nn
+
     return nn.ReLU(inplace=True)
+
+
+def _module(name: str) -> Callable[[], nn.Module]:
+    """A factory of ``torch.nn.<name>()``, importing torch only when called (the CLI parses without it)."""
+
+    def make() -> nn.Module:
+        from torch import nn
+
+        module: nn.Module = getattr(nn, name)()
+        return module
+
+    return make
 
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": _relu,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "linear": nn.Identity,
+    "tanh": _module("Tanh"),
+    "sigmoid": _module("Sigmoid"),
+    "linear": _module("Identity"),
 }
 
 
@@ -63,6 +79,8 @@ class ModelSpec:
 
 def seed_cnn() -> nn.Sequential:
     """The seed experiment's CNN (Keras original), for 1x28x28 inputs and 10 classes; ReLUs in place."""
+    from torch import nn
+
     return nn.Sequential(
         nn.Conv2d(1, 32, 3), _relu(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3), _relu(), nn.MaxPool2d(2),
@@ -75,6 +93,8 @@ def seed_cnn() -> nn.Sequential:
 
 def mlp() -> nn.Sequential:
     """784-256-256-10 with ReLU (in place)."""
+    from torch import nn
+
     return nn.Sequential(
         nn.Flatten(), nn.Linear(784, 256), _relu(), nn.Linear(256, 256), _relu(), nn.Linear(256, 10)
     )
@@ -82,6 +102,8 @@ def mlp() -> nn.Sequential:
 
 def deep_mlp(depth: int, width: int, activation: str) -> nn.Sequential:
     """``depth`` Linear layers in all: 784-width, (depth-2) x width-width, width-10, activation between."""
+    from torch import nn
+
     act = ACTIVATIONS[activation]
     layers: list[nn.Module] = [nn.Flatten(), nn.Linear(784, width), act()]
     for _ in range(depth - 2):
@@ -126,6 +148,8 @@ def load_model_ref(ref: str, kwargs: dict[str, object] | None = None) -> nn.Modu
     import importlib.util
     import sys
     from pathlib import Path
+
+    from torch import nn
 
     from .errors import ModelLoadError
 

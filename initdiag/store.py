@@ -25,8 +25,8 @@ import math
 import os
 import secrets
 import zipfile
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,8 @@ class Plan:
 
     config: ExperimentConfig
     argv: tuple[str, ...]
+    fingerprints: Mapping[str, Any] = field(default_factory=dict)
+    """Per model reference, the files its import runs and their SHA-256 (:mod:`initdiag.trust`)."""
 
 
 class _Bad(Exception):
@@ -211,9 +213,10 @@ class RunStore:
         self.root = Path(out_dir) / STATE_DIR
         self.runs_dir = self.root / "runs"
 
-    def save_plan(self, config: ExperimentConfig, argv: Sequence[str]) -> None:
+    def save_plan(self, config: ExperimentConfig, argv: Sequence[str],
+                  fingerprints: Mapping[str, Any] | None = None) -> None:
         """Start a new experiment here: runs saved by an earlier one (other settings, perhaps) are removed
-        first, so that only ``--resume`` ever reuses saved runs."""
+        first, so that only ``--resume`` ever reuses saved runs. ``fingerprints``: of the model references."""
         if self.runs_dir.is_dir():
             for path in [*self.runs_dir.glob("*.json"), *self.runs_dir.glob("*.npz"), *self.runs_dir.glob("*.pkl")]:
                 try:
@@ -222,42 +225,52 @@ class RunStore:
                     pass
                 except OSError as exc:
                     raise OutputError(f"cannot remove the earlier run {path}: {exc.strerror or exc}") from None
-        data = {**_header("plan"), "config": config.to_json(), "argv": list(argv)}
+        data = {**_header("plan"), "config": config.to_json(), "argv": list(argv),
+                "fingerprints": dict(fingerprints or {})}
         atomic_write(self.root / "plan.json", json.dumps(json_safe(data), indent=1) + "\n")
 
     def load_plan(self) -> Plan:
         """The plan this directory was started with; UsageError (one line) when there is none or it is damaged."""
-        config, argv = self._load_started("plan.json", "plan", "report", ExperimentConfig.from_json)
-        return Plan(config, argv)
+        config, argv, prints = self._load_started("plan.json", "plan", "report", ExperimentConfig.from_json)
+        return Plan(config, argv, prints)
 
-    def _load_started(self, file: str, kind: str, what: str, parse: Any) -> tuple[Any, tuple[str, ...]]:
-        """The configuration (read by ``parse``) and command line of ``file``; UsageError (one line) when there is
-        none or it is damaged."""
+    def _load_started(self, file: str, kind: str, what: str,
+                      parse: Any) -> tuple[Any, tuple[str, ...], dict[str, Any]]:
+        """The configuration (read by ``parse``), command line and model fingerprints of ``file``; UsageError
+        (one line) when there is none or it is damaged."""
         path = self.root / file
         if not path.is_file():
             raise UsageError(f"--resume: {self.root.parent} is not an initdiag {what} directory (no {path})")
         try:
             data = _read_json(path, kind)
-            argv = data.get("argv")
+            argv, prints = data.get("argv"), data.get("fingerprints", {})
             if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
                 raise _Bad("its command line is malformed")
+            if not isinstance(prints, dict):
+                raise _Bad("its model fingerprints are malformed")
             try:
                 config = parse(data.get("config"))
             except (ValueError, TypeError, KeyError, UsageError) as exc:
                 raise _Bad(f"its configuration is malformed ({exc})") from None
         except _Bad as exc:
             raise UsageError(f"--resume: cannot use {path}: {exc}") from None
-        return config, tuple(argv)
+        return config, tuple(argv), prints
 
-    def save_sweep(self, config: SweepConfig, argv: Sequence[str]) -> None:
+    def save_sweep(self, config: SweepConfig, argv: Sequence[str],
+                   fingerprints: Mapping[str, Any] | None = None) -> None:
         """Start a new sweep here (``.initdiag/sweep.json``; each cell keeps its runs in its own store)."""
-        data = {**_header("sweep"), "config": config.to_json(), "argv": list(argv)}
+        data = {**_header("sweep"), "config": config.to_json(), "argv": list(argv),
+                "fingerprints": dict(fingerprints or {})}
         atomic_write(self.root / "sweep.json", json.dumps(json_safe(data), indent=1) + "\n")
 
-    def load_sweep(self) -> tuple[SweepConfig, tuple[str, ...]]:
-        """The sweep this directory was started with; UsageError (one line) when there is none or it is damaged."""
-        config, argv = self._load_started("sweep.json", "sweep", "sweep", SweepConfig.from_json)
-        return config, argv
+    def load_sweep(self) -> tuple[SweepConfig, tuple[str, ...], dict[str, Any]]:
+        """The sweep this directory was started with, its command line and model fingerprints; UsageError (one
+        line) when there is none or it is damaged."""
+        return self._load_started("sweep.json", "sweep", "sweep", SweepConfig.from_json)
+
+    def has_runs(self) -> bool:
+        """Whether a finished run is saved here (worth a ``--resume``)."""
+        return self.runs_dir.is_dir() and any(self.runs_dir.glob("*.json"))
 
     def save_run(self, run: RunResult) -> None:
         """Save a finished run: its arrays first, then the record that names their checksum."""

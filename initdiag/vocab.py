@@ -7,6 +7,8 @@ strings).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
@@ -318,3 +320,39 @@ class LossMode(StrEnum):
     AUTO = "auto"
     CE = "ce"
     MSE = "mse"
+
+
+@dataclass(frozen=True)
+class CheckInfo:
+    """What ``initdiag list`` and ``--fail-on`` know of a built-in check without importing the checks (which
+    load torch, scipy and pandas): its name, title and outcomes. The check classes take theirs from here."""
+
+    name: CheckName
+    title: str
+    outcomes: tuple[Outcome, ...] = ()
+
+
+_SIGNAL_OUTCOMES = (Outcome.VANISHING, Outcome.EXPLODING, Outcome.NO_SIGNAL, Outcome.HEALTHY)
+BUILTIN_CHECKS: tuple[CheckInfo, ...] = (
+    CheckInfo(CheckName.SIGNAL, "Signal propagation along chains of weight layers (vanishing / exploding / no signal)",
+              _SIGNAL_OUTCOMES),
+    CheckInfo(CheckName.STREAM, "Residual stream across blocks (vanishing / exploding / no signal)", _SIGNAL_OUTCOMES),
+    CheckInfo(CheckName.SYMMETRY, "Identical and near-duplicate neurons"),
+    CheckInfo(CheckName.DEAD, "Dead ReLU units (0 for every input)"),
+    CheckInfo(CheckName.SATURATION, "Saturated tanh/sigmoid units"),
+    CheckInfo(CheckName.GATES, "Saturated gates of recurrent layers"),
+    CheckInfo(CheckName.DIVERGED, "Divergence (NaN/Inf anywhere)"),
+    CheckInfo(CheckName.UNSTABLE, "Unstable training loss"),
+    CheckInfo(CheckName.STALLED, "Stalled first epoch"),
+    CheckInfo(CheckName.UPDATE_RATIO, "Update-to-weight ratio"),
+    CheckInfo(CheckName.DEAD_GROWTH, "Dead units appearing during training"),
+)
+"""The built-in checks in the order the analysis runs them (:data:`initdiag.checks.CHECKS` registers each)."""
+
+
+def fail_on_names(checks: Iterable[tuple[str, Iterable[str]]] | None = None) -> tuple[str, ...]:
+    """Every name ``--fail-on`` accepts for ``checks`` (``(name, outcomes)`` each; default the built-in
+    ones): each check's name, then its outcomes (``healthy`` excluded)."""
+    pairs = [(c.name, c.outcomes) for c in BUILTIN_CHECKS] if checks is None else [(n, tuple(o)) for n, o in checks]
+    names = [str(n) for n, _ in pairs] + [str(o) for _, outs in pairs for o in outs]
+    return tuple(dict.fromkeys(n for n in names if n != HEALTHY))

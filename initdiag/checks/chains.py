@@ -315,9 +315,7 @@ class SignalCheck(SignalColumns, Check):
 
     name = CheckName.SIGNAL
     family = Family.SIGNAL
-    title = "Signal propagation along chains of weight layers (vanishing / exploding / no signal)"
     needs = frozenset({Need.FRAME})
-    outcomes = (Outcome.VANISHING, Outcome.EXPLODING, Outcome.NO_SIGNAL, Outcome.HEALTHY)
     always_shown = True
 
     def run(self, ctx: AnalysisContext) -> list[Verdict]:

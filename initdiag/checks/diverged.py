@@ -76,7 +76,6 @@ class DivergedCheck(Check):
 
     name = CheckName.DIVERGED
     family = Family.DIVERGED
-    title = "Divergence (NaN/Inf anywhere)"
     needs = frozenset()
     always_shown = True
     during_training = True

@@ -72,7 +72,6 @@ class GateCheck(Check):
 
     name = CheckName.GATES
     family = Family.SATURATION
-    title = "Saturated gates of recurrent layers"
 
     def run(self, ctx: AnalysisContext) -> list[Verdict | None]:
         return [gate_verdict(ctx.evidence.gates, ctx.thresholds)]

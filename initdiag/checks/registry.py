@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from ..errors import UsageError, did_you_mean
-from ..vocab import Need, Signal
+from ..vocab import BUILTIN_CHECKS, Need, Signal, fail_on_names
 from .evidence import RunEvidence
 from .verdict import Thresholds, Verdict
 
@@ -96,6 +96,14 @@ class Check(ABC):
     always_shown: ClassVar[bool] = False
     during_training: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A built-in check takes its title and outcomes from :data:`~initdiag.vocab.BUILTIN_CHECKS` (what
+        ``initdiag list`` prints without importing the checks)."""
+        super().__init_subclass__(**kwargs)
+        info = next((c for c in BUILTIN_CHECKS if c.name == getattr(cls, "name", None)), None)
+        if info is not None:
+            cls.title, cls.outcomes = info.title, tuple(info.outcomes)
+
     @abstractmethod
     def methods(self, th: Thresholds) -> tuple[MethodNote, ...]:
         """The methods section's entries for this check, with the thresholds of ``th`` written in."""
@@ -153,8 +161,7 @@ class CheckRegistry:
 
     def fail_on_names(self) -> tuple[str, ...]:
         """Every name ``--fail-on`` accepts: each check's name, then its outcomes (``healthy`` excluded)."""
-        names = [c.name for c in self] + [o for c in self for o in c.outcomes]
-        return tuple(dict.fromkeys(n for n in names if n != "healthy"))
+        return fail_on_names((c.name, c.outcomes) for c in self)
 
     def parse_fail_on(self, names: Iterable[str]) -> tuple[str, ...]:
         """``names`` checked against :meth:`fail_on_names`; an unknown one is a UsageError."""

@@ -253,9 +253,7 @@ class StreamCheck(SignalColumns, Check):
 
     name = CheckName.STREAM
     family = Family.SIGNAL
-    title = "Residual stream across blocks (vanishing / exploding / no signal)"
     needs = frozenset({Need.FRAME, Need.STRUCTURE})
-    outcomes = (Outcome.VANISHING, Outcome.EXPLODING, Outcome.NO_SIGNAL, Outcome.HEALTHY)
     always_shown = True
 
     def run(self, ctx: AnalysisContext) -> list[Verdict]:

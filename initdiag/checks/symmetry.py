@@ -273,7 +273,6 @@ class SymmetryCheck(Check):
 
     name = CheckName.SYMMETRY
     family = Family.SYMMETRY
-    title = "Identical and near-duplicate neurons"
     needs = frozenset({Need.WEIGHTS})
     always_shown = True
 

@@ -28,7 +28,6 @@ class UnstableCheck(_TrainingCheck):
     """The training loss rose well above its start."""
 
     name = CheckName.UNSTABLE
-    title = "Unstable training loss"
 
     def run(self, ctx: AnalysisContext) -> list[Verdict | None]:
         return [ctx.derive(unstable_of)]
@@ -50,7 +49,6 @@ class StalledCheck(_TrainingCheck):
     """The training loss did not fall over the first epoch (not judged when it rose: ``unstable`` failed)."""
 
     name = CheckName.STALLED
-    title = "Stalled first epoch"
 
     def run(self, ctx: AnalysisContext) -> list[Verdict | None]:
         unstable = ctx.derive(unstable_of)
@@ -75,7 +73,6 @@ class UpdateRatioCheck(_TrainingCheck):
     """Each step's weight update against the weight, per layer."""
 
     name = CheckName.UPDATE_RATIO
-    title = "Update-to-weight ratio"
     needs = frozenset({Need.FRAME, Need.TRAINING})
 
     def run(self, ctx: AnalysisContext) -> list[Verdict | None]:
@@ -100,7 +97,6 @@ class DeadGrowthCheck(_TrainingCheck):
     """Dead ReLU units that appear during training."""
 
     name = CheckName.DEAD_GROWTH
-    title = "Dead units appearing during training"
     needs = frozenset({Need.FRAME, Need.TRAINING})
 
     def run(self, ctx: AnalysisContext) -> list[Verdict | None]:

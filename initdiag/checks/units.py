@@ -119,7 +119,6 @@ class DeadCheck(Check):
 
     name = CheckName.DEAD
     family = Family.DEAD
-    title = "Dead ReLU units (0 for every input)"
     columns = ((Family.DEAD, "dead units"),)
     always_shown = True
 
@@ -142,7 +141,6 @@ class SaturationCheck(Check):
 
     name = CheckName.SATURATION
     family = Family.SATURATION
-    title = "Saturated tanh/sigmoid units"
     always_shown = True
 
     def run(self, ctx: AnalysisContext) -> list[Verdict | None]:

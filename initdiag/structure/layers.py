@@ -6,13 +6,13 @@ A weight layer's fans follow PyTorch's convention for a weight of shape ``(out, 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..initializers import shape_fans
 from ..vocab import ActivationFamily, ActivationName
 from .activations import activation_of_module
 
@@ -57,12 +57,6 @@ def main_weight(module: nn.Module) -> torch.Tensor | None:
         if isinstance(weight, torch.Tensor):
             return weight
     return None
-
-
-def shape_fans(shape: tuple[int, ...]) -> tuple[int, int]:
-    """``(fan_in, fan_out)`` of a Conv/Linear weight of shape ``(out, in, *kernel)``."""
-    receptive = math.prod(shape[2:])
-    return shape[1] * receptive, shape[0] * receptive
 
 
 def fans(weight: torch.Tensor) -> tuple[int, int]:
