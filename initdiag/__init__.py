@@ -1,21 +1,20 @@
 """initdiag: diagnose the weight initialization of PyTorch models with statistics.
 
 The names below load on first use (PEP 562), so that ``initdiag --help`` and usage errors answer without
-importing torch.
+importing torch (``audit`` itself imports the audit's machinery when called).
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
+from .audit import audit
 from .errors import DataError, InitDiagError, ModelLoadError, OutputError, UsageError
 from .vocab import __version__
 
 if TYPE_CHECKING:
-    from .audit import AuditResult, audit
+    from .audit import AuditResult
     from .checks import Verdict
     from .initializers import INITIALIZERS, InitSpec, apply_initializer
     from .recording import Recorder
@@ -37,7 +36,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "AuditResult": ".audit", "audit": ".audit", "Verdict": ".checks", "INITIALIZERS": ".initializers",
+    "AuditResult": ".results", "Verdict": ".checks", "INITIALIZERS": ".initializers",
     "InitSpec": ".initializers", "apply_initializer": ".initializers", "Recorder": ".recording",
 }
 
@@ -55,16 +54,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-class _Package(types.ModuleType):
-    """The package module: importing the submodule ``initdiag.audit`` binds it as an attribute of the package,
-    which would hide the function ``initdiag.audit``; the function keeps the name, as it did when it was
-    imported eagerly."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _LAZY and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -9,124 +9,34 @@ no traceback; ``--debug`` shows it); 3 a ``--fail-on`` check failed (the report 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from datetime import datetime
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from .config import (
-    AuditConfig,
-    ExperimentConfig,
-    parse_audit_inits,
-    parse_fail_on,
-    parse_formats,
-    parse_input_shape,
+from .commands import (
+    EXIT_CHECK_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    audit_config_from_args,
+    cmd_audit,
+    cmd_report,
+    cmd_sweep,
+    config_from_args,
+    prepare_out_dir,
 )
-from .errors import InitDiagError, Interrupted, OutputError, UsageError
-from .initializers import DEFAULT_INITIALIZERS, INITIALIZERS, parse_init_list
-from .models import MODELS, ModelSpec
+from .errors import InitDiagError, Interrupted
+from .initializers import DEFAULT_INITIALIZERS, INITIALIZERS
+from .models import MODELS
 from .options import OPTIONS, build_parser
 from .vocab import BUILTIN_CHECKS
 
-__all__ = ["EXIT_CHECK_FAILED", "EXIT_OK", "EXIT_USAGE", "OPTIONS", "build_parser", "main"]
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_CHECK_FAILED = 3
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
-
-
-def config_from_args(args: argparse.Namespace, model: ModelSpec | None = None) -> ExperimentConfig:
-    """Validate the ``report`` arguments (``sweep``'s, with ``model`` one of its cells) into an ExperimentConfig
-    (UsageError on bad input)."""
-    if model is None:
-        model = ModelSpec(args.model, depth=args.depth, width=args.width, activation=args.activation)
-    return ExperimentConfig(
-        model=model, initializers=parse_init_list(args.init), seed=args.seed, seeds=args.seeds,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-        limit_train=args.limit_train,
-        record_every=args.record_every, dataset=args.dataset, data_dir=args.data_dir, out=args.out,
-        formats=parse_formats(args.format), device=args.device, fail_on=parse_fail_on(args.fail_on), jobs=args.jobs,
-        paper=args.paper,
-    )
-
-
-def audit_config_from_args(args: argparse.Namespace) -> AuditConfig:
-    """Validate the ``audit`` arguments into an AuditConfig (UsageError on bad input)."""
-    shape = parse_input_shape(args.input_shape) if args.input_shape is not None else None
-    if shape is None and args.inputs != "mnist":
-        raise UsageError("--input-shape is required (one sample's shape, e.g. 3,224,224) unless --inputs mnist")
-    kwargs = {}
-    if args.kwargs is not None:
-        try:
-            kwargs = json.loads(args.kwargs)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--kwargs is not valid JSON ({exc.msg} at column {exc.colno}): {args.kwargs}") from None
-        if not isinstance(kwargs, dict):
-            raise UsageError(f"--kwargs must be a JSON object such as '{{\"num_classes\": 10}}', not {args.kwargs}")
-    return AuditConfig(
-        target=args.target, input_shape=shape, inits=parse_audit_inits(args.init), batches=args.batches,
-        batch_size=args.batch_size, inputs=args.inputs, input_dtype=args.input_dtype, vocab=args.vocab,
-        loss=args.loss, seed=args.seed, device=args.device, model_kwargs=kwargs, data_dir=args.data_dir,
-        out=args.out, formats=parse_formats(args.format), paper=args.paper, fail_on=parse_fail_on(args.fail_on),
-    )
-
-
-def default_out_dir(model: str) -> Path:
-    """``reports/<model>-<time>``: where a command writes when ``--out`` is not given."""
-    return Path("reports") / f"{model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def check_out_dir(out: Path) -> None:
-    """OutputError now, before any work and creating nothing, when ``out`` could not be created or written."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output path {out} exists and is not a directory")
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputError(f"cannot write to output directory {out}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to output directory {out}: {existing} is not writable")
-
-
-def prepare_out_dir(out: Path | None, model: str) -> Path:
-    """Create (if needed) and check the output directory."""
-    if out is None:
-        out = default_out_dir(model)
-    check_out_dir(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".initdiag-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
-    return out
-
-
-@contextmanager
-def removed_on_failure(out: Path, keep: Callable[[], bool] = lambda: False) -> Iterator[None]:
-    """Run a command that writes into ``out``: if it fails with an error (not an interrupt, whose partial results
-    are kept for ``--resume``) and ``out`` did not exist before, remove ``out`` again unless ``keep()`` (finished
-    runs worth resuming): a failed command leaves no folder behind."""
-    existed = out.exists()
-    try:
-        yield
-    except Exception:
-        if not existed and out.is_dir() and not keep():
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-
+__all__ = ["EXIT_CHECK_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "OPTIONS",
+           "audit_config_from_args", "build_parser", "config_from_args", "main", "prepare_out_dir"]
 
 def _cmd_list(out: TextIO) -> int:
     out.write("Models:\n")
@@ -150,14 +60,9 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
     raise Interrupted(EXIT_TERMINATED)
 
 
-def _run_command(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
-    """``report``, ``audit`` or ``sweep`` (:mod:`initdiag.commands`, imported only once the options parsed)."""
-    from . import commands
-
-    runners: dict[str, Callable[[argparse.Namespace, Sequence[str], TextIO, TextIO], int]] = {
-        "report": commands.cmd_report, "audit": commands.cmd_audit, "sweep": commands.cmd_sweep,
-    }
-    return runners[args.command](args, argv, out, err)
+_RUNNERS: dict[str, Callable[[argparse.Namespace, Sequence[str], TextIO, TextIO], int]] = {
+    "report": cmd_report, "audit": cmd_audit, "sweep": cmd_sweep,
+}
 
 
 def _asked_for_version(argv: Sequence[str]) -> bool:
@@ -187,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         if args.command == "list":
             return _cmd_list(out)
-        return _run_command(args, argv, out, err)
+        return _RUNNERS[args.command](args, argv, out, err)
     except InitDiagError as exc:
         if debug:
             traceback.print_exc(file=err)

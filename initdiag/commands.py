@@ -1,8 +1,9 @@
-"""The ``report``, ``audit`` and ``sweep`` commands (:func:`initdiag.cli.main` parses, then calls one).
+"""The ``report``, ``audit`` and ``sweep`` commands (:func:`initdiag.cli.main` parses, then calls one), the
+settings they validate from the parsed options, and their output folders.
 
 Each validates its settings before any work (impossible ones, like ``--device cuda`` without CUDA, fail at
 once), loads its data before it creates the output folder, and removes a folder it created when it fails
-before producing a result (:func:`~initdiag.cli.removed_on_failure`). An interrupt keeps what finished and
+before producing a result (:func:`removed_on_failure`). An interrupt keeps what finished and
 prints the ``--resume`` command, whether it comes during training or while the report is written. A resume
 runs no model code the command line does not name (:mod:`initdiag.trust`).
 """
@@ -11,30 +12,127 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import re
 import shlex
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from .cli import (
-    EXIT_CHECK_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    audit_config_from_args,
-    check_out_dir,
-    config_from_args,
-    default_out_dir,
-    prepare_out_dir,
-    removed_on_failure,
+from .config import (
+    AuditConfig,
+    ExperimentConfig,
+    SweepConfig,
+    parse_audit_inits,
+    parse_fail_on,
+    parse_formats,
+    parse_input_shape,
+    sweep_models,
 )
-from .config import ExperimentConfig, SweepConfig, sweep_models
-from .errors import Interrupted, UsageError
+from .errors import Interrupted, OutputError, UsageError
+from .initializers import parse_init_list
 from .jsonable import file_name
+from .models import ModelSpec
 from .options import build_parser
 from .vocab import Status
 
-__all__ = ["RESUME_KEEPS", "cmd_audit", "cmd_report", "cmd_sweep"]
+__all__ = ["EXIT_CHECK_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "RESUME_KEEPS",
+           "audit_config_from_args", "check_out_dir", "cmd_audit", "cmd_report", "cmd_sweep", "config_from_args",
+           "default_out_dir", "prepare_out_dir", "removed_on_failure"]
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_CHECK_FAILED = 3
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+def config_from_args(args: argparse.Namespace, model: ModelSpec | None = None) -> ExperimentConfig:
+    """Validate the ``report`` arguments (``sweep``'s, with ``model`` one of its cells) into an ExperimentConfig
+    (UsageError on bad input)."""
+    if model is None:
+        model = ModelSpec(args.model, depth=args.depth, width=args.width, activation=args.activation)
+    return ExperimentConfig(
+        model=model, initializers=parse_init_list(args.init), seed=args.seed, seeds=args.seeds,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        limit_train=args.limit_train,
+        record_every=args.record_every, dataset=args.dataset, data_dir=args.data_dir, out=args.out,
+        formats=parse_formats(args.format), device=args.device, fail_on=parse_fail_on(args.fail_on), jobs=args.jobs,
+        paper=args.paper,
+    )
+
+
+def audit_config_from_args(args: argparse.Namespace) -> AuditConfig:
+    """Validate the ``audit`` arguments into an AuditConfig (UsageError on bad input)."""
+    shape = parse_input_shape(args.input_shape) if args.input_shape is not None else None
+    if shape is None and args.inputs != "mnist":
+        raise UsageError("--input-shape is required (one sample's shape, e.g. 3,224,224) unless --inputs mnist")
+    kwargs = {}
+    if args.kwargs is not None:
+        try:
+            kwargs = json.loads(args.kwargs)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--kwargs is not valid JSON ({exc.msg} at column {exc.colno}): {args.kwargs}") from None
+        if not isinstance(kwargs, dict):
+            raise UsageError(f"--kwargs must be a JSON object such as '{{\"num_classes\": 10}}', not {args.kwargs}")
+    return AuditConfig(
+        target=args.target, input_shape=shape, inits=parse_audit_inits(args.init), batches=args.batches,
+        batch_size=args.batch_size, inputs=args.inputs, input_dtype=args.input_dtype, vocab=args.vocab,
+        loss=args.loss, seed=args.seed, device=args.device, model_kwargs=kwargs, data_dir=args.data_dir,
+        out=args.out, formats=parse_formats(args.format), paper=args.paper, fail_on=parse_fail_on(args.fail_on),
+    )
+
+
+def default_out_dir(model: str) -> Path:
+    """``reports/<model>-<time>``: where a command writes when ``--out`` is not given."""
+    return Path("reports") / f"{model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_out_dir(out: Path) -> None:
+    """OutputError now, before any work and creating nothing, when ``out`` could not be created or written."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path {out} exists and is not a directory")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write to output directory {out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to output directory {out}: {existing} is not writable")
+
+
+def prepare_out_dir(out: Path | None, model: str) -> Path:
+    """Create (if needed) and check the output directory."""
+    if out is None:
+        out = default_out_dir(model)
+    check_out_dir(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".initdiag-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
+    return out
+
+
+@contextmanager
+def removed_on_failure(out: Path, keep: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """Run a command that writes into ``out``: if it fails with an error (not an interrupt, whose partial results
+    are kept for ``--resume``) and ``out`` did not exist before, remove ``out`` again unless ``keep()`` (finished
+    runs worth resuming): a failed command leaves no folder behind."""
+    existed = out.exists()
+    try:
+        yield
+    except Exception:
+        if not existed and out.is_dir() and not keep():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
 
 RESUME_KEEPS = ("resume", "jobs", "debug", "command", "model")
 """Options that may accompany --resume (``--model`` only to name the plan's model again); every other setting

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from .errors import UsageError, did_you_mean
+from .shapes import shape_fans
 
 if TYPE_CHECKING:  # torch loads where a weight is drawn: the CLI parses its options without it
     import torch
@@ -54,11 +55,6 @@ DEFAULT_INITIALIZERS: tuple[str, ...] = ("zeros", "random", "xavier", "he")
 
 WeightFn = Callable[["torch.Tensor", "torch.Generator", Mapping[str, float]], None]
 
-
-def shape_fans(shape: tuple[int, ...]) -> tuple[int, int]:
-    """``(fan_in, fan_out)`` of a Conv/Linear weight of shape ``(out, in, *kernel)``."""
-    receptive = math.prod(shape[2:])
-    return shape[1] * receptive, shape[0] * receptive
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,20 @@ statistics into verdicts; the same report is written::
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..config import AuditConfig, parse_audit_inits
-from ..results import AuditInputs, AuditResult, AuditRun, LayerWeight, Recommendation
-from .inputs import make_inputs, working_copy
-from .run import audit_record, pool_batches
-from .weights import looks_pytorch_default
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..results import AuditInputs, AuditResult, AuditRun, LayerWeight, Recommendation
+    from .inputs import make_inputs, working_copy
+    from .run import pool_batches
+    from .weights import looks_pytorch_default
 
 __all__ = [
     "AuditInputs",
@@ -38,9 +41,26 @@ __all__ = [
 ]
 
 
+_LAZY = {"AuditInputs": "..results", "AuditResult": "..results", "AuditRun": "..results",
+         "LayerWeight": "..results", "Recommendation": "..results", "make_inputs": ".inputs",
+         "working_copy": ".inputs", "pool_batches": ".run", "looks_pytorch_default": ".weights"}
+
+
+def __getattr__(name: str) -> Any:
+    """Load a re-exported name from its module on first use (``import initdiag`` stays light: no torch)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
 def run_audit(model: nn.Module, config: AuditConfig, example_input: Any = None,
               command: str | None = None) -> AuditResult:
     """Audit ``model`` as ``config`` says (see :func:`audit`); ``command`` is recorded in the report."""
+    from .run import audit_record
+
     return audit_record(model, config, example_input, command)
 
 

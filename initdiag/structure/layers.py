@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..initializers import shape_fans
+from ..shapes import shape_fans
 from ..vocab import ActivationFamily, ActivationName
 from .activations import activation_of_module
 
