@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .config import (
+    AUDIT_INPUTS,
     AuditConfig,
     ExperimentConfig,
     SweepConfig,
@@ -68,9 +69,17 @@ def config_from_args(args: argparse.Namespace, model: ModelSpec | None = None) -
 
 def audit_config_from_args(args: argparse.Namespace) -> AuditConfig:
     """Validate the ``audit`` arguments into an AuditConfig (UsageError on bad input)."""
-    shape = parse_input_shape(args.input_shape) if args.input_shape is not None else None
-    if shape is None and args.inputs != "mnist":
-        raise UsageError("--input-shape is required (one sample's shape, e.g. 3,224,224) unless --inputs mnist")
+    shapes = [parse_input_shape(text) for text in args.input_shape or ()]
+    dtypes = list(args.input_dtype or ["float"])
+    saved = str(args.inputs).endswith((".pt", ".pth")) or Path(args.inputs).is_file()
+    kind, file = ("file", Path(args.inputs)) if saved and args.inputs not in AUDIT_INPUTS else (args.inputs, None)
+    if not shapes and kind == "normal":
+        raise UsageError("--input-shape is required (one sample's shape, e.g. 3,224,224) unless --inputs mnist or "
+                         "--inputs FILE.pt")
+    if len(dtypes) not in (1, max(len(shapes), 1)):
+        raise UsageError(f"give --input-dtype once for all inputs or once per --input-shape ({len(shapes)}), "
+                         f"not {len(dtypes)} times")
+    dtypes = dtypes * len(shapes) if len(dtypes) == 1 and shapes else dtypes
     kwargs = {}
     if args.kwargs is not None:
         try:
@@ -80,8 +89,9 @@ def audit_config_from_args(args: argparse.Namespace) -> AuditConfig:
         if not isinstance(kwargs, dict):
             raise UsageError(f"--kwargs must be a JSON object such as '{{\"num_classes\": 10}}', not {args.kwargs}")
     return AuditConfig(
-        target=args.target, input_shape=shape, inits=parse_audit_inits(args.init), batches=args.batches,
-        batch_size=args.batch_size, inputs=args.inputs, input_dtype=args.input_dtype, vocab=args.vocab,
+        target=args.target, input_shape=shapes[0] if shapes else None, inits=parse_audit_inits(args.init),
+        extra_inputs=tuple(zip(shapes[1:], dtypes[1:], strict=True)), inputs_file=file, batches=args.batches,
+        batch_size=args.batch_size, inputs=kind, input_dtype=dtypes[0], vocab=args.vocab,
         loss=args.loss, seed=args.seed, device=args.device, model_kwargs=kwargs, data_dir=args.data_dir,
         out=args.out, formats=parse_formats(args.format), paper=args.paper, fail_on=parse_fail_on(args.fail_on),
     )

@@ -247,6 +247,14 @@ INPUT_DTYPES: tuple[str, ...] = tuple(InputDtype)
 AUDIT_LOSSES: tuple[str, ...] = tuple(LossMode)
 
 
+def _sample_shape(shape: Any) -> tuple[int, ...]:
+    """One sample's shape as a tuple of positive ints (UsageError otherwise)."""
+    out = tuple(shape)
+    if not out or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in out):
+        raise UsageError(f"input shape {out} must be positive integers (one sample, no batch dimension)")
+    return out
+
+
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """Parse ``3,224,224`` (or ``3x224x224``) into a tuple of positive ints: one sample, no batch dimension."""
     parts = [p.strip() for p in text.replace("x", ",").split(",")]
@@ -285,7 +293,9 @@ class AuditConfig:
     ``target`` names the model (the CLI reference, or the class name from Python); ``inits`` are labels:
     ``keep`` (the model as given) or an initializer applied to a copy. ``input_shape`` is one sample's
     shape (no batch dimension); ``inputs`` "normal" (standard normal, or token ids in ``[0, vocab)`` with
-    ``input_dtype="long"``) or "mnist" (images, reshaped to ``input_shape`` when given). ``loss``: "auto"
+    ``input_dtype="long"``), "mnist" (images, reshaped to ``input_shape`` when given) or "file" (the batch
+    saved in ``inputs_file``). ``extra_inputs``: the shape and dtype of each further generated positional
+    input (a siamese network's second image, a graph's adjacency matrix). ``loss``: "auto"
     (cross-entropy against random labels for (batch, classes) outputs, else the mean of squared outputs),
     "ce" or "mse".
     """
@@ -302,6 +312,8 @@ class AuditConfig:
     seed: int = 0
     device: str = "cpu"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    extra_inputs: tuple[tuple[tuple[int, ...], str], ...] = ()
+    inputs_file: Path | None = None
     data_dir: Path | None = None
     out: Path | None = None
     formats: tuple[str, ...] = FORMATS
@@ -330,10 +342,17 @@ class AuditConfig:
             _choice(name, value, choices)
         _device(self.device)
         if self.input_shape is not None:
-            shape = tuple(self.input_shape)
-            if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
-                raise UsageError(f"input shape {shape} must be positive integers (one sample, no batch dimension)")
-            object.__setattr__(self, "input_shape", shape)
+            object.__setattr__(self, "input_shape", _sample_shape(self.input_shape))
+        extra = tuple((_sample_shape(shape), str(dtype)) for shape, dtype in self.extra_inputs)
+        for _, dtype in extra:
+            _choice("--input-dtype", dtype, INPUT_DTYPES)
+        object.__setattr__(self, "extra_inputs", extra)
+        if extra and (self.input_shape is None or self.inputs != "normal"):
+            raise UsageError("several inputs are generated with --inputs normal only, each with its --input-shape")
+        if (self.inputs == "file") != (self.inputs_file is not None):
+            raise UsageError("--inputs takes normal, mnist or the path of a file saved with torch.save")
+        if self.inputs == "file" and self.input_shape is not None:
+            raise UsageError("--inputs FILE gives the batch itself: drop --input-shape")
         if self.inputs == "mnist":
             if self.input_dtype != "float":
                 raise UsageError("--inputs mnist gives float images; drop --input-dtype long")
@@ -347,6 +366,12 @@ class AuditConfig:
         _check_names(self.fail_on)
 
     @property
+    def input_specs(self) -> tuple[tuple[tuple[int, ...], str], ...]:
+        """Each generated positional input's sample shape and dtype, the first one's included."""
+        first = () if self.input_shape is None else ((self.input_shape, self.input_dtype),)
+        return first + self.extra_inputs
+
+    @property
     def specs(self) -> tuple[InitSpec | None, ...]:
         """One per ``inits`` label: the InitSpec to apply, None for ``keep``."""
         return tuple(None if label == KEEP else InitSpec.parse(label) for label in self.inits)
@@ -358,4 +383,6 @@ class AuditConfig:
             data[key] = list(data[key]) if data[key] is not None else None
         data["data_dir"] = str(self.data_dir) if self.data_dir else None
         data["out"] = str(self.out) if self.out else None
+        data["extra_inputs"] = [[list(shape), dtype] for shape, dtype in self.extra_inputs]
+        data["inputs_file"] = str(self.inputs_file) if self.inputs_file else None
         return data

@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .config import AUDIT_INPUTS, AUDIT_LOSSES, INPUT_DTYPES, AuditConfig, ExperimentConfig, SweepConfig
+from .config import AUDIT_LOSSES, INPUT_DTYPES, AuditConfig, ExperimentConfig, SweepConfig
 from .errors import UsageError
 from .models import ACTIVATIONS, MODELS, ModelSpec
 from .vocab import PAPERS, __version__
@@ -88,11 +88,17 @@ OPTIONS: dict[str, Option] = {o.flag.lstrip("-").replace("-", "_"): o for o in (
     Option("--fail-on", "exit with code 3 when a run fails one of these checks (comma-separated)",
            {"metavar": "CHECKS"}),
     Option("--input-shape", "one sample's shape without the batch dimension, e.g. 3,224,224 (required unless "
-                            "--inputs mnist)", {"metavar": "C,H,W"}),
+                            "--inputs mnist or a file); repeat it for each positional input of the model's forward "
+                            "(a siamese network's two images, a graph's features and adjacency)",
+           {"metavar": "C,H,W", "action": "append"}),
     Option("--batches", "batches to push through (default %(default)s)", {"type": _int}),
-    Option("--inputs", f"{'|'.join(AUDIT_INPUTS)}: standard normal or MNIST training images (default %(default)s)"),
+    Option("--inputs", "normal|mnist|FILE.pt: standard normal, MNIST training images, or one batch saved with "
+                       "torch.save (a tensor, a tuple of positional arguments, a dict of keyword arguments, or "
+                       "{'args': ..., 'kwargs': ...}; loaded with weights_only=True: nothing in it runs) "
+                       "(default %(default)s)", {"metavar": "KIND"}),
     Option("--input-dtype", f"{'|'.join(INPUT_DTYPES)}: long gives token ids in [0, --vocab) for models that start "
-                            "with an Embedding (default %(default)s)"),
+                            "with an Embedding; one for all inputs or one per --input-shape (default float: the "
+                            "model's own floating dtype)", {"action": "append"}),
     Option("--vocab", "token ids for --input-dtype long (default: the first Embedding's size)",
            {"type": _int, "metavar": "N"}),
     Option("--loss", f"{'|'.join(AUDIT_LOSSES)}: auto is cross-entropy against random labels for (batch, classes) "
@@ -162,7 +168,7 @@ COMMANDS: dict[str, Command] = {
         "`report`; compare initializations; write the report.",
         _options("target input_shape init batches batch_size inputs input_dtype vocab loss kwargs seed device "
                  "data_dir out format paper fail_on debug",
-                 AuditConfig, target=_OWN, init=_cli(AuditConfig.inits), kwargs=_OWN, debug=_OWN)),
+                 AuditConfig, target=_OWN, init=_cli(AuditConfig.inits), kwargs=_OWN, debug=_OWN, input_dtype=None)),
     "sweep": Command(
         "train a grid of models x initializers x seeds, locally or on Ray, and write the sweep report",
         "The options of `report`, with the model axes taking comma-separated lists (their Cartesian product): "

@@ -305,6 +305,8 @@ class AuditInputKind(StrEnum):
 
     NORMAL = "normal"
     MNIST = "mnist"
+    FILE = "file"
+    """Tensors saved with ``torch.save`` (``--inputs FILE.pt``; ``AuditConfig.inputs_file``)."""
 
 
 class InputDtype(StrEnum):

@@ -468,6 +468,6 @@ def test_structure_found_on_two_rows_is_that_of_the_whole_batch() -> None:
     result = initdiag.audit(model, input_shape=(3, 32, 32), batches=1, batch_size=8)
     batches, _ = make_inputs(model, AuditConfig(input_shape=(3, 32, 32), batches=1, batch_size=8))
     torch.manual_seed(0)
-    whole = discover(copy.deepcopy(model).train(), *batches[0])
+    whole = discover(copy.deepcopy(model).train(), *batches[0].args)
     assert result.runs[0].structure == whole
     assert whole.blocks and whole.norms

@@ -1,7 +1,13 @@
 """Models that crashed the audit: transposed convolutions (weights stored (in, out / groups, *k)) and a forward
-that sets ``requires_grad`` on a view of its input (as Wav2Vec2's feature encoder does in train mode)."""
+that sets ``requires_grad`` on a view of its input (as Wav2Vec2's feature encoder does in train mode); and the
+inputs people have: nested (an LSTM's hidden state), several (siamese networks, graphs), keyword, float64 and
+saved with torch.save."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -126,3 +132,157 @@ def test_identical_neurons_within_a_group_of_a_grouped_convolution_fail() -> Non
         after.weight[:, 1] = after.weight[:, 0]
     (sym,) = [v for v in initdiag.audit(model, input_shape=(3, 8, 8)).verdicts if v.check == "symmetry"]
     assert sym.status == "fail" and "2" in sym.layers, sym.message
+
+
+# -- inputs people have: nested, several, keyword, float64, saved -------------------------------------------
+class _WordModel(nn.Module):
+    """Embedding -> LSTM(hidden given) -> Linear, the shape of a word language model's forward(tokens, hidden)."""
+
+    def __init__(self, vocab: int = 30, width: int = 16) -> None:
+        super().__init__()
+        self.emb, self.rnn, self.out = nn.Embedding(vocab, width), nn.LSTM(width, width, batch_first=True), \
+            nn.Linear(width, vocab)
+
+    def forward(self, tokens: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        out, _ = self.rnn(self.emb(tokens), hidden)
+        return self.out(out)
+
+
+class _Siamese(nn.Module):
+    """One tower applied to two images; the head reads both embeddings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tower = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 16))
+        self.head = nn.Linear(32, 1)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.tower(a), self.tower(b)], dim=1))
+
+
+class _Graph(nn.Module):
+    """Two graph convolutions ``adj @ x @ W`` with their own weight parameters (used through torch.mm)."""
+
+    def __init__(self, features: int = 8, hidden: int = 16, classes: int = 4) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(features, hidden) / features**0.5)
+        self.w2 = nn.Parameter(torch.randn(hidden, classes) / hidden**0.5)
+
+    def forward(self, x: torch.Tensor, adj: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+        h = torch.relu(torch.mm(adj, torch.mm(x, self.w1)))
+        return scale * torch.mm(adj, torch.mm(h, self.w2))
+
+
+class _Masked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(12, 24), nn.Linear(24, 3)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        return self.fc2(h if mask is None else h * mask)
+
+
+def _audited(result: initdiag.AuditResult) -> None:
+    run = result.runs[0]
+    assert len(run.frame) and run.layers
+    assert not [v for v in run.verdicts if v.check == "diverged" and v.status != "pass"]
+
+
+def test_nested_several_and_keyword_inputs_audit_through_the_api() -> None:
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 30, (8, 5))
+    hidden = (torch.zeros(1, 8, 16), torch.zeros(1, 8, 16))
+    result = initdiag.audit(_WordModel(), (tokens, hidden))
+    _audited(result)
+    assert "rnn" in {la.module_name for la in result.runs[0].layers}
+    _audited(initdiag.audit(_Siamese(), input_shape=[(1, 8, 8), (1, 8, 8)]))
+    _audited(initdiag.audit(_Graph(), input_shape=[(8,), (16,)], batch_size=16))
+    x = torch.randn(16, 8)
+    adj = torch.eye(16) + torch.rand(16, 16).lt(0.2).float()
+    _audited(initdiag.audit(_Graph(), (x, adj), example_kwargs={"scale": 2.0}))
+    masked = initdiag.audit(_Masked(), {"x": torch.randn(8, 12), "mask": torch.ones(8, 24)})
+    _audited(masked)
+    assert masked.inputs.batch_shape == (8, 12)
+    with pytest.raises(initdiag.UsageError, match="holds no tensor"):
+        initdiag.audit(_Masked(), ())
+    with pytest.raises(initdiag.UsageError, match="one per input_shape"):
+        initdiag.audit(_Siamese(), input_shape=[(1, 8, 8), (1, 8, 8)], input_dtype=["float"] * 3)
+
+
+def test_a_float64_model_gets_float64_inputs() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 4)).double()
+    result = initdiag.audit(model, input_shape=(10,))
+    assert result.inputs.dtype == "float64"
+    _audited(result)
+
+
+_MODELS = '''
+import torch
+from torch import nn
+
+
+class Siamese(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tower = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 16))
+        self.head = nn.Linear(32, 1)
+
+    def forward(self, a, b):
+        return self.head(torch.cat([self.tower(a), self.tower(b)], dim=1))
+
+
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(30, 16), nn.Linear(16 + 4, 5)
+
+    def forward(self, tokens, extra):
+        return self.fc(torch.cat([self.emb(tokens), extra], dim=-1))
+
+
+class Word(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.rnn, self.out = nn.Embedding(30, 16), nn.LSTM(16, 16, batch_first=True), nn.Linear(16, 30)
+
+    def forward(self, tokens, hidden, mask=None):
+        out, _ = self.rnn(self.emb(tokens), hidden)
+        return self.out(out if mask is None else out * mask)
+
+
+def double():
+    return nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 4)).double()
+'''
+
+
+def test_several_saved_and_float64_inputs_audit_through_the_cli(tmp_path: Path) -> None:
+    from initdiag.cli import main
+
+    models = tmp_path / "models.py"
+    models.write_text(_MODELS)
+    common = ["--batches", "1", "--batch-size", "8", "--format", "json"]
+
+    def audit(*argv: str) -> dict[str, Any]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        assert main(["audit", *argv, *common, "--out", str(out)]) == 0
+        return json.loads((out / "summary.json").read_text())
+
+    assert audit(f"{models}:Siamese", "--input-shape", "1,8,8", "--input-shape", "1,8,8")["runs"]
+    mixed = audit(f"{models}:Tagger", "--input-shape", "6", "--input-shape", "6,4", "--input-dtype", "long",
+                  "--input-dtype", "float")
+    assert mixed["dataset"]["kind"] == "tokens"
+    saved = tmp_path / "batch.pt"
+    tokens = torch.randint(0, 30, (8, 5))
+    hidden = (torch.zeros(1, 8, 16), torch.zeros(1, 8, 16))
+    torch.save({"args": (tokens, hidden), "kwargs": {"mask": torch.ones(8, 5, 16)}}, saved)
+    from_file = audit(f"{models}:Word", "--inputs", str(saved))
+    assert from_file["dataset"]["kind"] == "file" and from_file["dataset"]["batch_shape"] == [8, 5]
+    assert audit(f"{models}:double", "--input-shape", "10")["dataset"]["dtype"] == "float64"
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    assert main(["audit", f"{models}:Word", "--inputs", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert main(["audit", f"{models}:Siamese", "--input-shape", "1,8,8", "--input-dtype", "long",
+                 "--input-dtype", "float", "--input-dtype", "float", "--out", str(tmp_path / "y")]) == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

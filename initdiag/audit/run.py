@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -85,11 +85,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _rejected(model: nn.Module, args: Inputs, cfg: AuditConfig, exc: Exception) -> ModelLoadError:
-    shapes = ", ".join(str(tuple(a.shape)) for a in args)
+    shapes = args.shapes()
     given = (f" (batch {cfg.batch_size} x input shape {','.join(map(str, cfg.input_shape))})"
              if cfg.input_shape else "")
     hint = ""
-    if args[0].is_floating_point() and first_embedding(model) is not None:
+    if args.first.is_floating_point() and first_embedding(model) is not None:
         hint = "; the model has an nn.Embedding: for token ids use --input-dtype long"
     return ModelLoadError(f"the model rejected an input of shape {shapes}{given}: {_first_line(exc)}{hint}")
 
@@ -112,7 +112,7 @@ class _Recorded:
 def _args(batch: Inputs, device: torch.device) -> Inputs:
     """A copy of each input, never the caller's tensor: a leaf that does not require grad, as data does (a
     forward may set ``requires_grad`` on its input or a view of it, which torch allows on leaves only)."""
-    return tuple(a.detach().to(device).clone() if a.is_floating_point() else a.to(device) for a in batch)
+    return batch.map(lambda a: a.detach().to(device).clone() if a.is_floating_point() else a.to(device))
 
 
 def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditConfig, device: torch.device,
@@ -133,7 +133,7 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
             args = _args(batch, device)
             try:
                 with capture_recurrent_inputs(work, enabled=i == 0) as recurrent:
-                    output = work(*args)
+                    output = args(work)
             except Exception as exc:
                 raise _rejected(work, args, cfg, exc) from exc
             if i == 0:
@@ -153,14 +153,15 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
     steps = {name: 1 for name, learns in zero.items() if learns}
     if not all(zero.values()):  # outside the recorder: the copy's steps are no part of the series
         later, later_grads = later_learners(
-            work, lambda m: _loss(m(*first), cfg.loss, torch.Generator().manual_seed(label_seed)), zero, names,
+            work, lambda m: _loss(first(m), cfg.loss, torch.Generator().manual_seed(label_seed)), zero, names,
             transposed)
         zero.update(dict.fromkeys(later, True))
         steps.update(later)
         grads = {**grads, **later_grads}
     params = dict(work.named_parameters())
     near = [p for p, learns in zero.items() if learns and p in params and bool(params[p].detach().any())]
-    shadow = dict.fromkeys(zero_shadow(work, first, near, names), tuple(near)) if near else {}
+    size = int(first.first.shape[0]) if first.first.dim() else 0
+    shadow = dict.fromkeys(zero_shadow(work, first, size, near, names), tuple(near)) if near else {}
     return _Recorded(recorder.frame(), tuple(recorder.layers()), np.asarray(losses, dtype=np.float64), grads, zero,
                      steps, gates, shadow)
 
@@ -175,12 +176,13 @@ rows still tell a constant input (equal rows) from data, at a fraction of a whol
 def _structure(work: nn.Module, batch: Inputs, device: torch.device, rows: int | None) -> Structure | None:
     """The model's structure from one forward of the first batch (no grad; buffers and RNG as before), on its
     first ``rows`` samples when given (the whole batch if that forward fails)."""
-    if rows is not None and all(a.dim() >= 1 and len(a) > rows for a in batch):
-        found = _structure(work, tuple(a[:rows] for a in batch), device, None)
+    if rows is not None and all(a.dim() >= 1 and len(a) > rows for a in batch.tensors()):
+        found = _structure(work, batch.map(lambda a: a[:rows]), device, None)
         if found is not None:
             return found
     try:
-        return discover(work, *_args(batch, device))
+        args = _args(batch, device)
+        return discover(work, *args.args, **args.kwargs)
     except Exception:  # the recorder's pass reports a model that rejects the input; no structure otherwise
         return None
 
@@ -262,7 +264,7 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
 
 
 def audit_record(model: nn.Module, config: AuditConfig, example_input: Any = None,
-                 command: str | None = None) -> AuditResult:
+                 command: str | None = None, example_kwargs: Mapping[str, Any] | None = None) -> AuditResult:
     """Audit ``model`` as ``config`` says (see :func:`initdiag.audit`); ``command`` is recorded in the report."""
     if not isinstance(model, nn.Module):
         raise UsageError(f"audit needs an nn.Module, not {type(model).__name__}")
@@ -270,7 +272,7 @@ def audit_record(model: nn.Module, config: AuditConfig, example_input: Any = Non
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     started, start = datetime.now(UTC), time.perf_counter()
-    batches, inputs = make_inputs(model, config, example_input)
+    batches, inputs = make_inputs(model, config, example_input, example_kwargs)
     rows = DISCOVERY_ROWS if inputs.kind in ("normal", "mnist") else None
     runs = tuple(_audit_one(model, label, spec, config, batches, device, rows)
                  for label, spec in zip(config.inits, config.specs, strict=True))

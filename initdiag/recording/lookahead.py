@@ -18,7 +18,7 @@ Not a statistical test: exact zeros of gradients. The copy leaves the model, its
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
@@ -92,19 +92,19 @@ def _steps(work: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor], waitin
     return started, grads
 
 
-def zero_shadow(model: nn.Module, args: Sequence[Any], params: Collection[str],
+def zero_shadow(model: nn.Module, call: Callable[[nn.Module], Any], batch: int, params: Collection[str],
                 names: Collection[str]) -> tuple[str, ...]:
     """The call sites of the weight-layer modules ``names`` (the module's name, ``@k`` from its second call on)
     whose input varies over the batch only through the near-zero parameters ``params``: equal for every
     sample with them set to exactly 0, not equal as they are (a class-attention block whose only data arrives
-    through a layer scale of 1e-5 beside a learned class token). Two forwards of ``args`` without gradients in
-    eval mode (no running statistics updated, no dropout); values, modes and the random state restored."""
+    through a layer scale of 1e-5 beside a learned class token). Two forwards ``call(model)`` of a batch of
+    ``batch`` samples without gradients in eval mode (no running statistics updated, no dropout); values,
+    modes and the random state restored."""
     named = dict(model.named_parameters())
     zeroed = [named[p] for p in params if p in named]
     modules = {name: m for name, m in model.named_modules() if name in names}
-    if not zeroed or not modules or not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
+    if not zeroed or not modules or batch < 2:
         return ()
-    batch = int(args[0].shape[0])
     seen: dict[str, bool] = {}
     counts: dict[str, int] = {}
 
@@ -119,7 +119,7 @@ def zero_shadow(model: nn.Module, args: Sequence[Any], params: Collection[str],
     def constant() -> dict[str, bool]:
         seen.clear()
         counts.clear()
-        model(*args)
+        call(model)
         return dict(seen)
 
     modes = [(m, m.training) for m in model.modules()]
