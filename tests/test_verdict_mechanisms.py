@@ -725,3 +725,61 @@ def test_a_branch_made_of_parallel_or_gated_paths_is_still_an_unnormalized_branc
     assert "zero branch" not in run.analysis.stream.rules
     healthy = _run(_TwoMixtures(None, kind), **ids)  # PyTorch's default: each path shrinks
     assert "exploding" not in healthy.failed, [v.message for v in healthy.verdicts if v.status == "fail"]
+
+
+class _PreNorm(nn.Module):
+    """``x + fc2(gelu(fc1(norm(x))))``: a normalized branch."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x))))
+
+
+class _TokenMixer(nn.Module):
+    """A class-attention-style block: the first token is updated from the normalized tokens, the others are
+    concatenated back; then the first token alone is normalized (``renorm``: every token, the stream renormalized
+    inside the block) and a second add sums the stream with a concatenation that holds the stream itself."""
+
+    def __init__(self, width: int, renorm: bool) -> None:
+        super().__init__()
+        self.renorm = renorm
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.q, self.fc = nn.Linear(width, width), nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.norm1(x)
+        x = x + torch.cat([self.q(n[:, :1]), n[:, 1:]], dim=1)
+        x = self.norm2(x) if self.renorm else torch.cat([self.norm2(x[:, :1]), x[:, 1:]], dim=1)
+        return x + torch.cat([self.fc(x[:, :1]), x[:, 1:]], dim=1)
+
+
+class _Tokens(nn.Module):
+    def __init__(self, renorm: bool, width: int = 32) -> None:
+        super().__init__()
+        self.emb = nn.Linear(8, width)
+        self.blocks = nn.Sequential(*(_PreNorm(width) for _ in range(6)))
+        self.mixers = nn.Sequential(_TokenMixer(width, renorm), _TokenMixer(width, renorm))
+        self.head = nn.Linear(width, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mixers(self.blocks(self.emb(x)))[:, 0])
+
+
+@pytest.mark.parametrize("renorm", [False, True])
+def test_blocks_theory_cannot_read_leave_a_normalized_design_bounded(renorm: bool) -> None:
+    """A block whose branch ends in a concatenation adds what theory cannot say: in a design whose other blocks
+    normalize their branches it does not make the stream's theory geometric; a block that renormalizes the
+    stream inside itself (``x = norm(x); x = x + f(x)``) is read as such."""
+    from initdiag.structure import discover
+
+    torch.manual_seed(0)
+    s = discover(_Tokens(renorm), torch.randn(4, 6, 8))
+    assert len(s.blocks) == 8
+    assert [b.shortcut_normalized for b in s.blocks] == [False] * 6 + [renorm] * 2
+    run = _run(_Tokens(renorm), input_shape=(6, 8))
+    assert run.analysis.stream is not None and run.analysis.stream.bounded
+    assert run.analysis.stream.rules[6:] == (("normalized shortcut",) * 2 if renorm else ("unknown",) * 2)
+    assert "exploding" not in run.failed, [v.message for v in run.verdicts if v.status == "fail"]

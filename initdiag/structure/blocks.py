@@ -109,6 +109,18 @@ def _residual_adds(g: Graph, call: Call, adds: list[int], wanc: list[int]) -> li
     return found
 
 
+def _shortcut_normalized(g: Graph, call: Call, found: list[_Add], norm_marks: dict[int, int]) -> bool:
+    """Whether some residual add's shortcut operand is reached from the block's input only through a
+    normalization (``x = norm(x); x = x + f(x)`` inside the block), not along an identity path."""
+    if call.in_node is None:
+        return False
+    free = {call.in_node}
+    for n in range(call.start, call.end):
+        if n not in norm_marks and any(i in free for i in g.inputs[n]):
+            free.add(n)
+    return any(f[2] not in free for f in found)
+
+
 def _inside_branch(g: Graph, call: Call, add: int, found: list[_Add]) -> bool:
     """Whether the sum ``add`` feeds the branch of another residual add of the call and not its shortcut:
     a sum of parallel paths inside a branch (a mixture of experts' shared + routed experts, an inception-style
@@ -249,7 +261,7 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
             residual_adds=len(found), shortcut=shortcut, layers=layers, norms=norms,
             branch_normalized=all(nanc[f[1]] & ~nanc[f[2]] for f in found), post_norm=post,
             last_branch_layers=last, activation_after="" if post else _activation_after(g, call.out_node, acts),
-            restarts=ci in restarts))
+            restarts=ci in restarts, shortcut_normalized=_shortcut_normalized(g, call, found, norm_marks)))
     stream_input = None
     if stream:
         first = g.calls[stream[0]]

@@ -146,6 +146,8 @@ class Block:
     the weight layer or normalization whose output is added. ``activation_after``: the elementwise activation
     applied to the last residual sum inside the block (ResNet's ``relu(x + f(x))``), "" for none. ``restarts``:
     its input does not derive from the previous block's output (a decoder's first block after an encoder's).
+    ``shortcut_normalized``: a residual add's shortcut operand passed a normalization since the block's input
+    (``x = norm(x); x = x + f(x)`` inside the block: the stream itself is renormalized there).
     """
 
     name: str
@@ -163,6 +165,7 @@ class Block:
     last_branch_layers: tuple[str, ...]
     activation_after: str = ""
     restarts: bool = False
+    shortcut_normalized: bool = False
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}

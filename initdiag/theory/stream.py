@@ -57,7 +57,8 @@ class StreamTheory:
     values: tuple[float | None, ...]
     bounded: bool
     rules: tuple[str, ...]
-    """Per block: "post-norm", "normalized branch", "zero branch" or "multiplicative branch"."""
+    """Per block: "post-norm", "normalized shortcut", "normalized branch", "zero branch", "multiplicative branch"
+    or "unknown"."""
 
 
 def _branch(structure: Structure, block: Block, tail: str, v: float, weight_var: Mapping[str, float],
@@ -107,22 +108,29 @@ def stream_theory(structure: Structure, v0: float, weight_var: Mapping[str, floa
     values: list[float | None] = [float(v0)]
     rules: list[str] = []
     bounded = True
+    unread: list[bool] = []  # per block whose branch end no walk reached: whether its branch is normalized
     mean = math.sqrt(max(mean_sq0, 0.0))
     for block in structure.blocks:
-        v = None if values[-1] is None or block.restarts else values[-1] + mean * mean  # the second moment
+        # the second moment entering the block; unknown after a block theory could not follow, or at a restart
+        v = None if values[-1] is None or block.restarts else values[-1] + mean * mean
         if block.post_norm:
             last = block.norms[-1] if block.norms else ""
             values.append(norm_gain.get(last, 1.0))
             rules.append("post-norm")
             mean = 0.0
             continue
-        if v is None:
+        if block.shortcut_normalized or not block.last_branch_layers:
+            # a norm inside the block resets the stream (bounded, at the norm's scale, which this rule does not
+            # follow); or no walk reached the branch's end (a product, a concatenation): what it adds is unknown
+            if not block.shortcut_normalized:
+                unread.append(block.branch_normalized)
             values.append(None)
-            rules.append("unknown")
+            rules.append("normalized shortcut" if block.shortcut_normalized else "unknown")
+            mean = 0.0
             continue
-        # a branch whose end no walk reached (it is multiplied into the stream) adds what theory cannot say
-        total = _shortcut(structure, block, v, weight_var, norm_gain) if block.last_branch_layers else None
-        mean = mean if isinstance(block.shortcut, str) else 0.0  # a projection's weights are zero-mean
+        anchor = 1.0 if v is None else v  # whether a branch is zero or normalized does not depend on the scale
+        total = _shortcut(structure, block, anchor, weight_var, norm_gain)
+        mean = mean if isinstance(block.shortcut, str) and v is not None else 0.0  # projections: zero-mean
         added = 0.0
         for tail in block.last_branch_layers:
             b = None if total is None else _branch(structure, block, tail, total + added, weight_var, bias_var,
@@ -135,9 +143,13 @@ def stream_theory(structure: Structure, v0: float, weight_var: Mapping[str, floa
         rules.append("zero branch" if zero else "normalized branch" if block.branch_normalized
                      else "multiplicative branch")
         bounded = bounded and (zero or block.branch_normalized)
-        out = None if total is None else total + added
+        out = None if total is None or v is None else total + added
         if out is not None and block.activation_after:
             moments = _activated(block.activation_after, mean, max(out - mean * mean, 0.0))
             mean, out = (moments[0], moments[1]) if moments is not None else (0.0, None)
         values.append(None if out is None else max(out - mean * mean, 0.0))
+    # a block theory cannot read leaves the design bounded when the blocks it can read are, unless nothing in the
+    # model's blocks normalizes (then nothing rescales that branch either: it adds a multiple of the stream)
+    normalized_somewhere = any(b.branch_normalized or b.post_norm or b.shortcut_normalized for b in structure.blocks)
+    bounded = bounded and (all(unread) or normalized_somewhere)
     return StreamTheory(tuple(values), bounded, tuple(rules))
