@@ -299,15 +299,20 @@ def cmd_audit(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: T
         paths = result.write(out_dir, config.formats, config.paper)
     out.write(f"Audited {config.target} with {result.inputs.description}.\n\n")
     rows = [("initialization", "forward gain", "fails", "warns", "")]
+    advice = result.recommendation
     for run in result.runs:
         gain = forward_gain(run.verdicts)
         fails = list(dict.fromkeys(f"{v.outcome} ({v.signal})" if v.signal in ("forward", "backward") else v.outcome
                                    for v in run.verdicts if v.status == Status.FAIL))
         rows.append((run.label, f"{gain:.3g}" if gain == gain else "-", ", ".join(fails) or "-",
                      str(sum(v.status == Status.WARN for v in run.verdicts)),
-                     "<- recommended" if run.label == result.recommendation.initializer else ""))
+                     "<- equal" if run.label in advice.equal else
+                     "<- recommended" if run.label == advice.initializer else ""))
     _table(rows, out)
-    out.write(f"\nRecommendation: {result.recommendation.evidence}\n")
+    kept = [f"  {run.label}: {run.kept_text()}\n" for run in result.runs if run.kept]
+    if kept:
+        out.write("\nNot re-initialized (kept as they were):\n" + "".join(kept))
+    out.write(f"\nRecommendation: {advice.evidence}\n")
     _wrote(paths, out_dir, out)
     return _gate(result.failed(config.fail_on), err)
 

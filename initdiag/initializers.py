@@ -1,17 +1,18 @@
-"""Registry of weight initializers, each applied in place to every Conv/Linear weight of a model.
+"""Registry of weight initializers, each applied in place to the weights of a model: every linear map the
+structure saw (:func:`initialize`, with the fans it saw), or every Conv/Linear weight (:func:`apply_initializer`).
 
 Every initializer draws from a ``torch.Generator`` seeded by the run's seed, so the same seed gives the
 same weights. Biases are set to zero (as Keras does), except for ``pytorch-default``, which is exactly
 what ``reset_parameters()`` does when the user does nothing (biases included).
 
-Notation: ``fan_in`` = in_channels x kernel area (inputs feeding one output unit), ``fan_out`` =
-out_channels x kernel area.
+Notation: ``fan_in`` = inputs summed into one output unit (in_channels / groups x kernel area for a
+convolution), ``fan_out`` = outputs each input feeds.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -26,11 +27,17 @@ if TYPE_CHECKING:  # torch loads where a weight is drawn: the CLI parses its opt
 __all__ = [
     "DEFAULT_INITIALIZERS",
     "INITIALIZERS",
+    "Draw",
     "InitName",
     "InitSpec",
     "Initializer",
+    "Kept",
+    "Reinit",
+    "Target",
     "apply_initializer",
+    "initialize",
     "parse_init_list",
+    "shape_targets",
     "split_init_list",
     "unique_labels",
 ]
@@ -53,130 +60,118 @@ class InitName(StrEnum):
 
 DEFAULT_INITIALIZERS: tuple[str, ...] = ("zeros", "random", "xavier", "he")
 
-WeightFn = Callable[["torch.Tensor", "torch.Generator", Mapping[str, float]], None]
+Rule = Callable[[float, float, tuple[int, ...], Mapping[str, float]], float]
+"""Var(W) of the weights an initializer draws, from ``(fan_in, fan_out, weight shape, parameters)``."""
 
+
+class Draw(StrEnum):
+    """How an initializer fills a weight: from a normal or a uniform of its rule's variance, a (semi-)orthogonal
+    matrix, a constant, or the owning module's ``reset_parameters()``."""
+
+    NORMAL = "normal"
+    UNIFORM = "uniform"
+    ORTHOGONAL = "orthogonal"
+    CONSTANT = "constant"
+    DEFAULT = "default"
 
 
 @dataclass(frozen=True)
 class Initializer:
     """One registered initializer.
 
-    ``variance(weight_shape, params)`` is the variance of each weight it draws (for orthogonal:
-    ``gain^2 / max(rows, cols)`` of the flattened matrix); tests compare it with the realised variance
-    and the theory overlay uses it for the expected per-layer gain.
+    ``rule(fan_in, fan_out, shape, params)`` is the variance of each weight it draws (for orthogonal:
+    ``gain^2 / max(rows, cols)`` of the weight flattened to ``(shape[0], -1)``; for ``pytorch-default``
+    torch's own rule, from the shape); ``draw`` says how: a normal ``N(mean, var)``, a uniform
+    ``U(-sqrt(3 var), sqrt(3 var))``, ``orthogonal_`` with the gain, the constant ``value`` (0 without one),
+    or ``reset_parameters()``.
     """
 
     name: str
     summary: str
     formula: str
-    fn: WeightFn | None
-    variance: Callable[[tuple[int, ...], Mapping[str, float]], float]
+    draw: Draw
+    rule: Rule
     defaults: Mapping[str, float] = field(default_factory=dict)
     zero_bias: bool = True
 
+    def variance(self, shape: tuple[int, ...], params: Mapping[str, float]) -> float:
+        """The rule for a Conv/Linear weight of ``shape`` (``(out, in, *kernel)``: :func:`shape_fans`)."""
+        return self.rule(*shape_fans(shape), shape, params)
 
-def _zeros(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
-    from torch import nn
+    def fill(self, weight: torch.Tensor, fan_in: float, fan_out: float, generator: torch.Generator,
+             params: Mapping[str, float]) -> float:
+        """Draw ``weight`` in place (CPU ``generator``) for the fans given; returns the Var(W) drawn. Not for
+        ``Draw.DEFAULT``: the owning module's ``reset_parameters()`` draws those (:func:`initialize`)."""
+        import torch
+        from torch import nn
 
-    nn.init.zeros_(w)
-
-
-def _constant(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
-    from torch import nn
-
-    nn.init.constant_(w, p["value"])
-
-
-def _random(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
-    from torch import nn
-
-    nn.init.normal_(w, mean=p["mean"], std=p["std"], generator=g)
-
-
-def _xavier(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
-    from torch import nn
-
-    nn.init.xavier_normal_(w, gain=p["gain"], generator=g)
-
-
-def _xavier_uniform(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
-    from torch import nn
-
-    nn.init.xavier_uniform_(w, gain=p["gain"], generator=g)
+        if self.draw == Draw.DEFAULT:
+            raise ValueError(f"{self.name} draws through reset_parameters(), not fill()")
+        shape = tuple(weight.shape)
+        var = self.rule(fan_in, fan_out, shape, params)
+        fresh = torch.empty(shape, dtype=weight.dtype)
+        if self.draw == Draw.NORMAL:
+            fresh.normal_(params.get("mean", 0.0), math.sqrt(var), generator=generator)
+        elif self.draw == Draw.UNIFORM:
+            bound = math.sqrt(3.0 * var)
+            fresh.uniform_(-bound, bound, generator=generator)
+        elif self.draw == Draw.ORTHOGONAL:
+            nn.init.orthogonal_(fresh, gain=params["gain"], generator=generator)
+        else:
+            fresh.fill_(params.get("value", 0.0))
+        weight.copy_(fresh)
+        return var
 
 
-def _he(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
-    from torch import nn
-
-    nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu", generator=g)
-
-
-def _he_uniform(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
-    from torch import nn
-
-    nn.init.kaiming_uniform_(w, mode="fan_in", nonlinearity="relu", generator=g)
-
-
-def _lecun(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
-    from torch import nn
-
-    fan_in, _ = shape_fans(tuple(w.shape))
-    nn.init.normal_(w, mean=0.0, std=math.sqrt(1.0 / fan_in), generator=g)
-
-
-def _orthogonal(w: torch.Tensor, g: torch.Generator, p: Mapping[str, float]) -> None:
-    from torch import nn
-
-    nn.init.orthogonal_(w, gain=p["gain"], generator=g)
+def _xavier_var(fan_in: float, fan_out: float, shape: tuple[int, ...], p: Mapping[str, float]) -> float:
+    return p["gain"] ** 2 * 2.0 / (fan_in + fan_out)
 
 
 INITIALIZERS: dict[str, Initializer] = {
     i.name: i
     for i in (
         Initializer(
-            InitName.ZEROS, "every weight 0: all neurons identical, no signal", "W = 0", _zeros,
-            lambda sh, p: 0.0,
+            InitName.ZEROS, "every weight 0: all neurons identical, no signal", "W = 0", Draw.CONSTANT,
+            lambda fi, fo, sh, p: 0.0,
         ),
         Initializer(
             InitName.CONSTANT, "every weight the same constant (value=0.05): fully symmetric",
-            "W = value", _constant, lambda sh, p: 0.0, {"value": 0.05},
+            "W = value", Draw.CONSTANT, lambda fi, fo, sh, p: 0.0, {"value": 0.05},
         ),
         Initializer(
             InitName.RANDOM, "normal with a fixed std (0.1), ignoring layer size: the classic 'random'",
-            "W ~ N(mean, std^2), std = 0.1", _random, lambda sh, p: p["std"] ** 2,
+            "W ~ N(mean, std^2), std = 0.1", Draw.NORMAL, lambda fi, fo, sh, p: p["std"] ** 2,
             {"std": 0.1, "mean": 0.0},
         ),
         Initializer(
             InitName.XAVIER, "Glorot & Bengio (2010), normal: keeps variance for linear/tanh layers",
-            "W ~ N(0, gain^2 * 2 / (fan_in + fan_out))", _xavier,
-            lambda sh, p: p["gain"] ** 2 * 2.0 / sum(shape_fans(sh)), {"gain": 1.0},
+            "W ~ N(0, gain^2 * 2 / (fan_in + fan_out))", Draw.NORMAL, _xavier_var, {"gain": 1.0},
         ),
         Initializer(
             InitName.XAVIER_UNIFORM, "Glorot & Bengio (2010), uniform",
-            "W ~ U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out))", _xavier_uniform,
-            lambda sh, p: p["gain"] ** 2 * 2.0 / sum(shape_fans(sh)), {"gain": 1.0},
+            "W ~ U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out))", Draw.UNIFORM, _xavier_var, {"gain": 1.0},
         ),
         Initializer(
             InitName.HE, "He et al. (2015), normal, fan_in: keeps variance through ReLU layers",
-            "W ~ N(0, 2 / fan_in)", _he, lambda sh, p: 2.0 / shape_fans(sh)[0],
+            "W ~ N(0, 2 / fan_in)", Draw.NORMAL, lambda fi, fo, sh, p: 2.0 / fi,
         ),
         Initializer(
             InitName.HE_UNIFORM, "He et al. (2015), uniform, fan_in", "W ~ U(-a, a), a = sqrt(6 / fan_in)",
-            _he_uniform, lambda sh, p: 2.0 / shape_fans(sh)[0],
+            Draw.UNIFORM, lambda fi, fo, sh, p: 2.0 / fi,
         ),
         Initializer(
             InitName.LECUN, "LeCun et al. (1998), normal: keeps variance for linear/SELU layers",
-            "W ~ N(0, 1 / fan_in)", _lecun, lambda sh, p: 1.0 / shape_fans(sh)[0],
+            "W ~ N(0, 1 / fan_in)", Draw.NORMAL, lambda fi, fo, sh, p: 1.0 / fi,
         ),
         Initializer(
             InitName.ORTHOGONAL, "Saxe et al. (2014): a (semi-)orthogonal matrix of the flattened weight",
-            "W = gain * Q, Q from the QR decomposition of a normal matrix", _orthogonal,
-            lambda sh, p: p["gain"] ** 2 / max(sh[0], math.prod(sh[1:])), {"gain": 1.0},
+            "W = gain * Q, Q from the QR decomposition of a normal matrix", Draw.ORTHOGONAL,
+            lambda fi, fo, sh, p: p["gain"] ** 2 / max(sh[0], math.prod(sh[1:])), {"gain": 1.0},
         ),
         Initializer(
             InitName.PYTORCH_DEFAULT, "what PyTorch does when you do nothing (reset_parameters), biases too",
-            "W ~ U(-a, a), a = 1 / sqrt(fan_in) (kaiming_uniform, a=sqrt(5)); b ~ U(-a, a)", None,
-            lambda sh, p: 1.0 / (3.0 * shape_fans(sh)[0]), zero_bias=False,
+            "W ~ U(-a, a), a = 1 / sqrt(fan_in) (kaiming_uniform, a=sqrt(5)); b ~ U(-a, a)", Draw.DEFAULT,
+            lambda fi, fo, sh, p: 1.0 / (3.0 * shape_fans(sh)[0]), zero_bias=False,
         ),
     )
 }
@@ -266,37 +261,133 @@ def parse_init_list(text: str) -> tuple[InitSpec, ...]:
     return specs
 
 
-def apply_initializer(model: nn.Module, spec: InitSpec, seed: int) -> None:
-    """Re-initialize every Conv/Linear weight of ``model`` in place with ``spec``, seeded by ``seed``.
+@dataclass(frozen=True)
+class Target:
+    """A weight to re-initialize: parameter ``param`` of the module named ``module`` ("" for the root), with
+    the fans the forward showed (:class:`~initdiag.structure.WeightLayer`). A non-empty ``reason`` says why it
+    cannot be re-initialized (it is then kept, and named)."""
 
-    Biases become zero, except for ``pytorch-default``, which calls each layer's
-    ``reset_parameters()`` under a forked global RNG seeded with ``seed``: the CPU generator for a
-    model on the CPU (no CUDA generator is touched), the generators of the model's GPUs otherwise;
-    their states are restored afterwards.
+    module: str
+    param: str
+    fan_in: float
+    fan_out: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A weight (a parameter of 2+ dims) an initializer left as it was, by qualified name, and why."""
+
+    name: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Reinit:
+    """What :func:`initialize` did: ``variances`` maps each re-initialized module (the root by its class name)
+    to the Var(W) drawn, ``kept`` names every weight left as it was."""
+
+    variances: Mapping[str, float]
+    kept: tuple[Kept, ...]
+
+
+NOT_A_MAP = "not seen as a linear map in the forward"
+NO_RESET = "its module has no reset_parameters()"
+DERIVED = "computed from other parameters (a parametrization or weight norm)"
+
+
+def _qualified(module: str, param: str) -> str:
+    return f"{module}.{param}" if module else param
+
+
+def _stands_for(weight: str, name: str) -> bool:
+    """Whether parameter ``name`` is ``weight`` or what it is computed from (``parametrizations.<w>.*``,
+    ``<w>_orig``, ``<w>_g``, ``<w>_v``)."""
+    module, _, attr = weight.rpartition(".")
+    prefix = module + "." if module else ""
+    return name == weight or name.startswith(f"{prefix}parametrizations.{attr}.") or \
+        name in {f"{weight}_orig", f"{weight}_g", f"{weight}_v"}
+
+
+def _reset(model: nn.Module, modules: Sequence[nn.Module], seed: int) -> None:
+    """``reset_parameters()`` of each module under a forked global RNG seeded with ``seed``: the CPU generator
+    for a model on the CPU (no CUDA generator is touched), the generators of the model's GPUs otherwise."""
+    import torch
+
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        if cuda:  # reset_parameters draws from the device's generator
+            torch.manual_seed(seed)
+        else:  # seed only the CPU generator: no CUDA generator is touched, even lazily
+            torch.random.default_generator.manual_seed(seed)
+        for module in modules:
+            module.reset_parameters()  # type: ignore[operator]
+
+
+def initialize(model: nn.Module, spec: InitSpec, seed: int, targets: Sequence[Target]) -> Reinit:
+    """Re-initialize each target's weight in place with ``spec``, for the target's fans, seeded by ``seed``.
+
+    A weight shared by several targets is drawn once. Biases (each owning module's ``bias``) become zero,
+    except for ``pytorch-default``, which calls each owning module's ``reset_parameters()`` (:func:`_reset`)
+    and reports the second moment it drew. Every parameter of 2+ dims left as it was is named in
+    :attr:`Reinit.kept`: targets with a reason, weights that are no parameter of their module, modules
+    without ``reset_parameters()`` (``pytorch-default``) and parameters no target names.
     """
     import torch
 
+    init, params = spec.initializer, spec.resolved
+    modules = dict(model.named_modules())
+    root = type(model).__name__
+    drawn: dict[int, float] = {}
+    variances: dict[str, float] = {}
+    kept: list[tuple[Kept, int]] = []  # with the parameter's id (0: none)
+    owners: dict[str, tuple[nn.Module, torch.Tensor, Target]] = {}
+    for t in targets:
+        module = modules.get(t.module)
+        if module is None:
+            continue
+        weight = dict(module.named_parameters(recurse=False)).get(t.param)
+        reason = t.reason or ("" if weight is not None else DERIVED)
+        if not reason and init.draw == Draw.DEFAULT and not callable(getattr(module, "reset_parameters", None)):
+            reason = NO_RESET
+        if reason or weight is None:
+            kept.append((Kept(_qualified(t.module, t.param), reason), id(weight) if weight is not None else 0))
+        else:
+            owners.setdefault(_qualified(t.module, t.param), (module, weight, t))
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    touched: set[int] = set()
+    with torch.no_grad():
+        if init.draw == Draw.DEFAULT:
+            reset = list({id(m): m for m, _, _ in owners.values()}.values())
+            _reset(model, reset, seed)
+            touched = {id(p) for m in reset for p in m.parameters(recurse=False)}
+        for module, weight, t in owners.values():
+            if id(weight) not in drawn:
+                drawn[id(weight)] = (float(weight.detach().double().square().mean()) if init.draw == Draw.DEFAULT
+                                     else init.fill(weight, t.fan_in, t.fan_out, generator, params))
+                bias = dict(module.named_parameters(recurse=False)).get("bias")
+                if init.zero_bias and bias is not None:
+                    bias.zero_()
+            variances[t.module or root] = drawn[id(weight)]
+    touched |= set(drawn)  # a weight kept by one target but drawn for another (tied) is no longer kept
+    named = [k for k, pid in kept if pid not in touched]
+    named += [Kept(name, NOT_A_MAP) for name, p in model.named_parameters()
+              if p.dim() >= 2 and id(p) not in touched and not any(_stands_for(k.name, name) for k, _ in kept)]
+    return Reinit(variances, tuple(named))
+
+
+def shape_targets(model: nn.Module) -> tuple[Target, ...]:
+    """A target per Conv/Linear module (registration order), its fans from its weight's shape."""
     from .structure.layers import weight_layers
 
-    init = spec.initializer
-    params = spec.resolved
-    layers = list(weight_layers(model))
-    with torch.no_grad():
-        if init.fn is None:
-            cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-            with torch.random.fork_rng(devices=cuda):
-                if cuda:  # reset_parameters draws from the device's generator
-                    torch.manual_seed(seed)
-                else:  # seed only the CPU generator: no CUDA generator is touched, even lazily
-                    torch.random.default_generator.manual_seed(seed)
-                for _, module in layers:
-                    module.reset_parameters()
-            return
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        for _, module in layers:
-            weight = module.weight
-            fresh = torch.empty(weight.shape, dtype=weight.dtype)
-            init.fn(fresh, generator, params)
-            weight.copy_(fresh)
-            if init.zero_bias and module.bias is not None:
-                module.bias.zero_()
+    return tuple(Target(name, "weight", *shape_fans(tuple(m.weight.shape))) for name, m in weight_layers(model))
+
+
+def apply_initializer(model: nn.Module, spec: InitSpec, seed: int) -> Reinit:
+    """Re-initialize every Conv/Linear weight of ``model`` in place with ``spec``, seeded by ``seed``
+    (:func:`initialize` on :func:`shape_targets`). Biases become zero, except for ``pytorch-default``, which
+    calls each layer's ``reset_parameters()``; the global RNG states are restored afterwards."""
+    return initialize(model, spec, seed, shape_targets(model))

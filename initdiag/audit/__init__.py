@@ -105,7 +105,9 @@ def audit(model: nn.Module, example_input: Any = None, *,
         input_shape: one sample's shape, without the batch dimension, for generated inputs; a list of shapes
             generates one positional input each (``[(3, 32, 32), (3, 32, 32)]`` for a siamese network).
         inits: ``"keep"`` (the model as it is) and/or initializers (``"he"``, ``"random:std=0.05"``, ...),
-            each applied to a copy (Conv/Linear weights) and audited side by side.
+            each applied to a copy (every linear map the forward shows, for the fans it shows: convolutions,
+            transposed ones, linear layers and weights used through ``torch.mm``/``matmul``/``F.linear``;
+            what it cannot reach is named in ``run.kept``) and audited side by side.
         batches, batch_size: how many generated batches of how many samples.
         inputs: ``"normal"`` (standard normal; token ids with ``input_dtype="long"``), ``"mnist"``, or the
             path of a batch saved with ``torch.save`` (loaded with ``weights_only=True``: a tensor, a tuple of

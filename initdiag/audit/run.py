@@ -25,8 +25,8 @@ from torch.nn import functional as F
 from ..checks import RunEvidence, analyze
 from ..config import AuditConfig
 from ..errors import ModelLoadError, UsageError
-from ..experiment import environment, resolve_device, theory_variances
-from ..initializers import InitSpec, apply_initializer
+from ..experiment import environment, resolve_device
+from ..initializers import InitSpec, Reinit, Target, initialize
 from ..recording import (
     Recorder,
     Weights,
@@ -45,8 +45,9 @@ from ..series import FRAME_COLUMNS
 from ..structure import Structure, discover
 from ..structure.layers import LayerInfo, weight_layers
 from ..vocab import Role
+from .advice import recommend
 from .inputs import Inputs, first_embedding, make_inputs, working_copy
-from .weights import layer_weights, looks_pytorch_default, recommend
+from .weights import init_targets, layer_weights, looks_pytorch_default, weights_digest
 
 __all__ = ["audit_record", "pool_batches", "seed_global_rngs"]
 
@@ -232,26 +233,33 @@ def _looks_default(model: nn.Module) -> bool:
     return bool(layers) and all(looks_pytorch_default(m) for _, m in layers)
 
 
-def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditConfig,
-               batches: Sequence[Inputs], device: torch.device, discovery_rows: int | None) -> AuditRun:
+def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditConfig, batches: Sequence[Inputs],
+               device: torch.device, discovery_rows: int | None, targets: tuple[Target, ...] | None
+               ) -> tuple[AuditRun, tuple[Target, ...]]:
+    """One audited initialization, and what initializers re-initialize (:func:`init_targets`): ``targets`` when
+    given, else from the structure of the model as given (which layers are linear maps, and their fans, do not
+    depend on the weights' values): discovered before the initializer is applied, or this run's own for
+    ``keep``. One discovery per run, and one more for the audit when its first run applies an initializer."""
     start = time.perf_counter()
     cuda = [device.index] if device.type == "cuda" and device.index is not None else []
     with torch.random.fork_rng(devices=cuda), working_copy(model, device) as work:
         torch.default_generator.manual_seed(cfg.seed)  # not torch.manual_seed: it would seed every GPU
         for index in cuda:
             torch.cuda.default_generators[index].manual_seed(cfg.seed)
-        if spec is not None:
-            apply_initializer(work, spec, cfg.seed)
+        if targets is None and spec is not None:
+            targets = init_targets(work, _structure(work, batches[0], device, discovery_rows))
+        reinit = initialize(work, spec, cfg.seed, targets or ()) if spec is not None else Reinit({}, ())
         structure = _structure(work, batches[0], device, discovery_rows)
+        if targets is None:
+            targets = init_targets(work, structure)
         transposed = transposed_weights(structure)
         rec = _record(work, label, batches, cfg, device, structure, transposed)
-        weights = layer_weights(work, rec.layers, reinitialized=spec is not None)
+        weights = layer_weights(work, rec.layers, structure, reinit.variances)
         snapshot = snapshot_weights(work, {la.module_name for la in rec.layers if la.role == Role.WEIGHT}, transposed)
-        weight_vars = weight_moments(work, structure)
-        if spec is not None:  # the formula for what the initializer drew, the weights as seen for the rest
-            weight_vars.update(theory_variances(work, spec))
+        # the Var(W) each initializer drew (its rule for the fans seen), the weights as they are for the rest
+        weight_vars = {**weight_moments(work, structure), **reinit.variances}
         default = spec.name == "pytorch-default" if spec is not None else _looks_default(work)
-        gains, groups = norm_gains(work, structure), input_groups(work)
+        gains, groups, digest = norm_gains(work, structure), input_groups(work), weights_digest(work)
     frame = pool_batches(rec.series)
     evidence = RunEvidence(run=label, initializer=label, frame=frame, layers=rec.layers, weights_init=snapshot,
                            weights_final={}, losses=rec.losses, weight_vars=weight_vars, default_init=default,
@@ -260,7 +268,8 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
                            zero_shadow=rec.zero_shadow)
     return AuditRun(name=label, label=label, seed=cfg.seed, frame=frame, series=rec.series, layers=rec.layers,
                     analysis=analyze(evidence, seed=cfg.seed), weights=weights, losses=rec.losses,
-                    seconds=time.perf_counter() - start, structure=structure)
+                    seconds=time.perf_counter() - start, structure=structure, kept=reinit.kept,
+                    digest=digest), targets
 
 
 def audit_record(model: nn.Module, config: AuditConfig, example_input: Any = None,
@@ -274,9 +283,13 @@ def audit_record(model: nn.Module, config: AuditConfig, example_input: Any = Non
     started, start = datetime.now(UTC), time.perf_counter()
     batches, inputs = make_inputs(model, config, example_input, example_kwargs)
     rows = DISCOVERY_ROWS if inputs.kind in ("normal", "mnist") else None
-    runs = tuple(_audit_one(model, label, spec, config, batches, device, rows)
-                 for label, spec in zip(config.inits, config.specs, strict=True))
-    advice = recommend([(r.label, r.verdicts, r.layers, r.weights) for r in runs])
+    audited: list[AuditRun] = []
+    targets: tuple[Target, ...] | None = None
+    for label, spec in zip(config.inits, config.specs, strict=True):
+        run, targets = _audit_one(model, label, spec, config, batches, device, rows, targets)
+        audited.append(run)
+    runs = tuple(audited)
+    advice = recommend(runs)
     return AuditResult(config=config, model=config.target, inputs=inputs, runs=runs, recommendation=advice,
                        started=started, seconds=time.perf_counter() - start,
                        command=command or _api_command(config), environment=environment(device))

@@ -1,32 +1,37 @@
-"""The audit's view of each weight: its variance against what its activation calls for, PyTorch's default
-init recognized, and the recommendation drawn from the audited runs.
+"""The audit's view of each weight: what an initializer re-initializes, its variance against what its
+activation calls for, PyTorch's default init recognized.
 
 Pure functions of weights, layers and verdicts; no hooks, no running.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..checks import Verdict, pretty_activation, recommended_initializer
-from ..initializers import INITIALIZERS
-from ..results import LayerWeight, Recommendation
+from ..checks import Verdict, recommended_initializer
+from ..initializers import INITIALIZERS, Target, shape_targets
+from ..results import LayerWeight
+from ..shapes import shape_fans
+from ..structure import Structure
 from ..structure.layers import WEIGHT_LAYER_TYPES, LayerInfo, fans, main_weight
-from ..vocab import Role, Signal, Status
+from ..vocab import Role, Signal
 
 __all__ = [
     "DEFAULT_INIT_MISS",
     "DEFAULT_INIT_Z",
+    "LOOKUPS",
     "forward_gain",
     "hidden_activation",
+    "init_targets",
     "layer_weights",
     "looks_pytorch_default",
-    "recommend",
+    "weights_digest",
 ]
 
 DEFAULT_INIT_Z = 5.0
@@ -35,9 +40,6 @@ init and still count as default (:func:`looks_pytorch_default`)."""
 DEFAULT_INIT_MISS = 1e-6
 """Probability, under PyTorch's default (uniform) init, that the largest |w| falls short of the bound that
 :func:`looks_pytorch_default` requires, i.e. of missing a default-initialized layer on that criterion."""
-
-_FORMULA = {"he": "Var(W) = 2/fan_in (gain sqrt(2))", "xavier": "Var(W) = 2/(fan_in + fan_out) (gain 1)",
-            "lecun": "Var(W) = 1/fan_in"}
 
 
 def _uniform_like(values: np.ndarray, bound: float) -> bool:
@@ -97,26 +99,68 @@ def looks_pytorch_default(module: nn.Module) -> bool:
     return False
 
 
-def layer_weights(model: nn.Module, layers: Sequence[LayerInfo], reinitialized: bool) -> tuple[LayerWeight, ...]:
-    """One :class:`LayerWeight` per recorded weight layer (first call site) that has a weight."""
+LOOKUPS = ("embedding", "embedding_bag")
+"""Ops that look a row up (fan_in 1) rather than sum over inputs: no fan rule applies, initializers keep them."""
+NO_RULE = "a lookup (embedding), not a sum over inputs: no fan rule applies"
+
+
+def init_targets(model: nn.Module, structure: Structure | None) -> tuple[Target, ...]:
+    """What an initializer re-initializes: each weight layer the structure found (its first call site), with
+    the fans the forward showed, in execution order; then every Conv/Linear module it did not see (its fans
+    from its weight's shape). Lookups are targets with a reason: they are kept, and named."""
+    out: list[Target] = []
+    seen: set[tuple[str, str]] = set()
+    for w in structure.weight_layers if structure is not None else ():
+        if (w.module_name, w.param) not in seen:
+            seen.add((w.module_name, w.param))
+            out.append(Target(w.module_name, w.param, w.fan_in, w.fan_out, NO_RULE if w.op in LOOKUPS else ""))
+    out += [t for t in shape_targets(model) if (t.module, t.param) not in seen]
+    return tuple(out)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter (name, dtype, shape, bytes), in registration order."""
+    digest = hashlib.sha256()
+    for name, p in model.named_parameters():
+        digest.update(f"{name}:{p.dtype}:{tuple(p.shape)}".encode())
+        digest.update(p.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def layer_weights(model: nn.Module, layers: Sequence[LayerInfo], structure: Structure | None,
+                  reinitialized: Collection[str]) -> tuple[LayerWeight, ...]:
+    """One :class:`LayerWeight` per recorded weight layer (first call site) that has a weight: the parameter
+    the structure saw applied (else the module's main weight), against the initializer advised for the
+    activation after it, for the fans the forward showed (else a Conv/Linear weight's shape fans).
+    ``reinitialized``: the modules an initializer re-initialized."""
     modules = {name or type(m).__name__: m for name, m in model.named_modules()}
+    seen_as = {w.name: w for w in structure.weight_layers} if structure is not None else {}
     rows: list[LayerWeight] = []
     seen: set[str] = set()
     for la in sorted((la for la in layers if la.role == Role.WEIGHT), key=lambda la: la.depth):
         module = modules.get(la.module_name)
-        weight = main_weight(module) if module is not None else None
-        if module is None or weight is None or la.module_name in seen:
+        found = seen_as.get(la.name)
+        weight = getattr(module, found.param, None) if module is not None and found is not None else \
+            main_weight(module) if module is not None else None
+        if module is None or not isinstance(weight, torch.Tensor) or la.module_name in seen:
             continue
         seen.add(la.module_name)
         act = la.activation or "linear"
         rec = recommended_initializer(act)
         shape = tuple(weight.shape)
         variance = float(np.var(_flat(weight), dtype=np.float64))
-        conv_linear = isinstance(module, WEIGHT_LAYER_TYPES)
-        rec_var = INITIALIZERS[rec].variance(shape, INITIALIZERS[rec].defaults) if conv_linear else None
+        layer_fans: tuple[float, float] | None = None
+        if found is not None and found.op in LOOKUPS:
+            pass  # a lookup: no fan rule
+        elif la.fan_in is not None and la.fan_out is not None:
+            layer_fans = (la.fan_in, la.fan_out)
+        elif isinstance(module, WEIGHT_LAYER_TYPES):
+            layer_fans = shape_fans(shape)
+        rec_var = (INITIALIZERS[rec].rule(layer_fans[0], layer_fans[1], shape, INITIALIZERS[rec].defaults)
+                   if layer_fans is not None else None)
         rows.append(LayerWeight(la.module_name, la.module, act, shape, variance, rec, rec_var,
                                 variance / rec_var if rec_var else None, looks_pytorch_default(module),
-                                reinitialized and conv_linear))
+                                la.module_name in reinitialized, la.norm_after is not None))
     return tuple(rows)
 
 
@@ -135,65 +179,3 @@ def forward_gain(verdicts: Sequence[Verdict]) -> float:
             gain = v.effect.get("gain")
             return float(gain) if gain is not None else math.nan
     return math.nan
-
-
-def _rank(verdicts: Sequence[Verdict]) -> tuple[int, int, float]:
-    gain = forward_gain(verdicts)
-    closeness = abs(math.log(gain)) if gain > 0 and math.isfinite(gain) else math.inf
-    return (sum(v.status == Status.FAIL for v in verdicts), sum(v.status == Status.WARN for v in verdicts),
-            closeness)
-
-
-def _fails(verdicts: Sequence[Verdict]) -> list[str]:
-    return [f"{v.outcome} ({v.signal})" if v.signal in (Signal.FORWARD, Signal.BACKWARD) else v.outcome
-            for v in verdicts if v.status == Status.FAIL]
-
-
-def _outcome(label: str, verdicts: Sequence[Verdict]) -> str:
-    fails, gain = _fails(verdicts), forward_gain(verdicts)
-    warns = sum(v.status == Status.WARN for v in verdicts)
-    text = f"`{label}`: " + (f"fails {', '.join(fails)}" if fails else "no failing check")
-    text += f", {warns} warning{'s' if warns != 1 else ''}" if warns else ""
-    return text + (f", forward gain {gain:.3g} per layer" if math.isfinite(gain) else "")
-
-
-def recommend(runs: Sequence[tuple[str, Sequence[Verdict], Sequence[LayerInfo], Sequence[LayerWeight]]]
-              ) -> Recommendation:
-    """Recommend an initializer from the audited runs: ``(label, verdicts, layers, weights)`` each.
-
-    Several runs: the best by (fewest fail verdicts, fewest warnings, ``|log forward gain|``), ties to the
-    first given. One run: itself when nothing fails, else the initializer the checks advise for the most
-    common hidden activation (``he`` for ReLU), with the run's failures and weights as evidence.
-    """
-    act = hidden_activation(runs[0][2]) if runs else "linear"
-    advised = recommended_initializer(act)
-    if len(runs) > 1:
-        best = min(runs, key=lambda r: _rank(r[1]))
-        n_fail = _rank(best[1])[0]
-        lead = (f"`{best[0]}` is the best of the {len(runs)} audited initializations" if not n_fail else
-                f"none of the {len(runs)} audited initializations passes every check; `{best[0]}` fails the fewest")
-        text = lead + ": " + "; ".join(_outcome(r[0], r[1]) for r in runs) + "."
-        if n_fail and advised not in {r[0] for r in runs}:
-            text += f" For {pretty_activation(act)} layers the checks advise `{advised}`: audit it too."
-        return Recommendation(best[0], text, True)
-    if not runs:
-        return Recommendation("keep", "nothing was audited.", False)
-    label, verdicts, _, weights = runs[0]
-    if not _fails(verdicts):
-        return Recommendation(label, f"keep `{label}`. " + _outcome(label, verdicts) + ".", False)
-    text = f"use `{advised}`. " + _outcome(label, verdicts) + "."
-    text += (f" The hidden layers use {pretty_activation(act)} (from the module order), for which `{advised}` "
-             f"keeps the variance: {_FORMULA.get(advised, '')}.")
-    ratios = [w.ratio for w in weights if w.ratio is not None and w.activation == act]
-    default = sum(w.default_init for w in weights if w.ratio is not None)
-    if ratios:
-        ratio = float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-300)))))
-        text += (f" {default} of {sum(w.ratio is not None for w in weights)} Conv/Linear layers are at PyTorch's "
-                 f"default init; the Var(W) of the {len(ratios)} layers followed by {pretty_activation(act)} is "
-                 f"{ratio:.3g}x (geometric mean) what `{advised}` gives.")
-    if label == advised:
-        text += (" It is already in use: at this depth consider normalization layers (BatchNorm/LayerNorm) or "
-                 "residual connections.")
-    else:
-        text += f" Compare them side by side with --init {label},{advised}."
-    return Recommendation(advised, text, False)

@@ -63,6 +63,7 @@ class KindSections:
     layer_tables: Callable[[Any], tuple[LayerTable, ...]] = lambda result: ()
     structure: Callable[[Any], tuple[StructureSection, ...]] = lambda result: ()
     recommendation: Callable[[Any], str] = lambda result: ""
+    kept: Callable[[Any], tuple[str, ...]] = lambda result: ()
     missing: Callable[[Any], tuple[str, ...]] = lambda result: ()
 
 
@@ -92,6 +93,7 @@ def build_context(result: Result) -> ReportContext:
         layer_tables=kind.layer_tables(result),
         structure=kind.structure(result),
         recommendation=kind.recommendation(result),
+        kept=kind.kept(result),
     )
 
 
@@ -149,6 +151,10 @@ def _audit_tables(audit: AuditResult) -> tuple[LayerTable, ...]:
     return tuple(_audit_layer_table(r) for r in audit.runs)
 
 
+def _audit_kept(audit: AuditResult) -> tuple[str, ...]:
+    return tuple(f"`{run.label}`: {run.kept_text()}" for run in audit.runs if run.kept)
+
+
 def _audit_structure(audit: AuditResult) -> tuple[StructureSection, ...]:
     return tuple(s for r in audit.runs if (s := structure_section(r)) is not None)
 
@@ -162,12 +168,12 @@ KINDS: dict[str, KindSections] = {
     ResultKind.AUDIT: KindSections(
         title="audit", model=lambda r: r.model, multi=lambda r: False, notices=_audit_notices,
         provenance=_audit_provenance, over_training=False, layer_tables=_audit_tables, structure=_audit_structure,
-        recommendation=lambda r: r.recommendation.evidence),
+        recommendation=lambda r: r.recommendation.evidence, kept=_audit_kept),
     ResultKind.TRAINING: KindSections(
         title="training", model=lambda r: r.model, multi=lambda r: False, notices=lambda r: _audit_notices(r.audit),
         provenance=lambda r, facts: _audit_provenance(r.audit, facts), over_training=True,
         layer_tables=lambda r: _audit_tables(r.audit), structure=lambda r: _audit_structure(r.audit),
-        recommendation=lambda r: r.audit.recommendation.evidence),
+        recommendation=lambda r: r.audit.recommendation.evidence, kept=lambda r: _audit_kept(r.audit)),
 }
 """Per result kind (``result.kind``), what its report adds to the common sections."""
 
@@ -245,7 +251,9 @@ def _audit_layer_table(run: AuditRun) -> LayerTable:
         how = (f"re-initialized: {run.label}" if w.reinitialized else "PyTorch default" if w.default_init
                else "as given")
         if not w.reinitialized and run.label != "keep":
-            how += " (kept: only Conv/Linear weights are re-initialized)"
+            root = run.structure.root if run.structure is not None else ""
+            reason = next((k.reason for k in run.kept if (k.name.rpartition(".")[0] or root) == w.layer), "")
+            how += f" (kept: {reason})" if reason else " (kept)"
         rows.append(LayerRow(row.name, row.module, row.depth, row.activation, row.forward_var, row.backward_var,
                              row.weight_var, f"{fmt(w.ratio)}x {w.recommended}" if w.ratio is not None else "—", how))
     return LayerTable(run.label, tuple(rows), weights=True)

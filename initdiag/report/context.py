@@ -292,6 +292,8 @@ class ReportContext:
     structure: tuple[StructureSection, ...] = ()
     recommendation: str = ""
     """Audit: the initializer to use and the evidence (shown under the verdict summary)."""
+    kept: tuple[str, ...] = ()
+    """Audit: per initializer, the weights it left as they were and why (shown under the recommendation)."""
 
     @property
     def toc(self) -> tuple[TocEntry, ...]:

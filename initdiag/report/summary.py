@@ -19,12 +19,14 @@ signal verdict's ``check`` held its outcome; version 1 had neither ``structure``
 A verdict is ``{"check", "outcome", "family", "signal", "status", "phase", "layers", "p_value", "effect",
 "message", "advice", "details"}``. The ``*_init`` values are the ``var`` statistic (forward, backward, weight)
 at the first training step (an audit: averaged over its batches). An audit's runs have an empty ``history``,
-null accuracies and ``"weights"`` (``LayerWeight.to_json()`` per weight layer); its ``dataset`` describes the
+null accuracies, ``"weights"`` (``LayerWeight.to_json()`` per weight layer), ``"kept"`` (``{"name", "reason"}`` per
+weight the initializer left as it was) and ``"digest"`` (SHA-256 of the parameters); its ``dataset`` describes the
 inputs (``name`` the input kind, ``train_size`` the samples pushed through, ``test_size`` 0, plus
 ``description``, ``batch_shape``, ``dtype``); ``comparisons`` and ``accuracy`` are empty; and the top level
-adds ``"passed"`` and ``"recommendation"``. A training (a callback's report) is its audit at the first batch
-(the first run, as an audit's) and the training as a second run with ``"losses"`` (the loss of every step)
-and ``"steps_per_epoch"``; the top level adds ``"framework"``.
+adds ``"passed"`` and ``"recommendation"`` (``{"initializer", "evidence", "compared", "equal"}``). A training
+(a callback's report) is its audit at the first batch (the first run, as an audit's) and the training as a
+second run with ``"losses"`` (the loss of every step) and ``"steps_per_epoch"``; the top level adds
+``"framework"``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def _run_json(run: RunResult | AuditRun | TrainingRun) -> dict[str, Any]:
     }
     if isinstance(run, AuditRun):
         data["weights"] = [w.to_json() for w in run.weights]
+        data["kept"] = [k.to_json() for k in run.kept]
+        data["digest"] = run.digest
     if isinstance(run, TrainingRun):
         data["losses"] = [float(x) for x in run.losses]
         data["steps_per_epoch"] = run.steps_per_epoch

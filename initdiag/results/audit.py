@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..checks import RunAnalysis
 from ..config import AuditConfig
+from ..initializers import Kept
 from ..series import concat
 from ..structure import Structure
 from ..structure.layers import LayerInfo
@@ -44,9 +45,11 @@ class LayerWeight:
 
     ``variance``: population variance of the weight; ``recommended``: the initializer the checks advise
     for ``activation`` (``he`` for the ReLU family, ``xavier`` for tanh/sigmoid/linear, ``lecun`` for SELU),
-    ``recommended_variance`` its Var(W) for this shape, and ``ratio = variance / recommended_variance``
-    (Conv/Linear only; None otherwise). ``default_init``: the weights are consistent with PyTorch's
-    default; ``reinitialized``: this audit replaced them (Conv/Linear weights, for a named initializer)."""
+    ``recommended_variance`` its Var(W) for the fans the forward showed, and ``ratio = variance /
+    recommended_variance`` (None for a lookup such as an embedding, or a layer whose fans are unknown).
+    ``default_init``: the weights are consistent with PyTorch's default; ``reinitialized``: this audit
+    replaced them (for a named initializer); ``normalized``: a normalization follows the layer before its
+    activation, so its scale does not matter (any Var(W) conforms)."""
 
     layer: str
     module: str
@@ -58,6 +61,7 @@ class LayerWeight:
     ratio: float | None
     default_init: bool
     reinitialized: bool
+    normalized: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe dict (NaN -> None)."""
@@ -70,17 +74,21 @@ class LayerWeight:
 class Recommendation:
     """The initializer to use (a ``--init`` label, ``keep`` for the model's own) and the evidence for it (text
     that starts with the advice, CLI names in backticks). ``compared``: chosen among several audited
-    initializations; otherwise advised from one run's verdicts and activations."""
+    initializations; otherwise advised from one run's verdicts and activations. ``equal``: the audited
+    labels that did not differ from the recommended one (it included), when there are several: none of
+    them is better than the others."""
 
     initializer: str
     evidence: str
     compared: bool
+    equal: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return f"{self.initializer}: {self.evidence}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"initializer": self.initializer, "evidence": self.evidence, "compared": self.compared}
+        return {"initializer": self.initializer, "evidence": self.evidence, "compared": self.compared,
+                "equal": list(self.equal)}
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,8 @@ class AuditRun(_LossRun):
 
     ``frame`` holds each statistic averaged over the batches (what the checks read, at step 0), ``series``
     every batch (``step`` = batch); ``weights`` each weight layer against its activation; ``losses`` the
-    loss of each batch."""
+    loss of each batch; ``kept`` the weights the initializer left as they were, and why (none for ``keep``);
+    ``digest`` a SHA-256 of every parameter as audited (equal digests: identical weights)."""
 
     name: str
     label: str
@@ -102,6 +111,16 @@ class AuditRun(_LossRun):
     losses: np.ndarray
     seconds: float
     structure: Structure | None = None
+    kept: tuple[Kept, ...] = ()
+    digest: str = ""
+
+    def kept_text(self, limit: int = 8) -> str:
+        """The weights left as they were, grouped by reason (at most ``limit`` names each); "" for none."""
+        groups: dict[str, list[str]] = {}
+        for k in self.kept:
+            groups.setdefault(k.reason, []).append(k.name)
+        return "; ".join(f"{', '.join(names[:limit])}{f' and {len(names) - limit} more' if len(names) > limit else ''}"
+                         f" ({reason})" for reason, names in groups.items())
 
 
 @dataclass(frozen=True)
