@@ -295,6 +295,7 @@ class Reinit:
 
 
 NOT_A_MAP = "not seen as a linear map in the forward"
+RECURRENT = "a recurrent layer's gate weights: no initializer here has a rule for gates (the gates check judges them)"
 NO_RESET = "its module has no reset_parameters()"
 DERIVED = "computed from other parameters (a parametrization or weight norm)"
 
@@ -337,6 +338,7 @@ def initialize(model: nn.Module, spec: InitSpec, seed: int, targets: Sequence[Ta
     without ``reset_parameters()`` (``pytorch-default``) and parameters no target names.
     """
     import torch
+    from torch import nn
 
     init, params = spec.initializer, spec.resolved
     modules = dict(model.named_modules())
@@ -374,7 +376,8 @@ def initialize(model: nn.Module, spec: InitSpec, seed: int, targets: Sequence[Ta
             variances[t.module or root] = drawn[id(weight)]
     touched |= set(drawn)  # a weight kept by one target but drawn for another (tied) is no longer kept
     named = [k for k, pid in kept if pid not in touched]
-    named += [Kept(name, NOT_A_MAP) for name, p in model.named_parameters()
+    named += [Kept(name, RECURRENT if isinstance(modules.get(name.rpartition(".")[0]), (nn.RNNBase, nn.RNNCellBase))
+                   else NOT_A_MAP) for name, p in model.named_parameters()
               if p.dim() >= 2 and id(p) not in touched and not any(_stands_for(k.name, name) for k, _ in kept)]
     return Reinit(variances, tuple(named))
 

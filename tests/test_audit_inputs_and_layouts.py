@@ -286,3 +286,30 @@ def test_several_saved_and_float64_inputs_audit_through_the_cli(tmp_path: Path) 
     assert main(["audit", f"{models}:Siamese", "--input-shape", "1,8,8", "--input-dtype", "long",
                  "--input-dtype", "float", "--input-dtype", "float", "--out", str(tmp_path / "y")]) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+class _ClosureBlock(nn.Module):
+    """A block that keeps its MLP as a lambda over its own modules (minGPT's ``self.mlpf``): ``copy.deepcopy``
+    copies the lambda by reference, so a copy's forward would run the original's layers."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.mlp = nn.ModuleDict({"fc": nn.Linear(width, 4 * width), "proj": nn.Linear(4 * width, width)})
+        m = self.mlp
+        self.mlpf = lambda x: m["proj"](torch.relu(m["fc"](x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlpf(self.norm(x))
+
+
+def test_a_model_whose_copy_would_run_the_original_is_audited_in_place_and_left_untouched() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), _ClosureBlock(), _ClosureBlock(), nn.Linear(16, 3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = initdiag.audit(model, input_shape=(8,), inits=("keep", "he"))
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    recorded = {la.module_name for la in result.runs[0].layers}
+    assert {"1.mlp.fc", "1.mlp.proj", "2.mlp.fc", "2.mlp.proj"} <= recorded
+    assert model.training

@@ -207,8 +207,8 @@ def test_cli_he_reaches_them_too_and_names_what_it_keeps(models: Path, tmp_path:
     assert summary["runs"][0]["digest"] == summary["runs"][1]["digest"]
     table = stdout[:stdout.index("Recommendation:")]
     assert "<- recommended" not in table and table.count("<- equal") == 2
-    assert "Not re-initialized (kept as they were):\n  he: rnn.weight_ih_l0, rnn.weight_hh_l0 (not seen as a linear " \
-           "map in the forward)" in stdout
+    assert "Not re-initialized (kept as they were):\n  he: rnn.weight_ih_l0, rnn.weight_hh_l0 (a recurrent layer's " \
+           "gate weights" in stdout
     html = (out / "report.html").read_text()
     page_one = html[:html.index('<section id="structure">')]
     assert "Not re-initialized" in page_one and "rnn.weight_hh_l0" in page_one

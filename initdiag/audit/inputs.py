@@ -7,6 +7,7 @@ model untouched.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -210,17 +211,55 @@ def _prepare(model: nn.Module) -> None:
         p.grad = None
 
 
+def _referenced(value: Any, depth: int = 0) -> Iterator[Any]:
+    """What a callable kept as a module attribute holds on to: a closure's cells, a bound method's object, a
+    ``functools.partial``'s function and arguments (a few levels deep)."""
+    if depth > 3:
+        return
+    inner: list[Any] = []
+    cells = getattr(value, "__closure__", None) or ()
+    for cell in cells:
+        try:
+            inner.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    if hasattr(value, "__self__") and not isinstance(value, type):
+        inner.append(value.__self__)
+    if isinstance(value, functools.partial):
+        inner += [value.func, *value.args, *value.keywords.values()]
+    for item in inner:
+        yield item
+        if callable(item) and not isinstance(item, nn.Module):
+            yield from _referenced(item, depth + 1)
+
+
+def _reaches_original(work: nn.Module, model: nn.Module) -> bool:
+    """Whether a callable stored on a module of the copy (``self.mlpf = lambda x: m.c_proj(m.c_fc(x))``, as
+    minGPT does) still refers to a module or parameter of the original: ``copy.deepcopy`` copies functions by
+    reference, so the copy's forward would run, and hook, the original's layers and give them gradients."""
+    originals = {id(m) for m in model.modules()} | {id(p) for p in model.parameters()}
+    for module in work.modules():
+        for value in vars(module).values():
+            if callable(value) and not isinstance(value, (nn.Module, type)) and any(
+                    id(item) in originals for item in _referenced(value)):
+                return True
+    return False
+
+
 @contextmanager
 def working_copy(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
     """A deep copy of ``model`` on ``device`` to audit, prepared (train mode, parameters requiring grad).
 
-    When ``copy.deepcopy`` fails, the model itself (it must be on ``device``), restored in ``finally``:
+    When ``copy.deepcopy`` fails, or the copy still calls the original's modules (:func:`_reaches_original`),
+    the model itself (it must be on ``device``), restored in ``finally``:
     parameter and buffer values, each module's train/eval mode, ``requires_grad`` and ``.grad``.
     """
     try:
         work: nn.Module | None = copy.deepcopy(model)
     except Exception:
         work = None
+    if work is not None and _reaches_original(work, model):
+        work = None  # the copy's forward would run the original's modules: audit the model itself, restored
     if work is not None:
         work.to(device)
         _prepare(work)

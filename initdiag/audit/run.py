@@ -92,6 +92,10 @@ def _rejected(model: nn.Module, args: Inputs, cfg: AuditConfig, exc: Exception) 
     hint = ""
     if args.first.is_floating_point() and first_embedding(model) is not None:
         hint = "; the model has an nn.Embedding: for token ids use --input-dtype long"
+    elif isinstance(exc, TypeError) and "positional argument" in str(exc):
+        hint = ("; its forward takes other arguments: repeat --input-shape for each (with --input-dtype each), "
+                "or pass one batch saved with torch.save as --inputs FILE.pt (initdiag.audit(model, (x, (h0, "
+                "c0))) from Python)")
     return ModelLoadError(f"the model rejected an input of shape {shapes}{given}: {_first_line(exc)}{hint}")
 
 
