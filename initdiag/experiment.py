@@ -105,7 +105,11 @@ def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData
     name = run_name(spec.label, seed)
     start = time.perf_counter()
     with _too_large(name, config):
-        model = build_model(config.model)
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only; no CUDA generator is touched
+            # what the initializer does not redraw (a user model's embeddings, recurrent layers, own parameters)
+            # is drawn as the model is built: from the run's seed, so every run of a report or sweep repeats
+            torch.random.default_generator.manual_seed(seed)
+            model = build_model(config.model)
         apply_initializer(model, spec, seed)
         prepare_model(model, device)
         weights_init = snapshot_weights(model)

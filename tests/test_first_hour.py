@@ -149,3 +149,28 @@ def test_a_resume_runs_a_model_file_only_as_the_run_recorded_it_or_when_named_ag
     assert code == 2 and "not the plan's model" in err, err
     code, err = _cli(["report", "--resume", str(out), "--model", f"{model}:Net"])  # named again: the user's call
     assert code == 0, err
+
+
+def test_runs_of_a_users_model_repeat_whatever_the_global_random_state(tmp_path: Path) -> None:
+    """A report's or sweep's run builds the user's model from the run's seed: parameters no initializer redraws
+    (here a learned input scale) are the same in every run with that seed."""
+    from initdiag.config import ExperimentConfig
+    from initdiag.data import load_mnist
+    from initdiag.experiment import run_one
+    from initdiag.initializers import InitSpec
+    from initdiag.models import ModelSpec
+
+    (tmp_path / "scaled.py").write_text(
+        "import torch\nfrom torch import nn\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.scale = nn.Parameter(torch.rand(784) + 0.5)\n"
+        "        self.fc = nn.Linear(784, 10)\n\n    def forward(self, x):\n"
+        "        return self.fc(x.flatten(1) * self.scale)\n")
+    data = load_mnist(dataset="mnist-sample", limit_train=64)
+    config = ExperimentConfig(model=ModelSpec(f"{tmp_path / 'scaled.py'}:Net"), initializers=(InitSpec("he"),),
+                              epochs=1, probe_size=32, device="cpu")
+    frames = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        run = run_one(config, InitSpec("he"), 0, data)
+        frames.append(run.frame.query("step == 0 and kind == 'forward' and stat == 'var'")["value"].to_numpy())
+    assert len(frames[0]) and (frames[0] == frames[1]).all()
