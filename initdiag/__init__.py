@@ -6,11 +6,11 @@ importing torch (``audit`` itself imports the audit's machinery when called).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .audit import audit
 from .errors import DataError, InitDiagError, ModelLoadError, OutputError, UsageError
+from .lazy import lazy_getattr
 from .vocab import __version__
 
 if TYPE_CHECKING:
@@ -41,14 +41,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Load the public name ``name`` from its module on first use."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'initdiag' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -11,13 +11,13 @@ statistics into verdicts; the same report is written::
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import AUDIT_INPUTS, AuditConfig, parse_audit_inits
 from ..errors import UsageError
+from ..lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from torch import nn
@@ -47,14 +47,7 @@ _LAZY = {"AuditInputs": "..results", "AuditResult": "..results", "AuditRun": "..
          "working_copy": ".inputs", "pool_batches": ".run", "looks_pytorch_default": ".weights"}
 
 
-def __getattr__(name: str) -> Any:
-    """Load a re-exported name from its module on first use (``import initdiag`` stays light: no torch)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def run_audit(model: nn.Module, config: AuditConfig, example_input: Any = None,
