@@ -92,7 +92,8 @@ def audit_config_from_args(args: argparse.Namespace) -> AuditConfig:
         target=args.target, input_shape=shapes[0] if shapes else None, inits=parse_audit_inits(args.init),
         extra_inputs=tuple(zip(shapes[1:], dtypes[1:], strict=True)), inputs_file=file, batches=args.batches,
         batch_size=args.batch_size, inputs=kind, input_dtype=dtypes[0], vocab=args.vocab,
-        loss=args.loss, seed=args.seed, device=args.device, model_kwargs=kwargs, data_dir=args.data_dir,
+        loss=args.loss, dtype=args.dtype, seed=args.seed, device=args.device, model_kwargs=kwargs,
+        data_dir=args.data_dir,
         out=args.out, formats=parse_formats(args.format), paper=args.paper, fail_on=parse_fail_on(args.fail_on),
     )
 

@@ -13,7 +13,7 @@ from .initializers import DEFAULT_INITIALIZERS, INITIALIZERS, InitSpec, split_in
 from .models import ModelSpec
 from .vocab import FORMATS, PAPERS, AuditInputKind, Backend, Device, InputDtype, LossMode, Optimizer, fail_on_names
 
-__all__ = ["AUDIT_INPUTS", "AUDIT_LOSSES", "INPUT_DTYPES", "KEEP", "AuditConfig", "ExperimentConfig",
+__all__ = ["AUDIT_INPUTS", "AUDIT_LOSSES", "INPUT_DTYPES", "KEEP", "TRAIN_DTYPES", "AuditConfig", "ExperimentConfig",
            "parse_audit_inits", "parse_fail_on", "parse_formats", "parse_input_shape"]
 
 DEVICES: tuple[str, ...] = tuple(Device)
@@ -245,6 +245,8 @@ KEEP = "keep"
 AUDIT_INPUTS: tuple[str, ...] = tuple(AuditInputKind)
 INPUT_DTYPES: tuple[str, ...] = tuple(InputDtype)
 AUDIT_LOSSES: tuple[str, ...] = tuple(LossMode)
+TRAIN_DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
+"""``--dtype``: the dtype the audited model will train in (the precision check's limits)."""
 
 
 def _sample_shape(shape: Any) -> tuple[int, ...]:
@@ -297,7 +299,8 @@ class AuditConfig:
     saved in ``inputs_file``). ``extra_inputs``: the shape and dtype of each further generated positional
     input (a siamese network's second image, a graph's adjacency matrix). ``loss``: "auto"
     (cross-entropy against random labels for (batch, classes) outputs, else the mean of squared outputs),
-    "ce" or "mse".
+    "ce" or "mse". ``dtype``: the dtype the model will train in ("float16" or "bfloat16"): the precision
+    check then decides for it (None: the model's own dtype; float32 and float64 make it information).
     """
 
     target: str = "model"
@@ -309,6 +312,7 @@ class AuditConfig:
     input_dtype: str = "float"
     vocab: int | None = None
     loss: str = "auto"
+    dtype: str | None = None
     seed: int = 0
     device: str = "cpu"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -340,6 +344,8 @@ class AuditConfig:
                                      ("--input-dtype", self.input_dtype, INPUT_DTYPES),
                                      ("--loss", self.loss, AUDIT_LOSSES), ("paper size", self.paper, PAPERS)):
             _choice(name, value, choices)
+        if self.dtype is not None:
+            _choice("--dtype", self.dtype, TRAIN_DTYPES)
         _device(self.device)
         if self.input_shape is not None:
             object.__setattr__(self, "input_shape", _sample_shape(self.input_shape))

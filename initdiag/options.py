@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .config import AUDIT_LOSSES, INPUT_DTYPES, AuditConfig, ExperimentConfig, SweepConfig
+from .config import AUDIT_LOSSES, INPUT_DTYPES, TRAIN_DTYPES, AuditConfig, ExperimentConfig, SweepConfig
 from .errors import UsageError
 from .models import ACTIVATIONS, MODELS, ModelSpec
 from .vocab import PAPERS, __version__
@@ -103,6 +103,8 @@ OPTIONS: dict[str, Option] = {o.flag.lstrip("-").replace("-", "_"): o for o in (
            {"type": _int, "metavar": "N"}),
     Option("--loss", f"{'|'.join(AUDIT_LOSSES)}: auto is cross-entropy against random labels for (batch, classes) "
                      "outputs, else mean squared output (default %(default)s)"),
+    Option("--dtype", f"{'|'.join(TRAIN_DTYPES)}: the dtype the model will train in; float16 and bfloat16 make "
+                      "the precision check a verdict (default: the model's own dtype)"),
     Option("--kwargs", "keyword arguments for the class or factory, a JSON object, e.g. '{\"num_classes\": 10}'",
            {"default": None, "metavar": "JSON"}),
     Option("--backend", "sweep: local (worker processes) or ray (Ray tasks) (default %(default)s)"),
@@ -166,7 +168,7 @@ COMMANDS: dict[str, Command] = {
         "diagnose the initialization of your own model (a few batches, no training)",
         "Push a few batches through a copy of a model, forward and backward, with the recorder and checks of "
         "`report`; compare initializations; write the report.",
-        _options("target input_shape init batches batch_size inputs input_dtype vocab loss kwargs seed device "
+        _options("target input_shape init batches batch_size inputs input_dtype vocab loss dtype kwargs seed device "
                  "data_dir out format paper fail_on debug",
                  AuditConfig, target=_OWN, init=_cli(AuditConfig.inits), kwargs=_OWN, debug=_OWN, input_dtype=None)),
     "sweep": Command(

@@ -168,6 +168,16 @@ class CheckName(StrEnum):
     """A layer's step updates are far outside the usual size against its weight (||dW|| / ||W||)."""
     DEAD_GROWTH = "dead_growth"
     """The fraction of dead ReLU units grew during training."""
+    OUTPUT_SCALE = "output_scale"
+    """The logits at initialization far from chance (their spread over the classes, the loss against log C)."""
+    BRANCH_SCALE = "branch_scale"
+    """A residual branch adds far more variance than the stream it joins (the skip path is overwritten)."""
+    ATTENTION_ENTROPY = "attention_entropy"
+    """Softmax attention near one-hot at initialization (entropy collapse: its gradients vanish)."""
+    CORRELATION = "correlation"
+    """Different inputs (or tokens) mapped to nearly the same representation with depth."""
+    PRECISION = "precision"
+    """Activations or gradients outside the range of the dtype the model trains in (float16, bfloat16)."""
 
 
 class Outcome(StrEnum):
@@ -196,6 +206,11 @@ class Family(StrEnum):
     DEAD = "dead"
     SATURATION = "saturation"
     DIVERGED = "diverged"
+    SCALE = "scale"
+    """Output scale and branch scale: sizes that normalization hides from the variance checks."""
+    ATTENTION = "attention"
+    CORRELATION = "correlation"
+    PRECISION = "precision"
     TRAINING = "training"
     """The verdicts about training itself: unstable, stalled, update_ratio, dead_growth (a grid column only
     for runs that trained)."""
@@ -343,6 +358,11 @@ BUILTIN_CHECKS: tuple[CheckInfo, ...] = (
     CheckInfo(CheckName.DEAD, "Dead ReLU units (0 for every input)"),
     CheckInfo(CheckName.SATURATION, "Saturated tanh/sigmoid units"),
     CheckInfo(CheckName.GATES, "Saturated gates of recurrent layers"),
+    CheckInfo(CheckName.OUTPUT_SCALE, "Logits and loss at initialization against chance"),
+    CheckInfo(CheckName.BRANCH_SCALE, "Residual branches against the stream they join"),
+    CheckInfo(CheckName.ATTENTION_ENTROPY, "Attention entropy at initialization (collapse to one-hot)"),
+    CheckInfo(CheckName.CORRELATION, "Inputs and tokens made alike with depth (correlation map, rank collapse)"),
+    CheckInfo(CheckName.PRECISION, "Headroom of activations and gradients in float16 / bfloat16"),
     CheckInfo(CheckName.DIVERGED, "Divergence (NaN/Inf anywhere)"),
     CheckInfo(CheckName.UNSTABLE, "Unstable training loss"),
     CheckInfo(CheckName.STALLED, "Stalled first epoch"),

@@ -82,7 +82,8 @@ def audit(model: nn.Module, example_input: Any = None, *,
           inits: Sequence[str] = AuditConfig.inits, batches: int = AuditConfig.batches,
           batch_size: int = AuditConfig.batch_size, inputs: str | Path = AuditConfig.inputs,
           input_dtype: str | Sequence[str] = AuditConfig.input_dtype, vocab: int | None = AuditConfig.vocab,
-          loss: str = AuditConfig.loss, seed: int = AuditConfig.seed, device: str = AuditConfig.device,
+          loss: str = AuditConfig.loss, dtype: str | None = AuditConfig.dtype, seed: int = AuditConfig.seed,
+          device: str = AuditConfig.device,
           data_dir: str | Path | None = AuditConfig.data_dir,
           example_kwargs: Mapping[str, Any] | None = None) -> AuditResult:
     """Diagnose the initialization of ``model``: a few batches forward and backward, no training. Every
@@ -110,6 +111,8 @@ def audit(model: nn.Module, example_input: Any = None, *,
         vocab: token ids are drawn from ``[0, vocab)`` (default: the first Embedding's size).
         loss: ``"auto"`` (cross-entropy against random labels for (batch, classes) outputs, else the mean
             of squared outputs), ``"ce"`` or ``"mse"``.
+        dtype: the dtype the model will train in, ``"float16"`` or ``"bfloat16"``: the ``precision`` check
+            then fails what would overflow in it (default: the model's own dtype).
         seed: seeds the inputs, the labels, the initializers and the forked global RNG (dropout). The model's
             own weights are drawn when you build it, before this call: for the same numbers on every run,
             seed first (``torch.manual_seed(0); model = Net()``), as ``initdiag audit`` does with ``--seed``.
@@ -120,13 +123,13 @@ def audit(model: nn.Module, example_input: Any = None, *,
     ``write(out_dir)``. Bad arguments raise :class:`~initdiag.errors.UsageError`; a model that fails on the
     input raises :class:`~initdiag.errors.ModelLoadError` with the shape given and the model's error.
     """
-    first, dtype, extra = _shapes(input_shape, input_dtype)
+    first, first_dtype, extra = _shapes(input_shape, input_dtype)
     saved = isinstance(inputs, Path) or str(inputs).endswith((".pt", ".pth")) or Path(str(inputs)).is_file()
     kind, file = ("file", Path(inputs)) if saved and str(inputs) not in AUDIT_INPUTS else (str(inputs), None)
     config = AuditConfig(
         target=type(model).__name__, input_shape=first, extra_inputs=extra,
         inits=parse_audit_inits(inits) if isinstance(inits, str) else tuple(inits),
-        batches=batches, batch_size=batch_size, inputs=kind, inputs_file=file, input_dtype=dtype, vocab=vocab,
-        loss=loss, seed=seed, device=device, data_dir=Path(data_dir) if data_dir is not None else None,
+        batches=batches, batch_size=batch_size, inputs=kind, inputs_file=file, input_dtype=first_dtype, vocab=vocab,
+        loss=loss, dtype=dtype, seed=seed, device=device, data_dir=Path(data_dir) if data_dir is not None else None,
     )
     return run_audit(model, config, example_input, example_kwargs=example_kwargs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,7 @@ from ..recording import (
     weight_moments,
     zero_parameters,
 )
+from ..recording.extras import Extras, OutputStats, SiteExtras, output_stats
 from ..recording.gates import GateStats, capture_recurrent_inputs, gate_stats
 from ..recording.lookahead import later_learners, zero_shadow
 from ..results import AuditResult, AuditRun
@@ -112,6 +114,8 @@ class _Recorded:
     zero_steps: dict[str, int]
     gates: tuple[GateStats, ...]
     zero_shadow: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    extras: dict[str, SiteExtras] = field(default_factory=dict)
+    output: OutputStats | None = None
 
 
 def _args(batch: Inputs, device: torch.device) -> Inputs:
@@ -133,27 +137,35 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
     names: set[str] = set()
     first: Inputs = batches[0]
     gates: tuple[GateStats, ...] = ()
+    extras = Extras(work, structure) if structure is not None else None
+    sites: dict[str, SiteExtras] = {}
+    out_stats: OutputStats | None = None
     with recorder, torch.enable_grad():
         for i, batch in enumerate(batches):
             args = _args(batch, device)
-            try:
-                with capture_recurrent_inputs(work, enabled=i == 0) as recurrent:
-                    output = args(work)
-            except Exception as exc:
-                raise _rejected(work, args, cfg, exc) from exc
-            if i == 0:
-                gates = tuple(g for name, inputs in recurrent.items()
-                              for g in gate_stats(name, work.get_submodule(name), inputs))  # type: ignore[arg-type]
-            loss = _loss(output, cfg.loss, gen)
-            losses.append(float(loss.detach()))
-            if loss.requires_grad:
+            with extras if extras is not None and i == 0 else nullcontext():
                 try:
-                    loss.backward()
+                    with capture_recurrent_inputs(work, enabled=i == 0) as recurrent:
+                        output = args(work)
                 except Exception as exc:
-                    raise ModelLoadError(f"the backward pass through the model failed: {_first_line(exc)}") from exc
+                    raise _rejected(work, args, cfg, exc) from exc
+                if i == 0:
+                    gates = tuple(g for name, inputs in recurrent.items()
+                                  for g in gate_stats(name, work.get_submodule(name), inputs))  # type: ignore[arg-type]
+                    floating = _floating(output)
+                    out_stats = output_stats(floating[0], extras) if floating else None
+                loss = _loss(output, cfg.loss, gen)
+                losses.append(float(loss.detach()))
+                del output
+                if loss.requires_grad:
+                    try:
+                        loss.backward()
+                    except Exception as exc:
+                        raise ModelLoadError(f"the backward pass through the model failed: {_first_line(exc)}") from exc
             if i == 0:
                 names = {la.module_name for la in recorder.layers() if la.role == Role.WEIGHT}
                 grads, zero, first = snapshot_grads(work, names, transposed), zero_parameters(work), args
+                sites = extras.result() if extras is not None else {}
             work.zero_grad(set_to_none=True)
     steps = {name: 1 for name, learns in zero.items() if learns}
     if not all(zero.values()):  # outside the recorder: the copy's steps are no part of the series
@@ -168,7 +180,7 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
     size = int(first.first.shape[0]) if first.first.dim() else 0
     shadow = dict.fromkeys(zero_shadow(work, first, size, near, names), tuple(near)) if near else {}
     return _Recorded(recorder.frame(), tuple(recorder.layers()), np.asarray(losses, dtype=np.float64), grads, zero,
-                     steps, gates, shadow)
+                     steps, gates, shadow, sites, out_stats)
 
 
 DISCOVERY_ROWS = 2
@@ -231,6 +243,12 @@ def seed_global_rngs(seed: int) -> None:
     torch.default_generator.manual_seed(seed)
 
 
+def _half_dtype(model: nn.Module) -> str | None:
+    """"float16" or "bfloat16" when the model's first floating parameter is, else None."""
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return str(p.dtype).removeprefix("torch.") if p is not None and p.dtype in (torch.float16, torch.bfloat16) else None
+
+
 def _looks_default(model: nn.Module) -> bool:
     """Whether every Conv/Linear layer looks default-initialized."""
     layers = list(weight_layers(model))
@@ -269,7 +287,8 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
                            weights_final={}, losses=rec.losses, weight_vars=weight_vars, default_init=default,
                            structure=structure, grads_init=rec.grads, zero_params=rec.zero_params, norm_gains=gains,
                            input_groups=groups, zero_steps=rec.zero_steps, gates=rec.gates,
-                           zero_shadow=rec.zero_shadow)
+                           zero_shadow=rec.zero_shadow, extras=rec.extras, output=rec.output,
+                           dtype=cfg.dtype or _half_dtype(model))
     return AuditRun(name=label, label=label, seed=cfg.seed, frame=frame, series=rec.series, layers=rec.layers,
                     analysis=analyze(evidence, seed=cfg.seed), weights=weights, losses=rec.losses,
                     seconds=time.perf_counter() - start, structure=structure, kept=reinit.kept,

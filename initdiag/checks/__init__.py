@@ -8,6 +8,8 @@ in :class:`Thresholds`) are described by :func:`methods` for the report's method
   -> ``vanishing`` / ``exploding`` / ``no_signal`` / ``healthy`` (:mod:`.signal`);
 * ``symmetry``: identical neurons and near-duplicates (:mod:`.symmetry`);
 * ``dead`` ReLU units and ``saturation`` of tanh/sigmoid, from the evaluation-batch probes (:mod:`.units`);
+* what variance cannot see: ``output_scale`` and ``branch_scale`` (:mod:`.scale`), ``attention_entropy``
+  (:mod:`.attention`), ``correlation`` (:mod:`.correlation`), ``precision`` (:mod:`.precision`);
 * ``diverged``: NaN/Inf in the loss, the gradient norm or the statistics (:mod:`.diverged`);
 * training itself: ``unstable`` loss, ``stalled`` first epoch, ``update_ratio`` per layer, ``dead_growth``
   (:mod:`.dynamics`);
@@ -23,8 +25,10 @@ from __future__ import annotations
 
 from ..vocab import HEALTHY, CheckName, Signal, Status
 from .analysis import RunAnalysis, analyze
+from .attention import AttentionEntropyCheck
 from .chains import SignalCheck, chain_fits, main_fit
 from .compare import Comparison, accuracy_summary, compare_accuracies, holm, mcnemar_exact, welch_t
+from .correlation import CorrelationCheck
 from .cosine import max_cosine_pvalue, neuron_rows
 from .diverged import DivergedCheck, diverged_verdict
 from .dynamics import dead_growth_verdict, stalled_verdict, unstable_verdict, update_ratio_verdict, update_ratios
@@ -33,7 +37,9 @@ from .gates import GateCheck, gate_verdict
 from .intentional import Explained, explained
 from .methods import MethodNote, methods
 from .overlay import TheoryProfile, TheoryRow, chain_predictions, expected_chain_gain, theory_profiles, theory_rows
+from .precision import PrecisionCheck
 from .registry import CHECKS, AnalysisContext, Check, CheckRegistry
+from .scale import BranchScaleCheck, OutputScaleCheck
 from .signal import SignalFit, signal_fit
 from .stream import StreamCheck, stream_prediction, stream_values, stream_verdicts
 from .symmetry import SymmetryCheck, symmetry_groups, symmetry_verdict
@@ -108,6 +114,11 @@ CHECKS.register(SymmetryCheck())
 CHECKS.register(DeadCheck())
 CHECKS.register(SaturationCheck())
 CHECKS.register(GateCheck())
+CHECKS.register(OutputScaleCheck())
+CHECKS.register(BranchScaleCheck())
+CHECKS.register(AttentionEntropyCheck())
+CHECKS.register(CorrelationCheck())
+CHECKS.register(PrecisionCheck())
 CHECKS.register(DivergedCheck())
 CHECKS.register(UnstableCheck())
 CHECKS.register(StalledCheck())

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..recording.extras import OutputStats, SiteExtras
 from ..recording.gates import GateStats
 from ..recording.snapshots import Weights
 from ..structure import Structure
@@ -70,6 +71,12 @@ class RunEvidence:
     zero_shadow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Weight-layer call site -> the near-zero parameters (that learn) through which alone its input varies
     over the batch (:func:`~initdiag.recording.lookahead.zero_shadow`)."""
+    extras: Mapping[str, SiteExtras] = field(default_factory=dict)
+    """Call site -> what one batch showed beyond the variances (:mod:`~initdiag.recording.extras`)."""
+    output: OutputStats | None = None
+    """The model's logits at initialization (:func:`~initdiag.recording.extras.output_stats`)."""
+    dtype: str | None = None
+    """The dtype the user trains in (``float16``, ``bfloat16``): the precision check decides for it."""
 
     @property
     def blocks(self) -> tuple[LayerInfo, ...]:

@@ -119,6 +119,28 @@ class Thresholds:
     Saturation (tanh/sigmoid, fraction of a layer's outputs within ``saturation_tol`` of a bound):
         saturation_tol: the tolerance the recorder used (``Recorder(saturation_tol=...)``), for the text.
         saturation_warn, saturation_fail: warn / fail when any layer reaches this fraction.
+    Scale, attention, correlation, precision (:mod:`~initdiag.checks.scale`, :mod:`~initdiag.checks.attention`,
+    :mod:`~initdiag.checks.correlation`, :mod:`~initdiag.checks.precision`):
+        logit_warn, logit_fail: warn / fail when the logits' spread over the classes (their standard deviation
+            within a row) exceeds this. For i.i.d. logits of std s the expected cross-entropy is about
+            ``log C + s^2 / 2``: at 1 the model starts 0.5 nats above chance, at 3 it starts 4.5 nats above it,
+            confidently wrong on most inputs (the "verify the loss at init" rule of Karpathy's recipe).
+        branch_warn, branch_fail: warn / fail when a residual branch adds this many times the variance of the
+            stream it joins: the identity then carries ``1 / (1 + r)`` of the block's output variance (at 100,
+            a tenth of its amplitude), and a block is no longer near the identity its skip connection gives
+            (Brock et al. 2021; De & Smith 2020).
+        attention_warn, attention_fail: warn / fail when an attention layer's entropy, averaged over its heads,
+            falls below this fraction of the uniform attention's ``log n``: near one-hot weights, whose softmax
+            Jacobian ``diag(p) - p p^T`` vanishes (entropy collapse, Zhai et al. 2023).
+        correlation_warn, correlation_fail: warn / fail when the deepest representation's mean cosine between
+            different inputs (or tokens) is within this distance of 1, and depth shrank that distance at least
+            ``correlation_shrink`` times from the first layer's. At 1e-2 the inputs differ by ~14% of their
+            amplitude (``sqrt(2 (1 - c))``); at 1e-3 by ~4%: every input gets nearly the same output and
+            gradient (Schoenholz et al. 2017; Dong et al. 2021).
+        fp16_warn_headroom: warn when the largest activation is within this factor of float16's maximum 65504
+            (fail above it: it overflows to inf); underflow_warn: warn when this fraction of a layer's nonzero
+            gradients lies below float16's smallest subnormal 2^-24 even with GradScaler's initial loss scale 2^16
+            (they round to 0, Micikevicius et al. 2018).
     Training (:mod:`~initdiag.checks.dynamics`):
         loss_window: steps per window of the loss checks: the running median of ``unstable`` and the two
             windows ``stalled`` compares (shrunk to half the run when it is shorter; 10 finite steps at
@@ -171,6 +193,17 @@ class Thresholds:
     update_fail_high: float = 1.0
     dead_growth_warn: float = 0.25
     dead_growth_fail: float = 0.5
+    logit_warn: float = 1.0
+    logit_fail: float = 3.0
+    branch_warn: float = 10.0
+    branch_fail: float = 100.0
+    attention_warn: float = 0.5
+    attention_fail: float = 0.2
+    correlation_warn: float = 1e-2
+    correlation_fail: float = 1e-3
+    correlation_shrink: float = 10.0
+    fp16_warn_headroom: float = 16.0
+    underflow_warn: float = 0.5
 
     def __post_init__(self) -> None:
         if self.change_factor <= 1 or self.few_layers_factor < self.change_factor:

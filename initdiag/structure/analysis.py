@@ -278,4 +278,4 @@ def build(g: Graph, root: str, pshapes: dict[int, dict[str, tuple[int, ...]]]) -
     activations += [a for site, a in extra_acts.items() if site not in known]
     return Structure(root=root, weight_layers=tuple(layers), norms=tuple(an.norms), blocks=tuple(blocks),
                      activations=tuple(activations), stream_input=stream_input, links=tuple(links),
-                     flow_links=tuple(flow))
+                     flow_links=tuple(flow), attention=tuple(g.attention))

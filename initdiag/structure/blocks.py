@@ -25,6 +25,7 @@ shortcut (parallel paths summed inside a branch) is part of that branch, not a s
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections import Counter
 
@@ -130,6 +131,14 @@ def _inside_branch(g: Graph, call: Call, add: int, found: list[_Add]) -> bool:
         if any(i in after for i in g.inputs[n]):
             after.add(n)
     return any(f[0] != add and f[1] in after and f[2] not in after for f in found)
+
+
+def _ratio(variances: dict[int, float], branch: int, shortcut: int) -> float:
+    """``Var(branch) / Var(shortcut)`` at one residual add (NaN where unmeasured or both are 0)."""
+    vb, vs = variances.get(branch, math.nan), variances.get(shortcut, math.nan)
+    if vs > 0:
+        return vb / vs
+    return math.inf if vb > 0 else math.nan
 
 
 def _inside(g: Graph, inner: int, outer: int) -> bool:
@@ -261,7 +270,8 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
             residual_adds=len(found), shortcut=shortcut, layers=layers, norms=norms,
             branch_normalized=all(nanc[f[1]] & ~nanc[f[2]] for f in found), post_norm=post,
             last_branch_layers=last, activation_after="" if post else _activation_after(g, call.out_node, acts),
-            restarts=ci in restarts, shortcut_normalized=_shortcut_normalized(g, call, found, norm_marks)))
+            restarts=ci in restarts, shortcut_normalized=_shortcut_normalized(g, call, found, norm_marks),
+            branch_ratios=tuple(_ratio(g.add_vars.get(f[0], {}), f[1], f[2]) for f in found)))
     stream_input = None
     if stream:
         first = g.calls[stream[0]]

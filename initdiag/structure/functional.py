@@ -319,3 +319,13 @@ def elementwise_test(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str,
         return "elementwise" if ok else "no"
     except Exception:
         return "no"
+
+
+def norm_shape(module: nn.Module) -> tuple[int, ...]:
+    """A normalization module's affine parameter's shape, else the normalized shape it declares."""
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return tuple(weight.shape)
+    ns = getattr(module, "normalized_shape", None) or getattr(module, "num_features", None) \
+        or getattr(module, "num_channels", None) or ()
+    return (ns,) if isinstance(ns, int) else tuple(ns)

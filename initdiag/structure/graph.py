@@ -1,22 +1,23 @@
 """Watching one forward: module hooks and a TorchFunctionMode record a dataflow graph as plain data.
 
 Every torch function call that returns tensors during the root's first forward becomes a node: its name,
-category (:mod:`~initdiag.structure.functional`), the nodes of its tensor inputs and the innermost module
-call it ran in. A tensor's producer is looked up by ``id`` and checked with a weak reference (ids of freed
-tensors are reused), so nothing is kept alive; an in-place op (``relu_``, ``+=``, ``x[i] = y``,
-``buf[..].copy_(x)``) becomes the new producer of the tensor and of the base of a written view (images
-copied into a zero buffer stay data). Tensors first seen as inputs become leaves: the root's inputs
-(data), parameters, and constants (buffers, anything else). A node is "data" when it descends from the
-root's inputs; for other nodes the set of parameters they derive from is kept, which is how a weight
-standardized or parametrized before ``F.conv2d`` is traced to its module's parameter. Nested torch calls
-are not seen again (``F.multi_head_attention_forward`` is one node); hooks run unseen. Weight layers
-(:meth:`Tracker._linmap`): the first linear map (``linear``, ``conv*``, ``addmm``, ``matmul``, ``einsum``,
-``embedding``, ``multi_head_attention_forward``, ...) in a module call whose weight operand derives only
-from parameters/constants, one of them a >= 2-dim parameter of that module. Where it can be wrong:
-recurrent layers (``_VF.lstm``) are not linear maps here; a module applying two of its own weights counts
-once, with the first; ``nn.MultiheadAttention`` is one layer (its in_proj, fan_out 3E); a weight computed
-outside the forward and stored as a plain tensor, and data made by code the mode does not see
-(``torch.from_numpy(x.numpy())``), are constants. Constant inputs: :meth:`Tracker._constant_input`.
+category (:mod:`~initdiag.structure.functional`), the nodes of its tensor inputs and the innermost module call
+it ran in. A tensor's producer is looked up by ``id`` and checked with a weak reference (ids of freed tensors
+are reused), so nothing is kept alive; an in-place op (``relu_``, ``+=``, ``x[i] = y``, ``buf[..].copy_(x)``)
+becomes the new producer of the tensor and of the base of a written view (images copied into a zero buffer
+stay data). Tensors first seen as inputs become leaves: the root's inputs (data), parameters, and constants
+(buffers, anything else). A node is "data" when it descends from the root's inputs; for other nodes the set of
+parameters they derive from is kept, which is how a weight standardized or parametrized before ``F.conv2d`` is
+traced to its module's parameter. Nested torch calls are not seen again (``F.multi_head_attention_forward`` is
+one node); hooks run unseen. Weight layers (:meth:`Tracker._linmap`): the first linear map (``linear``,
+``conv*``, ``addmm``, ``matmul``, ``einsum``, ``embedding``, ``multi_head_attention_forward``, ...) in a
+module call whose weight operand derives only from parameters/constants, one of them a >= 2-dim parameter of
+that module. Where it can be wrong: recurrent layers (``_VF.lstm``) are not linear maps here; a module
+applying two of its own weights counts once, with the first; ``nn.MultiheadAttention`` is one layer (its
+in_proj, fan_out 3E); a weight computed outside the forward and stored as a plain tensor, and data made by
+code the mode does not see (``torch.from_numpy(x.numpy())``), are constants. Constant inputs:
+:meth:`Tracker._constant_input`. Values measured on the way (add operands, attention weights):
+:mod:`~initdiag.structure.measure`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from . import functional as fn
+from .measure import Measurer
 from .records import Call, Graph, LayerRec, ModelInfo, collect_tensors
 
 IDLE, RECORDING, DONE = range(3)
@@ -54,22 +56,25 @@ class Tracker(TorchFunctionMode):
         self._finfo: dict[Any, tuple[str, int]] = {}
         self._probe: dict[int, tuple[Tensor, int]] = {}
         self._act_cache: dict[int, tuple[str, tuple[tuple[str, Any], ...]] | None] = {}
+        self.measure = Measurer(self.graph)
         self.info = info = ModelInfo(model)
-        self.names, self.roles, self.own, self.own_all, self.params = (info.names, info.roles, info.own,
-                                                                       info.own_all, info.params)
+        self.names, self.roles, self.own, self.own_all, self.params = info.names, info.roles, info.own, \
+            info.own_all, info.params
 
     # -- torch functions ------------------------------------------------------------------------------------
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        live = self.state == RECORDING and not self.paused and not self.hook_depth
+        pre = self.measure.before(func, args) if live else None
         out = func(*args, **kwargs)
-        if self.state != RECORDING or self.paused or self.hook_depth:
+        if not live:
             return out
         if isinstance(out, Tensor):
-            self._op(func, args, kwargs, (out,))
+            self._op(func, args, kwargs, (out,), pre)
         elif isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-            self._op(func, args, kwargs, tuple(t for t in out if isinstance(t, Tensor)))
+            self._op(func, args, kwargs, tuple(t for t in out if isinstance(t, Tensor)), pre)
         elif out is None and args and isinstance(args[0], Tensor) and fn.writes_in_place(func):
-            self._op(func, args, kwargs, (args[0],))  # x[i] = y: x now holds y's values too
+            self._op(func, args, kwargs, (args[0],), pre)  # x[i] = y: x now holds y's values too
         return out
 
     def node_of(self, t: Tensor) -> int:
@@ -84,11 +89,11 @@ class Tracker(TorchFunctionMode):
         self._prod[pid] = (n, weakref.ref(t))
         return n
 
-    def _op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], outs: tuple[Tensor, ...]) -> None:
+    def _op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], outs: tuple[Tensor, ...],
+            pre: Any = None) -> None:
         info = self._finfo.get(func)
         if info is None:
-            name = fn.function_name(func)
-            info = self._finfo[func] = (name, fn.category(name))
+            info = self._finfo[func] = (name := fn.function_name(func), fn.category(name))
         name, cat = info
         g = self.graph
         ins: list[int] = []
@@ -151,6 +156,7 @@ class Tracker(TorchFunctionMode):
             g.node_layer[n] = layer
             if g.layers[layer].node < 0:
                 g.layers[layer].node = n
+        self.measure.after(n, cat, name, call, func, args, kwargs, ins, outs[0], pre)
         prod = self._prod
         for t in outs:
             prod[id(t)] = (n, weakref.ref(t))
@@ -193,12 +199,11 @@ class Tracker(TorchFunctionMode):
 
     def _bias_add(self, x: int, ins: list[int]) -> None:
         """``y + b`` right after a weight layer's map, ``b`` its module's own parameter: the layer's bias."""
-        g = self.graph
-        call = g.calls[self._stack[-1]]
-        if call.layer is not None and g.node_layer.get(x) == call.layer:
-            own = self.own_all.get(call.mid, _EMPTY)
-            if any(i != x and g.pset[i] and g.pset[i] <= own for i in ins):
-                g.layers[call.layer].bias = True
+        g, call = self.graph, self.graph.calls[self._stack[-1]]
+        own = self.own_all.get(call.mid, _EMPTY)
+        if call.layer is not None and g.node_layer.get(x) == call.layer and any(
+                i != x and g.pset[i] and g.pset[i] <= own for i in ins):
+            g.layers[call.layer].bias = True
 
     def _owner(self, w: Tensor, pset: frozenset[int]) -> tuple[int, str, tuple[int, ...]] | None:
         """``(call, attribute, shape)`` of the innermost running module whose own parameter ``w`` derives
@@ -292,8 +297,7 @@ class Tracker(TorchFunctionMode):
         return n
 
     def _known(self, t: Tensor) -> bool:
-        e = self._prod.get(id(t))
-        return e is not None and e[1]() is t
+        return (e := self._prod.get(id(t))) is not None and e[1]() is t
 
     def _replaced_output(self, ci: int, output: Any) -> None:
         """Outputs a forward hook replaced: derived from what the forward returned."""
@@ -377,15 +381,8 @@ class Tracker(TorchFunctionMode):
                 self._act_cache[mid] = ("module", ()) if verdict == "elementwise" else None
             call.act = self._act_cache.get(mid) if same_shape else None
         elif role == fn.NORM_MODULE:
-            kind = fn.norm_kind(module)
-            weight = getattr(module, "weight", None)
-            if isinstance(weight, Tensor):
-                shape: tuple[int, ...] = tuple(weight.shape)
-            else:
-                ns = getattr(module, "normalized_shape", None) or getattr(module, "num_features", None) \
-                    or getattr(module, "num_channels", None) or ()
-                shape = (ns,) if isinstance(ns, int) else tuple(ns)
-            call.norm = (kind or "other", isinstance(weight, Tensor), shape)
+            call.norm = (fn.norm_kind(module) or "other", isinstance(getattr(module, "weight", None), Tensor),
+                         fn.norm_shape(module))
         call.out_nodes = tuple(outs)
         if module is self.model:
             g.root_out = tuple(outs)

@@ -12,9 +12,11 @@ that function in that module call (e.g. ``layer1.0:relu@2``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
+
+from .measure import AttentionSite
 
 Params = tuple[tuple[str, Any], ...]
 Shape = tuple[int, ...]
@@ -148,6 +150,8 @@ class Block:
     its input does not derive from the previous block's output (a decoder's first block after an encoder's).
     ``shortcut_normalized``: a residual add's shortcut operand passed a normalization since the block's input
     (``x = norm(x); x = x + f(x)`` inside the block: the stream itself is renormalized there).
+    ``branch_ratios``: measured, per residual add, ``Var(branch operand) / Var(shortcut operand)`` on the
+    discovery batch (not compared: two runs of one model have one structure).
     """
 
     name: str
@@ -166,9 +170,11 @@ class Block:
     activation_after: str = ""
     restarts: bool = False
     shortcut_normalized: bool = False
+    branch_ratios: tuple[float, ...] = field(default=(), compare=False)
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["branch_ratios"] = [r if r == r and abs(r) != float("inf") else None for r in self.branch_ratios]
         for k in ("in_shape", "out_shape", "layers", "norms", "last_branch_layers"):
             d[k] = list(d[k])
         if not isinstance(self.shortcut, str):
@@ -182,6 +188,7 @@ class Block:
             kw[k] = _shape(d[k])
         for k in ("layers", "norms", "last_branch_layers"):
             kw[k] = tuple(d[k])
+        kw["branch_ratios"] = tuple(float("nan") if r is None else float(r) for r in d.get("branch_ratios", ()))
         if not isinstance(d["shortcut"], str):
             kw["shortcut"] = tuple(d["shortcut"])
         return cls(**kw)
@@ -197,6 +204,7 @@ class Structure:
     ``flow_links``: the same through residual adds too (sums of two data paths): the data flow between weight
     layers where nothing normalizes it, along which :meth:`longest_path` runs.
     ``stream_input``: the call site whose output enters the first block, when one is clear.
+    ``attention``: the softmax attentions the forward ran, as measured (not compared).
     """
 
     root: str
@@ -207,6 +215,7 @@ class Structure:
     stream_input: str | None = None
     links: tuple[tuple[str, str], ...] = ()
     flow_links: tuple[tuple[str, str], ...] = ()
+    attention: tuple[AttentionSite, ...] = field(default=(), compare=False)
 
     @cached_property
     def _by_name(self) -> dict[str, WeightLayer]:
@@ -294,7 +303,8 @@ class Structure:
                 "blocks": [b.to_json() for b in self.blocks],
                 "activations": [a.to_json() for a in self.activations],
                 "stream_input": self.stream_input,
-                "links": [list(p) for p in self.links], "flow_links": [list(p) for p in self.flow_links]}
+                "links": [list(p) for p in self.links], "flow_links": [list(p) for p in self.flow_links],
+                "attention": [a.to_json() for a in self.attention]}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Structure:
@@ -305,4 +315,5 @@ class Structure:
                    activations=tuple(Activation.from_json(a) for a in d["activations"]),
                    stream_input=d["stream_input"],
                    links=tuple((str(a), str(b)) for a, b in d["links"]),
-                   flow_links=tuple((str(a), str(b)) for a, b in d.get("flow_links", ())))
+                   flow_links=tuple((str(a), str(b)) for a, b in d.get("flow_links", ())),
+                   attention=tuple(AttentionSite.from_json(a) for a in d.get("attention", ())))

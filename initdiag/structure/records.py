@@ -72,6 +72,10 @@ class Graph:
         self.batch: int | None = None
         self.root_out: tuple[int, ...] = ()
         self.complete = False
+        self.add_vars: dict[int, dict[int, float]] = {}
+        """Residual add node -> operand node -> its variance (:mod:`~initdiag.structure.measure`)."""
+        self.attention: list[Any] = []
+        """The softmax attentions seen (:class:`~initdiag.structure.measure.AttentionSite`)."""
 
     def add(self, kind: int, name: str, inputs: tuple[int, ...], call: int, data: bool, pset: frozenset[int]) -> int:
         self.kind.append(kind)

@@ -1,0 +1,213 @@
+"""What the variance rows cannot hold, taken once on an audit's first batch: how alike the samples (and the
+tokens) of each site's output are, the largest activation, the smallest gradient, and the model's logits.
+
+:class:`Extras` hooks the sites of a model's structure for the forwards and backward passes run inside it
+(the audit: its first batch); each statistic is one pass over the tensor, in float64.
+
+* ``cos_samples``: the mean cosine between the flattened outputs of two different samples,
+  ``c = (|sum_i u_i|^2 - n) / (n (n - 1))`` with ``u_i = y_i / |y_i|`` (rows of norm 0 left out): the
+  quantity of the correlation map (Poole et al. 2016) measured over the batch's ``n (n - 1) / 2`` pairs.
+* ``cos_tokens``: the same between the positions of one sample, for outputs laid out (batch, positions,
+  channels), averaged over the samples (token uniformity, Dong et al. 2021).
+* ``max_abs`` / ``grad_min`` / ``grad_underflow``: the largest ``|y|``, the smallest nonzero ``|dL/dy|`` and
+  the fraction of nonzero ``|dL/dy|`` below float16's smallest subnormal ``2^-24`` (Micikevicius et al. 2018),
+  unscaled and under ``GradScaler``'s initial loss scale ``2^16`` (``grad_underflow_scaled``).
+* ``in_sq``: a weight layer's input second moment ``E[x^2]``, from which theory predicts its output.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from ..jsonable import json_safe
+from ..structure import Structure
+from ..structure.records import collect_tensors
+from ..vocab import Role
+from .sites import channel_dim
+
+__all__ = ["FP16_TINY", "LOSS_SCALE", "Extras", "OutputStats", "SiteExtras", "as_mapping", "mean_cosine",
+           "output_stats"]
+
+FP16_TINY = 2.0 ** -24
+"""float16's smallest subnormal: a smaller magnitude rounds to zero."""
+LOSS_SCALE = 2.0 ** 16
+"""``torch.amp.GradScaler``'s initial loss scale: gradients below ``FP16_TINY / LOSS_SCALE`` underflow even with it."""
+
+
+@dataclass(frozen=True)
+class SiteExtras:
+    """One site's extra statistics (NaN where they do not apply)."""
+
+    max_abs: float = math.nan
+    rms: float = math.nan
+    cos_samples: float = math.nan
+    cos_tokens: float = math.nan
+    in_sq: float = math.nan
+    grad_min: float = math.nan
+    grad_rms: float = math.nan
+    grad_underflow: float = math.nan
+    grad_underflow_scaled: float = math.nan
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(json_safe(self.__dict__))
+
+
+@dataclass(frozen=True)
+class OutputStats:
+    """The model's first floating output as logits, classes along ``dim`` (the head's channel dim).
+
+    ``logit_std``: ``sqrt(mean_rows Var_c(l))``, the spread over the classes within a row; ``loss``: the
+    expected cross-entropy against a uniformly random label, ``mean_rows(logsumexp(l) - mean_c(l))``
+    (exact: the mean over the labels); ``head``: the weight layer whose output it is, None when it is not
+    one's output directly."""
+
+    head: str | None
+    classes: int
+    rows: int
+    logit_std: float
+    loss: float
+    mean: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(json_safe(self.__dict__))
+
+
+def mean_cosine(rows: Tensor) -> float:
+    """Mean cosine between different rows of ``rows`` (..., n, d), averaged over the leading dims; rows of
+    norm 0 left out (NaN when fewer than two remain)."""
+    r = rows.detach().double()
+    norms = r.norm(dim=-1, keepdim=True)
+    keep = (norms > 0) & torch.isfinite(norms)
+    u = torch.where(keep, r / norms.clamp_min(1e-300), torch.zeros_like(r))
+    n = keep.sum(dim=(-2, -1)).double()
+    s = u.sum(dim=-2).square().sum(-1)
+    ok = n >= 2
+    if not bool(ok.any()):
+        return math.nan
+    return float(((s[ok] - n[ok]) / (n[ok] * (n[ok] - 1))).mean())
+
+
+class Extras:
+    """Collects :class:`SiteExtras` for the sites of ``structure`` (weight layers and residual blocks, named as
+    the recorder names them: ``name``, ``name@k`` for the k-th call) over the forwards and backward passes
+    run inside the block; hooks come off on exit (gradient pre-hooks left on a graph do nothing then)."""
+
+    def __init__(self, model: nn.Module, structure: Structure) -> None:
+        self.model, self.structure = model, structure
+        self._values: dict[str, dict[str, float]] = {}
+        self._outputs: dict[int, tuple[weakref.ref[Tensor], str, int]] = {}
+        self._calls: dict[int, int] = {}
+        self._handles: list[RemovableHandle] = []
+        self._open = False
+
+    def __enter__(self) -> Extras:
+        modules = dict(self.model.named_modules())
+        names = {id(m): n for n, m in modules.items()}
+        weights = {w.module_name: w for w in self.structure.weight_layers}
+        wanted = [*weights, *(b.module_name for b in self.structure.blocks)]
+        self._handles.append(self.model.register_forward_pre_hook(lambda *_: self._calls.clear()))
+        for name in dict.fromkeys(wanted):
+            module = modules.get(name)
+            if module is not None:
+                self._handles.append(module.register_forward_hook(
+                    functools.partial(self._hook, names.get(id(module)) or type(module).__name__, name in weights)))
+        self._open = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._open = False
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, base: str, weight: bool, module: nn.Module, args: Any, output: Any) -> None:
+        k = self._calls[id(module)] = self._calls.get(id(module), 0) + 1
+        y = output if isinstance(output, Tensor) else next(iter(collect_tensors(output, [])), None)
+        if not isinstance(y, Tensor) or not y.is_floating_point() or not y.numel():
+            return
+        site = base if k == 1 else f"{base}@{k}"
+        x = args[0] if weight and args and isinstance(args[0], Tensor) else None
+        cdim = channel_dim(module, Role.WEIGHT if weight else Role.BLOCK, y, None)
+        self.forward(site, y, cdim, x)
+        if y.requires_grad:
+            node = y.grad_fn
+            if node is None:
+                y.register_hook(functools.partial(self._grad, site, 0))
+            else:
+                node.register_prehook(functools.partial(self._grad, site, y.output_nr))
+
+    def _grad(self, site: str, index: int, grads: Tensor | tuple[Tensor | None, ...]) -> None:
+        grad = grads if isinstance(grads, Tensor) else grads[index]
+        if self._open and grad is not None:
+            self.backward(site, grad)
+
+    def forward(self, site: str, y: Tensor, cdim: int, x: Any = None) -> None:
+        """A site's output ``y`` (channels on ``cdim``) and, for a weight layer, its input ``x``."""
+        with torch.no_grad():
+            v = self._values.setdefault(site, {})
+            yd = y.detach()
+            v["max_abs"] = float(yd.abs().max()) if bool(torch.isfinite(yd).all()) else math.inf
+            v["rms"] = float(yd.double().square().mean().sqrt())
+            if yd.dim() >= 2 and yd.shape[0] >= 2:
+                v["cos_samples"] = mean_cosine(yd.reshape(1, yd.shape[0], -1))
+            if yd.dim() == 3 and cdim == 2 and yd.shape[1] >= 2:
+                v["cos_tokens"] = mean_cosine(yd)
+            if isinstance(x, Tensor) and x.is_floating_point() and x.numel():
+                v["in_sq"] = float(x.detach().double().square().mean())
+            self._outputs[id(y)] = (weakref.ref(y), site, cdim)
+
+    def backward(self, site: str, g: Tensor) -> None:
+        """dL/dy at a site."""
+        with torch.no_grad():
+            v = self._values.setdefault(site, {})
+            a = g.detach().abs()
+            nonzero = a[a > 0]
+            v["grad_rms"] = float(g.detach().double().square().mean().sqrt())
+            if nonzero.numel():
+                v["grad_min"] = float(nonzero.min())
+                v["grad_underflow"] = float((nonzero < FP16_TINY).double().mean())
+                v["grad_underflow_scaled"] = float((nonzero < FP16_TINY / LOSS_SCALE).double().mean())
+
+    def site_of(self, t: Tensor) -> tuple[str, int] | None:
+        """The site whose output ``t`` is (the same tensor object) and its channel dim."""
+        e = self._outputs.get(id(t))
+        return (e[1], e[2]) if e is not None and e[0]() is t else None
+
+    def result(self) -> dict[str, SiteExtras]:
+        """Every site's statistics; the references to outputs are dropped."""
+        self._outputs.clear()
+        return {name: SiteExtras(**v) for name, v in self._values.items()}
+
+
+def output_stats(output: Tensor, extras: Extras | None) -> OutputStats | None:
+    """:class:`OutputStats` of ``output``: classes along its head's channel dim when a weight layer made it,
+    else along dim 1 of a (batch, classes) output; None for other outputs or fewer than two classes."""
+    found = extras.site_of(output) if extras is not None else None
+    if found is None and not (output.dim() == 2 and output.shape[1] >= 2):
+        return None
+    head, cdim = found if found is not None else (None, 1)
+    if output.dim() < 2 or output.shape[cdim] < 2:
+        return None
+    with torch.no_grad():
+        logits = output.detach().double().movedim(cdim, -1).reshape(-1, output.shape[cdim])
+        logits = logits[torch.isfinite(logits).all(-1)]
+        if not len(logits):
+            return OutputStats(head, int(output.shape[cdim]), 0, math.inf, math.inf, math.nan)
+        loss = (torch.logsumexp(logits, -1) - logits.mean(-1)).mean()
+        std = logits.var(-1, unbiased=False).mean().sqrt()
+        return OutputStats(head, int(logits.shape[1]), int(logits.shape[0]), float(std), float(loss),
+                           float(logits.mean()))
+
+
+def as_mapping(extras: Mapping[str, SiteExtras]) -> dict[str, dict[str, Any]]:
+    """JSON-safe per-site dicts."""
+    return {k: v.to_json() for k, v in extras.items()}

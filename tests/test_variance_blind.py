@@ -1,0 +1,200 @@
+"""The failures variance cannot see: output scale, attention entropy, branch scale, correlation, precision.
+
+Each case is one that theory fixes (a head of N(0, 1) weights, attention without skip connections, a ReLU chain
+at He, an activation beyond float16's range) or a published architecture with its own init (timm's ViT, Hugging
+Face's GPT-2) and the same re-initialized with N(0, 1) weights. Measurements are compared with theory's
+predictions and with independent references.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import initdiag
+from initdiag.checks import CHECKS
+from initdiag.recording.extras import mean_cosine
+from initdiag.structure import discover
+from initdiag.theory.cmap import relu_arccos
+
+NEW = ("output_scale", "branch_scale", "attention_entropy", "correlation", "precision")
+
+
+def _verdicts(model: nn.Module, **kw: object) -> dict[str, initdiag.checks.Verdict]:
+    result = initdiag.audit(model, **kw)  # type: ignore[arg-type]
+    return {v.check: v for v in result.runs[0].analysis.verdicts}
+
+
+def _mlp(depth: int, width: int, head_std: float | None = None, fan_in: int = 784) -> nn.Sequential:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    d = fan_in
+    for _ in range(depth - 1):
+        lin = nn.Linear(d, width)
+        nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
+        nn.init.zeros_(lin.bias)
+        layers += [lin, nn.ReLU()]
+        d = width
+    head = nn.Linear(d, 10)
+    if head_std is not None:
+        nn.init.normal_(head.weight, std=head_std)
+    return nn.Sequential(*layers, head)
+
+
+def test_new_checks_are_registered_with_methods_and_fail_on_names() -> None:
+    names = [c.name for c in CHECKS]
+    for name in NEW:
+        assert name in names and name in CHECKS.fail_on_names()
+        check = CHECKS.get(name)
+        assert check is not None
+        note = check.methods(initdiag.checks.DEFAULT_THRESHOLDS)[0]
+        assert note.threshold and note.null_hypothesis and "Source" in note.description
+
+
+def test_mean_cosine_matches_pairwise_reference() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(7, 5, dtype=torch.float64) + 0.5
+    u = x / x.norm(dim=1, keepdim=True)
+    gram = u @ u.T
+    reference = (gram.sum() - gram.diagonal().sum()) / (7 * 6)
+    assert mean_cosine(x.unsqueeze(0)) == pytest.approx(float(reference), abs=1e-12)
+
+
+def test_head_of_unit_normal_weights_fails_output_scale_with_theory_beside() -> None:
+    v = _verdicts(_mlp(3, 512, head_std=1.0), input_shape=(784,))["output_scale"]
+    assert v.status == "fail"
+    s, predicted = v.effect["logit_std"], v.effect["predicted_logit_std"]
+    assert s is not None and predicted is not None and s > 3 and abs(s / predicted - 1) < 0.25
+    assert v.effect["loss"] is not None and v.effect["loss"] > 3 * math.log(10)  # far above chance
+    assert "head" in (v.advice or "")
+    good = _verdicts(_mlp(3, 512), input_shape=(784,))["output_scale"]
+    assert good.status == "pass" and good.effect["loss"] == pytest.approx(math.log(10), abs=0.5)
+
+
+def test_hundred_layer_relu_at_he_follows_the_correlation_map() -> None:
+    """The variance is kept (He), but the cosine between inputs climbs toward 1 as the arc-cosine kernel says:
+    polynomially (chi_c(1) = 1 at criticality), ~0.996 at 100 layers. Theory supports a warning, not a
+    failure: the inputs still differ by ~9% of their amplitude, and He et al. trained such depths."""
+    v = _verdicts(_mlp(100, 256), input_shape=(784,), batch_size=32)
+    corr = v["correlation"]
+    assert corr.status == "warn"
+    last = corr.details["points"][-1]
+    assert last["predicted"] is not None and last["samples"] == pytest.approx(last["predicted"], abs=0.004)
+    assert 0.99 < last["samples"] < 0.999
+    assert v["signal"].status != "fail"
+    c = 0.0
+    for _ in range(100):
+        c = relu_arccos(c)
+    assert c == pytest.approx(0.9964, abs=5e-4)
+
+
+class _Attention(nn.Module):
+    def __init__(self, d: int, skip: bool) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.skip, self.d = skip, d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) / math.sqrt(self.d), dim=-1)
+        y = self.o(a @ self.v(x))
+        return x + y if self.skip else y
+
+
+def test_attention_without_skip_connections_collapses_the_tokens() -> None:
+    """Dong et al. (2021): pure self-attention maps the tokens to one, doubly exponentially; skip connections
+    keep them apart."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(*(_Attention(32, skip=False) for _ in range(12)))
+    torch.manual_seed(0)
+    residual = nn.Sequential(*(_Attention(32, skip=True) for _ in range(12)))
+    bad = _verdicts(plain, input_shape=(16, 32))["correlation"]
+    good = _verdicts(residual, input_shape=(16, 32))["correlation"]
+    assert bad.status == "fail" and bad.details["kind"] == "tokens" and bad.effect["gap"] < 1e-3
+    assert good.status == "pass"
+
+
+def test_attention_entropy_and_logit_spread_match_theory() -> None:
+    torch.manual_seed(0)
+    layer = _Attention(64, skip=True)
+    s = discover(layer, torch.randn(4, 24, 64))
+    (site,) = s.attention
+    assert site.op == "softmax" and site.keys == 24 and site.heads == 1
+    assert site.predicted_logit_std is not None
+    assert site.logit_std[0] == pytest.approx(site.predicted_logit_std, rel=0.2)
+    assert site.entropy[0] / site.max_entropy[0] > 0.95
+    with torch.no_grad():
+        for lin in (layer.q, layer.k):
+            lin.weight.normal_(0.0, 1.0)
+    s = discover(layer, torch.randn(4, 24, 64))
+    assert s.attention[0].entropy[0] / s.attention[0].max_entropy[0] < 0.2
+
+
+def test_torch_multihead_attention_is_measured_per_head() -> None:
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+    s = discover(enc, torch.randn(2, 10, 32))
+    assert [a.heads for a in s.attention] == [4, 4]
+    assert all(e > 0.8 * m for a in s.attention for e, m in zip(a.entropy, a.max_entropy, strict=True))
+
+
+def test_post_norm_branches_of_unit_normal_weights_overwrite_the_stream() -> None:
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0), 3,
+                                enable_nested_tensor=False)
+    good = _verdicts(enc, input_shape=(10, 32))["branch_scale"]
+    assert good.status == "pass"
+    bad = _verdicts(enc, input_shape=(10, 32), inits=("random:std=1",))["branch_scale"]
+    assert bad.status == "fail" and bad.effect["max_ratio"] is not None and bad.effect["max_ratio"] > 100
+
+
+class _Scaled(nn.Module):
+    def __init__(self, gamma: float) -> None:
+        super().__init__()
+        self.norm, self.fc, self.gamma = nn.LayerNorm(16), nn.Linear(16, 16), nn.Parameter(torch.full((16,), gamma))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.gamma * self.fc(self.norm(x))
+
+
+def test_branch_designs_are_named_by_the_rule_they_satisfy() -> None:
+    for gamma, design in ((1e-6, "zero"), (0.05, "small"), (1.0, "unit")):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 16), *(_Scaled(gamma) for _ in range(3)))
+        v = _verdicts(model, input_shape=(16,))["branch_scale"]
+        judged = [b for b in v.details["blocks"] if b["judged"]]
+        assert judged and all(b["design"] == design for b in judged), (gamma, v.details)
+        assert v.status == "pass"
+
+
+def test_float16_overflow_is_a_verdict_only_for_float16() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.LayerNorm(64), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[0].weight.mul_(1e5)
+    info = _verdicts(model, input_shape=(64,))["precision"]
+    assert info.status == "pass" and info.effect["max_abs"] is not None and info.effect["max_abs"] > 65504
+    assert "Information only" in info.message
+    fp16 = _verdicts(model, input_shape=(64,), dtype="float16")["precision"]
+    assert fp16.status == "fail" and "0" in fp16.layers
+    assert _verdicts(model, input_shape=(64,), dtype="bfloat16")["precision"].status == "pass"
+
+
+def test_vit_and_gpt2_pass_at_their_own_init_and_fail_at_unit_normal() -> None:
+    timm = pytest.importorskip("timm")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=4,
+                            num_classes=10)
+    cfg = transformers.GPT2Config(n_layer=3, n_embd=64, n_head=4, vocab_size=500, bos_token_id=0, eos_token_id=0)
+    gpt = transformers.GPT2LMHeadModel(cfg)
+    for model, kw in ((vit, {"input_shape": (3, 32, 32)}), (gpt, {"input_shape": (24,), "input_dtype": "long"})):
+        result = initdiag.audit(model, inits=("keep", "random:std=1"), **kw)  # type: ignore[arg-type]
+        keep, normal = ({v.check: v for v in run.analysis.verdicts} for run in result.runs)
+        for name in ("output_scale", "attention_entropy", "branch_scale", "correlation"):
+            assert keep[name].status == "pass", (type(model).__name__, name, keep[name].message)
+        assert normal["output_scale"].status == "fail" and normal["attention_entropy"].status == "fail"
+        sites = normal["attention_entropy"].details["sites"]
+        assert all(r["predicted_logit_std"] == pytest.approx(r["logit_std"], rel=0.3) for r in sites)
