@@ -8,6 +8,7 @@ audit's per-layer table and recommendation, a training's heatmaps over the recor
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from ..jsonable import finite, json_safe
 from ..results import AuditResult, AuditRun, ExperimentResult, Result, RunResult, TrainingRun
 from ..series import first_step_values
 from ..vocab import CheckName, Family, Kind, ResultKind, Role, Status
+from .blind import blind_sections
 from .context import (
     AccuracySection,
     DataFile,
@@ -94,6 +96,8 @@ def build_context(result: Result) -> ReportContext:
         structure=kind.structure(result),
         recommendation=kind.recommendation(result),
         kept=kind.kept(result),
+        blind=blind_sections([(run_label(r, multi), r.verdicts, functools.partial(_row, run_label(r, multi)))
+                              for r in runs], salt=model),
     )
 
 
@@ -211,6 +215,10 @@ def _finding(v: Verdict, run: str) -> Finding:
                        (isinstance(x, float) and math.isinf(x))) or "—"
     return Finding(run, check_title(v), grid_column(v), badge(v.status), layers_text(list(v.layers)), fmt_p(v.p_value),
                    effect, v.message, v.advice or "", v.phase)
+
+
+def _row(run: str, v: Verdict) -> Finding:
+    return _finding(v, run)
 
 
 def _units(runs: Sequence[Run], multi: bool) -> UnitSection:

@@ -6,6 +6,7 @@ Compute (checks, theory) -> structure (:mod:`.build`, this module's types) -> pr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "AccuracySection",
@@ -294,6 +295,8 @@ class ReportContext:
     """Audit: the initializer to use and the evidence (shown under the verdict summary)."""
     kept: tuple[str, ...] = ()
     """Audit: per initializer, the weights it left as they were and why (shown under the recommendation)."""
+    blind: tuple[Any, ...] = ()
+    """What variance cannot see: one :class:`~initdiag.report.blind.BlindSection` per check with verdicts."""
 
     @property
     def toc(self) -> tuple[TocEntry, ...]:
@@ -307,6 +310,8 @@ class ReportContext:
             entries.append(TocEntry("layers", "Layers at initialization"))
         if self.signal is not None:
             entries.append(TocEntry("signal", "Signal propagation"))
+        if self.blind:
+            entries.append(TocEntry("blind", "What variance cannot see"))
         entries += [TocEntry("units", "Symmetry, dead and saturated units"),
                     TocEntry("findings", "Findings and advice"), TocEntry("methods", "Methods"),
                     TocEntry("provenance", "Provenance")]
