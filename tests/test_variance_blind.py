@@ -198,3 +198,44 @@ def test_vit_and_gpt2_pass_at_their_own_init_and_fail_at_unit_normal() -> None:
         assert normal["output_scale"].status == "fail" and normal["attention_entropy"].status == "fail"
         sites = normal["attention_entropy"].details["sites"]
         assert all(r["predicted_logit_std"] == pytest.approx(r["logit_std"], rel=0.3) for r in sites)
+
+
+def test_a_trainers_half_precision_makes_precision_a_verdict(tmp_path: object) -> None:
+    from initdiag.integrations.session import TrainingSession, trainer_dtype
+
+    assert [trainer_dtype(p) for p in ("16-mixed", "bf16-mixed", "32-true", 16, None)] == [
+        "float16", "bfloat16", None, "float16", None]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.LayerNorm(64), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[0].weight.mul_(1e5)
+    session = TrainingSession(str(tmp_path), formats=("json",))
+    session.begin(model, torch.randn(8, 64), dtype=trainer_dtype("16-mixed"))
+    assert session.audit is not None
+    verdict = next(v for v in session.audit.runs[0].verdicts if v.check == "precision")
+    assert verdict.status == "fail" and "float16" in verdict.message
+    session.close()
+
+
+class _WindowAttention(nn.Module):
+    """Swin's pattern: logits viewed per window, a mask of -100 added, folded back before the softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qk = nn.Linear(16, 32)
+        mask = torch.zeros(2, 8, 8)
+        mask[1, :, 4:] = -100.0  # the second window's queries see only its first half of the keys
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch * 2 windows, 8 tokens, 16)
+        q, k = self.qk(x).chunk(2, dim=-1)
+        logits = (q @ k.transpose(1, 2) / 4.0).view(-1, 2, 8, 8) + self.mask
+        return torch.softmax(logits.view(-1, 8, 8), dim=-1) @ x
+
+
+def test_additive_masks_hide_keys_through_reshapes() -> None:
+    torch.manual_seed(0)
+    (site,) = discover(_WindowAttention(), torch.randn(8, 8, 16)).attention
+    # uniform-ish over 8 keys in one window, over 4 in the other: log n averages log 8 and log 4
+    assert site.max_entropy[0] == pytest.approx((math.log(8) + math.log(4)) / 2, rel=1e-6)
+    assert site.entropy[0] / site.max_entropy[0] > 0.95 and site.logit_std[0] < 1.0

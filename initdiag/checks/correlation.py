@@ -52,10 +52,14 @@ class CorrelationPoint:
     predicted: float | None = None
 
 
-def correlation_path(structure: Structure, extras: dict[str, SiteExtras]) -> list[str]:
+def correlation_path(structure: Structure, extras: dict[str, SiteExtras], by_design: frozenset[str] = frozenset()
+                     ) -> list[str]:
     """The sites judged, in order: the first weight layer with a varying input, then the blocks (when the model
-    has any) or the weight layers, each with ``MIN_FEATURES`` or more values per sample."""
+    has any) or the weight layers, each with ``MIN_FEATURES`` or more values per sample. Layers in
+    ``by_design`` (weights zero or near zero by design, or inputs that vary only through such: a gate open at
+    its bias, an adapter's zero conv) give every sample the same output on purpose and are left out."""
     layers = [w for w in structure.weight_layers if not w.constant_input and w.name in extras
+              and w.name not in by_design
               and math.prod(w.out_shape or (0,)) >= MIN_FEATURES and (w.out_shape or (0,))[-1] > 1]
     blocks = [b.name for b in structure.blocks if b.name in extras and math.prod(b.out_shape or (0,)) >= MIN_FEATURES]
     if blocks:
@@ -65,8 +69,8 @@ def correlation_path(structure: Structure, extras: dict[str, SiteExtras]) -> lis
 
 def _cmap(name: str, params: tuple[tuple[str, object], ...], q: float, c: float, sw2: float, sb2: float) -> float:
     if name == "relu":  # closed form (Cho & Saul 2009): the arc-cosine kernel of degree 1
-        k = sw2 * q / 2.0 * relu_arccos(c)
-        return (k + sb2) / (sw2 * q / 2.0 + sb2)
+        k, length = sw2 * q / 2.0 * relu_arccos(c), sw2 * q / 2.0 + sb2
+        return (k + sb2) / length if length > 0 else math.nan
     return correlation_map(name if name != "linear" else "linear", q, q, c, sw2, sb2)
 
 
@@ -96,6 +100,8 @@ def predicted_correlations(ctx: AnalysisContext, path: list[str]) -> dict[str, f
         bias = weights[1] if weights is not None else None
         sb2 = float(np.mean(np.square(np.asarray(bias, dtype=np.float64)))) if bias is not None else 0.0
         c = _cmap(la.activation.name, la.activation.params, q, c, lb.fan_in * var_w, sb2)
+        if not math.isfinite(c):  # a zero layer: no second input left to correlate with
+            break
         out[b] = c
     return out
 
@@ -104,7 +110,10 @@ def _points(ctx: AnalysisContext) -> list[CorrelationPoint]:
     ev = ctx.evidence
     if ev.structure is None:
         return []
-    path = correlation_path(ev.structure, dict(ev.extras))
+    zeros = {name for name, learns in ev.zero_params.items() if learns}
+    by_design = frozenset(w.name for w in ev.structure.weight_layers
+                          if f"{w.module_name}.{w.param}" in zeros or w.name in ev.zero_shadow)
+    path = correlation_path(ev.structure, dict(ev.extras), by_design)
     pred = predicted_correlations(ctx, path) if not ev.structure.blocks else {}
     return [CorrelationPoint(site, k, ev.extras[site].cos_samples, ev.extras[site].cos_tokens, pred.get(site))
             for k, site in enumerate(path)]

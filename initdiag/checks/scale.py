@@ -11,8 +11,9 @@ branch against the stream it joins.
   residual init, layer scale 1e-6), small (``r < 0.1``: GPT-2's ``0.02/sqrt(2L)``, T-Fixup, DeepNorm), about one
   (normalized branches, unnormalized ones at He), large. In a pre-norm block (the branch normalizes its own
   input) after the first, the stream already holds the earlier branches, so ``r_k ~ 1/k`` whatever the weights'
-  scale; at the first such block the stream is the embedding alone, whose scale libraries set far below the
-  branch's (a Llama-sized decoder at its own init has ``r ~ 10^3`` there), so it is reported, not judged.
+  scale; where the stream starts (an add whose shortcut derives from no earlier block: the embedding, a class
+  token, a decoder's queries) its scale is set apart from the branch's, by libraries far below it (a
+  Llama-sized decoder at its own init has ``r ~ 10^3`` there), so such an add is reported, not judged.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def predicted_logit_std(ctx: AnalysisContext) -> float | None:
 
 
 def output_verdict(ctx: AnalysisContext) -> Verdict | None:
-    """Fail when the logits' spread ``s`` exceeds ``logit_fail``, warn above ``logit_warn``."""
+    """Fail when the predictions' mean entropy is below ``output_entropy_fail`` of ``log C`` (near one-hot),
+    warn when the logits' spread ``s`` exceeds ``logit_warn``."""
     ev, th = ctx.evidence, ctx.thresholds
     out = ev.output
     if out is None or out.rows == 0:
@@ -59,20 +61,23 @@ def output_verdict(ctx: AnalysisContext) -> Verdict | None:
     chance = math.log(classes)
     expected = expected_ce_loss(s, classes) if math.isfinite(s) else math.inf
     predicted = predicted_logit_std(ctx)
-    status = Status.FAIL if not s <= th.logit_fail else Status.WARN if s > th.logit_warn else Status.PASS
+    ratio = out.entropy / chance if math.isfinite(out.entropy) else 0.0
+    status = Status.FAIL if ratio < th.output_entropy_fail else Status.WARN if not s <= th.logit_warn else Status.PASS
     where = f"'{out.head}'" if out.head else "the model's output"
     pred = f" (theory from the head's fan-in, weights and input: {predicted:.3g})" if predicted is not None else ""
     message = (f"Logits of {where} over {classes} classes ({out.rows} rows) spread with std {s:.3g}{pred}; the "
                f"expected loss against a random label is {out.loss:.3g} nats against chance log {classes} = "
-               f"{chance:.3g} (i.i.d. logits of that spread: {expected:.3g}).")
+               f"{chance:.3g} (i.i.d. logits of that spread: {expected:.3g}); the predictions' entropy is "
+               f"{ratio:.2f} of log C.")
     advice = None
     if status != Status.PASS:
         factor = 1.0 / s if s > 0 and math.isfinite(s) else 0.0
-        message += " The model starts confident and wrong."
+        message += (" The model starts confident and wrong." if status == Status.FAIL else
+                    " The first steps will be spent shrinking the logits.")
         advice = (f"Scale the head down (multiply its weight by ~{factor:.2g} for unit logit spread) or zero it, "
                   "as timm and ViT do, so the first loss is close to log C.")
     effect = {"logit_std": s, "loss": out.loss, "chance": chance, "expected_loss": expected,
-              "predicted_logit_std": predicted}
+              "predicted_logit_std": predicted, "entropy_ratio": ratio}
     details = {"head": out.head, "classes": classes, "rows": out.rows, "mean": out.mean}
     return Verdict(CheckName.OUTPUT_SCALE, Signal.FORWARD, status.value, (out.head,) if out.head else (), None,
                    effect, message, advice, Phase.INIT, details, family=Family.SCALE)
@@ -94,13 +99,13 @@ class OutputScaleCheck(Check):
             "The model's first floating output, when a weight layer made it (classes along that layer's channel "
             "dim; per token for a language model) or it is (batch, classes): s = sqrt(mean over rows of the "
             "variance over classes) and the expected cross-entropy against a uniformly random label, mean over rows "
-            "of logsumexp(l) - mean_c(l). Theory: i.i.d. logits of std s give about log C + s^2/2 "
-            "(initdiag.theory.cmap.expected_ce_loss), and the head predicts s^2 = fan_in E[W^2] E[x^2] + Var(b) "
-            "from its weights and its measured input. Source: Karpathy, 'A recipe for training neural networks' "
-            "(2019): verify the loss at init.",
+            "of logsumexp(l) - mean_c(l), and the mean entropy of the predictions. Theory: i.i.d. logits of std s "
+            "give about log C + s^2/2 (initdiag.theory.cmap.expected_ce_loss), and the head predicts "
+            "s^2 = fan_in E[W^2] E[x^2] + Var(b) from its weights and its measured input. Source: Karpathy, "
+            "'A recipe for training neural networks' (2019): verify the loss at init.",
             "not a statistical test (a deterministic function of the batch's logits).",
-            f"warn when s > {th.logit_warn:g} (0.5 nats above chance), fail when s > {th.logit_fail:g} "
-            "(4.5 nats: confident wrong answers).",
+            f"warn when s > {th.logit_warn:g} (0.5 nats above chance); fail when the predictions' mean entropy "
+            f"is below {th.output_entropy_fail:g} of log C (near one-hot: confident wrong answers).",
         ),)
 
 
@@ -112,16 +117,15 @@ def branch_design(r: float) -> str:
 
 
 def _judged(blocks: Iterable[Block]) -> list[tuple[Block, int, float, bool]]:
-    """``(block, add, r, judged)`` for every measured add; the first pre-norm block of a stream is reported only."""
-    rows, first = [], True
+    """``(block, add, r, judged)`` for every measured add; a pre-norm add whose shortcut derives from no earlier
+    block (the stream starts there) is reported only."""
+    rows = []
     for b in blocks:
-        if b.restarts:
-            first = True
         prenorm = b.branch_normalized and not b.post_norm
+        fresh = b.fresh_shortcuts or (b.index == 0 or b.restarts,) + (False,) * (len(b.branch_ratios) - 1)
         for k, r in enumerate(b.branch_ratios):
             if r == r:
-                rows.append((b, k, r, not (prenorm and first and k == 0)))
-        first = False
+                rows.append((b, k, r, not (prenorm and k < len(fresh) and fresh[k])))
     return rows
 
 
@@ -176,8 +180,9 @@ class BranchScaleCheck(Check):
             "/ Var(shortcut operand), the variance the branch adds against the stream it joins (Brock et al. "
             "2021, avg_ch_var_residual / avg_ch_var). Each add is named by the rule it satisfies: zero (r < 1e-6: "
             "SkipInit, zero-init residuals, layer scale 1e-6), small (< 0.1: GPT-2's scaled projections, T-Fixup, "
-            "DeepNorm), unit (<= 10: normalized branches), large. A pre-norm block's first add in a stream is "
-            "reported, not judged: the stream there is the embedding alone, and after it r ~ 1/k by construction. "
+            "DeepNorm), unit (<= 10: normalized branches), large. A pre-norm add whose shortcut derives from no "
+            "earlier block (the stream starts there: an embedding, a class token) is reported, not judged; after "
+            "it r ~ 1/k by construction. "
             "Source: Brock et al. (2021), 'Characterizing signal propagation to close the performance gap in "
             "unnormalized ResNets'; De & Smith (2020), SkipInit.",
             "not a statistical test (a ratio of variances over many values).",

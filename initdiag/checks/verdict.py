@@ -121,10 +121,13 @@ class Thresholds:
         saturation_warn, saturation_fail: warn / fail when any layer reaches this fraction.
     Scale, attention, correlation, precision (:mod:`~initdiag.checks.scale`, :mod:`~initdiag.checks.attention`,
     :mod:`~initdiag.checks.correlation`, :mod:`~initdiag.checks.precision`):
-        logit_warn, logit_fail: warn / fail when the logits' spread over the classes (their standard deviation
-            within a row) exceeds this. For i.i.d. logits of std s the expected cross-entropy is about
-            ``log C + s^2 / 2``: at 1 the model starts 0.5 nats above chance, at 3 it starts 4.5 nats above it,
-            confidently wrong on most inputs (the "verify the loss at init" rule of Karpathy's recipe).
+        logit_warn: warn when the logits' spread over the classes (their standard deviation within a row)
+            exceeds this: for i.i.d. logits of std s the expected cross-entropy is about ``log C + s^2 / 2``, so
+            at 1 the model starts 0.5 nats above chance (the "verify the loss at init" rule of Karpathy's
+            recipe). output_entropy_fail: fail when the predictions' mean entropy is below this fraction of
+            ``log C``: near one-hot softmax outputs, the model confidently wrong from the first step (i.i.d.
+            logits reach it at s ~ 5 over 1000 classes, ~7 over 10). A spread of 3-4 that libraries'
+            fan-out initializations of a head give (timm's DLA) warns: it costs the first steps, not training.
         branch_warn, branch_fail: warn / fail when a residual branch adds this many times the variance of the
             stream it joins: the identity then carries ``1 / (1 + r)`` of the block's output variance (at 100,
             a tenth of its amplitude), and a block is no longer near the identity its skip connection gives
@@ -194,7 +197,7 @@ class Thresholds:
     dead_growth_warn: float = 0.25
     dead_growth_fail: float = 0.5
     logit_warn: float = 1.0
-    logit_fail: float = 3.0
+    output_entropy_fail: float = 0.2
     branch_warn: float = 10.0
     branch_fail: float = 100.0
     attention_warn: float = 0.5

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from .session import LoggerSink, Sink, TrainingSession, dashboard_sinks, first_tensors
+from .session import LoggerSink, Sink, TrainingSession, dashboard_sinks, first_tensors, trainer_dtype
 
 __all__ = ["InitDiagCallback"]
 
@@ -90,7 +90,8 @@ class InitDiagCallback(_Callback):
         batches = getattr(trainer, "num_training_batches", None)
         if isinstance(batches, int) or (isinstance(batches, float) and math.isfinite(batches)):
             self.session.steps_per_epoch = int(batches)
-        stop = self.session.begin(pl_module, self.input_fn(batch), seed=0)
+        stop = self.session.begin(pl_module, self.input_fn(batch), seed=0,
+                                  dtype=trainer_dtype(getattr(trainer, "precision", None)))
         self._sinks = self._make_sinks(trainer)
         if stop is not None:
             print(stop, file=sys.stderr)

@@ -39,7 +39,7 @@ from ..structure.layers import LayerInfo
 from ..vocab import FORMATS, Kind, Stat
 from ._series import SeriesCursor, StepValues
 
-__all__ = ["LOGGED", "Sink", "TrainingSession", "dashboard_sinks", "first_tensors"]
+__all__ = ["LOGGED", "Sink", "TrainingSession", "dashboard_sinks", "first_tensors", "trainer_dtype"]
 
 LOGGED: frozenset[tuple[str, str]] = frozenset({(Kind.FORWARD, Stat.VAR), (Kind.BACKWARD, Stat.VAR),
                                                 (Kind.WEIGHT_GRAD, Stat.VAR), (Kind.UPDATE, Stat.VAR)})
@@ -113,6 +113,15 @@ def first_tensors(batch: Any) -> tuple[torch.Tensor, ...]:
                      "pass input_fn=lambda batch: ... to the callback")
 
 
+def trainer_dtype(precision: Any) -> str | None:
+    """The half dtype a trainer's precision setting computes in: Lightning's ``"16-mixed"``/``"bf16-mixed"``/
+    ``"16-true"``/``16``, the Hugging Face Trainer's ``fp16``/``bf16`` flags as ``"16"``/``"bf16"``; None else."""
+    text = str(precision).lower()
+    if text.startswith("bf16"):
+        return "bfloat16"
+    return "float16" if text.startswith("16") or text in ("fp16", "half") else None
+
+
 class TrainingSession:
     """The audit at initialization, the recording during training and the report at the end (module docstring).
 
@@ -156,8 +165,9 @@ class TrainingSession:
     def started(self) -> bool:
         return self.audit is not None
 
-    def begin(self, model: nn.Module, example_input: Any, seed: int = 0) -> str | None:
-        """Audit ``model`` on ``example_input`` (the first training batch's inputs), then start recording.
+    def begin(self, model: nn.Module, example_input: Any, seed: int = 0, dtype: str | None = None) -> str | None:
+        """Audit ``model`` on ``example_input`` (the first training batch's inputs), then start recording;
+        ``dtype`` ("float16", "bfloat16"): the precision the trainer computes in (the ``precision`` check's).
 
         Returns the line that says why training should stop (a ``fail_on`` check failed at initialization),
         else None."""
@@ -166,7 +176,7 @@ class TrainingSession:
         if self._modes is None:
             self.save_modes(model)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        config = AuditConfig(target=type(model).__name__, inits=(KEEP,), seed=seed, device=str(device))
+        config = AuditConfig(target=type(model).__name__, inits=(KEEP,), seed=seed, device=str(device), dtype=dtype)
         self.audit = run_audit(model, config, example_input, command=f"{self.label} (initdiag callback)")
         run = self.audit.runs[0]
         self._weights_init = snapshot_weights(model)

@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import UsageError
-from .session import Sink, TrainingSession, dashboard_sinks
+from .session import Sink, TrainingSession, dashboard_sinks, trainer_dtype
 
 __all__ = ["InitDiagCallback"]
 
@@ -68,6 +68,7 @@ class InitDiagCallback(TrainerCallback):
         self._handles: list[RemovableHandle] = []
         self._sinks: list[Sink] = []
         self._stop: str | None = None
+        self._dtype: str | None = None
 
     # -- Trainer events -----------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
@@ -79,13 +80,15 @@ class InitDiagCallback(TrainerCallback):
         except TypeError:
             self.session.steps_per_epoch = None
         self.session.save_modes(model)
+        self._dtype = trainer_dtype("bf16" if getattr(args, "bf16", False) else "16" if getattr(args, "fp16", False)
+                                    else None)
         self._handles.append(model.register_forward_pre_hook(self._first_forward, with_kwargs=True))
 
     def _first_forward(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not torch.is_grad_enabled():
             return
         self._remove_handles()  # before the audit copies the model: the copy must not carry our hooks
-        self._stop = self.session.begin(model, self.input_fn(args, kwargs))
+        self._stop = self.session.begin(model, self.input_fn(args, kwargs), dtype=self._dtype)
         self._handles.append(model.register_forward_hook(self._loss_of))
         self._sinks = dashboard_sinks(self.tensorboard, self.wandb)
         if self._stop is not None:

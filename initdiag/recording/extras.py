@@ -67,7 +67,8 @@ class OutputStats:
 
     ``logit_std``: ``sqrt(mean_rows Var_c(l))``, the spread over the classes within a row; ``loss``: the
     expected cross-entropy against a uniformly random label, ``mean_rows(logsumexp(l) - mean_c(l))``
-    (exact: the mean over the labels); ``head``: the weight layer whose output it is, None when it is not
+    (exact: the mean over the labels); ``entropy``: the mean over rows of the softmax's entropy ``H =
+    logsumexp(l) - sum_c p_c l_c`` (nats); ``head``: the weight layer whose output it is, None when it is not
     one's output directly."""
 
     head: str | None
@@ -76,6 +77,7 @@ class OutputStats:
     logit_std: float
     loss: float
     mean: float
+    entropy: float = math.nan
 
     def to_json(self) -> dict[str, Any]:
         return dict(json_safe(self.__dict__))
@@ -202,10 +204,12 @@ def output_stats(output: Tensor, extras: Extras | None) -> OutputStats | None:
         logits = logits[torch.isfinite(logits).all(-1)]
         if not len(logits):
             return OutputStats(head, int(output.shape[cdim]), 0, math.inf, math.inf, math.nan)
-        loss = (torch.logsumexp(logits, -1) - logits.mean(-1)).mean()
+        lse = torch.logsumexp(logits, -1)
+        loss = (lse - logits.mean(-1)).mean()
+        entropy = (lse - (torch.softmax(logits, -1) * logits).sum(-1)).mean()
         std = logits.var(-1, unbiased=False).mean().sqrt()
         return OutputStats(head, int(logits.shape[1]), int(logits.shape[0]), float(std), float(loss),
-                           float(logits.mean()))
+                           float(logits.mean()), float(entropy))
 
 
 def as_mapping(extras: Mapping[str, SiteExtras]) -> dict[str, dict[str, Any]]:

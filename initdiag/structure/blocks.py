@@ -247,6 +247,7 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
                                   key=lambda ci: g.calls[ci].start))
     stream = [ci for run in runs for ci in run]
     restarts = {run[0] for run in runs[1:]}
+    summed = ancestor_bits(g, dict.fromkeys((f[0] for ci in stream for f in cands[ci]), 0)) if stream else []
     stop = {n: layer_names[li] for n, li in g.node_layer.items()}
     stop.update({n: norm_names[ni] for n, ni in norm_marks.items()})
     blocks: list[Block] = []
@@ -271,7 +272,8 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
             branch_normalized=all(nanc[f[1]] & ~nanc[f[2]] for f in found), post_norm=post,
             last_branch_layers=last, activation_after="" if post else _activation_after(g, call.out_node, acts),
             restarts=ci in restarts, shortcut_normalized=_shortcut_normalized(g, call, found, norm_marks),
-            branch_ratios=tuple(_ratio(g.add_vars.get(f[0], {}), f[1], f[2]) for f in found)))
+            branch_ratios=tuple(_ratio(g.add_vars.get(f[0], {}), f[1], f[2]) for f in found),
+            fresh_shortcuts=tuple(not summed[f[2]] for f in found)))
     stream_input = None
     if stream:
         first = g.calls[stream[0]]

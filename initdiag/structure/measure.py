@@ -14,6 +14,7 @@ ops, masks and constant scales, from a product of two data tensors (``q @ k^T``)
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Mapping
@@ -26,12 +27,16 @@ from torch import Tensor
 from . import functional as fn
 from .records import Call, Graph
 
-__all__ = ["MASKED_BELOW", "AttentionSite", "Measurer", "attention_site", "mha_site", "operand_vars", "qk_moments",
-           "sdpa_site"]
+__all__ = ["MASKED_BELOW", "MASK_VALUE", "AttentionSite", "Measurer", "attention_site", "mha_site", "operand_vars",
+           "qk_moments", "sdpa_site"]
 
+MASK_VALUE = -50.0
+"""An added value (or a ``masked_fill`` value) at or below this masks a key (its weight ``e^-50 ~ 2e-22`` of
+another's): masks use -100 (Swin's shifted windows), -1e4 (BERT's extended mask), ``finfo.min`` or -inf;
+additive position biases at initialization are far smaller."""
 MASKED_BELOW = -5e3
-"""A logit below this (or not finite) is a masked key: masks add -inf, ``finfo.min`` or -1e4 (BERT's
-extended mask), far below any logit of a model at initialization that is not already saturated."""
+"""Where no mask was seen on the way (it came through an op the walk does not follow), a logit below this
+(or not finite) is a masked key: far below any logit of a model at initialization that is not saturated."""
 
 
 @dataclass(frozen=True)
@@ -97,13 +102,16 @@ def qk_moments(name: str, args: tuple[Any, ...]) -> tuple[float, float, int] | N
     return q2, kv, int(a.shape[-1])
 
 
-def _per_head(p: Tensor, z: Tensor | None) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+def _per_head(p: Tensor, z: Tensor | None, masked: Tensor | None = None
+              ) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
     """Entropy, uniform entropy and logit std per head of attention weights ``p`` (..., keys) with heads on
-    dim 1 of a 4-dim layout (one head otherwise); ``z`` the logits when known."""
+    dim 1 of a 4-dim layout (one head otherwise); ``z`` the logits when known, ``masked`` the masked keys."""
     p = p.detach().double()
     if z is not None:
         z = z.detach().double()
         valid = torch.isfinite(z) & (z > MASKED_BELOW)
+        if masked is not None:
+            valid &= ~masked
     else:
         valid = p > 0
         z = torch.where(valid, p.clamp_min(1e-300).log(), torch.zeros_like(p))
@@ -128,14 +136,23 @@ def _per_head(p: Tensor, z: Tensor | None) -> tuple[tuple[float, ...], tuple[flo
 
 
 def attention_site(name: str, op: str, p: Tensor, z: Tensor | None, dim: int, qk: tuple[float, float, int] | None,
-                   scale: float | None) -> AttentionSite | None:
+                   scale: float | None, masked: Tensor | None = None) -> AttentionSite | None:
     """The site of a softmax over ``dim`` of logits ``z`` giving ``p``; ``qk`` the moments of the product the
-    logits came from (:func:`qk_moments`) and ``scale`` the constant factors applied since."""
+    logits came from (:func:`qk_moments`), ``scale`` the constant factors applied since and ``masked`` the
+    masks added on the way (broadcastable to ``z``)."""
     if p.dim() < 2 or p.shape[dim] < 2:
         return None
+    same = z is not None and z.shape == p.shape
+    if masked is not None and same:
+        if masked.numel() == p.numel():  # added before a reshape (windows folded into the batch)
+            masked = masked.reshape(p.shape)
+        try:
+            masked = torch.broadcast_to(masked, p.shape).movedim(dim, -1)
+        except RuntimeError:
+            masked = None
     p = p.movedim(dim, -1)
-    z = z.movedim(dim, -1) if z is not None and z.shape == p.shape else None
-    ent, top, std = _per_head(p, z)
+    z = z.movedim(dim, -1) if z is not None and same else None
+    ent, top, std = _per_head(p, z, masked if z is not None else None)
     pred = None
     if qk is not None:
         s = 1.0 if scale is None else scale
@@ -166,7 +183,9 @@ def sdpa_site(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> At
         z = q @ k.transpose(-2, -1) * scale
         mask = given.get("attn_mask")
         if isinstance(mask, Tensor):
-            z = z.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else z + mask.double()
+            hidden = ~mask if mask.dtype == torch.bool else mask.double() <= MASK_VALUE
+            z = z.masked_fill(hidden, -math.inf) if mask.dtype == torch.bool else z + mask.double()
+            z = z.masked_fill(hidden, -math.inf)
         if given.get("is_causal"):
             keep = torch.ones(z.shape[-2], z.shape[-1], dtype=torch.bool, device=z.device).tril()
             z = z.masked_fill(~keep, -math.inf)
@@ -192,6 +211,26 @@ def mha_site(name: str, func: Any, args: tuple[Any, ...], kwargs: Mapping[str, A
         return None
     p = weights if weights.dim() == 4 else weights.unsqueeze(1)
     return attention_site(name, "multi_head_attention_forward", p, None, -1, None, None)
+
+
+def _mask(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], data: list[bool]) -> Tensor | None:
+    """The keys a mask hides (bool): the non-data addend's entries at or below ``MASK_VALUE`` (or not finite),
+    or ``masked_fill``'s mask when its value is; None for other adds (biases)."""
+    with torch.no_grad():
+        if name == "masked_fill":
+            mask = args[1] if len(args) > 1 else kwargs.get("mask")
+            value = args[2] if len(args) > 2 else kwargs.get("value")
+            value = float(value) if isinstance(value, (int, float)) or (
+                isinstance(value, Tensor) and value.numel() == 1) else 0.0
+            return mask.detach().bool() if isinstance(mask, Tensor) and value <= MASK_VALUE else None
+        tensors = [a for a in args[:2] if isinstance(a, Tensor)]
+        if len(tensors) != 2 or len(data) < 2 or data[0] == data[1]:
+            return None
+        other = (tensors[1] if data[0] else tensors[0]).detach()
+        if not other.is_floating_point():
+            return None
+        hidden = ~torch.isfinite(other) | (other <= MASK_VALUE)
+        return hidden if bool(hidden.any()) else None
 
 
 class Measurer:
@@ -224,9 +263,16 @@ class Measurer:
             qk = qk_moments(name, args)
             if qk is not None:
                 g.extra[n] = ("qk", qk)
-        elif cat == fn.TRANSPARENT and (name in fn.MUL_FUNCS or name in fn.DIV_FUNCS) and len(args) == 2 \
-                and isinstance(args[1], (int, float)) and args[1] != 0:
-            g.extra[n] = ("scale", float(args[1]) if name in fn.MUL_FUNCS else 1.0 / float(args[1]))
+        elif cat == fn.TRANSPARENT and (name in fn.MUL_FUNCS or name in fn.DIV_FUNCS) and len(args) == 2:
+            factor = args[1] if isinstance(args[1], (int, float)) else args[0] if isinstance(args[0], (int, float)) \
+                else math.nan  # a learned temperature or a tensor of scales: theory does not know it
+            if factor != 0:
+                g.extra[n] = ("scale", float(factor) if name in fn.MUL_FUNCS else 1.0 / float(factor))
+        elif cat == fn.TRANSPARENT and (name in fn.ADD_FUNCS or name == "masked_fill"):
+            mask = _mask(name, args, kwargs, [g.data[i] for i in ins])
+            if mask is not None:
+                with contextlib.suppress(RuntimeError):  # one that does not broadcast to the sum: not a key mask
+                    g.extra[n] = ("mask", torch.broadcast_to(mask, out.shape).clone())
         elif name == "softmax" and g.data[n] and ins:
             found = self._product_before(ins[0])
             if found is not None:
@@ -236,21 +282,30 @@ class Measurer:
         elif name == "multi_head_attention_forward":
             self._site(call, lambda site: mha_site(site, func, args, kwargs))
 
-    def _product_before(self, node: int) -> tuple[tuple[float, float, int] | None, float | None] | None:
+    def _product_before(self, node: int
+                        ) -> tuple[tuple[float, float, int] | None, float | None, Tensor | None] | None:
         """From a softmax's input back through shape ops, masks and constant scales to a product of two data
-        tensors: ``(its q/k moments, the scales' product)``; None when there is no such product."""
+        tensors: ``(its q/k moments, the scales' product)``, both None past a scale theory does not know (a
+        tensor); None when there is no such product. Additive position biases are not in the prediction."""
         g, scale = self.graph, 1.0
+        masked: Tensor | None = None
         for _ in range(32):
             kind = g.kind[node]
             if kind == fn.PRODUCT:
                 extra = g.extra.get(node)
-                qk = extra[1] if isinstance(extra, tuple) and extra[0] == "qk" else None
-                return qk, scale
+                qk = extra[1] if isinstance(extra, tuple) and extra[0] == "qk" and math.isfinite(scale) else None
+                return qk, scale if math.isfinite(scale) else None, masked
             if kind != fn.TRANSPARENT:
                 return None
             extra = g.extra.get(node)
             if isinstance(extra, tuple) and extra[0] == "scale":
                 scale *= extra[1]
+            elif isinstance(extra, tuple) and extra[0] == "mask":
+                later = extra[1]
+                if masked is not None and masked.numel() == later.numel():
+                    masked = masked.reshape(later.shape) | later
+                else:
+                    masked = later
             data = [i for i in g.inputs[node] if g.data[i]]
             if len(data) != 1:
                 return None

@@ -151,7 +151,9 @@ class Block:
     ``shortcut_normalized``: a residual add's shortcut operand passed a normalization since the block's input
     (``x = norm(x); x = x + f(x)`` inside the block: the stream itself is renormalized there).
     ``branch_ratios``: measured, per residual add, ``Var(branch operand) / Var(shortcut operand)`` on the
-    discovery batch (not compared: two runs of one model have one structure).
+    discovery batch (not compared: two runs of one model have one structure). ``fresh_shortcuts``: per
+    residual add, its shortcut derives from no residual add of the stream (the stream starts there: an
+    embedding, a class token, a decoder's queries).
     """
 
     name: str
@@ -171,11 +173,12 @@ class Block:
     restarts: bool = False
     shortcut_normalized: bool = False
     branch_ratios: tuple[float, ...] = field(default=(), compare=False)
+    fresh_shortcuts: tuple[bool, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["branch_ratios"] = [r if r == r and abs(r) != float("inf") else None for r in self.branch_ratios]
-        for k in ("in_shape", "out_shape", "layers", "norms", "last_branch_layers"):
+        for k in ("in_shape", "out_shape", "layers", "norms", "last_branch_layers", "fresh_shortcuts"):
             d[k] = list(d[k])
         if not isinstance(self.shortcut, str):
             d["shortcut"] = list(self.shortcut)
@@ -188,6 +191,7 @@ class Block:
             kw[k] = _shape(d[k])
         for k in ("layers", "norms", "last_branch_layers"):
             kw[k] = tuple(d[k])
+        kw["fresh_shortcuts"] = tuple(bool(x) for x in d.get("fresh_shortcuts", ()))
         kw["branch_ratios"] = tuple(float("nan") if r is None else float(r) for r in d.get("branch_ratios", ()))
         if not isinstance(d["shortcut"], str):
             kw["shortcut"] = tuple(d["shortcut"])
