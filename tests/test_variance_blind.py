@@ -239,3 +239,39 @@ def test_additive_masks_hide_keys_through_reshapes() -> None:
     # uniform-ish over 8 keys in one window, over 4 in the other: log n averages log 8 and log 4
     assert site.max_entropy[0] == pytest.approx((math.log(8) + math.log(4)) / 2, rel=1e-6)
     assert site.entropy[0] / site.max_entropy[0] > 0.95 and site.logit_std[0] < 1.0
+
+
+class _Parallel(nn.Module):
+    """GPT-J / Cohere's parallel block: ``x + attn(ln(x)) + mlp(ln(x))``, the attention side with more weight
+    layers than the MLP side; the second add joins the MLP to a sum that holds the identity."""
+
+    def __init__(self, d: int = 32) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        with torch.no_grad():
+            self.down.weight.mul_(0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln(x)
+        a = torch.softmax(self.q(h) @ self.k(h).transpose(1, 2) / math.sqrt(32), dim=-1) @ self.v(h)
+        return x + self.o(a) + self.down(torch.relu(self.up(h)))
+
+
+def test_the_branch_of_a_parallel_block_is_the_side_without_the_identity() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(*(_Parallel() for _ in range(3)))
+    x = torch.randn(4, 8, 32)
+    s = discover(model, x)
+    assert len(s.blocks) == 3 and all(b.shortcut == "identity" and b.residual_adds == 2 for b in s.blocks)
+    with torch.no_grad():
+        block = model[1]
+        stream = model[0](x)
+        h = block.ln(stream)
+        a = torch.softmax(block.q(h) @ block.k(h).transpose(1, 2) / math.sqrt(32), dim=-1) @ block.v(h)
+        summed = stream + block.o(a)
+        mlp = block.down(torch.relu(block.up(h)))
+    expected = float(mlp.double().var(unbiased=False) / summed.double().var(unbiased=False))
+    assert s.blocks[1].branch_ratios[1] == pytest.approx(expected, rel=1e-4)
+    assert s.blocks[1].branch_ratios[1] < 0.01

@@ -90,7 +90,7 @@ def _residual_adds(g: Graph, call: Call, adds: list[int], wanc: list[int]) -> li
     lo, hi = bisect_left(adds, call.start), bisect_left(adds, call.end)
     if lo == hi or call.in_node is None or call.out_node is None or not g.data[call.in_node]:
         return []
-    desc, reach = _descendants(g, call), _reach_output(g, call)
+    desc, reach, free = _descendants(g, call), _reach_output(g, call), _identity_reach(g, call)
     found: list[_Add] = []
     for a in adds[lo:hi]:
         if a not in reach:
@@ -100,7 +100,11 @@ def _residual_adds(g: Graph, call: Call, adds: list[int], wanc: list[int]) -> li
             continue
         p, q = ops[0], ops[1]
         bo, so = wanc[p] & ~wanc[q], wanc[q] & ~wanc[p]
-        if _bits(bo) < _bits(so):
+        if (p in free) != (q in free):  # the operand the input reaches without a weight layer is the shortcut
+            if p in free:
+                p, q, bo = q, p, so
+            so = 0  # a parallel block's second branch joins a sum that holds the identity: no projection
+        elif _bits(bo) < _bits(so):
             p, q, bo, so = q, p, so, bo
         if bo and _bits(so) < _bits(bo):
             found.append((a, p, q, so))
@@ -108,6 +112,18 @@ def _residual_adds(g: Graph, call: Call, adds: list[int], wanc: list[int]) -> li
     if found and call.in_shape != call.out_shape and not any(f[3] for f in found):
         return []
     return found
+
+
+def _identity_reach(g: Graph, call: Call) -> set[int]:
+    """Nodes of the call that the call's input reaches along some path without a weight layer (the identity
+    path of a residual sum; a sum with one such operand is reached too)."""
+    if call.in_node is None:
+        return set()
+    free = {call.in_node}
+    for n in range(call.start, call.end):
+        if g.kind[n] != fn.WEIGHT and any(i in free for i in g.inputs[n] if g.data[i]):
+            free.add(n)
+    return free
 
 
 def _shortcut_normalized(g: Graph, call: Call, found: list[_Add], norm_marks: dict[int, int]) -> bool:
