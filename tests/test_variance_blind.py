@@ -275,3 +275,55 @@ def test_the_branch_of_a_parallel_block_is_the_side_without_the_identity() -> No
     expected = float(mlp.double().var(unbiased=False) / summed.double().var(unbiased=False))
     assert s.blocks[1].branch_ratios[1] == pytest.approx(expected, rel=1e-4)
     assert s.blocks[1].branch_ratios[1] < 0.01
+
+
+class _BiasOut(nn.Module):
+    """GPT-NeoX-Japanese's pattern: a sub-module returns its output and its bias parameter, which the block
+    expands to the stream's shape and adds before the residual add."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d, d, bias=False)
+        self.bias = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fc(x), self.bias
+
+
+class _BiasBlock(nn.Module):
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.norm, self.inner = nn.LayerNorm(d), _BiasOut(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, b = self.inner(self.norm(x))
+        return x + (y + b.expand_as(x))
+
+
+def test_a_returned_bias_expanded_to_the_streams_shape_is_no_data() -> None:
+    torch.manual_seed(0)
+    s = discover(nn.Sequential(nn.Linear(16, 16), *(_BiasBlock() for _ in range(3))), torch.randn(4, 16))
+    assert [b.residual_adds for b in s.blocks] == [1, 1, 1]
+    assert all(0 < r < 10 for b in s.blocks for r in b.branch_ratios)
+
+
+class _PostBranchNorm(nn.Module):
+    """OLMo-2's block: the branch's output is normalized before the add (its variance is the norm's gain)."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.fc, self.norm = nn.Linear(d, d), nn.RMSNorm(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.norm(self.fc(x))
+
+
+def test_a_branch_ending_in_a_normalization_is_reported_not_judged() -> None:
+    torch.manual_seed(0)
+    embed = nn.Linear(16, 16)
+    with torch.no_grad():
+        embed.weight.mul_(0.01)  # a small embedding: the first normalized branches are far larger than it
+    model = nn.Sequential(embed, *(_PostBranchNorm() for _ in range(4)))
+    v = _verdicts(model, input_shape=(16,))["branch_scale"]
+    assert v.status == "pass" and not any(b["judged"] for b in v.details["blocks"])
+    assert max(b["ratio"] for b in v.details["blocks"]) > 10

@@ -266,6 +266,7 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
     summed = ancestor_bits(g, dict.fromkeys((f[0] for ci in stream for f in cands[ci]), 0)) if stream else []
     stop = {n: layer_names[li] for n, li in g.node_layer.items()}
     stop.update({n: norm_names[ni] for n, ni in norm_marks.items()})
+    norm_set = set(norm_names)
     blocks: list[Block] = []
     acts = {c.out_node: c for c in g.calls if c.act is not None and c.out_node is not None}
     for index, ci in enumerate(stream):
@@ -279,7 +280,8 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
             short_bits |= f[3]
         shortcut: str | tuple[str, ...] = "identity" if not short_bits else tuple(
             layer_names[i] for i in range(len(layer_names)) if short_bits >> i & 1)
-        last = tuple(name for name in (_walk_back(g, f[1], stop) for f in found) if name is not None)
+        ends = [_walk_back(g, f[1], stop) for f in found]
+        last = tuple(name for name in ends if name is not None)
         post = call.out_node is not None and _walk_back(g, call.out_node, {n: "" for n in norm_marks}) is not None
         blocks.append(Block(
             name=call.site, module_name=call.module_name, module_type=call.module_type, index=index,
@@ -289,7 +291,8 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
             last_branch_layers=last, activation_after="" if post else _activation_after(g, call.out_node, acts),
             restarts=ci in restarts, shortcut_normalized=_shortcut_normalized(g, call, found, norm_marks),
             branch_ratios=tuple(_ratio(g.add_vars.get(f[0], {}), f[1], f[2]) for f in found),
-            fresh_shortcuts=tuple(not summed[f[2]] for f in found)))
+            fresh_shortcuts=tuple(not summed[f[2]] for f in found),
+            normalized_ends=tuple(name in norm_set for name in ends)))
     stream_input = None
     if stream:
         first = g.calls[stream[0]]

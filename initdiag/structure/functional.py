@@ -56,6 +56,9 @@ reciprocal __rtruediv__ clamp clip clamp_min clamp_max sign logsigmoid tanhshrin
 threshold sinh cosh atan asin acos""")
 _FACTORY = _words("""new_empty new_zeros new_ones new_full new_tensor new empty_like zeros_like ones_like full_like
 rand_like randn_like randint_like""")
+SHAPE_FROM_SECOND = frozenset({"expand_as", "view_as", "reshape_as", "type_as"})
+"""``a.f(b)`` takes only ``b``'s shape or dtype: ``a``'s values alone flow on (a bias expanded to the stream's
+shape is no data)."""
 ADD_FUNCS = {"add", "__add__", "__radd__", "__iadd__"}
 SUB_FUNCS = {"sub", "subtract", "__sub__", "__rsub__", "__isub__"}
 MUL_FUNCS = {"mul", "multiply", "__mul__", "__rmul__", "__imul__"}

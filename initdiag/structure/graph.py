@@ -97,7 +97,7 @@ class Tracker(TorchFunctionMode):
         name, cat = info
         g = self.graph
         ins: list[int] = []
-        for a in args:
+        for a in args[:1] if name in fn.SHAPE_FROM_SECOND else args:
             if isinstance(a, Tensor):
                 ins.append(self.node_of(a))
             elif type(a) in (list, tuple):
@@ -357,8 +357,8 @@ class Tracker(TorchFunctionMode):
         first_float: Tensor | None = None
         for t in collect_tensors(output, []):
             e = self._prod.get(id(t))
-            if e is not None and e[1]() is t:
-                n = e[0]
+            if (e is not None and e[1]() is t) or id(t) in self.params:  # a parameter returned as it is: no data
+                n = self.node_of(t)
             else:  # made where the mode did not see it: a node depending on all the call's inputs
                 data = any(g.data[i] for i in call.in_nodes)
                 n = g.add(fn.STOP, "module_output", call.in_nodes, ci, data, _EMPTY)
