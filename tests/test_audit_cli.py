@@ -46,6 +46,13 @@ def broken():
     raise ValueError("this factory needs a GPU cluster")
 
 
+def loud():
+    net = nn.Sequential(nn.Linear(16, 16), nn.LayerNorm(16), nn.Linear(16, 4))
+    with torch.no_grad():
+        net[0].weight.mul_(1e5)  # activations of ~1e5 at init: beyond float16's 65504
+    return net
+
+
 def returns_int():
     return 3
 
@@ -218,3 +225,18 @@ def test_audits_of_a_users_class_repeat_exactly_with_the_default_seed(
         assert code == 0, stderr
         seen.append([v["effect"] for r in _summary(out)["runs"] for v in r["verdicts"]])
     assert seen[0] == seen[1] == seen[2]
+
+
+def test_dtype_makes_precision_a_verdict_and_fail_on_gates_it(models: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "loud"
+    args = [f"{models}:loud", "--input-shape", "16", "--out", str(out), "--format", "json", "--fail-on", "precision"]
+    code, _, _ = run(capsys, *args)
+    assert code == 0  # float32: the headroom is information
+    code, _, stderr = run(capsys, *args, "--dtype", "float16")
+    assert code == 3 and "precision" in stderr
+    verdict = next(v for v in _summary(out)["runs"][0]["verdicts"] if v["check"] == "precision")
+    assert verdict["status"] == "fail" and verdict["effect"]["max_abs"] > 65504
+    assert verdict["details"]["dtype"] == "float16"
+    code, _, stderr = run(capsys, *args, "--dtype", "float8")
+    assert code == 2 and "--dtype" in stderr
