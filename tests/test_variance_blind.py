@@ -327,3 +327,25 @@ def test_a_branch_ending_in_a_normalization_is_reported_not_judged() -> None:
     v = _verdicts(model, input_shape=(16,))["branch_scale"]
     assert v.status == "pass" and not any(b["judged"] for b in v.details["blocks"])
     assert max(b["ratio"] for b in v.details["blocks"]) > 10
+
+
+class _ClassesFirst(nn.Module):
+    """A token model whose logits leave the head transposed to (batch, classes, tokens), as a loss over
+    ``dim=1`` wants them: still the head's output, classes on the head's channel dim."""
+
+    def __init__(self, std: float) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(50, 32), nn.Linear(32, 50)
+        nn.init.normal_(self.head.weight, std=std)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids)).transpose(1, 2)
+
+
+def test_a_transposed_head_output_is_still_the_heads_logits() -> None:
+    torch.manual_seed(0)
+    good = _verdicts(_ClassesFirst(0.02), input_shape=(12,), input_dtype="long", loss="ce")["output_scale"]
+    bad = _verdicts(_ClassesFirst(1.0), input_shape=(12,), input_dtype="long", loss="ce")["output_scale"]
+    assert good.status == "pass" and good.details["head"] == "head" and good.details["classes"] == 50
+    assert bad.status == "fail" and bad.effect["predicted_logit_std"] is not None
+    assert bad.effect["logit_std"] == pytest.approx(bad.effect["predicted_logit_std"], rel=0.2)

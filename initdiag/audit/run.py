@@ -153,7 +153,7 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
                     gates = tuple(g for name, inputs in recurrent.items()
                                   for g in gate_stats(name, work.get_submodule(name), inputs))  # type: ignore[arg-type]
                     floating = _floating(output)
-                    out_stats = output_stats(floating[0], extras) if floating else None
+                    out_stats = output_stats(floating[0], extras, 1 if cfg.loss == "ce" else None) if floating else None
                 loss = _loss(output, cfg.loss, gen)
                 losses.append(float(loss.detach()))
                 del output

@@ -196,13 +196,19 @@ class Extras:
         return {name: SiteExtras(**v) for name, v in self._values.items()}
 
 
-def output_stats(output: Tensor, extras: Extras | None) -> OutputStats | None:
-    """:class:`OutputStats` of ``output``: classes along its head's channel dim when a weight layer made it,
-    else along dim 1 of a (batch, classes) output; None for other outputs or fewer than two classes."""
+def output_stats(output: Tensor, extras: Extras | None, classes_dim: int | None = None) -> OutputStats | None:
+    """:class:`OutputStats` of ``output``: classes along its head's channel dim when a weight layer made it (or
+    made the tensor it is a view of: a transposed or reshaped head output), else along ``classes_dim`` (the
+    audit's cross-entropy's dim 1) or dim 1 of a (batch, classes) output; None for other outputs or fewer than
+    two classes."""
     found = extras.site_of(output) if extras is not None else None
-    if found is None and not (output.dim() == 2 and output.shape[1] >= 2):
+    if found is None and extras is not None and isinstance(output._base, Tensor):
+        found = extras.site_of(output._base)
+        if found is not None:
+            output = output._base
+    if found is None and classes_dim is None and not (output.dim() == 2 and output.shape[1] >= 2):
         return None
-    head, cdim = found if found is not None else (None, 1)
+    head, cdim = found if found is not None else (None, 1 if classes_dim is None else classes_dim)
     if output.dim() < 2 or output.shape[cdim] < 2:
         return None
     with torch.no_grad():
