@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -109,7 +108,8 @@ class Extras:
     def __init__(self, model: nn.Module, structure: Structure) -> None:
         self.model, self.structure = model, structure
         self._values: dict[str, dict[str, float]] = {}
-        self._outputs: dict[int, tuple[weakref.ref[Tensor], str, int]] = {}
+        self._outputs: dict[int, tuple[Tensor, str, int]] = {}
+        """id -> (output, site, channel dim): held until :meth:`result`, so a view's ``_base`` is the same object."""
         self._calls: dict[int, int] = {}
         self._handles: list[RemovableHandle] = []
         self._open = False
@@ -170,7 +170,7 @@ class Extras:
                 v["cos_tokens"] = mean_cosine(yd)
             if isinstance(x, Tensor) and x.is_floating_point() and x.numel():
                 v["in_sq"] = float(torch.linalg.vector_norm(x.detach())) ** 2 / x.numel()
-            self._outputs[id(y)] = (weakref.ref(y), site, cdim)
+            self._outputs[id(y)] = (y, site, cdim)
 
     def backward(self, site: str, g: Tensor) -> None:
         """dL/dy at a site."""
@@ -185,10 +185,15 @@ class Extras:
                 v["grad_underflow"] = int(torch.count_nonzero(a < FP16_TINY)) / nonzero
                 v["grad_underflow_scaled"] = int(torch.count_nonzero(a < FP16_TINY / LOSS_SCALE)) / nonzero
 
-    def site_of(self, t: Tensor) -> tuple[str, int] | None:
-        """The site whose output ``t`` is (the same tensor object) and its channel dim."""
+    def site_of(self, t: Tensor) -> tuple[Tensor, str, int] | None:
+        """The site whose output ``t`` is (the same tensor, or a view of all of it: transposed, reshaped) as
+        ``(that output, site, its channel dim)``."""
         e = self._outputs.get(id(t))
-        return (e[1], e[2]) if e is not None and e[0]() is t else None
+        if e is not None and e[0] is t:
+            return e
+        root = t if t._base is None else t._base
+        return next((e for e in self._outputs.values()
+                     if e[0].numel() == t.numel() and (e[0] if e[0]._base is None else e[0]._base) is root), None)
 
     def result(self) -> dict[str, SiteExtras]:
         """Every site's statistics; the references to outputs are dropped."""
@@ -202,13 +207,12 @@ def output_stats(output: Tensor, extras: Extras | None, classes_dim: int | None 
     audit's cross-entropy's dim 1) or dim 1 of a (batch, classes) output; None for other outputs or fewer than
     two classes."""
     found = extras.site_of(output) if extras is not None else None
-    if found is None and extras is not None and isinstance(output._base, Tensor):
-        found = extras.site_of(output._base)
-        if found is not None:
-            output = output._base
     if found is None and classes_dim is None and not (output.dim() == 2 and output.shape[1] >= 2):
         return None
-    head, cdim = found if found is not None else (None, 1 if classes_dim is None else classes_dim)
+    head: str | None = None
+    cdim = 1 if classes_dim is None else classes_dim
+    if found is not None:
+        output, head, cdim = found
     if output.dim() < 2 or output.shape[cdim] < 2:
         return None
     with torch.no_grad():
