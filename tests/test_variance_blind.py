@@ -349,3 +349,33 @@ def test_a_transposed_head_output_is_still_the_heads_logits() -> None:
     assert good.status == "pass" and good.details["head"] == "head" and good.details["classes"] == 50
     assert bad.status == "fail" and bad.effect["predicted_logit_std"] is not None
     assert bad.effect["logit_std"] == pytest.approx(bad.effect["predicted_logit_std"], rel=0.2)
+
+
+class _Experts(nn.Module):
+    """Stacked expert weights applied with ``torch._grouped_mm`` (transformers' mixtures of experts)."""
+
+    def __init__(self, d: int = 16, experts: int = 2) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(experts, d, d) / math.sqrt(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        offs = torch.tensor([flat.shape[0] // 2, flat.shape[0]], dtype=torch.int32)
+        return torch._grouped_mm(flat, self.weight, offs).reshape(x.shape)
+
+
+class _MoEBlock(nn.Module):
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.norm, self.experts = nn.LayerNorm(d), _Experts(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.experts(self.norm(x))
+
+
+def test_grouped_matmul_experts_are_a_weight_layer_and_a_branch() -> None:
+    torch.manual_seed(0)
+    s = discover(nn.Sequential(nn.Linear(16, 16), *(_MoEBlock() for _ in range(2))), torch.randn(4, 16))
+    experts = [w for w in s.weight_layers if w.module_name.endswith("experts")]
+    assert len(experts) == 2 and all(w.fan_in == 16 for w in experts)
+    assert [b.residual_adds for b in s.blocks] == [1, 1] and all(b.shortcut == "identity" for b in s.blocks)

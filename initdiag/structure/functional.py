@@ -38,7 +38,7 @@ NORM_FUNCS = {"batch_norm": "batch", "layer_norm": "layer", "group_norm": "group
               "rms_norm": "rms", "local_response_norm": "other", "normalize": "other"}
 WEIGHT_FUNCS = {"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
                 "addmm", "baddbmm", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "einsum",
-                "embedding", "embedding_bag", "multi_head_attention_forward"}
+                "embedding", "embedding_bag", "multi_head_attention_forward", "_grouped_mm", "grouped_mm"}
 _TRANSPARENT = _words("""view reshape reshape_as view_as flatten unflatten permute transpose t T mT H mH data real
 contiguous squeeze unsqueeze expand expand_as __getitem__ __setitem__ split split_with_sizes chunk unbind
 tensor_split narrow select index_select gather take_along_dim movedim moveaxis swapaxes swapdims dropout
