@@ -379,3 +379,26 @@ def test_grouped_matmul_experts_are_a_weight_layer_and_a_branch() -> None:
     experts = [w for w in s.weight_layers if w.module_name.endswith("experts")]
     assert len(experts) == 2 and all(w.fan_in == 16 for w in experts)
     assert [b.residual_adds for b in s.blocks] == [1, 1] and all(b.shortcut == "identity" for b in s.blocks)
+
+
+class _TiedCopy(nn.Module):
+    """Tied input and output embeddings with a normalized skip (XLM's pattern): the logit of the input token
+    is ~sqrt(d) times the spread of the others, so the model predicts its input at initialization."""
+
+    def __init__(self, vocab: int = 200, d: int = 64) -> None:
+        super().__init__()
+        self.embed, self.norm = nn.Embedding(vocab, d), nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        nn.init.normal_(self.embed.weight, std=0.125)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.embed(ids)))
+
+
+def test_a_tied_models_pull_toward_its_input_warns_but_a_large_head_fails() -> None:
+    torch.manual_seed(0)
+    v = _verdicts(_TiedCopy(), input_shape=(10,), input_dtype="long", loss="ce")["output_scale"]
+    assert v.effect["entropy_ratio"] is not None and v.effect["entropy_ratio"] < 0.2  # near one-hot ...
+    assert v.effect["iid_entropy_ratio"] is not None and v.effect["iid_entropy_ratio"] > 0.5  # ... not by scale
+    assert v.status == "warn"

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..structure.model import Block
-from ..theory.cmap import expected_ce_loss
+from ..theory.cmap import expected_ce_loss, softmax_entropy_gaussian
 from ..vocab import CheckName, Family, Need, Phase, Signal, Status
 from .registry import AnalysisContext, Check, MethodNote
 from .verdict import Thresholds, Verdict
@@ -53,8 +53,10 @@ def predicted_logit_std(ctx: AnalysisContext) -> float | None:
 
 
 def output_verdict(ctx: AnalysisContext) -> Verdict | None:
-    """Fail when the predictions' mean entropy is below ``output_entropy_fail`` of ``log C`` (near one-hot),
-    warn when the logits' spread ``s`` exceeds ``logit_warn``."""
+    """Fail when the predictions' mean entropy is below ``output_entropy_fail`` of ``log C`` (near one-hot) and
+    the logits' spread alone makes them so (i.i.d. logits of that spread have such an entropy: the head's
+    scale, not a structured preference such as a tied embedding's pull toward the input token); warn when the
+    spread ``s`` exceeds ``logit_warn``."""
     ev, th = ctx.evidence, ctx.thresholds
     out = ev.output
     if out is None or out.rows == 0:
@@ -64,13 +66,15 @@ def output_verdict(ctx: AnalysisContext) -> Verdict | None:
     expected = expected_ce_loss(s, classes) if math.isfinite(s) else math.inf
     predicted = predicted_logit_std(ctx)
     ratio = out.entropy / chance if math.isfinite(out.entropy) else 0.0
-    status = Status.FAIL if ratio < th.output_entropy_fail else Status.WARN if not s <= th.logit_warn else Status.PASS
+    iid = softmax_entropy_gaussian(s, classes) / chance if math.isfinite(s) else 0.0
+    one_hot = ratio < th.output_entropy_fail and iid < th.output_entropy_fail
+    status = Status.FAIL if one_hot else Status.WARN if not s <= th.logit_warn else Status.PASS
     where = f"'{out.head}'" if out.head else "the model's output"
     pred = f" (theory from the head's fan-in, weights and input: {predicted:.3g})" if predicted is not None else ""
     message = (f"Logits of {where} over {classes} classes ({out.rows} rows) spread with std {s:.3g}{pred}; the "
                f"expected loss against a random label is {out.loss:.3g} nats against chance log {classes} = "
                f"{chance:.3g} (i.i.d. logits of that spread: {expected:.3g}); the predictions' entropy is "
-               f"{ratio:.2f} of log C.")
+               f"{ratio:.2f} of log C (i.i.d. logits of that spread: {iid:.2f}).")
     advice = None
     if status != Status.PASS:
         factor = 1.0 / s if s > 0 and math.isfinite(s) else 0.0
@@ -79,7 +83,7 @@ def output_verdict(ctx: AnalysisContext) -> Verdict | None:
         advice = (f"Scale the head down (multiply its weight by ~{factor:.2g} for unit logit spread) or zero it, "
                   "as timm and ViT do, so the first loss is close to log C.")
     effect = {"logit_std": s, "loss": out.loss, "chance": chance, "expected_loss": expected,
-              "predicted_logit_std": predicted, "entropy_ratio": ratio}
+              "predicted_logit_std": predicted, "entropy_ratio": ratio, "iid_entropy_ratio": iid}
     details = {"head": out.head, "classes": classes, "rows": out.rows, "mean": out.mean}
     return Verdict(CheckName.OUTPUT_SCALE, Signal.FORWARD, status.value, (out.head,) if out.head else (), None,
                    effect, message, advice, Phase.INIT, details, family=Family.SCALE)
@@ -107,7 +111,8 @@ class OutputScaleCheck(Check):
             "'A recipe for training neural networks' (2019): verify the loss at init.",
             "not a statistical test (a deterministic function of the batch's logits).",
             f"warn when s > {th.logit_warn:g} (0.5 nats above chance); fail when the predictions' mean entropy "
-            f"is below {th.output_entropy_fail:g} of log C (near one-hot: confident wrong answers).",
+            f"and that of i.i.d. logits of spread s are both below {th.output_entropy_fail:g} of log C (near "
+            "one-hot from the head's scale: confident wrong answers).",
         ),)
 
 

@@ -125,9 +125,12 @@ class Thresholds:
             exceeds this: for i.i.d. logits of std s the expected cross-entropy is about ``log C + s^2 / 2``, so
             at 1 the model starts 0.5 nats above chance (the "verify the loss at init" rule of Karpathy's
             recipe). output_entropy_fail: fail when the predictions' mean entropy is below this fraction of
-            ``log C``: near one-hot softmax outputs, the model confidently wrong from the first step (i.i.d.
-            logits reach it at s ~ 5 over 1000 classes, ~7 over 10). A spread of 3-4 that libraries'
-            fan-out initializations of a head give (timm's DLA) warns: it costs the first steps, not training.
+            ``log C`` and so is that of i.i.d. logits of the measured spread: near one-hot softmax outputs because
+            of the head's scale, the model confidently wrong from the first step (i.i.d. logits reach it at s ~ 5
+            over 1000 classes, ~7 over 10). Tied embeddings that make a model predict its input token (XLM,
+            Flaubert: spread 1.1, entropy 0.02 of log C) are a structured preference, not a scale: they warn.
+            A spread of 3-4 that libraries' fan-out initializations of a head give (timm's DLA) warns: it costs
+            the first steps, not training.
         branch_warn, branch_fail: warn / fail when a residual branch adds this many times the variance of the
             stream it joins: the identity then carries ``1 / (1 + r)`` of the block's output variance (at 100,
             a tenth of its amplitude), and a block is no longer near the identity its skip connection gives
