@@ -352,16 +352,19 @@ def test_a_transposed_head_output_is_still_the_heads_logits() -> None:
 
 
 class _Experts(nn.Module):
-    """Stacked expert weights applied with ``torch._grouped_mm`` (transformers' mixtures of experts)."""
+    """Stacked expert weights applied with ``torch._grouped_mm`` (transformers' mixtures of experts), each
+    token's expert bias picked by a data-dependent index (GPT-OSS)."""
 
     def __init__(self, d: int = 16, experts: int = 2) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(experts, d, d) / math.sqrt(d))
+        self.bias = nn.Parameter(torch.zeros(experts, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         offs = torch.tensor([flat.shape[0] // 2, flat.shape[0]], dtype=torch.int32)
-        return torch._grouped_mm(flat, self.weight, offs).reshape(x.shape)
+        expert = (flat.sum(-1).argsort() >= flat.shape[0] // 2).long()  # routing: data picks the bias row
+        return (torch._grouped_mm(flat, self.weight, offs) + self.bias[expert]).reshape(x.shape)
 
 
 class _MoEBlock(nn.Module):

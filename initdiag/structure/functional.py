@@ -56,6 +56,8 @@ reciprocal __rtruediv__ clamp clip clamp_min clamp_max sign logsigmoid tanhshrin
 threshold sinh cosh atan asin acos""")
 _FACTORY = _words("""new_empty new_zeros new_ones new_full new_tensor new empty_like zeros_like ones_like full_like
 rand_like randn_like randint_like""")
+GATHER_FUNCS = frozenset({"__getitem__", "index_select", "gather", "take", "take_along_dim"})
+"""Picking entries of the first argument by (possibly data-derived) indices: the values are the first's."""
 SHAPE_FROM_SECOND = frozenset({"expand_as", "view_as", "reshape_as", "type_as"})
 """``a.f(b)`` takes only ``b``'s shape or dtype: ``a``'s values alone flow on (a bias expanded to the stream's
 shape is no data)."""

@@ -52,6 +52,7 @@ class Tracker(TorchFunctionMode):
         self._prod: dict[int, tuple[int, weakref.ref[Tensor]]] = {}
         self._stack: list[int] = []
         self._silenced: set[int] = set()  # data nodes derived from a weight layer's output constant over the batch
+        self._gathered: set[int] = set()  # data nodes holding a non-data tensor's values picked by data indices
         self._ncalls: dict[int, int] = {}
         self._finfo: dict[Any, tuple[str, int]] = {}
         self._probe: dict[int, tuple[Tensor, int]] = {}
@@ -111,8 +112,8 @@ class Tracker(TorchFunctionMode):
         layer = None
         if cat == fn.FACTORY:
             ins, is_data = [], False
-        elif cat == fn.ADD:
-            cat = fn.RESADD if len(dins) >= 2 else fn.TRANSPARENT
+        elif cat == fn.ADD:  # a parameter gathered by data indices (an expert's bias) is a bias, not a path
+            cat = fn.RESADD if sum(i not in self._gathered for i in dins) >= 2 else fn.TRANSPARENT
             if cat == fn.TRANSPARENT and dins:
                 self._bias_add(dins[0], ins)
         elif cat == fn.SUB:
@@ -144,6 +145,9 @@ class Tracker(TorchFunctionMode):
         if is_data and (any(i in self._silenced for i in dins) or (layer is not None and not g.layers[layer]
                         .constant_input and fn.constant_over_batch(outs[0], g.batch, True))):
             self._silenced.add(n)
+        if is_data and ((name in fn.GATHER_FUNCS and not data[ins[0]]) or (cat == fn.TRANSPARENT and dins and all(
+                i in self._gathered for i in dins))):
+            self._gathered.add(n)
         if cat == fn.ACT:
             g.extra[n] = (*fn.function_activation(name, args, kwargs), site)
         elif cat == fn.NORM:
@@ -289,10 +293,9 @@ class Tracker(TorchFunctionMode):
 
     def _derived(self, t: Tensor, sources: tuple[int, ...], call: int) -> int:
         """A node for ``t`` made in someone else's hook from ``sources`` (it stands for the same values)."""
-        g = self.graph
-        data = any(g.data[i] for i in sources)
-        n = g.add(fn.TRANSPARENT, "hook", sources, call, data, _EMPTY if data else frozenset().union(
-            *(g.pset[i] for i in sources)))
+        g, data = self.graph, any(self.graph.data[i] for i in sources)
+        pset = _EMPTY if data else frozenset().union(*(g.pset[i] for i in sources))
+        n = g.add(fn.TRANSPARENT, "hook", sources, call, data, pset)
         self._prod[id(t)] = (n, weakref.ref(t))
         return n
 
@@ -394,4 +397,4 @@ class Tracker(TorchFunctionMode):
         if self.state == RECORDING and not self._stack:
             self.graph.complete = True
         self.state = DONE
-        self._stack, self._prod, self._probe, self._silenced = [], {}, {}, set()
+        self._stack, self._prod, self._probe, self._silenced, self._gathered = [], {}, {}, set(), set()
