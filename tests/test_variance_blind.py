@@ -112,7 +112,7 @@ def test_attention_without_skip_connections_collapses_the_tokens() -> None:
     residual = nn.Sequential(*(_Attention(32, skip=True) for _ in range(12)))
     bad = _verdicts(plain, input_shape=(16, 32))["correlation"]
     good = _verdicts(residual, input_shape=(16, 32))["correlation"]
-    assert bad.status == "fail" and bad.details["kind"] == "tokens" and bad.effect["gap"] < 1e-3
+    assert bad.status == "fail" and bad.details["kind"] == "tokens" and bad.effect["gap"] < 1e-4
     assert good.status == "pass"
 
 
@@ -188,7 +188,7 @@ def test_vit_and_gpt2_pass_at_their_own_init_and_fail_at_unit_normal() -> None:
     torch.manual_seed(0)
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=4,
                             num_classes=10)
-    cfg = transformers.GPT2Config(n_layer=3, n_embd=64, n_head=4, vocab_size=500, bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=192, n_head=4, vocab_size=500, bos_token_id=0, eos_token_id=0)
     gpt = transformers.GPT2LMHeadModel(cfg)
     for model, kw in ((vit, {"input_shape": (3, 32, 32)}), (gpt, {"input_shape": (24,), "input_dtype": "long"})):
         result = initdiag.audit(model, inits=("keep", "random:std=1"), **kw)  # type: ignore[arg-type]

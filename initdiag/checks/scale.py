@@ -53,10 +53,10 @@ def predicted_logit_std(ctx: AnalysisContext) -> float | None:
 
 
 def output_verdict(ctx: AnalysisContext) -> Verdict | None:
-    """Fail when the predictions' mean entropy is below ``output_entropy_fail`` of ``log C`` (near one-hot) and
-    the logits' spread alone makes them so (i.i.d. logits of that spread have such an entropy: the head's
-    scale, not a structured preference such as a tied embedding's pull toward the input token); warn when the
-    spread ``s`` exceeds ``logit_warn``."""
+    """Fail when the logits' spread alone makes the predictions near one-hot (i.i.d. logits of that spread have
+    an entropy below ``output_entropy_fail`` of ``log C``: the head's scale) and the measured predictions are
+    concentrated (below twice that: not a structured preference such as a tied embedding's pull toward the
+    input token, which the spread does not explain); warn when the spread ``s`` exceeds ``logit_warn``."""
     ev, th = ctx.evidence, ctx.thresholds
     out = ev.output
     if out is None or out.rows == 0:
@@ -67,7 +67,7 @@ def output_verdict(ctx: AnalysisContext) -> Verdict | None:
     predicted = predicted_logit_std(ctx)
     ratio = out.entropy / chance if math.isfinite(out.entropy) else 0.0
     iid = softmax_entropy_gaussian(s, classes) / chance if math.isfinite(s) else 0.0
-    one_hot = ratio < th.output_entropy_fail and iid < th.output_entropy_fail
+    one_hot = iid < th.output_entropy_fail and ratio < 2 * th.output_entropy_fail
     status = Status.FAIL if one_hot else Status.WARN if not s <= th.logit_warn else Status.PASS
     where = f"'{out.head}'" if out.head else "the model's output"
     pred = f" (theory from the head's fan-in, weights and input: {predicted:.3g})" if predicted is not None else ""
@@ -110,9 +110,10 @@ class OutputScaleCheck(Check):
             "s^2 = fan_in E[W^2] E[x^2] + Var(b) from its weights and its measured input. Source: Karpathy, "
             "'A recipe for training neural networks' (2019): verify the loss at init.",
             "not a statistical test (a deterministic function of the batch's logits).",
-            f"warn when s > {th.logit_warn:g} (0.5 nats above chance); fail when the predictions' mean entropy "
-            f"and that of i.i.d. logits of spread s are both below {th.output_entropy_fail:g} of log C (near "
-            "one-hot from the head's scale: confident wrong answers).",
+            f"warn when s > {th.logit_warn:g} (0.5 nats above chance); fail when i.i.d. logits of spread s have "
+            f"an entropy below {th.output_entropy_fail:g} of log C (s ~ 10 whatever C) and the predictions' "
+            f"measured entropy is below {2 * th.output_entropy_fail:g} of it (near one-hot from the head's "
+            "scale: confident wrong answers).",
         ),)
 
 

@@ -121,16 +121,17 @@ class Thresholds:
         saturation_warn, saturation_fail: warn / fail when any layer reaches this fraction.
     Scale, attention, correlation, precision (:mod:`~initdiag.checks.scale`, :mod:`~initdiag.checks.attention`,
     :mod:`~initdiag.checks.correlation`, :mod:`~initdiag.checks.precision`):
-        logit_warn: warn when the logits' spread over the classes (their standard deviation within a row)
-            exceeds this: for i.i.d. logits of std s the expected cross-entropy is about ``log C + s^2 / 2``, so
-            at 1 the model starts 0.5 nats above chance (the "verify the loss at init" rule of Karpathy's
-            recipe). output_entropy_fail: fail when the predictions' mean entropy is below this fraction of
-            ``log C`` and so is that of i.i.d. logits of the measured spread: near one-hot softmax outputs because
-            of the head's scale, the model confidently wrong from the first step (i.i.d. logits reach it at s ~ 5
-            over 1000 classes, ~7 over 10). Tied embeddings that make a model predict its input token (XLM,
-            Flaubert: spread 1.1, entropy 0.02 of log C) are a structured preference, not a scale: they warn.
-            A spread of 3-4 that libraries' fan-out initializations of a head give (timm's DLA) warns: it costs
-            the first steps, not training.
+        logit_warn: warn when the logits' spread over the classes (their standard deviation within a row) exceeds
+            this: for i.i.d. logits of std s the expected cross-entropy is about ``log C + s^2 / 2``, so at 1 the
+            model starts 0.5 nats above chance (the "verify the loss at init" rule of Karpathy's recipe).
+            output_entropy_fail: fail when the entropy of i.i.d. logits of the measured spread is below this
+            fraction of ``log C`` and the predictions' measured entropy below twice it: near one-hot softmax outputs
+            because of the head's scale, the model confidently wrong from the first step: i.i.d. logits reach 0.1 at
+            a spread of ~10 whatever the number of classes (a first loss ~50 nats above chance), and torchvision's
+            fan-out head init over 10 classes (MNASNet: spread 6.5, entropy 0.14 of log C), which trains, stays
+            above it. Tied embeddings that make a model predict its input token (XLM, Flaubert: spread 1.1, entropy
+            0.02 of log C) are a structured preference, not a scale: they warn. A spread of 3-4 that libraries'
+            fan-out initializations of a head give (timm's DLA) warns: it costs the first steps, not training.
         branch_warn, branch_fail: warn / fail when a residual branch adds this many times the variance of the
             stream it joins: the identity then carries ``1 / (1 + r)`` of the block's output variance (at 100,
             a tenth of its amplitude), and a block is no longer near the identity its skip connection gives
@@ -141,8 +142,9 @@ class Thresholds:
         correlation_warn, correlation_fail: warn / fail when the deepest representation's mean cosine between
             different inputs (or tokens) is within this distance of 1, and depth shrank that distance at least
             ``correlation_shrink`` times from the first layer's. At 1e-2 the inputs differ by ~14% of their
-            amplitude (``sqrt(2 (1 - c))``); at 1e-3 by ~4%: every input gets nearly the same output and
-            gradient (Schoenholz et al. 2017; Dong et al. 2021).
+            amplitude (``sqrt(2 (1 - c))``); at 1e-4 by ~1.4%: every input gets nearly the same output and
+            gradient (Schoenholz et al. 2017; Dong et al. 2021: attention without skips reaches ~1e-6 in 12
+            layers). torchvision's MViT-v1 at its own init, which trains, has tokens at 1 - c = 9e-4: a warning.
         fp16_warn_headroom: warn when the largest activation is within this factor of float16's maximum 65504
             (fail above it: it overflows to inf); underflow_warn: warn when this fraction of a layer's nonzero
             gradients lies below float16's smallest subnormal 2^-24 even with GradScaler's initial loss scale 2^16
@@ -200,13 +202,13 @@ class Thresholds:
     dead_growth_warn: float = 0.25
     dead_growth_fail: float = 0.5
     logit_warn: float = 1.0
-    output_entropy_fail: float = 0.2
+    output_entropy_fail: float = 0.1
     branch_warn: float = 10.0
     branch_fail: float = 100.0
     attention_warn: float = 0.5
     attention_fail: float = 0.2
     correlation_warn: float = 1e-2
-    correlation_fail: float = 1e-3
+    correlation_fail: float = 1e-4
     correlation_shrink: float = 10.0
     fp16_warn_headroom: float = 16.0
     underflow_warn: float = 0.5
