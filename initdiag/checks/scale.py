@@ -26,7 +26,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..structure.model import Block
-from ..theory.cmap import expected_ce_loss, softmax_entropy_gaussian
+from ..theory.cmap import expected_ce_loss, output_var_prediction, softmax_entropy_gaussian
 from ..vocab import CheckName, Family, Need, Phase, Signal, Status
 from .registry import AnalysisContext, Check, MethodNote
 from .verdict import Thresholds, Verdict
@@ -49,7 +49,7 @@ def predicted_logit_std(ctx: AnalysisContext) -> float | None:
     w, b = weights
     w2 = float(np.mean(np.square(np.asarray(w, dtype=np.float64))))
     bvar = float(np.var(np.asarray(b, dtype=np.float64))) if b is not None and np.size(b) > 1 else 0.0
-    return math.sqrt(max(layer.fan_in * w2 * extras.in_sq + bvar, 0.0))
+    return math.sqrt(max(output_var_prediction(layer.fan_in, w2, extras.in_sq, bvar), 0.0))
 
 
 def output_verdict(ctx: AnalysisContext) -> Verdict | None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +33,7 @@ from ..structure.records import collect_tensors
 from ..vocab import Role
 from .sites import channel_dim
 
-__all__ = ["FP16_TINY", "LOSS_SCALE", "Extras", "OutputStats", "SiteExtras", "as_mapping", "mean_cosine",
+__all__ = ["FP16_TINY", "LOSS_SCALE", "Extras", "OutputStats", "SiteExtras", "mean_cosine",
            "output_stats"]
 
 FP16_TINY = 2.0 ** -24
@@ -226,8 +225,3 @@ def output_stats(output: Tensor, extras: Extras | None, classes_dim: int | None 
         std = logits.var(-1, unbiased=False).mean().sqrt()
         return OutputStats(head, int(logits.shape[1]), int(logits.shape[0]), float(std), float(loss),
                            float(logits.mean()), float(entropy))
-
-
-def as_mapping(extras: Mapping[str, SiteExtras]) -> dict[str, dict[str, Any]]:
-    """JSON-safe per-site dicts."""
-    return {k: v.to_json() for k, v in extras.items()}

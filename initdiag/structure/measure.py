@@ -18,7 +18,7 @@ import contextlib
 import inspect
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -75,8 +75,8 @@ class AttentionSite:
         return cls(**kw)
 
 
-def operand_vars(args: tuple[Any, ...]) -> tuple[Tensor, Tensor, float, float] | None:
-    """``(a, b, Var(a), Var(b))`` of an addition of two floating tensors of one shape (taken before the add,
+def operand_vars(args: tuple[Any, ...]) -> tuple[float, float] | None:
+    """``(Var(a), Var(b))`` of an addition of two floating tensors of one shape (taken before the add,
     which may be in place): population variances over all elements."""
     if len(args) < 2:
         return None
@@ -85,7 +85,7 @@ def operand_vars(args: tuple[Any, ...]) -> tuple[Tensor, Tensor, float, float] |
             or not a.is_floating_point() or not b.is_floating_point():
         return None
     with torch.no_grad():
-        return a, b, float(a.detach().double().var(unbiased=False)), float(b.detach().double().var(unbiased=False))
+        return float(a.detach().double().var(unbiased=False)), float(b.detach().double().var(unbiased=False))
 
 
 def qk_moments(name: str, args: tuple[Any, ...]) -> tuple[float, float, int] | None:
@@ -184,7 +184,8 @@ def sdpa_site(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> At
         mask = given.get("attn_mask")
         if isinstance(mask, Tensor):
             hidden = ~mask if mask.dtype == torch.bool else mask.double() <= MASK_VALUE
-            z = z.masked_fill(hidden, -math.inf) if mask.dtype == torch.bool else z + mask.double()
+            if mask.dtype != torch.bool:
+                z = z + mask.double()
             z = z.masked_fill(hidden, -math.inf)
         if given.get("is_causal"):
             keep = torch.ones(z.shape[-2], z.shape[-1], dtype=torch.bool, device=z.device).tril()
@@ -192,8 +193,7 @@ def sdpa_site(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> At
         p = torch.softmax(z, dim=-1)
         site = attention_site(name, "scaled_dot_product_attention", p, z, -1, None, float(scale))
         pred = _predicted(q, k, float(scale))
-    return None if site is None else AttentionSite(**{**site.__dict__, "predicted_logit_std": pred,
-                                                      "head_dim": int(q.shape[-1])})
+    return None if site is None else replace(site, predicted_logit_std=pred, head_dim=int(q.shape[-1]))
 
 
 def mha_site(name: str, func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> AttentionSite | None:
@@ -241,7 +241,7 @@ class Measurer:
         self.graph = graph
         self._names: dict[Any, str] = {}
 
-    def before(self, func: Any, args: tuple[Any, ...]) -> tuple[Tensor, Tensor, float, float] | None:
+    def before(self, func: Any, args: tuple[Any, ...]) -> tuple[float, float] | None:
         """The operands' variances of an addition, before it runs (it may be in place)."""
         if len(args) < 2 or not isinstance(args[1], Tensor):
             return None
@@ -252,11 +252,11 @@ class Measurer:
 
     def after(self, n: int, cat: int, name: str, call: Call, func: Any, args: tuple[Any, ...],
               kwargs: Mapping[str, Any], ins: list[int], out: Tensor,
-              pre: tuple[Tensor, Tensor, float, float] | None) -> None:
+              pre: tuple[float, float] | None) -> None:
         """Record what node ``n`` (category ``cat``, made by ``func``) showed."""
         g = self.graph
         if cat == fn.RESADD and pre is not None and len(ins) >= 2:
-            g.add_vars[n] = {ins[0]: pre[2], ins[1]: pre[3]}
+            g.add_vars[n] = {ins[0]: pre[0], ins[1]: pre[1]}
         elif cat == fn.PRODUCT and name == "scaled_dot_product_attention":
             self._site(call, lambda site: sdpa_site(site, args, kwargs))
         elif cat == fn.PRODUCT:

@@ -297,7 +297,7 @@ def expected_ce_loss(logit_std: float, n_classes: int, *, nodes: int | None = No
     return _gumbel_max(s, n, nodes)[0] - float(np.euler_gamma)
 
 
-def output_var_prediction(fan_in: int, weight_var: float, input_second_moment: float,
+def output_var_prediction(fan_in: float, weight_var: float, input_second_moment: float,
                           bias_var: float = 0.0) -> float:
     """``fan_in Var(W) E[x^2] + Var(b)``: the second moment of ``W x + b`` for zero-mean i.i.d. weights and
     biases independent of x (LeCun et al. 1998; He et al. 2015, eq. 7)."""
