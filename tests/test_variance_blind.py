@@ -307,6 +307,52 @@ def test_a_returned_bias_expanded_to_the_streams_shape_is_no_data() -> None:
     assert all(0 < r < 10 for b in s.blocks for r in b.branch_ratios)
 
 
+def test_a_stream_below_its_norms_eps_is_reported_not_judged() -> None:
+    """A pre-norm branch reading a stream of variance below its norm's eps divides by eps: ``x / sqrt(eps)`` is
+    a gain, the stream grows until it reaches eps and then is normalized (HF's MobileViT). With eps far below the
+    stream the same add is a normalized branch overwriting the stream, and fails."""
+    for eps, judged in ((1e-5, False), (1e-14, True)):
+        torch.manual_seed(0)
+        tiny = nn.Linear(16, 16)
+        with torch.no_grad():
+            tiny.weight.mul_(1e-4)
+            tiny.bias.zero_()
+        blocks = [_Scaled(1.0) for _ in range(5)]
+        for b in blocks:
+            b.norm.eps = eps
+        model = nn.Sequential(nn.Linear(16, 16), blocks[0], blocks[1], tiny, *blocks[2:])
+        v = _verdicts(model, input_shape=(16,))["branch_scale"]
+        first = next(b for b in v.details["blocks"] if b["block"] == "4")
+        assert first["ratio"] > 100 and first["judged"] is judged, (eps, v.details)
+        assert (v.status == "fail") is judged, v.message
+
+
+class _MapAttention(nn.Module):
+    """Position attention with unscaled logits, the softmax over each query's keys or over the whole map."""
+
+    def __init__(self, joint: bool, d: int = 64) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(d, d) for _ in range(3))
+        self.joint = joint
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.q(x) @ self.k(x).transpose(1, 2)
+        a = torch.softmax(z.view(z.shape[0], -1), dim=1).view_as(z) if self.joint else torch.softmax(z, dim=-1)
+        return x + a @ self.v(x)
+
+
+def test_a_softmax_over_the_whole_query_key_map_warns_not_fails() -> None:
+    """Rows of a joint softmax sum to 1/queries on average: its collapse freezes its own queries and keys but
+    carries little signal (smp's MAnet), while collapsed per-query attention fails."""
+    x = torch.randn(4, 12, 64) * 4
+    for joint, status in ((True, "warn"), (False, "fail")):
+        torch.manual_seed(0)
+        v = _verdicts(_MapAttention(joint), example_input=x)["attention_entropy"]
+        (site,) = v.details["sites"]
+        assert site["joint"] is joint and site["ratio"] < 0.2 and v.status == status, v.message
+        assert site["keys"] == (144 if joint else 12) and site["queries"] == 12
+
+
 class _PostBranchNorm(nn.Module):
     """OLMo-2's block: the branch's output is normalized before the add (its variance is the norm's gain)."""
 

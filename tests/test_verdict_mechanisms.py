@@ -142,6 +142,33 @@ def test_a_gradient_the_structure_zeroes_is_not_an_initialization_failure() -> N
     assert "no_signal" in _run(model, input_shape=(6, 16)).failed
 
 
+class _SilentSideHead(nn.Module):
+    """A side head run first whose output is its bias up to float rounding (RetinaNet's prior-bias logits at its
+    coarsest level), then the one-key attention: the side head's silence cannot reach the query's gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.side = nn.Sequential(*(m for _ in range(3) for m in (nn.Linear(16, 16), nn.ReLU())), nn.Linear(16, 5))
+        with torch.no_grad():
+            for layer in self.side[::2]:
+                nn.init.normal_(layer.weight, std=0.01)  # Detectron's RetinaNet head: std 0.01, a prior bias
+                layer.bias.zero_()
+            self.side[-1].bias.fill_(-4.6)
+        self.main = _OneKeyAttention()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        side = self.side(x.mean(1))
+        return self.main(x) + side
+
+
+def test_a_forward_silence_that_ran_before_a_zero_gradient_does_not_explain_it() -> None:
+    run = _run(_SilentSideHead(), input_shape=(6, 16))
+    forward = _signal(run, "forward")
+    assert forward.status == "fail" and "no signal" in forward.message and "side.6" in forward.message
+    (query,) = [c for c in _signal(run, "backward").details["chains"] if c["layers"][-1] == "main.q"]
+    assert query["outcome"] == "no_signal" and query["status"] == "warn", query
+
+
 class _ZeroScaleBlock(nn.Module):
     """``x + se(bn(conv(x)))`` with the BatchNorm's scale zero (zero_init_last): the squeeze-excite after it sees
     a zero input and learns from step 2 on."""

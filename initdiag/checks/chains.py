@@ -21,7 +21,7 @@ import numpy as np
 from ..theory import late_gain
 from ..vocab import HEALTHY, CheckName, Family, Need, Outcome, Phase, Signal, Status
 from .evidence import RunEvidence
-from .intentional import Explained, explained
+from .intentional import Explained, explained, homogeneous
 from .overlay import chain_predictions, expected_chain_gain
 from .recurrence import parallel_calls, recurrent_verdict
 from .registry import AnalysisContext, Check, MethodNote, SignalColumns
@@ -131,13 +131,19 @@ def _passes(v: Verdict, reason: str, **effect: float) -> Verdict:
                    outcome=HEALTHY, effect={**v.effect, **effect} if effect else v.effect)
 
 
+def _silenced_after(layers: Sequence[str], silent: Sequence[int], order: Mapping[str, int]) -> bool:
+    """Whether a layer without forward signal (``silent``: execution positions, -1 unknown) ran after the first
+    of ``layers``: only such a layer can lie between them and the loss; one that ran before cannot."""
+    first = min((order[n] for n in layers if n in order), default=-1)
+    return any(p < 0 or first < 0 or p > first for p in silent)
+
+
 def _structural_zero(v: Verdict, ev: RunEvidence, forward_silent: bool) -> Verdict:
-    """A backward ``no_signal`` verdict judged against the forward pass: when no layer lacks forward signal
-    without a design explaining it, no weight, dead unit or saturated gate the initialization set up can have
-    zeroed the gradient (each of those silences the forward output after it too), so the loss does not depend
-    on these layers' outputs at initialization by the model's structure: a selection (top-k, NMS), a softmax
-    over a single element, a masked or discarded output. Not an initialization failure: it passes when each
-    silent layer's weight gets a gradient through another call of the same module, and warns otherwise (the
+    """A backward ``no_signal`` verdict judged against the forward pass: when no layer that ran after the chain's
+    first lacks forward signal (:func:`_silenced_after`), no weight, dead unit or saturated gate of the
+    initialization zeroed the gradient (each silences the forward output after it too): the loss does not depend
+    on these outputs by the model's structure (top-k, NMS, a softmax over one element, a discarded output). It
+    passes when each silent layer's weight gets a gradient through another call of its module, else warns (the
     weight does not learn from this loss). Any other verdict is returned as it is."""
     if v.signal != Signal.BACKWARD or v.outcome != Outcome.NO_SIGNAL or forward_silent:
         return v
@@ -155,29 +161,6 @@ def _structural_zero(v: Verdict, ev: RunEvidence, forward_silent: bool) -> Verdi
     if status == Status.PASS:
         return replace(_passes(v, reason), layers=v.layers)
     return replace(v, status=status.value, message=v.message + reason)
-
-
-_HOMOGENEOUS = frozenset({"relu", "leaky_relu", "prelu", "linear"})
-"""Activations with ``f(a x) = a f(x)`` for ``a > 0`` (positively homogeneous of degree 1)."""
-
-
-def homogeneous(ev: RunEvidence, layers: Sequence[str]) -> bool:
-    """Whether the map from the first layer's output to the last's is positively homogeneous up to a constant:
-    every layer strictly between them has no bias or a zero one, and every activation between them is ReLU,
-    leaky ReLU, PReLU or none. Then ``y_L(a y_1) - b_L = a (y_L(y_1) - b_L)``: a change of the forward
-    variance along the chain is a constant factor on its output, the same for every input, not a loss of the
-    signal's shape."""
-    info = {la.name: la for la in ev.weight_layers}
-    if any(n not in info for n in layers):
-        return False
-    for n in layers[:-1]:
-        if (info[n].activation or "linear") not in _HOMOGENEOUS:
-            return False
-    for n in layers[1:-1]:  # the last layer's bias shifts the output by a constant: no change of variance
-        weights = ev.weights_init.get(info[n].module_name)
-        if weights is None or (weights[1] is not None and bool(np.any(weights[1] != 0))):
-            return False  # a bias unknown (not snapshotted) or not zero
-    return True
 
 
 def _dual_directions(ev: RunEvidence, by_kind: dict[str, list[tuple[SignalFit, Verdict]]]) -> None:
@@ -245,14 +228,15 @@ def chain_verdicts(ev: RunEvidence, th: Thresholds, fits: Mapping[str, Sequence[
     theory predicts for its activation, is healthy (not judged by a straight line); ``notes[kind]`` is added to
     the direction's message."""
     out: list[Verdict] = []
-    forward_silent = any(f.no_signal for f in fits.get(Signal.FORWARD, ()))
+    order = {la.name: i for i, la in enumerate(ev.weight_layers)}
+    silent = [order.get(n, -1) for f in fits.get(Signal.FORWARD, ()) for n in f.no_signal]
     by_kind: dict[str, list[tuple[SignalFit, Verdict]]] = {}
     for kind, kind_fits in fits.items():
         judged = by_kind.setdefault(kind, [])
         for f in kind_fits:
             v = signal_verdict(f, ev, th, expected.get(kind, {}).get(f.layers))
             v = None if v is None else recurrent_verdict(
-                _in_branch(_structural_zero(v, ev, forward_silent), f, ev, th), f, ev, th)
+                _in_branch(_structural_zero(v, ev, _silenced_after(f.layers, silent, order)), f, ev, th), f, ev, th)
             follows = _follows_theory(f, (predicted or {}).get(kind, {}).get(f.layers)) if v is not None and \
                 v.outcome in (Outcome.VANISHING, Outcome.EXPLODING) else None
             if v is not None and follows is not None:

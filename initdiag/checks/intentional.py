@@ -24,10 +24,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..structure.layers import LayerInfo
 from .evidence import RunEvidence
 
-__all__ = ["Explained", "explained"]
+__all__ = ["Explained", "explained", "homogeneous"]
 
 
 @dataclass(frozen=True)
@@ -159,3 +161,26 @@ def explained(ev: RunEvidence) -> Explained:
                      "not because of their initialization.")
     head = last.name if any(z.name == last.name for z in zero_layers) else None
     return Explained(forward, backward, tuple(notes), learners, head)
+
+
+_HOMOGENEOUS = frozenset({"relu", "leaky_relu", "prelu", "linear"})
+"""Activations with ``f(a x) = a f(x)`` for ``a > 0`` (positively homogeneous of degree 1)."""
+
+
+def homogeneous(ev: RunEvidence, layers: Sequence[str]) -> bool:
+    """Whether the map from the first layer's output to the last's is positively homogeneous up to a constant:
+    every layer strictly between them has no bias or a zero one, and every activation between them is ReLU,
+    leaky ReLU, PReLU or none. Then ``y_L(a y_1) - b_L = a (y_L(y_1) - b_L)``: a change of the forward
+    variance along the chain is a constant factor on its output, the same for every input, not a loss of the
+    signal's shape."""
+    info = {la.name: la for la in ev.weight_layers}
+    if any(n not in info for n in layers):
+        return False
+    for n in layers[:-1]:
+        if (info[n].activation or "linear") not in _HOMOGENEOUS:
+            return False
+    for n in layers[1:-1]:  # the last layer's bias shifts the output by a constant: no change of variance
+        weights = ev.weights_init.get(info[n].module_name)
+        if weights is None or (weights[1] is not None and bool(np.any(weights[1] != 0))):
+            return False  # a bias unknown (not snapshotted) or not zero
+    return True

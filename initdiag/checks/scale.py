@@ -13,9 +13,12 @@ branch against the stream it joins.
   input) after the first, the stream already holds the earlier branches, so ``r_k ~ 1/k`` whatever the weights'
   scale; where the stream starts (an add whose shortcut derives from no earlier block: the embedding, a class
   token, a decoder's queries) its scale is set apart from the branch's, by libraries far below it (a
-  Llama-sized decoder at its own init has ``r ~ 10^3`` there), so such an add is reported, not judged; so is
-  an add whose branch ends in a normalization (OLMo-2, Gemma): its variance is the norm's gain (with its eps),
-  which no weight scale changes.
+  Llama-sized decoder at its own init has ``r ~ 10^3`` there), so such an add is reported, not judged. So is a
+  pre-norm add whose stream's variance is below the eps of the normalization that reads it: ``x / sqrt(Var(x) +
+  eps)`` is then ``x / sqrt(eps)``, a gain and not a normalization, so the stream grows by ``1 + r`` per add only
+  until its variance reaches eps, where the norm starts to normalize and ``r ~ 1/k`` again (HF's MobileViT, whose
+  0.02-std convs leave the stream at 1e-11). And so is an add whose branch ends in a normalization (OLMo-2,
+  Gemma): its variance is the norm's gain (with its eps), which no weight scale changes.
 """
 
 from __future__ import annotations
@@ -126,16 +129,16 @@ def branch_design(r: float) -> str:
 
 def _judged(blocks: Iterable[Block]) -> list[tuple[Block, int, float, bool]]:
     """``(block, add, r, judged)`` for every measured add. Reported only: a pre-norm add whose shortcut has
-    summed nothing yet (the stream starts there), and an add whose branch ends in a normalization (its variance
-    is the norm's gain, not the weights' scale)."""
+    summed nothing yet or whose branch normalization sees the stream below its eps (the stream starts there),
+    and an add whose branch ends in a normalization (its variance is the norm's gain, not the weights' scale)."""
     rows = []
     for b in blocks:
         prenorm = b.branch_normalized and not b.post_norm
         fresh = b.fresh_shortcuts or (b.index == 0 or b.restarts,) + (False,) * (len(b.branch_ratios) - 1)
         for k, r in enumerate(b.branch_ratios):
             if r == r:
-                exempt = (prenorm and k < len(fresh) and fresh[k]) or (
-                    k < len(b.normalized_ends) and b.normalized_ends[k])
+                starts = (k < len(fresh) and fresh[k]) or (k < len(b.eps_streams) and b.eps_streams[k])
+                exempt = (prenorm and starts) or (k < len(b.normalized_ends) and b.normalized_ends[k])
                 rows.append((b, k, r, not exempt))
     return rows
 
@@ -193,7 +196,9 @@ class BranchScaleCheck(Check):
             "SkipInit, zero-init residuals, layer scale 1e-6), small (< 0.1: GPT-2's scaled projections, T-Fixup, "
             "DeepNorm), unit (<= 10: normalized branches), large. A pre-norm add whose shortcut derives from no "
             "earlier block (the stream starts there: an embedding, a class token) is reported, not judged (after "
-            "it r ~ 1/k by construction), as is an add whose branch ends in a normalization (its gain sets r). "
+            "it r ~ 1/k by construction), as is one whose stream's variance is below the eps of the norm reading "
+            "it (x / sqrt(eps): a gain until the stream reaches eps), and an add whose branch ends in a "
+            "normalization (its gain sets r). "
             "Source: Brock et al. (2021), 'Characterizing signal propagation to close the performance gap in "
             "unnormalized ResNets'; De & Smith (2020), SkipInit.",
             "not a statistical test (a ratio of variances over many values).",

@@ -157,6 +157,25 @@ def _ratio(variances: dict[int, float], branch: int, shortcut: int) -> float:
     return math.inf if vb > 0 else math.nan
 
 
+def _eps_stream(g: Graph, shortcut: int) -> bool:
+    """Whether a normalization reading ``shortcut`` (directly or through shape ops) saw a variance below its
+    eps: ``x / sqrt(Var(x) + eps) ~ x / sqrt(eps)``, a gain, not a normalization."""
+    for n, (var, eps) in g.norm_vars.items():
+        if n <= shortcut or var >= eps:
+            continue
+        node = n
+        for _ in range(8):
+            data = [i for i in g.inputs[node] if g.data[i]]
+            if not data:
+                break
+            node = data[0]
+            if node == shortcut:
+                return True
+            if g.kind[node] != fn.TRANSPARENT:
+                break
+    return False
+
+
 def _inside(g: Graph, inner: int, outer: int) -> bool:
     ci = g.calls[inner].parent
     while ci >= 0:
@@ -292,7 +311,8 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
             restarts=ci in restarts, shortcut_normalized=_shortcut_normalized(g, call, found, norm_marks),
             branch_ratios=tuple(_ratio(g.add_vars.get(f[0], {}), f[1], f[2]) for f in found),
             fresh_shortcuts=tuple(not summed[f[2]] for f in found),
-            normalized_ends=tuple(name in norm_set for name in ends)))
+            normalized_ends=tuple(name in norm_set for name in ends),
+            eps_streams=tuple(_eps_stream(g, f[2]) for f in found)))
     stream_input = None
     if stream:
         first = g.calls[stream[0]]

@@ -153,6 +153,19 @@ def norm_function_info(name: str, args: tuple[Any, ...], kwargs: dict[str, Any])
     return False, ()
 
 
+def norm_function_eps(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float | None:
+    """The ``eps`` a functional normalization adds to the variance it divides by (torch's defaults where not
+    passed; ``rms_norm``'s default is its dtype's machine epsilon); None for the others."""
+    pos = {"batch_norm": 7, "instance_norm": 7, "layer_norm": 4, "group_norm": 4, "rms_norm": 3}.get(name)
+    if pos is None:
+        return None
+    eps = _arg(args, kwargs, pos, "eps")
+    if eps is None and name == "rms_norm":
+        x = args[0] if args else kwargs.get("input")
+        return float(torch.finfo(x.dtype).eps) if isinstance(x, Tensor) and x.is_floating_point() else None
+    return float(eps) if isinstance(eps, (int, float)) else 1e-5
+
+
 def weight_candidates(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[Any, Any, int]]:
     """``(weight, data, weight_position)`` operand pairs of a linear map, most likely first.
     weight_position: 0 = W @ x (weight on the left), 1 = x @ W (or a conv/linear's weight argument)."""

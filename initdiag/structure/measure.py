@@ -60,6 +60,9 @@ class AttentionSite:
     predicted_logit_std: float | None = None
     head_dim: int | None = None
     scale: float | None = None
+    joint: bool = False
+    """The softmax ran over a flattened query x key map (``softmax(z.view(b, -1))``), not over each query's
+    keys: the whole map sums to one, each query's row to ``1 / queries`` on average."""
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -136,10 +139,11 @@ def _per_head(p: Tensor, z: Tensor | None, masked: Tensor | None = None
 
 
 def attention_site(name: str, op: str, p: Tensor, z: Tensor | None, dim: int, qk: tuple[float, float, int] | None,
-                   scale: float | None, masked: Tensor | None = None) -> AttentionSite | None:
+                   scale: float | None, masked: Tensor | None = None, keys: int | None = None) -> AttentionSite | None:
     """The site of a softmax over ``dim`` of logits ``z`` giving ``p``; ``qk`` the moments of the product the
-    logits came from (:func:`qk_moments`), ``scale`` the constant factors applied since and ``masked`` the
-    masks added on the way (broadcastable to ``z``)."""
+    logits came from (:func:`qk_moments`), ``scale`` the constant factors applied since, ``masked`` the masks
+    added on the way (broadcastable to ``z``) and ``keys`` the product's last dim (a softmax over a multiple of
+    it spans several queries' rows: ``joint``)."""
     if p.dim() < 2 or p.shape[dim] < 2:
         return None
     same = z is not None and z.shape == p.shape
@@ -157,8 +161,10 @@ def attention_site(name: str, op: str, p: Tensor, z: Tensor | None, dim: int, qk
     if qk is not None:
         s = 1.0 if scale is None else scale
         pred = math.sqrt(max(s * s * qk[2] * qk[0] * qk[1], 0.0))
-    return AttentionSite(name, op, len(ent), int(p.shape[-2]), int(p.shape[-1]), ent, top, std, pred,
-                         None if qk is None else qk[2], scale)
+    n = int(p.shape[-1])
+    joint = keys is not None and n > keys and n % keys == 0
+    return AttentionSite(name, op, len(ent), n // keys if joint and keys else int(p.shape[-2]), n, ent, top, std,
+                         pred, None if qk is None else qk[2], scale, joint)
 
 
 def _predicted(q: Tensor, k: Tensor, scale: float) -> float:
@@ -257,12 +263,16 @@ class Measurer:
         g = self.graph
         if cat == fn.RESADD and pre is not None and len(ins) >= 2:
             g.add_vars[n] = {ins[0]: pre[0], ins[1]: pre[1]}
+        elif cat == fn.NORM and args and isinstance(args[0], Tensor) and args[0].numel() > 1:
+            eps = fn.norm_function_eps(name, args, dict(kwargs))
+            if eps is not None:
+                g.norm_vars[n] = (float(args[0].detach().double().var(unbiased=False)), eps)
         elif cat == fn.PRODUCT and name == "scaled_dot_product_attention":
             self._site(call, lambda site: sdpa_site(site, args, kwargs))
         elif cat == fn.PRODUCT:
             qk = qk_moments(name, args)
             if qk is not None:
-                g.extra[n] = ("qk", qk)
+                g.extra[n] = ("qk", qk, int(out.shape[-1]))
         elif cat == fn.TRANSPARENT and (name in fn.MUL_FUNCS or name in fn.DIV_FUNCS) and len(args) == 2:
             factor = args[1] if isinstance(args[1], (int, float)) else args[0] if isinstance(args[0], (int, float)) \
                 else math.nan  # a learned temperature or a tensor of scales: theory does not know it
@@ -282,19 +292,21 @@ class Measurer:
         elif name == "multi_head_attention_forward":
             self._site(call, lambda site: mha_site(site, func, args, kwargs))
 
-    def _product_before(self, node: int
-                        ) -> tuple[tuple[float, float, int] | None, float | None, Tensor | None] | None:
+    def _product_before(self, node: int) -> tuple[tuple[float, float, int] | None, float | None, Tensor | None,
+                                                   int | None] | None:
         """From a softmax's input back through shape ops, masks and constant scales to a product of two data
-        tensors: ``(its q/k moments, the scales' product)``, both None past a scale theory does not know (a
-        tensor); None when there is no such product. Additive position biases are not in the prediction."""
+        tensors: ``(its q/k moments, the scales' product, the masks, its last dim: the keys)``, moments and
+        scale None past a scale theory does not know (a tensor); None when there is no such product. Additive
+        position biases are not in the prediction."""
         g, scale = self.graph, 1.0
         masked: Tensor | None = None
         for _ in range(32):
             kind = g.kind[node]
             if kind == fn.PRODUCT:
                 extra = g.extra.get(node)
-                qk = extra[1] if isinstance(extra, tuple) and extra[0] == "qk" and math.isfinite(scale) else None
-                return qk, scale if math.isfinite(scale) else None, masked
+                kept = extra if isinstance(extra, tuple) and extra[0] == "qk" else ("qk", None, None)
+                return (kept[1] if math.isfinite(scale) else None, scale if math.isfinite(scale) else None, masked,
+                        kept[2])
             if kind != fn.TRANSPARENT:
                 return None
             extra = g.extra.get(node)

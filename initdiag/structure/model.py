@@ -154,7 +154,9 @@ class Block:
     discovery batch (not compared: two runs of one model have one structure). ``fresh_shortcuts``: per
     residual add, its shortcut derives from no residual add of the stream (the stream starts there: an
     embedding, a class token, a decoder's queries). ``normalized_ends``: per residual add, the branch's added
-    value is a normalization's output (OLMo-2's and Gemma's norms after the branch).
+    value is a normalization's output (OLMo-2's and Gemma's norms after the branch). ``eps_streams``: per
+    residual add, the normalization that reads its shortcut (a pre-norm branch's) saw a variance below its
+    ``eps``: it divides by ``eps``, not by the stream's spread (measured, not compared).
     """
 
     name: str
@@ -176,12 +178,13 @@ class Block:
     branch_ratios: tuple[float, ...] = field(default=(), compare=False)
     fresh_shortcuts: tuple[bool, ...] = ()
     normalized_ends: tuple[bool, ...] = ()
+    eps_streams: tuple[bool, ...] = field(default=(), compare=False)
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["branch_ratios"] = [r if r == r and abs(r) != float("inf") else None for r in self.branch_ratios]
         for k in ("in_shape", "out_shape", "layers", "norms", "last_branch_layers", "fresh_shortcuts",
-                  "normalized_ends"):
+                  "normalized_ends", "eps_streams"):
             d[k] = list(d[k])
         if not isinstance(self.shortcut, str):
             d["shortcut"] = list(self.shortcut)
@@ -196,6 +199,7 @@ class Block:
             kw[k] = tuple(d[k])
         kw["fresh_shortcuts"] = tuple(bool(x) for x in d.get("fresh_shortcuts", ()))
         kw["normalized_ends"] = tuple(bool(x) for x in d.get("normalized_ends", ()))
+        kw["eps_streams"] = tuple(bool(x) for x in d.get("eps_streams", ()))
         kw["branch_ratios"] = tuple(float("nan") if r is None else float(r) for r in d.get("branch_ratios", ()))
         if not isinstance(d["shortcut"], str):
             kw["shortcut"] = tuple(d["shortcut"])

@@ -76,6 +76,8 @@ class Graph:
         """Residual add node -> operand node -> its variance (:mod:`~initdiag.structure.measure`)."""
         self.attention: list[Any] = []
         """The softmax attentions seen (:class:`~initdiag.structure.measure.AttentionSite`)."""
+        self.norm_vars: dict[int, tuple[float, float]] = {}
+        """Functional normalization node -> ``(Var(input), eps)``: the variance it divides by against its eps."""
 
     def add(self, kind: int, name: str, inputs: tuple[int, ...], call: int, data: bool, pset: frozenset[int]) -> int:
         self.kind.append(kind)
