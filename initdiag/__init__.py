@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from .audit import audit
 from .errors import DataError, InitDiagError, ModelLoadError, OutputError, UsageError
 from .lazy import lazy_getattr
+from .repair import fix
 from .vocab import __version__
 
 if TYPE_CHECKING:
@@ -18,11 +19,13 @@ if TYPE_CHECKING:
     from .checks import Verdict
     from .initializers import INITIALIZERS, InitSpec, apply_initializer
     from .recording import Recorder
+    from .results import FixResult
 
 __all__ = [
     "INITIALIZERS",
     "AuditResult",
     "DataError",
+    "FixResult",
     "InitDiagError",
     "InitSpec",
     "ModelLoadError",
@@ -33,10 +36,11 @@ __all__ = [
     "__version__",
     "apply_initializer",
     "audit",
+    "fix",
 ]
 
 _LAZY = {
-    "AuditResult": ".results", "Verdict": ".checks", "INITIALIZERS": ".initializers",
+    "AuditResult": ".results", "FixResult": ".results", "Verdict": ".checks", "INITIALIZERS": ".initializers",
     "InitSpec": ".initializers", "apply_initializer": ".initializers", "Recorder": ".recording",
 }
 

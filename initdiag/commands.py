@@ -25,25 +25,25 @@ from typing import TextIO
 
 from .config import (
     AUDIT_INPUTS,
+    KEEP,
     AuditConfig,
     ExperimentConfig,
-    SweepConfig,
     parse_audit_inits,
     parse_fail_on,
     parse_formats,
     parse_input_shape,
-    sweep_models,
 )
 from .errors import Interrupted, OutputError, UsageError
 from .initializers import parse_init_list
 from .jsonable import file_name
 from .models import ModelSpec
 from .options import build_parser
+from .sweep_config import SweepConfig, sweep_models
 from .vocab import Status
 
 __all__ = ["EXIT_CHECK_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_USAGE", "RESUME_KEEPS",
            "audit_config_from_args", "check_out_dir", "cmd_audit", "cmd_report", "cmd_sweep", "config_from_args",
-           "default_out_dir", "prepare_out_dir", "removed_on_failure"]
+           "default_out_dir", "prepare_out_dir", "print_table", "removed_on_failure", "wrote"]
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -89,7 +89,8 @@ def audit_config_from_args(args: argparse.Namespace) -> AuditConfig:
         if not isinstance(kwargs, dict):
             raise UsageError(f"--kwargs must be a JSON object such as '{{\"num_classes\": 10}}', not {args.kwargs}")
     return AuditConfig(
-        target=args.target, input_shape=shapes[0] if shapes else None, inits=parse_audit_inits(args.init),
+        target=args.target, input_shape=shapes[0] if shapes else None,
+        inits=parse_audit_inits(getattr(args, "init", KEEP)),
         extra_inputs=tuple(zip(shapes[1:], dtypes[1:], strict=True)), inputs_file=file, batches=args.batches,
         batch_size=args.batch_size, inputs=kind, input_dtype=dtypes[0], vocab=args.vocab,
         loss=args.loss, dtype=args.dtype, seed=args.seed, device=args.device, model_kwargs=kwargs,
@@ -150,7 +151,7 @@ RESUME_KEEPS = ("resume", "jobs", "debug", "command", "model")
 comes from the interrupted run."""
 
 
-def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+def print_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
     """Rows as aligned columns, the first a heading underlined with dashes."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):
@@ -192,7 +193,7 @@ def _resume_config(args: argparse.Namespace) -> tuple[ExperimentConfig, list[str
     return config, list(plan.argv)
 
 
-def _wrote(paths: dict[str, Path], out_dir: Path, out: TextIO) -> None:
+def wrote(paths: dict[str, Path], out_dir: Path, out: TextIO) -> None:
     out.write(f"\nReport written to {out_dir}/ ({', '.join(p.name for p in paths.values())})\n")
     if "html" in paths:
         out.write(f"Open {paths['html']}\n")
@@ -270,8 +271,8 @@ def cmd_report(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: 
     rows += [(run.label, str(run.seed), f"{run.test_accuracy:.4f}", f"{run.test_loss:.4f}", run.status,
               ", ".join(sorted({v.outcome for v in run.verdicts if v.status == Status.FAIL})) or "-")
              for run in result.runs]
-    _table(rows, out)
-    _wrote(paths, out_dir, out)
+    print_table(rows, out)
+    wrote(paths, out_dir, out)
     if args.tensorboard is not None:
         out.write(f"TensorBoard: tensorboard --logdir {args.tensorboard}\n")
     return _gate(result.failed(config.fail_on), err)
@@ -309,12 +310,12 @@ def cmd_audit(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: T
                      str(sum(v.status == Status.WARN for v in run.verdicts)),
                      "<- equal" if run.label in advice.equal else
                      "<- recommended" if run.label == advice.initializer else ""))
-    _table(rows, out)
+    print_table(rows, out)
     kept = [f"  {run.label}: {run.kept_text()}\n" for run in result.runs if run.kept]
     if kept:
         out.write("\nNot re-initialized (kept as they were):\n" + "".join(kept))
     out.write(f"\nRecommendation: {advice.evidence}\n")
-    _wrote(paths, out_dir, out)
+    wrote(paths, out_dir, out)
     return _gate(result.failed(config.fail_on), err)
 
 
@@ -383,6 +384,6 @@ def cmd_sweep(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: T
             rows.append((cell_key(cell.config.model), label, str(len(runs)), f"{summary['mean']:.4f}",
                          ", ".join(sorted({c for r in runs for c in r.failed})) or "-"))
     out.write("\n")
-    _table(rows, out)
-    _wrote(paths, out_dir, out)
+    print_table(rows, out)
+    wrote(paths, out_dir, out)
     return _gate(result.failed(base.fail_on), err)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +11,10 @@ from .data import DATASETS
 from .errors import UsageError, did_you_mean
 from .initializers import DEFAULT_INITIALIZERS, INITIALIZERS, InitSpec, split_init_list, unique_labels
 from .models import ModelSpec
-from .vocab import FORMATS, PAPERS, AuditInputKind, Backend, Device, InputDtype, LossMode, Optimizer, fail_on_names
+from .vocab import FORMATS, PAPERS, AuditInputKind, Device, InputDtype, LossMode, Optimizer, fail_on_names
 
-__all__ = ["AUDIT_INPUTS", "AUDIT_LOSSES", "INPUT_DTYPES", "KEEP", "TRAIN_DTYPES", "AuditConfig", "ExperimentConfig",
-           "parse_audit_inits", "parse_fail_on", "parse_formats", "parse_input_shape"]
+__all__ = ["AUDIT_INPUTS", "AUDIT_LOSSES", "FIX_METHODS", "INPUT_DTYPES", "KEEP", "TRAIN_DTYPES", "AuditConfig",
+           "ExperimentConfig", "FixConfig", "parse_audit_inits", "parse_fail_on", "parse_formats", "parse_input_shape"]
 
 DEVICES: tuple[str, ...] = tuple(Device)
 
@@ -171,74 +171,6 @@ class ExperimentConfig:
         return cls(**values)
 
 
-# -- sweep -------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SweepConfig:
-    """``initdiag sweep``: the experiment ``base`` (initializers, seeds, training, data, outputs) once per
-    model cell, ``models`` being the Cartesian product of the model axes (model x depth x width x
-    activation), on ``backend`` (``local`` worker processes or ``ray`` tasks; ``ray_address``: None starts
-    a local Ray instance, ``auto`` or ``host:port`` joins a running cluster)."""
-
-    base: ExperimentConfig
-    models: tuple[ModelSpec, ...]
-    backend: str = Backend.LOCAL
-    ray_address: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.models:
-            raise UsageError("a sweep needs at least one model cell")
-        if len(set(self.models)) != len(self.models):
-            raise UsageError("the sweep's model axes repeat a cell")
-        _choice("backend", self.backend, tuple(Backend))
-        if self.ray_address is not None and self.backend != Backend.RAY:
-            raise UsageError("--ray-address needs --backend ray")
-
-    def cells(self) -> tuple[ExperimentConfig, ...]:
-        """One experiment config per model cell, in grid order."""
-        return tuple(replace(self.base, model=m) for m in self.models)
-
-    @property
-    def runs(self) -> int:
-        return len(self.models) * len(self.base.initializers) * self.base.seeds
-
-    def to_json(self) -> dict[str, Any]:
-        return {"base": self.base.to_json(), "models": [asdict(m) for m in self.models], "backend": self.backend,
-                "ray_address": self.ray_address}
-
-    @classmethod
-    def from_json(cls, data: Any) -> SweepConfig:
-        if not isinstance(data, dict) or set(data) != {"base", "models", "backend", "ray_address"}:
-            raise ValueError("not a sweep configuration")
-        return cls(ExperimentConfig.from_json(data["base"]), tuple(ModelSpec(**m) for m in data["models"]),
-                   str(data["backend"]), data["ray_address"])
-
-
-def sweep_models(names: str, depths: str, widths: str, activations: str) -> tuple[ModelSpec, ...]:
-    """The Cartesian product of comma-separated model axes, e.g. ``deep-mlp``, ``10,20,30``, ``128,512``,
-    ``relu,tanh`` (depth, width and activation vary only the deep MLP; other models appear once)."""
-    def split(text: str, what: str) -> list[str]:
-        items = [t.strip() for t in str(text).split(",") if t.strip()]
-        if not items:
-            raise UsageError(f"--{what} needs at least one value")
-        return list(dict.fromkeys(items))
-
-    def ints(text: str, what: str) -> list[int]:
-        try:
-            return [int(t) for t in split(text, what)]
-        except ValueError:
-            raise UsageError(f"--{what} must be comma-separated integers (got {text!r})") from None
-
-    cells: list[ModelSpec] = []
-    for name in split(names, "model"):
-        if name != "deep-mlp":
-            cells.append(ModelSpec(name))
-            continue
-        for depth in ints(depths, "depth"):
-            for width in ints(widths, "width"):
-                cells += [ModelSpec(name, depth, width, act) for act in split(activations, "activation")]
-    return tuple(cells)
-
-
 # -- audit -------------------------------------------------------------------------------------------------
 KEEP = "keep"
 """``--init`` name of the model's own initialization (audited as the user left it)."""
@@ -392,3 +324,44 @@ class AuditConfig:
         data["extra_inputs"] = [[list(shape), dtype] for shape, dtype in self.extra_inputs]
         data["inputs_file"] = str(self.inputs_file) if self.inputs_file else None
         return data
+
+
+# -- fix ---------------------------------------------------------------------------------------------------
+FIX_METHODS: tuple[str, ...] = ("theory", "lsuv")
+
+
+@dataclass(frozen=True)
+class FixConfig:
+    """One ``initdiag fix``: the audit (``audit``: inputs, loss, seed; its ``inits`` are ``keep``), the repair
+    ``method`` ("theory" from the structure and the theory engine, "lsuv" data-driven), at most ``rounds`` of
+    audit and repair (theory), LSUV's ``tol`` (relative, on the output variance against ``target_var``) and
+    ``max_iter`` per layer and its optional ``orthogonal`` pre-initialization, and the verification: the original
+    and the repaired model trained ``verify_steps`` steps (0: none) with Adam at ``verify_lr``. ``save``: where
+    the CLI writes the repaired ``state_dict``."""
+
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    method: str = "theory"
+    rounds: int = 4
+    tol: float = 0.1
+    target_var: float = 1.0
+    max_iter: int = 10
+    orthogonal: bool = False
+    verify_steps: int = 20
+    verify_lr: float = 1e-3
+    save: Path | None = None
+
+    def __post_init__(self) -> None:
+        _choice("--method", self.method, FIX_METHODS)
+        _positive("--rounds", self.rounds)
+        _positive("--max-iter", self.max_iter)
+        _positive("--verify-steps", self.verify_steps, 0)
+        for name, value in (("--tol", self.tol), ("--target-var", self.target_var), ("--verify-lr", self.verify_lr)):
+            if not (math.isfinite(value) and value > 0):
+                raise UsageError(f"{name} must be a positive number (got {value})")
+        if self.audit.inits != (KEEP,):
+            raise UsageError("fix audits the model as it is: its audit takes no --init")
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("audit", "save")}
+        return {**data, "audit": self.audit.to_json(), "save": str(self.save) if self.save else None}
+

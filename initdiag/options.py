@@ -14,9 +14,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .config import AUDIT_LOSSES, INPUT_DTYPES, TRAIN_DTYPES, AuditConfig, ExperimentConfig, SweepConfig
+from .config import AUDIT_LOSSES, INPUT_DTYPES, TRAIN_DTYPES, AuditConfig, ExperimentConfig, FixConfig
 from .errors import UsageError
 from .models import ACTIVATIONS, MODELS, ModelSpec
+from .sweep_config import SweepConfig
 from .vocab import PAPERS, __version__
 
 __all__ = ["COMMANDS", "OPTIONS", "Axis", "Command", "Option", "build_parser"]
@@ -110,6 +111,23 @@ OPTIONS: dict[str, Option] = {o.flag.lstrip("-").replace("-", "_"): o for o in (
     Option("--backend", "sweep: local (worker processes) or ray (Ray tasks) (default %(default)s)"),
     Option("--ray-address", "sweep on Ray: join the cluster at ADDR (host:port, or auto); default: start a local "
                             "Ray instance sized to this machine", {"metavar": "ADDR"}),
+    Option("--method", "fix: theory (the structure and the theory engine: for each failing verdict, the weight scale "
+                       "that answers it) or lsuv (every weight layer rescaled on a batch, in execution order, until "
+                       "its output variance is --target-var) (default %(default)s)"),
+    Option("--rounds", "fix --method theory: at most N rounds of repair and audit (default %(default)s)",
+           {"type": _int, "metavar": "N"}),
+    Option("--tol", "fix --method lsuv: relative tolerance on each layer's output variance (default %(default)s)",
+           {"type": _float}),
+    Option("--target-var", "fix --method lsuv: each layer's output variance (default %(default)s)", {"type": _float}),
+    Option("--max-iter", "fix --method lsuv: rescalings per layer at most (default %(default)s)", {"type": _int}),
+    Option("--orthogonal", "fix --method lsuv: orthogonal weights before the rescaling (Saxe et al. 2014)",
+           {"action": "store_true"}),
+    Option("--verify-steps", "fix: train the original and the repaired model N Adam steps from the same seed on the "
+                             "same batches and compare their losses; 0 skips it (default %(default)s)",
+           {"type": _int, "metavar": "N"}),
+    Option("--verify-lr", "fix: the verification's learning rate (default %(default)s)", {"type": _float}),
+    Option("--save", "fix: write the repaired model's state_dict (tensors only, torch.save) to FILE",
+           {"type": Path, "metavar": "FILE"}),
     Option("--debug", "show tracebacks for known errors", {"action": "store_true", "default": argparse.SUPPRESS}),
 )}
 """Every option, declared once, by its argparse destination."""
@@ -171,6 +189,16 @@ COMMANDS: dict[str, Command] = {
         _options("target input_shape init batches batch_size inputs input_dtype vocab loss dtype kwargs seed device "
                  "data_dir out format paper fail_on debug",
                  AuditConfig, target=_OWN, init=_cli(AuditConfig.inits), kwargs=_OWN, debug=_OWN, input_dtype=None)),
+    "fix": Command(
+        "repair the initialization an audit flags, and prove it with a second audit and a short training",
+        "Audit a model, repair what fails (--method theory or lsuv), audit the repaired model, train both a few "
+        "steps; write the before/after report and, with --save, the repaired state_dict. Exit 0 when the repaired "
+        "model passes, 3 when checks still fail.",
+        {**_options("target input_shape batches batch_size inputs input_dtype vocab loss dtype kwargs seed device "
+                    "data_dir", AuditConfig, target=_OWN, kwargs=_OWN, input_dtype=None),
+         **_options("method rounds tol target_var max_iter orthogonal verify_steps verify_lr save", FixConfig,
+                    save=None),
+         **_options("out format paper fail_on debug", AuditConfig, debug=_OWN)}),
     "sweep": Command(
         "train a grid of models x initializers x seeds, locally or on Ray, and write the sweep report",
         "The options of `report`, with the model axes taking comma-separated lists (their Cartesian product): "
@@ -188,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="initdiag", description="Diagnose the weight initialization of PyTorch models.")
     parser.add_argument("--version", action="version", version=f"initdiag {__version__}")
     parser.add_argument("--debug", action="store_true", help=OPTIONS["debug"].help)
-    sub = parser.add_subparsers(dest="command", metavar="{report,audit,sweep,list}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{report,audit,fix,sweep,list}", parser_class=_Parser)
     for name, command in COMMANDS.items():
         cmd = sub.add_parser(name, help=command.help, description=command.description)
         for dest, default in command.options.items():

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .checks import RunAnalysis
-from .config import ExperimentConfig, SweepConfig
+from .config import ExperimentConfig
 from .errors import OutputError, UsageError
 from .initializers import InitSpec
 from .jsonable import file_name, json_safe
@@ -42,6 +42,7 @@ from .results import RunResult
 from .series import CATEGORICAL, FRAME_COLUMNS, empty_frame
 from .structure import Structure
 from .structure.layers import LayerInfo
+from .sweep_config import SweepConfig
 from .training import EpochStats
 
 __all__ = ["STATE_DIR", "Plan", "RunStore", "atomic_write"]

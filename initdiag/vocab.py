@@ -252,6 +252,8 @@ class ResultKind(StrEnum):
     """Someone else's training with initdiag attached (the callbacks)."""
     SWEEP = "sweep"
     """``initdiag sweep``: many experiments over a grid."""
+    FIX = "fix"
+    """``initdiag fix``: an audit, a repair of what it flagged, the audit of the repaired model."""
 
 
 class RunStatus(StrEnum):

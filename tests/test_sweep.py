@@ -66,9 +66,10 @@ def _ray_task_pids() -> list[int]:
 def test_a_ray_worker_killed_mid_run_is_retried_and_counted_once(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     from initdiag.backends.sweep import run_sweep
-    from initdiag.config import ExperimentConfig, SweepConfig, sweep_models
+    from initdiag.config import ExperimentConfig
     from initdiag.data import load_mnist
     from initdiag.initializers import parse_init_list
+    from initdiag.sweep_config import SweepConfig, sweep_models
 
     models = sweep_models("deep-mlp", "3,6", "24", "relu")
     base = ExperimentConfig(model=models[0], initializers=parse_init_list("he,xavier"), epochs=2, limit_train=1024,

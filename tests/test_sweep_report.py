@@ -19,12 +19,13 @@ import pytest
 
 from initdiag.backends import run_experiment
 from initdiag.checks import Verdict
-from initdiag.config import ExperimentConfig, SweepConfig, sweep_models
+from initdiag.config import ExperimentConfig
 from initdiag.data import load_mnist
 from initdiag.initializers import InitSpec
 from initdiag.report import write_report, write_sweep_report
 from initdiag.report.sweep import build_sweep_context, render_sweep_html
 from initdiag.results import SweepResult, cell_key
+from initdiag.sweep_config import SweepConfig, sweep_models
 from initdiag.vocab import Signal, Status
 
 DEPTHS, WIDTHS, INITS = (3, 6), (16, 32), ("he", "xavier")

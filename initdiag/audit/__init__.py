@@ -38,6 +38,7 @@ __all__ = [
     "make_inputs",
     "pool_batches",
     "run_audit",
+    "split_shapes",
     "working_copy",
 ]
 
@@ -61,7 +62,7 @@ def run_audit(model: nn.Module, config: AuditConfig, example_input: Any = None,
 _Shape = tuple[int, ...]
 
 
-def _shapes(input_shape: Sequence[int] | Sequence[Sequence[int]] | None,
+def split_shapes(input_shape: Sequence[int] | Sequence[Sequence[int]] | None,
             input_dtype: str | Sequence[str]) -> tuple[_Shape | None, str, tuple[tuple[_Shape, str], ...]]:
     """``input_shape`` (one shape, or one per positional input) and ``input_dtype`` (one for all, or one per
     input) as the first input's shape and dtype and the further inputs'."""
@@ -123,7 +124,7 @@ def audit(model: nn.Module, example_input: Any = None, *,
     ``write(out_dir)``. Bad arguments raise :class:`~initdiag.errors.UsageError`; a model that fails on the
     input raises :class:`~initdiag.errors.ModelLoadError` with the shape given and the model's error.
     """
-    first, first_dtype, extra = _shapes(input_shape, input_dtype)
+    first, first_dtype, extra = split_shapes(input_shape, input_dtype)
     saved = isinstance(inputs, Path) or str(inputs).endswith((".pt", ".pth")) or Path(str(inputs)).is_file()
     kind, file = ("file", Path(inputs)) if saved and str(inputs) not in AUDIT_INPUTS else (str(inputs), None)
     config = AuditConfig(

@@ -51,7 +51,7 @@ from .advice import recommend
 from .inputs import Inputs, first_embedding, make_inputs, working_copy
 from .weights import init_targets, layer_weights, looks_pytorch_default, weights_digest
 
-__all__ = ["audit_record", "pool_batches", "seed_global_rngs"]
+__all__ = ["audit_loss", "audit_record", "pool_batches", "seed_global_rngs"]
 
 
 def _floating(output: Any) -> list[torch.Tensor]:
@@ -64,7 +64,7 @@ def _floating(output: Any) -> list[torch.Tensor]:
     return []
 
 
-def _loss(output: Any, mode: str, gen: torch.Generator) -> torch.Tensor:
+def audit_loss(output: Any, mode: str, gen: torch.Generator) -> torch.Tensor:
     """Cross-entropy against random labels (classes on dim 1) for (batch, classes) outputs under "auto", or
     under "ce"; otherwise the sum over the output's floating-point tensors of their mean squared value."""
     tensors = _floating(output)
@@ -154,7 +154,7 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
                                   for g in gate_stats(name, work.get_submodule(name), inputs))  # type: ignore[arg-type]
                     floating = _floating(output)
                     out_stats = output_stats(floating[0], extras, 1 if cfg.loss == "ce" else None) if floating else None
-                loss = _loss(output, cfg.loss, gen)
+                loss = audit_loss(output, cfg.loss, gen)
                 losses.append(float(loss.detach()))
                 del output
                 if loss.requires_grad:
@@ -170,7 +170,7 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
     steps = {name: 1 for name, learns in zero.items() if learns}
     if not all(zero.values()):  # outside the recorder: the copy's steps are no part of the series
         later, later_grads = later_learners(
-            work, lambda m: _loss(first(m), cfg.loss, torch.Generator().manual_seed(label_seed)), zero, names,
+            work, lambda m: audit_loss(first(m), cfg.loss, torch.Generator().manual_seed(label_seed)), zero, names,
             transposed)
         zero.update(dict.fromkeys(later, True))
         steps.update(later)

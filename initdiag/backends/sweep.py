@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ExperimentConfig, SweepConfig
+from ..config import ExperimentConfig
 from ..data import MnistData
 from ..errors import Interrupted
 from ..experiment import assemble, environment, resolve_device
@@ -30,6 +30,7 @@ from ..jsonable import run_name
 from ..progress import NullProgress, Progress
 from ..results import RunResult, SweepResult, cell_key
 from ..store import RunStore
+from ..sweep_config import SweepConfig
 from ..vocab import Backend
 from .local import available_cores, execute, plan
 

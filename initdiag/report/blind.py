@@ -98,9 +98,9 @@ _PARTS: tuple[tuple[str, str, str, str, Callable[[Verdict], list[tuple[str, Any,
 
 
 def blind_sections(runs: Sequence[tuple[str, Sequence[Verdict], Callable[[Verdict], Finding]]],
-                   salt: str) -> tuple[BlindSection, ...]:
+                   salt: str, legend: str = "initializer") -> tuple[BlindSection, ...]:
     """One :class:`BlindSection` per check that has a verdict in some run (``runs``: label, verdicts, and how a
-    verdict becomes a table row)."""
+    verdict becomes a table row; ``legend``: what a label stands for, the figures' legend title)."""
     out = []
     for check, title, note, plot_title, points, ylabel in _PARTS:
         found = [(label, v, finding) for label, verdicts, finding in runs for v in verdicts if v.check == check]
@@ -111,7 +111,7 @@ def blind_sections(runs: Sequence[tuple[str, Sequence[Verdict], Callable[[Verdic
             sites, measured, theory = _profile([(label, v) for label, v, _ in found], points)
             if sites and any(x is not None for xs in measured.values() for x in xs):
                 svg = layer_profile(measured, sites, title=plot_title, ylabel=ylabel, salt=f"{salt}-{check}",
-                                    xlabel="site (execution order)", theory=theory or None)
+                                    xlabel="site (execution order)", theory=theory or None, legend_title=legend)
                 figure = Figure(f"fig-{check}", svg, plot_title[0].upper() + plot_title[1:] + ".")
         out.append(BlindSection(str(check), title, note, tuple(finding(v) for _, v, finding in found), figure))
     return tuple(out)

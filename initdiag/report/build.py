@@ -2,8 +2,8 @@
 
 Every report has a verdict summary, signal propagation, units, findings, methods and provenance, built the
 same way. What a kind adds or changes (an experiment's accuracy section and heatmaps over training, an
-audit's per-layer table and recommendation, a training's heatmaps over the recorded steps) is one row of
-:data:`KINDS`, looked up by ``result.kind``.
+audit's per-layer table and recommendation, a training's heatmaps over the recorded steps, a fix's repair
+section and its two audits side by side) is one row of :data:`KINDS`, looked up by ``result.kind``.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from ..checks import CHECKS, Verdict, methods
 from ..jsonable import finite, json_safe
-from ..results import AuditResult, AuditRun, ExperimentResult, Result, RunResult, TrainingRun
+from ..results import AuditResult, AuditRun, ExperimentResult, FixResult, ParamChange, Result, RunResult, TrainingRun
 from ..series import first_step_values
 from ..vocab import CheckName, Family, Kind, ResultKind, Role, Status
 from .blind import blind_sections
@@ -33,12 +33,14 @@ from .context import (
     LayerTable,
     Method,
     Provenance,
+    RepairSection,
     ReportContext,
     StructureSection,
     UnitSection,
     VerdictGrid,
 )
 from .format import RANK, badge, check_title, fmt, fmt_p, fmt_seconds, layers_text
+from .repair import repair_recommendation, repair_section
 from .sections import accuracy_section, run_label, signal_section
 from .structure import structure_section
 
@@ -67,6 +69,9 @@ class KindSections:
     recommendation: Callable[[Any], str] = lambda result: ""
     kept: Callable[[Any], tuple[str, ...]] = lambda result: ()
     missing: Callable[[Any], tuple[str, ...]] = lambda result: ()
+    repair: Callable[[Any], RepairSection | None] = lambda result: None
+    series: str = "initializer"
+    """What a run stands for, when each has its own label: the verdict grid's row heading, the figures' legend title."""
 
 
 def build_context(result: Result) -> ReportContext:
@@ -85,9 +90,9 @@ def build_context(result: Result) -> ReportContext:
         provenance=kind.provenance(result, common_facts(result)),
         notices=kind.notices(result),
         missing=kind.missing(result),
-        grid=_grid(runs, multi),
+        grid=_grid(runs, multi, kind.series),
         accuracy=kind.accuracy(result, labels, styles, multi),
-        signal=signal_section(runs, labels, styles, multi, over_training=kind.over_training),
+        signal=signal_section(runs, labels, styles, multi, over_training=kind.over_training, legend=kind.series),
         units=_units(runs, multi),
         findings=_findings(runs, multi),
         methods=tuple(Method(m.check, m.title, m.description, m.null_hypothesis, str(m.threshold))
@@ -97,7 +102,8 @@ def build_context(result: Result) -> ReportContext:
         recommendation=kind.recommendation(result),
         kept=kind.kept(result),
         blind=blind_sections([(run_label(r, multi), r.verdicts, functools.partial(_row, run_label(r, multi)))
-                              for r in runs], salt=model),
+                              for r in runs], salt=model, legend=kind.series),
+        repair=kind.repair(result),
     )
 
 
@@ -163,6 +169,13 @@ def _audit_structure(audit: AuditResult) -> tuple[StructureSection, ...]:
     return tuple(s for r in audit.runs if (s := structure_section(r)) is not None)
 
 
+def _fix_tables(result: FixResult) -> tuple[LayerTable, ...]:
+    """The per-layer tables of the model as given and as repaired (its changed weights named)."""
+    root = result.runs[0].structure.root if result.runs[0].structure is not None else ""
+    changed = {c.param.rpartition(".")[0] or root: c for c in result.changes}
+    return _audit_layer_table(result.runs[0], {}), _audit_layer_table(result.runs[1], changed)
+
+
 KINDS: dict[str, KindSections] = {
     ResultKind.EXPERIMENT: KindSections(
         title="report", model=lambda r: r.config.model.label,
@@ -178,6 +191,11 @@ KINDS: dict[str, KindSections] = {
         provenance=lambda r, facts: _audit_provenance(r.audit, facts), over_training=True,
         layer_tables=lambda r: _audit_tables(r.audit), structure=lambda r: _audit_structure(r.audit),
         recommendation=lambda r: r.audit.recommendation.evidence, kept=lambda r: _audit_kept(r.audit)),
+    ResultKind.FIX: KindSections(
+        title="fix", model=lambda r: r.target, multi=lambda r: False, notices=lambda r: _audit_notices(r.before),
+        provenance=lambda r, facts: _audit_provenance(r.before, facts), over_training=False,
+        layer_tables=_fix_tables, structure=lambda r: tuple(s for x in r.runs if (s := structure_section(x))),
+        recommendation=repair_recommendation, repair=repair_section, series="model"),
 }
 """Per result kind (``result.kind``), what its report adds to the common sections."""
 
@@ -188,7 +206,7 @@ def grid_column(verdict: Verdict) -> str:
     return CHECKS.column(verdict)
 
 
-def _grid(runs: Sequence[Run], multi: bool) -> VerdictGrid:
+def _grid(runs: Sequence[Run], multi: bool, series: str = "initializer") -> VerdictGrid:
     """One row per run, one badge per column: the registered checks' columns (those always shown, and those
     some run has a verdict in), then the families of verdicts no registered check claims."""
     present = {grid_column(v) for r in runs for v in r.verdicts}
@@ -207,7 +225,7 @@ def _grid(runs: Sequence[Run], multi: bool) -> VerdictGrid:
         if worst.get(CheckName.DIVERGED) == "n/a":
             worst[CheckName.DIVERGED] = Status.FAIL if run.diverged_step is not None else Status.PASS
         rows.append(GridRow(run_label(run, multi), tuple(badge(worst[k]) for k in keys)))
-    return VerdictGrid("run" if multi else "initializer", tuple(h for _, h in columns), tuple(rows))
+    return VerdictGrid("run" if multi else series, tuple(h for _, h in columns), tuple(rows))
 
 
 def _finding(v: Verdict, run: str) -> Finding:
@@ -245,8 +263,9 @@ def layer_table(run: Run) -> LayerTable:
                  fmt(bwd.get(layer.name)), fmt(wgt.get(layer.name))) for layer in run.layers))
 
 
-def _audit_layer_table(run: AuditRun) -> LayerTable:
-    """:func:`layer_table` with each weight against the initializer advised for its activation."""
+def _audit_layer_table(run: AuditRun, changed: Mapping[str, ParamChange] | None = None) -> LayerTable:
+    """:func:`layer_table` with each weight against the initializer advised for its activation. ``changed``
+    (a fix's runs: module name -> the repair's change of its weight) says which weights a repair changed."""
     weights = {w.layer: w for w in run.weights}
     infos = {la.name: la for la in run.layers}
     rows = []
@@ -258,7 +277,9 @@ def _audit_layer_table(run: AuditRun) -> LayerTable:
             continue
         how = (f"re-initialized: {run.label}" if w.reinitialized else "PyTorch default" if w.default_init
                else "as given")
-        if not w.reinitialized and run.label != "keep":
+        if changed is not None:
+            how = f"repaired: std x{fmt(changed[w.layer].gain)}" if w.layer in changed else how
+        elif not w.reinitialized and run.label != "keep":
             root = run.structure.root if run.structure is not None else ""
             reason = next((k.reason for k in run.kept if (k.name.rpartition(".")[0] or root) == w.layer), "")
             how += f" (kept: {reason})" if reason else " (kept)"

@@ -24,6 +24,8 @@ __all__ = [
     "MeanRow",
     "Method",
     "Provenance",
+    "RepairRow",
+    "RepairSection",
     "ReportContext",
     "RunRow",
     "SignalSection",
@@ -272,9 +274,42 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class RepairRow:
+    """One parameter a repair changed: its layer, its name, its std before and after, the gain, the checks
+    it answers and the rule applied."""
+
+    layer: str
+    param: str
+    old_std: str
+    new_std: str
+    gain: str
+    answers: str
+    rule: str
+
+
+@dataclass(frozen=True)
+class RepairSection:
+    """A fix report's repair: the one-line answers (``audit``, ``training``: empty without a verification),
+    its badge, how the repair went (``method``), the changed parameters, the layers not converged and not
+    repaired, and the verification training's figure. ``changed`` False: the model was left as it was
+    (``audit`` says so and the rest is empty)."""
+
+    changed: bool
+    badge: Badge
+    audit: str
+    training: str
+    method: str
+    rows: tuple[RepairRow, ...]
+    unconverged: tuple[str, ...]
+    unrepaired: tuple[str, ...]
+    figure: Figure | None
+
+
+@dataclass(frozen=True)
 class ReportContext:
-    """Everything the template shows. ``kind`` is "experiment" or "audit" (no training: ``accuracy`` is
-    None and ``layer_tables`` holds the per-layer table); optional sections are None or empty."""
+    """Everything the template shows. ``kind`` is a result kind ("experiment", "audit", "training", "fix"; an
+    audit or a fix trains nothing: ``accuracy`` is None and ``layer_tables`` holds the per-layer tables);
+    optional sections are None or empty."""
 
     kind: str
     title: str
@@ -297,11 +332,15 @@ class ReportContext:
     """Audit: per initializer, the weights it left as they were and why (shown under the recommendation)."""
     blind: tuple[Any, ...] = ()
     """What variance cannot see: one :class:`~initdiag.report.blind.BlindSection` per check with verdicts."""
+    repair: RepairSection | None = None
+    """Fix: what the repair changed and whether the repaired model passes and trains better."""
 
     @property
     def toc(self) -> tuple[TocEntry, ...]:
         """The sections present, in order, with their anchor ids."""
         entries = [TocEntry("summary", "Verdict summary")]
+        if self.repair is not None:
+            entries.append(TocEntry("repair", "Repair"))
         if self.accuracy is not None:
             entries.append(TocEntry("accuracy", "Accuracy comparison"))
         if self.structure:

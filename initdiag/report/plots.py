@@ -187,8 +187,9 @@ def layer_profile(values: Mapping[str, Sequence[float | None]], layers: Sequence
                   ylabel: str, salt: str, styles: Mapping[str, int] | None = None,
                   xlabel: str = "layer (execution order)",
                   theory: Mapping[str, Sequence[float | None]] | None = None,
-                  theory_label: str = "theory") -> str:
-    """Line plot of a positive quantity per layer (log y), one line per series, legend outside the axes.
+                  theory_label: str = "theory", legend_title: str = "initializer") -> str:
+    """Line plot of a positive quantity per layer (log y), one line per series, legend (``legend_title``)
+    outside the axes.
 
     ``values[label][i]`` belongs to ``layers[i]``; None/NaN/Inf leave a gap. Exact zeros cannot sit on
     a log axis: they are drawn with hollow markers on a dotted floor line labelled "= 0".
@@ -252,7 +253,7 @@ def layer_profile(values: Mapping[str, Sequence[float | None]], layers: Sequence
                 handles.append(Line2D([], [], color="#555555", linestyle=_THEORY_DASHES, linewidth=0.8, marker="o",
                                       markersize=3, markerfacecolor="white", markeredgewidth=0.7))
                 names.append(_text(theory_label))
-            ax.legend(handles, names, title="initializer", loc="upper left", bbox_to_anchor=(1.02, 1.0),
+            ax.legend(handles, names, title=legend_title, loc="upper left", bbox_to_anchor=(1.02, 1.0),
                       frameon=False, borderaxespad=0.0)
         return to_svg(fig, salt)
 

@@ -109,9 +109,10 @@ def _theory(t: TheoryRow, run: str) -> TheoryLine:
 
 
 def signal_section(runs: Sequence[Run], labels: list[str], styles: dict[str, int], multi: bool,
-                   over_training: bool) -> SignalSection | None:
-    """Per-layer variance at initialization with the theory line, forward and backward; the theory table;
-    and, for training runs, layer x step heatmaps per initializer."""
+                   over_training: bool, legend: str = "initializer") -> SignalSection | None:
+    """Per-layer variance at initialization with the theory line, forward and backward, one line per label on
+    one axis (``legend``: what a label stands for); the theory table; and, for training runs, layer x step
+    heatmaps per initializer."""
     if not runs:
         return None
     layers = _layer_order(runs)
@@ -130,7 +131,7 @@ def signal_section(runs: Sequence[Run], labels: list[str], styles: dict[str, int
         svg = plots.layer_profile(values, names, title=f"{what} per layer at initialization (step 0)",
                                   ylabel="variance (log scale)", salt=fid, styles=styles,
                                   xlabel="Conv/Linear layer (execution order)", theory=expected,
-                                  theory_label="theory (thin dashed)")
+                                  theory_label="theory (thin dashed)", legend_title=legend)
         figures.append(Figure(fid, svg, f"{what} of each Conv/Linear layer's output at the first training step"
                               + (", mean over seeds" if multi else "") + "; log scale. Thin dashed lines with "
                               "hollow markers: the variance theory expects from each initializer (gain per layer "
@@ -153,5 +154,6 @@ def signal_section(runs: Sequence[Run], labels: list[str], styles: dict[str, int
     else:
         note = "An audit does not train: no variance over training."
     theory = tuple(_theory(t, run_label(r, multi)) for r in runs for t in r.theory)
-    return SignalSection(figures[0], figures[1], theory, tuple(heatmaps), note, stream_figures(runs, labels, styles))
+    return SignalSection(figures[0], figures[1], theory, tuple(heatmaps), note,
+                         stream_figures(runs, labels, styles, legend))
 

@@ -56,7 +56,8 @@ def _summary(s: Structure) -> str:
             f"{len(s.blocks)} residual blocks; activations: {', '.join(acts) or 'none'}.")
 
 
-def stream_figures(runs: Sequence[Run], labels: Sequence[str], styles: dict[str, int]) -> tuple[Figure, ...]:
+def stream_figures(runs: Sequence[Run], labels: Sequence[str], styles: dict[str, int],
+                   legend: str = "initializer") -> tuple[Figure, ...]:
     """Per block, the residual stream's average channel variance (forward: with the theory's prediction) and
     average channel squared mean, and the variance of its gradient (backward): Brock et al. 2021's
     signal-propagation plots."""
@@ -83,7 +84,7 @@ def stream_figures(runs: Sequence[Run], labels: Sequence[str], styles: dict[str,
         svg = plots.layer_profile(values, sites, title=title, ylabel="average over channels (log scale)", salt=fid,
                                   styles={**styles, **{f"{k} (channel mean²)": styles.get(k, 0) + 4 for k in styles}},
                                   xlabel="stream: entering the first block, then after each block",
-                                  theory=theory or None, theory_label="theory (thin dashed)")
+                                  theory=theory or None, theory_label="theory (thin dashed)", legend_title=legend)
         caption = ("Average over channels of the variance (and of the squared mean) of the stream after each "
                    "residual block, at the first batch; thin dashed: the variance theory predicts (each block adds "
                    "Var(f(x)); normalized branches add a fixed amount, unnormalized ones a multiple of the stream)."

@@ -3,7 +3,7 @@
 Strictly valid JSON (NaN/Inf become null). Schema version 3 (version 2 had no ``outcome`` in a verdict: a
 signal verdict's ``check`` held its outcome; version 1 had neither ``structure`` nor ``stream``)::
 
-    {"schema_version": 3, "tool": "initdiag", "version": str, "kind": "experiment" | "audit" | "training",
+    {"schema_version": 3, "tool": "initdiag", "version": str, "kind": "experiment" | "audit" | "training" | "fix",
      "created": ISO-8601 UTC, "command": str, "model": str,
      "dataset": {"name", "source", "kind", "train_size", "test_size", "files": {file: md5}},
      "config": {...}, "environment": {str: str}, "duration_seconds": float, "missing": [run name, ...],
@@ -26,7 +26,13 @@ inputs (``name`` the input kind, ``train_size`` the samples pushed through, ``te
 adds ``"passed"`` and ``"recommendation"`` (``{"initializer", "evidence", "compared", "equal"}``). A training
 (a callback's report) is its audit at the first batch (the first run, as an audit's) and the training as a
 second run with ``"losses"`` (the loss of every step) and ``"steps_per_epoch"``; the top level adds
-``"framework"``.
+``"framework"``. A fix's runs are its two audits' first runs, named ``"before"`` (the model as given) and
+``"after"`` (as repaired); its ``dataset`` is the first audit's, as an audit's, and the top level adds
+``"passed"`` (the repaired model's audit), ``"passed_before"``, ``"method"``, ``"rounds"``, ``"changed"``
+(bool), ``"changes"`` (``ParamChange.to_json()``: ``{"layer", "param", "old_std", "new_std", "gain",
+"answers", "rule"}`` per changed parameter), ``"unconverged"`` and ``"unrepaired"`` (layer names) and
+``"verification"`` (``{"steps", "data", "optimizer", "improved", "original_tail", "repaired_tail",
+"original", "repaired"}``: each step's loss of the original and the repaired model; or null).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from ..jsonable import json_safe
-from ..results import AuditResult, AuditRun, ExperimentResult, Result, RunResult, TrainingResult, TrainingRun
+from ..results import AuditResult, AuditRun, ExperimentResult, FixResult, Result, RunResult, TrainingResult, TrainingRun
 from ..series import first_step_values
 from ..vocab import Kind, ResultKind, __version__
 
@@ -99,8 +105,18 @@ def _training(result: TrainingResult) -> dict[str, Any]:
     return {**_audit(result.audit), "passed": result.passed, "framework": result.framework}
 
 
+def _fix(result: FixResult) -> dict[str, Any]:
+    v = result.verification
+    return {"model": result.target, "dataset": _audit(result.before)["dataset"], "passed": result.passed,
+            "passed_before": result.before.passed, "method": result.method, "rounds": result.rounds,
+            "changed": result.changed, "changes": [c.to_json() for c in result.changes],
+            "unconverged": list(result.unconverged), "unrepaired": list(result.unrepaired),
+            "verification": None if v is None else v.to_json()}
+
+
 _KIND_PARTS: dict[str, Callable[[Any], dict[str, Any]]] = {
-    ResultKind.EXPERIMENT: _experiment, ResultKind.AUDIT: _audit, ResultKind.TRAINING: _training}
+    ResultKind.EXPERIMENT: _experiment, ResultKind.AUDIT: _audit, ResultKind.TRAINING: _training,
+    ResultKind.FIX: _fix}
 """Per result kind, its part of the summary beyond what every kind has."""
 
 

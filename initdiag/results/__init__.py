@@ -6,8 +6,9 @@ from __future__ import annotations
 from .audit import AuditInputs, AuditResult, AuditRun, LayerWeight, Recommendation
 from .base import Result, first_nonfinite, set_report_writer
 from .experiment import ExperimentResult, RunResult, SweepResult, cell_key
+from .fix import FixResult, ParamChange, Verification
 from .training import TrainingResult, TrainingRun
 
-__all__ = ["AuditInputs", "AuditResult", "AuditRun", "ExperimentResult", "LayerWeight", "Recommendation", "Result",
-           "RunResult", "SweepResult", "TrainingResult", "TrainingRun", "cell_key", "first_nonfinite",
-           "set_report_writer"]
+__all__ = ["AuditInputs", "AuditResult", "AuditRun", "ExperimentResult", "FixResult", "LayerWeight", "ParamChange",
+           "Recommendation", "Result", "RunResult", "SweepResult", "TrainingResult", "TrainingRun", "Verification",
+           "cell_key", "first_nonfinite", "set_report_writer"]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..checks import Comparison, RunAnalysis
-from ..config import ExperimentConfig, SweepConfig
+from ..config import ExperimentConfig
 from ..data import DataProvenance
 from ..initializers import InitSpec
 from ..jsonable import file_name
@@ -19,6 +19,7 @@ from ..models import ModelSpec
 from ..series import concat
 from ..structure import Structure
 from ..structure.layers import LayerInfo
+from ..sweep_config import SweepConfig
 from ..training import EpochStats
 from ..vocab import ResultKind, RunStatus
 from .base import _Analysed, _Writes

@@ -63,6 +63,8 @@ class AttentionSite:
     joint: bool = False
     """The softmax ran over a flattened query x key map (``softmax(z.view(b, -1))``), not over each query's
     keys: the whole map sums to one, each query's row to ``1 / queries`` on average."""
+    sources: tuple[str, ...] = ()
+    """The weight layers (call sites) the queries and keys were last mapped by: what scales the logits."""
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -268,11 +270,11 @@ class Measurer:
             if eps is not None:
                 g.norm_vars[n] = (float(args[0].detach().double().var(unbiased=False)), eps)
         elif cat == fn.PRODUCT and name == "scaled_dot_product_attention":
-            self._site(call, lambda site: sdpa_site(site, args, kwargs))
+            self._site(call, lambda site: sdpa_site(site, args, kwargs), self._sources(ins[:2]))
         elif cat == fn.PRODUCT:
             qk = qk_moments(name, args)
             if qk is not None:
-                g.extra[n] = ("qk", qk, int(out.shape[-1]))
+                g.extra[n] = ("qk", qk, int(out.shape[-1]), self._sources(ins[:2]))
         elif cat == fn.TRANSPARENT and (name in fn.MUL_FUNCS or name in fn.DIV_FUNCS) and len(args) == 2:
             factor = args[1] if isinstance(args[1], (int, float)) else args[0] if isinstance(args[0], (int, float)) \
                 else math.nan  # a learned temperature or a tensor of scales: theory does not know it
@@ -288,14 +290,16 @@ class Measurer:
             if found is not None:
                 dim = kwargs.get("dim", args[1] if len(args) > 1 else -1)
                 z = args[0] if isinstance(args[0], Tensor) else None
-                self._site(call, lambda site: attention_site(site, "softmax", out, z, int(dim), *found))
+                self._site(call, lambda site: attention_site(site, "softmax", out, z, int(dim), *found[:4]),
+                           found[4])
         elif name == "multi_head_attention_forward":
-            self._site(call, lambda site: mha_site(site, func, args, kwargs))
+            self._site(call, lambda site: mha_site(site, func, args, kwargs), (call.site,))
 
     def _product_before(self, node: int) -> tuple[tuple[float, float, int] | None, float | None, Tensor | None,
-                                                   int | None] | None:
+                                                   int | None, tuple[str, ...]] | None:
         """From a softmax's input back through shape ops, masks and constant scales to a product of two data
-        tensors: ``(its q/k moments, the scales' product, the masks, its last dim: the keys)``, moments and
+        tensors: ``(its q/k moments, the scales' product, the masks, its last dim: the keys, the layers its operands
+        come from)``, moments and
         scale None past a scale theory does not know (a tensor); None when there is no such product. Additive
         position biases are not in the prediction."""
         g, scale = self.graph, 1.0
@@ -304,9 +308,9 @@ class Measurer:
             kind = g.kind[node]
             if kind == fn.PRODUCT:
                 extra = g.extra.get(node)
-                kept = extra if isinstance(extra, tuple) and extra[0] == "qk" else ("qk", None, None)
+                kept = extra if isinstance(extra, tuple) and extra[0] == "qk" else ("qk", None, None, ())
                 return (kept[1] if math.isfinite(scale) else None, scale if math.isfinite(scale) else None, masked,
-                        kept[2])
+                        kept[2], kept[3])
             if kind != fn.TRANSPARENT:
                 return None
             extra = g.extra.get(node)
@@ -324,8 +328,25 @@ class Measurer:
             node = data[0]
         return None
 
-    def _site(self, call: Call, make: Any) -> None:
+    def _sources(self, nodes: Any) -> tuple[str, ...]:
+        """The weight layers (call sites) that last mapped the data of ``nodes``: back through everything but
+        normalizations and other weight layers (a few steps: shape ops, RoPE's products and sums, scales)."""
+        g, found, todo = self.graph, [], list(nodes)
+        seen: set[int] = set()
+        while todo and len(seen) < 64:
+            n = todo.pop(0)
+            if n in seen or not g.data[n]:
+                continue
+            seen.add(n)
+            li = g.node_layer.get(n)
+            if li is not None:
+                found.append(g.calls[g.layers[li].call].site)
+            elif g.kind[n] not in (fn.NORM, fn.LEAF):
+                todo.extend(g.inputs[n])
+        return tuple(dict.fromkeys(found))
+
+    def _site(self, call: Call, make: Any, sources: tuple[str, ...] = ()) -> None:
         k = call.fcount["attention"] = call.fcount.get("attention", 0) + 1
         site = make(f"{call.site}:attention" if k == 1 else f"{call.site}:attention@{k}")
         if site is not None:
-            self.graph.attention.append(site)
+            self.graph.attention.append(replace(site, sources=sources))
