@@ -56,10 +56,9 @@ def _critical(name: str, params: tuple[tuple[str, object], ...]) -> tuple[float,
     f_small, f_unit = small.second / _SMALL_Q, unit.second / _UNIT_Q
     centred = abs(small.mean) < 1e-2
     if centred and f_unit < f_small * (1 - 1e-3):  # saturating: the variance map's fixed point is q* = 0
-        return 1.0 / small.slope_second, f"chi_1 = 1 at q* = 0 for {name}: sigma_w^2 = 1 / phi'(0)^2"
+        return 1.0 / small.slope_second, f"{name}: edge of chaos, chi_1 = 1 at q* = 0"
     sigma2 = 1.0 / math.sqrt(f_unit * unit.slope_second)
-    return sigma2, (f"{name} at unit pre-activation: sigma_w^2 = 1 / sqrt(E[phi^2] E[phi'^2]) = {sigma2:.3g} "
-                    "(forward and backward gains 1 in geometric mean)")
+    return sigma2, f"{name}: forward x backward gain 1 at q = 1"
 
 
 def critical_sigma2(activation: Activation) -> tuple[float, str] | None:
@@ -73,7 +72,7 @@ def critical_sigma2(activation: Activation) -> tuple[float, str] | None:
     E[phi^2]`` and the backward factor ``sigma_w^2 E[phi'^2]`` at unit pre-activation have geometric mean 1:
     ReLU 2 (He et al. 2015), GELU 2.27, SiLU 2.72; no activation (a head, a branch end) 1."""
     if activation.name in ("linear", "identity"):
-        return 1.0, "no activation after it: sigma_w^2 = 1 (LeCun)"
+        return 1.0, "no activation after it"
     return _critical(activation.name, tuple(activation.params))
 
 
@@ -145,7 +144,7 @@ def theory_round(model: nn.Module, run: AuditRun, seed: int = 0) -> Round:
             out.unrepaired[name] = f"activation '{layer.activation.name}' unknown to the theory engine"
             continue
         sigma2, rule = critical
-        out.apply(model, layer, answers, f"Var(W) = sigma_w^2 / fan_in, {rule}, fan_in {layer.fan_in:g}",
+        out.apply(model, layer, answers, f"Var(W) = {sigma2:.3g} / fan_in {layer.fan_in:g} ({rule})",
                   target_std=math.sqrt(sigma2 / layer.fan_in), generator=gen)
     _stream(model, run, structure, by_name, out)
     _branches(model, run, structure, by_name, out)
@@ -171,8 +170,8 @@ def _stream(model: nn.Module, run: AuditRun, structure: Structure, by_name: dict
         if not ends:
             out.unrepaired[b.name] = "its branch ends in no weight layer to scale"
         for layer in ends:
-            out.apply(model, layer, (CheckName.STREAM,), f"branch end scaled so the branch adds 1/L of the stream "
-                      f"(L = {depth} blocks, measured r = {r:.3g}): factor sqrt(1 / (L r))",
+            out.apply(model, layer, (CheckName.STREAM,), f"branch end to 1/L of the stream: x sqrt(1 / (L r)), L = "
+                      f"{depth}, r = {r:.3g}",
                       factor=math.sqrt(1.0 / (depth * r)))
 
 
@@ -187,7 +186,7 @@ def _branches(model: nn.Module, run: AuditRun, structure: Structure, by_name: di
                 if r is None or not r > Thresholds().branch_fail or end not in by_name:  # the failing adds only
                     continue
                 out.apply(model, by_name[end], (CheckName.BRANCH_SCALE,),
-                          f"branch end scaled to the stream's variance (measured r = {r:.3g}): factor sqrt(1 / r)",
+                          f"branch end to the stream's variance: x sqrt(1 / r), r = {r:.3g}",
                           factor=math.sqrt(1.0 / r))
 
 
@@ -199,7 +198,7 @@ def _head(model: nn.Module, run: AuditRun, by_name: dict[str, WeightLayer], out:
             out.unrepaired[str(v.details.get("head") or "head")] = "the head is not a weight layer the forward showed"
             continue
         out.apply(model, head, (CheckName.OUTPUT_SCALE,),
-                  f"head scaled to unit logit spread (measured {s:.3g}): factor 1 / s", factor=1.0 / s)
+                  f"head to unit logit spread: x 1 / s, s = {s:.3g}", factor=1.0 / s)
 
 
 def _attention(model: nn.Module, run: AuditRun, structure: Structure, by_name: dict[str, WeightLayer],
@@ -218,5 +217,5 @@ def _attention(model: nn.Module, run: AuditRun, structure: Structure, by_name: d
                 out.unrepaired[row["site"]] = "its queries and keys come from no weight layer the forward showed"
             for layer in layers:
                 out.apply(model, layer, (CheckName.ATTENTION_ENTROPY,),
-                          f"query/key projection scaled to unit attention-logit spread (measured {s:.3g}): "
-                          "factor s^(-1/2)", factor=1.0 / math.sqrt(s))
+                          f"queries/keys to unit attention-logit spread: x s^(-1/2), s = {s:.3g}",
+                          factor=1.0 / math.sqrt(s))
