@@ -31,22 +31,23 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import initdiag
 from initdiag.audit.inputs import Inputs
+from initdiag.audit.run import audit_loss
 from initdiag.repair.lsuv import lsuv_repair
 from initdiag.structure import discover
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
-CASES = ("mlp30_relu_default", "cnn30_default", "vgg11_normal1", "resnet18_no_norm_he", "mlp10_tanh_normal1")
+CASES = ("mlp30_relu_default", "cnn30_default", "vgg11_normal1", "resnet18_no_norm_he", "mlp10_tanh_normal1",
+         "timm_vit_tiny_normal1", "gpt2_6l_normal1")
 MAPS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -98,16 +99,17 @@ def verdict(model: nn.Module, case: Any) -> str:
     return "pass" if result.passed else ("fail: " + "+".join(failed) if failed else "fail")
 
 
-def train(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int, seed: int) -> list[float]:
-    """``steps`` Adam steps (lr 1e-3) on a copy, cycling through ``batches``; each step's cross-entropy."""
+def train(model: nn.Module, batches: list[tuple[torch.Tensor, str, int]], steps: int, seed: int) -> list[float]:
+    """``steps`` Adam steps (lr 1e-3) on a copy, cycling through ``batches`` (input, loss mode, label seed); each
+    step's loss (the audit's: cross-entropy against random labels fixed per batch for class outputs)."""
     model = copy.deepcopy(model).train()
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for i in range(steps):
-        x, y = batches[i % len(batches)]
+        x, mode, label_seed = batches[i % len(batches)]
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        loss = audit_loss(model(x), mode, torch.Generator().manual_seed(label_seed))
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
@@ -147,11 +149,11 @@ def bench_case(case: Any, steps: int, orthogonal: bool, train_batches: int) -> l
     from initdiag.config import AuditConfig
 
     original = case.build()
-    cfg = AuditConfig(input_shape=case.input_shape, batches=case.batches, batch_size=case.batch_size)
+    cfg = AuditConfig(input_shape=case.input_shape, batches=case.batches, batch_size=case.batch_size,
+                      input_dtype=case.input_dtype, vocab=case.vocab, loss=case.loss)
     x = make_inputs(original, cfg)[0][0].first  # the audit's first batch: what fix's LSUV measures on
-    gen = torch.Generator().manual_seed(1)
-    batches = [(torch.randn((case.batch_size, *case.input_shape), generator=gen),
-                torch.randint(0, 10, (case.batch_size,), generator=gen)) for _ in range(train_batches)]
+    trained_on = make_inputs(original, replace(cfg, batches=train_batches, seed=1))[0]
+    batches = [(b.first, case.loss, 100 + k) for k, b in enumerate(trained_on)]  # labels drawn per batch
     methods: list[tuple[str, Callable[[nn.Module, torch.Tensor, bool], tuple[nn.Module, list[str], str]]]] = [
         ("lsuv package", run_package)] if importlib.util.find_spec("lsuv") else []
     methods.append(("lsuv_repair", run_ours))

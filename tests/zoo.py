@@ -27,6 +27,7 @@ from zoo_models import (
     he,
     hf,
     mlp,
+    normal1,
     plain_cnn,
     reinit,
     resnet_no_norm_he,
@@ -223,6 +224,13 @@ CASES: tuple[ZooCase, ...] = (
                                                **BERT)),
             _fs("no_signal", "symmetry"), "every Linear zero: attention, FFN, pooler, classifier output exactly 0",
             **TEXT, requires=HF),
+    ZooCase("timm_vit_tiny_normal1", "vit", seeded(normal1(timm_model("vit_tiny_patch16_224", img_size=64))),
+            _fs("output_scale", "attention_entropy"), "every weight N(0, 1): logits spread ~sqrt(192) over 10 "
+            "classes, attention logits ~d: one-hot at init (Zhai et al. 2023)", input_shape=IMG64, requires=TIMM),
+    ZooCase("gpt2_6l_normal1", "gpt2", seeded(normal1(hf("GPT2LMHeadModel", "GPT2Config", classes_first=True,
+                                                          n_layer=6, **GPT2))),
+            _fs("output_scale", "attention_entropy"), "every weight N(0, 1) (the tied head too): logits spread "
+            "~sqrt(256), attention near one-hot", **LM, requires=HF),
     # -- plain nets, theory fixes the answer ---------------------------------------------------------------------
     ZooCase("mlp30_relu_he", "mlp", seeded(lambda: reinit(mlp(), he, bias=0.0)), HEALTHY,
             "He init keeps the variance of a ReLU net constant with depth (He et al. 2015)", input_shape=MLP_IN),

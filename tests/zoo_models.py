@@ -58,6 +58,22 @@ def zeroed(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
     return zero
 
 
+def normal1(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """``build``'s model with every parameter of two or more dims (weights, embeddings, position tables) drawn
+    from N(0, 1): a transformer "initialized" the way a new user's ``normal_()`` loop does it."""
+
+    @torch.no_grad()
+    def draw() -> nn.Module:
+        model = build()
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 1.0)
+        return model
+
+    draw.__name__ = f"{getattr(build, '__name__', 'build')}_normal1"
+    return draw
+
+
 def he(t: torch.Tensor) -> Any:
     """He normal, fan_in, ReLU gain (He et al. 2015)."""
     return nn.init.kaiming_normal_(t, mode="fan_in", nonlinearity="relu")
