@@ -244,3 +244,25 @@ def test_the_api_refuses_a_non_finite_batch_and_leaves_the_model_alone() -> None
     with pytest.raises(initdiag.UsageError, match="unknown method"):
         initdiag.fix(model, input_shape=(32,), method="magic")
     assert _equal(_state(model), given)
+
+
+def test_the_fan_in_is_the_one_the_forward_shows_grouped_and_transposed_convs() -> None:
+    """He for the fans the forward shows: a grouped conv sums in_channels / groups x k x k inputs per output, a
+    stride-2 transposed conv (k = 4) in_channels x k x k / stride^2 (each output sees a quarter of the taps)."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, padding=1), nn.ReLU()]
+    for _ in range(6):
+        layers += [nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.ReLU()]
+    layers += [nn.ConvTranspose2d(32, 32, 4, stride=2, padding=1), nn.ReLU(), nn.Conv2d(32, 4, 1)]
+    model = nn.Sequential(*layers)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                m.weight.mul_(0.3)  # every layer too small: the chain vanishes
+    result = initdiag.fix(model, input_shape=(3, 8, 8), verify_steps=0, loss="mse")
+    assert not result.before.passed and result.after.passed
+    fans = {la.name: la.fan_in for la in result.before.runs[0].structure.weight_layers}  # type: ignore[union-attr]
+    assert fans["2"] == 32 / 4 * 9 and fans["14"] == pytest.approx(32 * 16 / 4)
+    for name in ("2", "14"):
+        weight = result.model.get_submodule(name).weight.detach()
+        assert float(weight.square().mean()) == pytest.approx(2.0 / fans[name], rel=1e-4)
