@@ -1,4 +1,4 @@
-"""Command line: ``initdiag report``, ``audit``, ``fix``, ``sweep``, ``list``. ``main(argv) -> exit code``.
+"""Command line: ``initdiag report``, ``audit``, ``fix``, ``sweep``, ``compare``, ``list``. ``main(argv) -> exit code``.
 
 Every option is declared once (:mod:`initdiag.options`); each command lists the options it takes (with its own
 default where the commands differ, e.g. ``--init``). Exit codes: 0 success; 2 bad usage or input (one line,
@@ -66,8 +66,14 @@ def _cmd_fix(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: Te
     return cmd_fix(args, argv, out, err)
 
 
+def _cmd_compare(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    from .compare_render import cmd_compare  # only here: the other commands need not load it
+
+    return cmd_compare(args, argv, out, err)
+
+
 _RUNNERS: dict[str, Callable[[argparse.Namespace, Sequence[str], TextIO, TextIO], int]] = {
-    "report": cmd_report, "audit": cmd_audit, "fix": _cmd_fix, "sweep": cmd_sweep,
+    "report": cmd_report, "audit": cmd_audit, "fix": _cmd_fix, "sweep": cmd_sweep, "compare": _cmd_compare,
 }
 
 

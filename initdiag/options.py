@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .compare import DEFAULT_FACTOR
 from .config import AUDIT_LOSSES, INPUT_DTYPES, TRAIN_DTYPES, AuditConfig, ExperimentConfig, FixConfig
 from .errors import UsageError
 from .models import ACTIVATIONS, MODELS, ModelSpec
@@ -76,7 +77,8 @@ OPTIONS: dict[str, Option] = {o.flag.lstrip("-").replace("-", "_"): o for o in (
                              "%(default)s; the loss is checked every step regardless)", {"type": _int, "metavar": "K"}),
     Option("--dataset", "mnist (found or downloaded) or mnist-sample (bundled)"),
     Option("--data-dir", "directory with the four MNIST IDX files (plain or .gz; also DIR/MNIST/raw)", {"type": Path}),
-    Option("--out", "output directory (default reports/<model>-<time>)", {"type": Path}),
+    Option("--out", "output directory (default reports/<model>-<time>; compare: none, Markdown on stdout)",
+           {"type": Path}),
     Option("--format", "outputs to write (default %(default)s)"),
     Option("--paper", f"PDF paper size: {', '.join(PAPERS)} (default %(default)s)"),
     Option("--device", "auto (CUDA when present), cpu or cuda (default %(default)s)"),
@@ -128,6 +130,10 @@ OPTIONS: dict[str, Option] = {o.flag.lstrip("-").replace("-", "_"): o for o in (
     Option("--verify-lr", "fix: the verification's learning rate (default %(default)s)", {"type": _float}),
     Option("--save", "fix: write the repaired model's state_dict (tensors only, torch.save) to FILE",
            {"type": Path, "metavar": "FILE"}),
+    Option("base", "compare: the earlier result, a summary.json or a report folder holding one"),
+    Option("new", "compare: the later result, of the same kind (audit, fix, training, experiment)"),
+    Option("--factor", "compare: a layer's variance changed when NEW/BASE is at least this or at most its inverse "
+                       "(default %(default)s)", {"type": _float}),
     Option("--debug", "show tracebacks for known errors", {"action": "store_true", "default": argparse.SUPPRESS}),
 )}
 """Every option, declared once, by its argparse destination."""
@@ -209,6 +215,16 @@ COMMANDS: dict[str, Command] = {
                  ExperimentConfig, model=Axis("deep-mlp"), depth=Axis("10,20,30"), width=Axis(str(ModelSpec.width)),
                  activation=Axis(ModelSpec.activation), init="he,xavier", epochs=1, seeds=2,
                  backend=_cli(SweepConfig.backend), ray_address=SweepConfig.ray_address, resume=_OWN, debug=_OWN)),
+    "compare": Command(
+        "what changed between two results' summary.json: checks newly failing or resolved, layer variances, "
+        "accuracy, weight layers",
+        "Compare two summary.json files (or report folders) of the same kind: verdicts newly failing or resolved, "
+        "per-layer variances changed beyond --factor, weight layers added, removed or re-initialized, and test "
+        "accuracy (two-proportion z-test). Without --out, print the Markdown (or the one --format) to stdout and "
+        "write nothing; with --out, write compare.md, compare.json, compare.html there. Exit 3 when NEW fails a "
+        "check (among --fail-on) that BASE did not fail, else 0; 2 on bad input.",
+        {"base": _OWN, "new": _OWN, "out": None, "format": "md,json,html", "factor": DEFAULT_FACTOR,
+         "fail_on": None, "debug": _OWN}),
 }
 
 
@@ -216,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="initdiag", description="Diagnose the weight initialization of PyTorch models.")
     parser.add_argument("--version", action="version", version=f"initdiag {__version__}")
     parser.add_argument("--debug", action="store_true", help=OPTIONS["debug"].help)
-    sub = parser.add_subparsers(dest="command", metavar="{report,audit,fix,sweep,list}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{report,audit,fix,sweep,compare,list}", parser_class=_Parser)
     for name, command in COMMANDS.items():
         cmd = sub.add_parser(name, help=command.help, description=command.description)
         for dest, default in command.options.items():

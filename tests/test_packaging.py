@@ -76,7 +76,8 @@ def test_the_readme_api_examples_run_after_pip_install(wheel: Path, tmp_path: Pa
     """As after ``pip install .``: the wheel on the path (no editable finder: ``python -S``). From the clone's
     root Python imports the source tree instead of the wheel, and the templates must still be found."""
     examples = _readme_examples()
-    assert len(examples) == 3 and "result.write(" in examples[1] and "CHECKS.register(" in examples[2]
+    assert len(examples) == 4 and "result.write(" in examples[1] and "initdiag.fix(" in examples[2]
+    assert "CHECKS.register(" in examples[3]
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     out = tmp_path / "my-net"
@@ -91,3 +92,4 @@ def test_the_readme_api_examples_run_after_pip_install(wheel: Path, tmp_path: Pa
     assert source.startswith(str(ROOT if where == "clone root" else site)), source
     assert (out / "report.html").stat().st_size > 0 and (out / "summary.json").stat().st_size > 0
     assert "keep" in run.stdout and "vanishing" in run.stdout
+    assert "False True" in run.stdout  # fix: the model as given fails, the repaired one passes

@@ -142,7 +142,10 @@ def stalled_verdict(ev: RunEvidence, th: Thresholds = DEFAULT_THRESHOLDS,
     else:
         status = Status.PASS
         message = f"The loss fell over the first epoch ({what}): {compared}."
+    zeros = bool(ev.weight_vars) and all(v == 0 for v in ev.weight_vars.values())
     advice = None if status == Status.PASS else (
+        "Every weight starts at zero: units of a layer stay identical and no learning rate separates them; draw "
+        f"the weights at random. ({init_advice(ev)})" if zeros else
         "A network that does not learn in its first epoch usually passes no signal through its layers: see the "
         "vanishing/exploding verdicts. Deep ReLU networks need He init (He et al. 2015: 30 layers under Xavier "
         f"do not learn), normalization layers or residual connections; else raise the learning rate. "

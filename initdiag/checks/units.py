@@ -68,7 +68,10 @@ def _unit_verdict(ev: RunEvidence, phase: str, check: str, stat: str, warn: floa
                    f"{table['module'][worst_i]}); mean {np.nanmean(values):.0%} over {len(table)} layers "
                    f"(warn at {warn:.0%}, fail at {fail:.0%}).")
     else:
-        listed = ", ".join(f"'{la}' {v:.0%}" for la, v in zip(over["layer"][:5], over["value"][:5], strict=True))
+        weight_at = {la.depth: la.name for la in ev.layers if la.role == Role.WEIGHT}
+        owner = {la.name: weight_at.get(la.depth) for la in ev.layers if la.role == Role.ACTIVATION}
+        listed = ", ".join(f"'{la}'{f' (after {owner[la]!r})' if owner.get(la) else ''} {v:.0%}"
+                           for la, v in zip(over["layer"][:5], over["value"][:5], strict=True))
         more = f" and {len(over) - 5} more" if len(over) > 5 else ""
         limit = fail if status == Status.FAIL else warn
         message = (f"{when} ({source}): {len(over)} of {len(table)} layers have {warn:.0%} or more {what}: "

@@ -120,8 +120,17 @@ def common_facts(result: Result) -> dict[str, Any]:
         "machine": ", ".join(env[k] for k in ("platform", "device", "gpu") if k in env) or "—",
         "environment": tuple(KeyValue(k, str(v)) for k, v in env.items()),
         "config": tuple(KeyValue(k, v if isinstance(v, str) else json.dumps(json_safe(v), sort_keys=True))
-                        for k, v in config.to_json().items()),
+                        for k, v in _shown(config.to_json()).items()),
     }
+
+
+def _shown(config: dict[str, Any]) -> dict[str, Any]:
+    """A configuration as the report shows it: a built-in model without depth, width and activation knobs (the
+    seed CNN, the MLP) by its name alone; only the deep MLP takes them."""
+    model = config.get("model")
+    if isinstance(model, dict) and model.get("name") in ("cnn", "mlp"):
+        return {**config, "model": model["name"]}
+    return config
 
 
 def _experiment_notices(result: ExperimentResult) -> tuple[str, ...]:
@@ -139,7 +148,10 @@ def _experiment_notices(result: ExperimentResult) -> tuple[str, ...]:
 def _experiment_provenance(result: ExperimentResult, facts: dict[str, Any]) -> Provenance:
     """The data set an experiment trained on."""
     prov = result.provenance
-    return Provenance(**facts, seeds=", ".join(map(str, result.config.run_seeds)), dataset=prov.name,
+    seeds = result.config.run_seeds
+    return Provenance(**facts, seeds=", ".join(map(str, seeds)) + (
+        " (one run per initializer)" if len(seeds) == 1 else f" ({len(seeds)} runs per initializer)"),
+                      dataset=prov.name,
                       source=f"{prov.source} ({prov.kind})",
                       sizes=f"{prov.train_size:,} training, {prov.test_size:,} test images",
                       files=tuple(DataFile(k, v) for k, v in sorted(prov.files.items())))

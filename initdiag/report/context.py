@@ -125,6 +125,7 @@ class AccuracySection:
     means: tuple[MeanRow, ...]
     comparisons: tuple[ComparisonRow, ...]
     figure: Figure | None
+    note: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from ..results import AuditRun, ExperimentResult, RunResult, TrainingRun
 from ..series import first_step_values
 from ..vocab import Kind, Phase, Role, RunStatus, Stat, Status
 from . import plots
-from .context import AccuracySection, ComparisonRow, Figure, MeanRow, RunRow, SignalSection, TheoryLine
+from .context import AccuracySection, Badge, ComparisonRow, Figure, MeanRow, RunRow, SignalSection, TheoryLine
 from .format import badge, fixed, fmt, fmt_p, layer_labels
 from .structure import stream_figures
 
@@ -31,14 +31,26 @@ def run_label(run: Run, multi: bool) -> str:
     return run.name if multi else run.label
 
 
+CLASSES = 10
+"""The classes of the experiment's data set (MNIST's digits)."""
+
+
+def _run_status(run: RunResult) -> tuple[Badge, str]:
+    """A trained run's badge and detail: diverged; no learning, when its test accuracy stays below twice chance
+    (2 / classes: a run that predicts about one class, MNIST's most frequent being 11% of its test set); else
+    ok."""
+    if run.status == RunStatus.DIVERGED:
+        return badge(Status.FAIL, "diverged"), f"diverged at step {run.diverged_step}"
+    if math.isfinite(run.test_accuracy) and run.test_accuracy < 2.0 / CLASSES:
+        return badge(Status.FAIL, "no learning"), f"at chance: below 2 / {CLASSES} classes"
+    return badge(Status.PASS, "ok"), ""
+
+
 def accuracy_section(result: ExperimentResult, labels: list[str], styles: dict[str, int],
                      multi: bool) -> AccuracySection:
     """Test accuracy and loss per run, means with intervals over seeds, the comparisons, accuracy per epoch."""
-    rows = tuple(
-        RunRow(r.label, r.seed, fixed(r.test_accuracy), fixed(r.test_loss),
-               badge(Status.FAIL, "diverged") if r.status == RunStatus.DIVERGED else badge(Status.PASS, "ok"),
-               f"diverged at step {r.diverged_step}" if r.diverged_step is not None else "", f"{r.seconds:.1f}")
-        for r in result.runs)
+    rows = tuple(RunRow(r.label, r.seed, fixed(r.test_accuracy), fixed(r.test_loss), *_run_status(r),
+                        f"{r.seconds:.1f}") for r in result.runs)
     means = tuple(
         MeanRow(label, fixed(s.get("mean")), f"[{fixed(s.get('ci_low'))}, {fixed(s.get('ci_high'))}]",
                 int(s.get("n", 0)))
@@ -57,7 +69,14 @@ def accuracy_section(result: ExperimentResult, labels: list[str], styles: dict[s
                     + (" (mean over seeds; the band spans min to max)" if multi else "")
                     + "; right: the test error (1 − accuracy) on a log scale, which separates runs that all "
                     "end near 1.") if curves else None
-    return AccuracySection(rows, means, comparisons, figure)
+    seeds = len({r.seed for r in result.runs})
+    note = ("The statistic is the exact McNemar test's: of the test examples exactly one of the two models got "
+            "right, those the less often right one got (binomial with p = 1/2 under the null hypothesis that both "
+            "err alike).") if any(c.test.startswith("mcnemar") for c in result.comparisons) else ""
+    if seeds == 1 and comparisons:
+        note += (" With one seed per initializer these compare two trained models on one test set, not the "
+                 "initializers: seed-to-seed variation is not measured (--seeds 5 measures it).")
+    return AccuracySection(rows, means, comparisons, figure, note.strip())
 
 
 def _layer_order(runs: Sequence[Run]) -> list[str]:
