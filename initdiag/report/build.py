@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -136,11 +137,13 @@ def _shown(config: dict[str, Any]) -> dict[str, Any]:
 def _experiment_notices(result: ExperimentResult) -> tuple[str, ...]:
     prov = result.provenance
     out: list[str] = []
-    if prov.kind == "bundled":
+    if prov.kind == "bundled":  # one notice: why the sample was used (the raw download error went to stderr)
+        reason = re.sub(r"\s*\(download failed:.*\)$", "", (prov.notice or "").split(";")[0]).strip()
+        why = f" {reason.rstrip('.')}; pass --data-dir DIR for the full set." if reason else ""
         out.append(f"This report used the bundled MNIST sample shipped with initdiag ({prov.train_size:,} "
                    f"training and {prov.test_size:,} test images), not the full MNIST data set: accuracies "
-                   "are lower and noisier than on full MNIST.")
-    if prov.notice:
+                   f"are lower and noisier than on full MNIST.{why}")
+    elif prov.notice:
         out.append(prov.notice)
     return tuple(out)
 
