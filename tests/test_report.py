@@ -29,7 +29,7 @@ from initdiag.theory import variance_profile
 
 GOLDEN = Path(__file__).parent / "golden" / "report.html"
 UPDATE = os.environ.get("INITDIAG_UPDATE_GOLDEN") == "1"
-SECTION_IDS = ("summary", "accuracy", "signal", "units", "findings", "methods", "provenance")
+SECTION_IDS = ("summary", "accuracy", "loss", "signal", "units", "findings", "methods", "provenance")
 PNG_1PX = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/"
            "iZk9HQAAAABJRU5ErkJggg==")
 
@@ -93,7 +93,7 @@ def test_sections_in_order_with_toc(html: str) -> None:
 
 def test_self_contained(html: str) -> None:
     assert "<style>" in html and ".badge" in html  # CSS inlined
-    assert html.count("<svg") == 5  # accuracy, forward, backward, 2 heatmaps
+    assert html.count("<svg") == 6  # accuracy, training loss, forward, backward, 2 heatmaps
     for bad in ("http://", "https://", "file:", "<script", "<link", "@import", "url(http"):
         assert bad not in html
     assert set(re.findall(r'href="([^#"][^"]*)"', html)) <= {h for h in re.findall(r'href="(data:[^"]*)"', html)}
@@ -211,7 +211,8 @@ def test_no_finished_run_still_renders() -> None:
 
 def test_audit_variant_reuses_the_context() -> None:
     result = fixed_result()
-    ctx = replace(fixed_context(), kind="audit", accuracy=None, layer_tables=(report.layer_table(result.runs[0]),))
+    ctx = replace(fixed_context(), kind="audit", accuracy=None, loss=None,
+                  layer_tables=(report.layer_table(result.runs[0]),))
     html = report.render_html(ctx)
     assert '<section id="accuracy">' not in html and '<section id="layers">' in html
     assert [e.id for e in ctx.toc][:3] == ["summary", "layers", "signal"]
@@ -244,7 +245,7 @@ def test_layer_labels_name_the_module() -> None:
 def test_figures_are_vector_with_unique_ids(html: str) -> None:
     svgs = re.findall(r"<svg\b.*?</svg>", html, flags=re.S)
     assert all("<image" not in s for s in svgs), "raster image inside a figure"
-    assert all(s.count("<rect") >= 6 for s in svgs[3:]), "heatmap cells are vector rectangles"
+    assert all(s.count("<rect") >= 6 for s in svgs[4:]), "heatmap cells are vector rectangles"
     ids = re.findall(r'\sid="([^"]+)"', html)
     assert len(ids) == len(set(ids)), "an id is used twice"
     forward = html[html.index('<figure id="fig-forward">'):html.index('<figure id="fig-backward">')]
@@ -288,3 +289,32 @@ def test_heatmap_cells_of_one_colour_in_a_row_become_one_rectangle() -> None:
         assert len(row) == 1
         assert row[0][0] == pytest.approx(min(s[0] for s in span), abs=0.02)
         assert row[0][1] == pytest.approx(max(s[1] for s in span), abs=0.02)
+
+
+def test_a_training_report_shows_the_loss_of_every_step(tmp_path: Path) -> None:
+    import json
+
+    import torch
+    from torch import nn
+
+    from initdiag.integrations.session import TrainingSession
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    session = TrainingSession(str(tmp_path), every=2, formats=("html", "json"))
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    session.begin(model, x)
+    losses = []
+    for _ in range(12):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        session.loss(loss)
+        losses.append(float(loss))
+    paths = session.finish(model)
+    html = paths["html"].read_text()
+    assert '<section id="loss">' in html and 'id="fig-loss"' in html and "one line per run" in html
+    summary = json.loads(paths["json"].read_text())
+    assert summary["kind"] == "training" and summary["runs"][1]["losses"] == pytest.approx(losses)

@@ -42,7 +42,7 @@ from .context import (
 )
 from .format import RANK, badge, check_title, fmt, fmt_p, fmt_seconds, layers_text
 from .repair import repair_recommendation, repair_section
-from .sections import accuracy_section, run_label, signal_section
+from .sections import accuracy_section, loss_figure, run_label, signal_section
 from .structure import structure_section
 
 __all__ = ["KINDS", "KindSections", "Result", "build_context", "common_facts", "grid_column", "layer_table"]
@@ -93,6 +93,7 @@ def build_context(result: Result) -> ReportContext:
         missing=kind.missing(result),
         grid=_grid(runs, multi, kind.series),
         accuracy=kind.accuracy(result, labels, styles, multi),
+        loss=loss_figure(runs, styles, multi),
         signal=signal_section(runs, labels, styles, multi, over_training=kind.over_training, legend=kind.series),
         units=_units(runs, multi),
         findings=_findings(runs, multi),

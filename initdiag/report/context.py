@@ -335,6 +335,8 @@ class ReportContext:
     """What variance cannot see: one :class:`~initdiag.report.blind.BlindSection` per check with verdicts."""
     repair: RepairSection | None = None
     """Fix: what the repair changed and whether the repaired model passes and trains better."""
+    loss: Figure | None = None
+    """Experiment, training: the training loss per step of every run."""
 
     @property
     def toc(self) -> tuple[TocEntry, ...]:
@@ -344,6 +346,8 @@ class ReportContext:
             entries.append(TocEntry("repair", "Repair"))
         if self.accuracy is not None:
             entries.append(TocEntry("accuracy", "Accuracy comparison"))
+        if self.loss is not None:
+            entries.append(TocEntry("loss", "Training loss"))
         if self.structure:
             entries.append(TocEntry("structure", "Structure"))
         if self.layer_tables:

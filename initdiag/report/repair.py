@@ -5,6 +5,7 @@ original in the ``before`` run's style and the repaired model in the ``after`` r
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -17,7 +18,8 @@ from . import plots
 from .context import Figure, RepairRow, RepairSection
 from .format import badge, check_title, fmt
 
-__all__ = ["LOG_SPAN", "loss_plot", "repair_recommendation", "repair_section", "training_answer"]
+__all__ = ["LOG_SPAN", "MAX_POINTS", "log_scale", "loss_plot", "repair_recommendation", "repair_section",
+           "training_answer"]
 
 LOG_SPAN = 1.5
 """The verification figure's loss axis is logarithmic when the finite losses span at least this many decades
@@ -107,7 +109,7 @@ def repair_recommendation(result: FixResult) -> str:
 
 def _verification_figure(v: Verification) -> Figure:
     series = {"original (before)": v.original, "repaired (after)": v.repaired}
-    log = _log_scale([np.asarray(s, dtype=float) for s in series.values()])
+    log = log_scale([np.asarray(s, dtype=float) for s in series.values()])
     svg = loss_plot(series, title=f"Verification: training loss per step ({v.steps} steps)", salt="fig-verify",
                     log=log)
     k = max(1, len(v.original) // 4)
@@ -120,7 +122,7 @@ def _verification_figure(v: Verification) -> Figure:
     return Figure("fig-verify", svg, caption)
 
 
-def _log_scale(arrays: Sequence[np.ndarray]) -> bool:
+def log_scale(arrays: Sequence[np.ndarray]) -> bool:
     """True when every finite loss is positive and they span at least :data:`LOG_SPAN` decades."""
     finite = np.concatenate([a[np.isfinite(a)] for a in arrays] or [np.zeros(0)])
     if finite.size == 0 or bool((finite <= 0).any()):
@@ -128,17 +130,33 @@ def _log_scale(arrays: Sequence[np.ndarray]) -> bool:
     return math.log10(float(finite.max()) / float(finite.min())) >= LOG_SPAN
 
 
-def loss_plot(series: Mapping[str, Sequence[float] | np.ndarray], *, title: str, salt: str, log: bool) -> str:
-    """Loss per step, one line per series (series ``i`` in :func:`.plots.series_style` ``i``) on one axis, legend
-    outside; non-finite losses leave a gap, and a cross at the top of the axis marks each series' first one."""
+MAX_POINTS = 400
+"""A loss curve longer than this is drawn as the mean of that many equal bins of steps (the file stays small)."""
+
+
+def _binned(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)``: every step, or bin centres and bin means (non-finite values left out of a mean)."""
+    if len(arr) <= MAX_POINTS:
+        return np.arange(len(arr), dtype=float), arr
+    edges = np.linspace(0, len(arr), MAX_POINTS + 1).astype(int)
+    means = np.array([float(arr[a:b][np.isfinite(arr[a:b])].mean()) if bool(np.isfinite(arr[a:b]).any())
+                      else np.nan for a, b in itertools.pairwise(edges)])
+    return (edges[:-1] + edges[1:] - 1) / 2.0, means
+
+
+def loss_plot(series: Mapping[str, Sequence[float] | np.ndarray], *, title: str, salt: str, log: bool,
+              legend_title: str = "model", styles: Mapping[str, int] | None = None) -> str:
+    """Loss per step, one line per series (series ``i`` in :func:`.plots.series_style` ``i``, or ``styles``'
+    index) on one axis, legend outside; non-finite losses leave a gap, and a cross at the top of the axis marks
+    each series' first one. Longer than :data:`MAX_POINTS` steps: bin means."""
     with plots._style():
         fig = plots._figure(2.8)
         ax = fig.add_subplot()
         for i, (label, values) in enumerate(series.items()):
-            st = plots.series_style(i)
+            st = plots.series_style((styles or {}).get(label, i))
             arr = np.asarray(values, dtype=float)
-            steps = np.arange(len(arr))
-            shown = np.where(np.isfinite(arr) & ((arr > 0) if log else True), arr, np.nan)
+            steps, arr_shown = _binned(arr)
+            shown = np.where(np.isfinite(arr_shown) & ((arr_shown > 0) if log else True), arr_shown, np.nan)
             ax.plot(steps, shown, color=st.color, linestyle=st.linestyle, marker=st.marker,
                     markersize=3.5 if len(arr) <= 60 else 0, linewidth=1.4, label=plots._text(label), zorder=3)
             bad = first_nonfinite(arr)
@@ -153,5 +171,6 @@ def loss_plot(series: Mapping[str, Sequence[float] | np.ndarray], *, title: str,
         ax.set_title(plots._text(title), loc="left")
         ax.grid(True, which="major", color="#dddddd", linewidth=0.6)
         if series:
-            ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, borderaxespad=0.0)
+            ax.legend(title=legend_title, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+                      borderaxespad=0.0)
         return plots.to_svg(fig, salt)

@@ -18,7 +18,7 @@ from .context import AccuracySection, Badge, ComparisonRow, Figure, MeanRow, Run
 from .format import badge, fixed, fmt, fmt_p, layer_labels
 from .structure import stream_figures
 
-__all__ = ["MAX_HEATMAP_STEPS", "accuracy_section", "run_label", "signal_section"]
+__all__ = ["MAX_HEATMAP_STEPS", "accuracy_section", "loss_figure", "run_label", "signal_section"]
 
 MAX_HEATMAP_STEPS = 200
 """Heatmaps show at most this many training steps (every k-th recorded step) to keep files small."""
@@ -44,6 +44,35 @@ def _run_status(run: RunResult) -> tuple[Badge, str]:
     if math.isfinite(run.test_accuracy) and run.test_accuracy < 2.0 / CLASSES:
         return badge(Status.FAIL, "no learning"), f"at chance: below 2 / {CLASSES} classes"
     return badge(Status.PASS, "ok"), ""
+
+
+def loss_figure(runs: Sequence[Run], styles: dict[str, int], multi: bool) -> Figure | None:
+    """The training loss per step of every run that trained (an experiment's runs, a callback's training), one
+    line each on one axis; None when no run trained."""
+    from .repair import MAX_POINTS, log_scale, loss_plot
+
+    series: dict[str, np.ndarray] = {}
+    order: dict[str, int] = {}
+    epochs = ""
+    for run in runs:
+        losses = run.step_losses if isinstance(run, RunResult) else run.losses if isinstance(run, TrainingRun) \
+            else None
+        if losses is None or len(losses) < 2:
+            continue
+        name = run_label(run, multi)
+        series[name] = np.asarray(losses, dtype=float)
+        order[name] = styles.get(run.label, len(order))
+        if isinstance(run, TrainingRun) and run.steps_per_epoch:
+            epochs = f"; {run.steps_per_epoch} steps per epoch"
+    if not series:
+        return None
+    log = log_scale(list(series.values()))
+    longest = max(len(v) for v in series.values())
+    svg = loss_plot(series, title="Training loss per step", salt="fig-loss", log=log, legend_title="run",
+                    styles=order)
+    binned = f"; {longest} steps drawn as the means of {MAX_POINTS} equal bins" if longest > MAX_POINTS else ""
+    return Figure("fig-loss", svg, f"The loss of each training step on its batch, one line per run{binned}{epochs}"
+                  f"; {'log' if log else 'linear'} scale. A cross on the top edge marks a run's first non-finite loss.")
 
 
 def accuracy_section(result: ExperimentResult, labels: list[str], styles: dict[str, int],
