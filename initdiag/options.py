@@ -182,7 +182,7 @@ COMMANDS: dict[str, Command] = {
     "report": Command(
         "train a model once per initializer on MNIST and write the report",
         "Train a model once per initializer on MNIST while recording per-layer statistics; check them; write "
-        "report.html, report.pdf, summary.json, series.csv.",
+        "report.html, report.pdf, summary.json, series.csv, summary.md.",
         _options("model depth width activation init epochs batch_size lr optimizer seed seeds limit_train "
                  "record_every dataset data_dir out format paper device jobs resume tensorboard fail_on debug",
                  ExperimentConfig, model=_cli(ModelSpec.name), depth=ModelSpec.depth, width=ModelSpec.width,

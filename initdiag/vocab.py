@@ -281,6 +281,7 @@ class Format(StrEnum):
     PDF = "pdf"
     JSON = "json"
     CSV = "csv"
+    MD = "md"
 
 
 FORMATS: tuple[str, ...] = tuple(Format)

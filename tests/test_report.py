@@ -172,7 +172,7 @@ def test_letter_paper(tmp_path: Path) -> None:
 
 def test_write_report_files(evil: tuple[ExperimentResult, dict[str, Path]]) -> None:
     result, paths = evil
-    assert {p.name for p in paths.values()} == {"report.html", "report.pdf", "summary.json", "series.csv"}
+    assert {p.name for p in paths.values()} == {"report.html", "report.pdf", "summary.json", "series.csv", "summary.md"}
     out_dir = paths["html"].parent
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(p.name for p in paths.values())  # no temp files
     assert paths["pdf"].read_bytes().startswith(b"%PDF")
@@ -318,3 +318,31 @@ def test_a_training_report_shows_the_loss_of_every_step(tmp_path: Path) -> None:
     assert '<section id="loss">' in html and 'id="fig-loss"' in html and "one line per run" in html
     summary = json.loads(paths["json"].read_text())
     assert summary["kind"] == "training" and summary["runs"][1]["losses"] == pytest.approx(losses)
+
+
+def test_summary_md_gives_the_answer_grid_and_findings(tmp_path: Path) -> None:
+    result = fixed_result()
+    paths = result.write(tmp_path, formats=("md",))
+    md = paths["md"].read_text()
+    assert md.startswith("## initdiag report: ") and "**Fails**" in md.splitlines()[2]
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| initializer | signal forward |")
+    assert any(line.startswith("| zeros | ✗ fail |") for line in table)
+    assert "### Findings" in md and "**symmetry** (zeros)" in md
+
+
+def test_summary_md_of_an_audit_and_of_a_fix(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    import initdiag
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*(m for _ in range(19) for m in (nn.Linear(32, 32), nn.ReLU())), nn.Linear(32, 10))
+    audit = initdiag.audit(model, input_shape=(32,))
+    md = audit.write(tmp_path / "audit", formats=("md",))["md"].read_text()
+    assert "**Fails**" in md and "vanishing" in md and "**Recommendation**" in md
+    fixed = initdiag.fix(model, input_shape=(32,), verify_steps=4)
+    md = fixed.write(tmp_path / "fix", formats=("md",))["md"].read_text()
+    assert md.startswith("## initdiag fix: ") and "| before |" in md and "| after |" in md
+    assert "parameters changed" in md and ("trains better" in md.lower() or "does not train better" in md.lower())

@@ -60,10 +60,12 @@ def written(sweep: SweepResult, tmp_path_factory: pytest.TempPathFactory) -> dic
     return write_report(sweep, tmp_path_factory.mktemp("sweep") / "out")
 
 
-def test_writes_the_four_files(written: dict[str, Path]) -> None:
+def test_writes_the_five_files(written: dict[str, Path]) -> None:
     assert {k: p.name for k, p in written.items()} == {"html": "report.html", "pdf": "report.pdf",
-                                                      "json": "summary.json", "csv": "series.csv"}
+                                                      "json": "summary.json", "csv": "series.csv", "md": "summary.md"}
     assert all(p.is_file() and p.stat().st_size > 0 for p in written.values())
+    md = written["md"].read_text()
+    assert md.startswith("## initdiag sweep: ") and "| cell | initializer | mean test accuracy |" in md
 
 
 def test_write_report_dispatches_to_the_sweep_writer(sweep: SweepResult, written: dict[str, Path],

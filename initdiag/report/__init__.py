@@ -14,6 +14,7 @@ from ..vocab import FORMATS, ResultKind
 from .build import build_context, layer_table
 from .context import ReportContext
 from .files import write_files
+from .markdown import summary_markdown
 from .render import FetchRefused, pdf_bytes, render_html, template_dir, write_pdf
 from .summary import SCHEMA_VERSION, summary_json
 from .sweep import write_sweep_report
@@ -27,7 +28,8 @@ def write_report(result: Result, out_dir: Path, formats: Sequence[str] = FORMATS
     """Write the requested files into ``out_dir`` (created if needed), each atomically; return their paths.
 
     ``html`` -> report.html, ``pdf`` -> report.pdf, ``json`` -> summary.json, ``csv`` -> series.csv (every
-    recorded statistic; for an audit every batch, ``step`` = batch). A sweep gets the sweep report
+    recorded statistic; for an audit every batch, ``step`` = batch), ``md`` -> summary.md (the answer, the
+    verdict grid and the findings in Markdown, :mod:`.markdown`). A sweep gets the sweep report
     (:func:`write_sweep_report`). OutputError (one line) when ``out_dir`` cannot be created or written."""
     if result.kind == ResultKind.SWEEP:
         return write_sweep_report(cast(SweepResult, result), out_dir, formats, paper)
@@ -44,6 +46,7 @@ def write_report(result: Result, out_dir: Path, formats: Sequence[str] = FORMATS
         "pdf": ("report.pdf", lambda: pdf_bytes(get_html(), paper)),
         "json": ("summary.json", lambda: json.dumps(summary_json(result), indent=2, allow_nan=False) + "\n"),
         "csv": ("series.csv", lambda: frame.to_csv(index=False, float_format="%.9g")),
+        "md": ("summary.md", lambda: summary_markdown(result)),
     }
     return write_files(out_dir, formats, writers)
 

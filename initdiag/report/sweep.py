@@ -23,6 +23,7 @@ from .build import KINDS, _grid, common_facts
 from .context import Badge, ComparisonRow, KeyValue, Provenance
 from .files import write_files
 from .format import RANK, badge, fixed, fmt, fmt_p
+from .markdown import sweep_markdown
 from .render import _css, _environment, pdf_bytes, template_dir
 from .sweep_context import CellAccuracyRow, CellComparisonRow, CellGridRow, SweepContext, SweepGrid
 from .sweep_curves import depth_figures, width_figures
@@ -164,7 +165,8 @@ def write_sweep_report(result: SweepResult, out_dir: Path, formats: Sequence[str
 
     ``html`` -> report.html, ``pdf`` -> report.pdf (``paper``: "a4" or "letter"), ``json`` -> summary.json
     (:func:`~.sweep_summary.sweep_summary_json`), ``csv`` -> series.csv (every run's series, ``run`` =
-    ``cell/initializer/seedN``). OutputError (one line) when ``out_dir`` cannot be created or written;
+    ``cell/initializer/seedN``), ``md`` -> summary.md (:func:`~.markdown.sweep_markdown`). OutputError (one
+    line) when ``out_dir`` cannot be created or written;
     UsageError when no cell finished."""
     if not result.cells:
         raise UsageError("a sweep report needs at least one finished cell")
@@ -180,5 +182,6 @@ def write_sweep_report(result: SweepResult, out_dir: Path, formats: Sequence[str
         "pdf": ("report.pdf", lambda: pdf_bytes(get_html(), paper)),
         "json": ("summary.json", lambda: json.dumps(sweep_summary_json(result), indent=2, allow_nan=False) + "\n"),
         "csv": ("series.csv", lambda: result.frame.to_csv(index=False, float_format="%.9g")),
+        "md": ("summary.md", lambda: sweep_markdown(result)),
     }
     return write_files(out_dir, formats, writers)
