@@ -346,3 +346,26 @@ def test_summary_md_of_an_audit_and_of_a_fix(tmp_path: Path) -> None:
     md = fixed.write(tmp_path / "fix", formats=("md",))["md"].read_text()
     assert md.startswith("## initdiag fix: ") and "| before |" in md and "| after |" in md
     assert "parameters changed" in md and ("trains better" in md.lower() or "does not train better" in md.lower())
+
+
+def test_a_long_per_layer_table_prints_only_the_layers_that_matter(tmp_path: Path) -> None:
+    """A 40-layer audit: the HTML keeps every layer (the minor ones marked), the PDF's print CSS hides them and
+    says how many it left out; the first and last layers and every flagged one stay."""
+    import torch
+    from torch import nn
+
+    import initdiag
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*(m for _ in range(39) for m in (nn.Linear(16, 16), nn.ReLU())), nn.Linear(16, 4))
+    result = initdiag.audit(model, input_shape=(16,))
+    html = result.write(tmp_path, formats=("html",))["html"].read_text()
+    layers = html[html.index('<section id="layers">'):]
+    layers = layers[:layers.index("</section>")]
+    rows = re.findall(r"<tr( class=\"minor\")?><td class=\"layers\">([^<]+)</td>", layers)
+    assert len(rows) == len(result.runs[0].layers) and rows[0] == ("", "0") and rows[-1][1] == "78"
+    minor = sum(1 for m, _ in rows if m)
+    flagged = {n for v in result.runs[0].verdicts if v.status != "pass" for n in v.layers}
+    assert minor > 0 and all(not m for m, name in rows if name in flagged)
+    assert f"{minor} of {len(rows)} layers left out here" in layers
+    assert "tr.minor { display: none; }" in html and "@media screen { .print-only { display: none; } }" in html

@@ -43,7 +43,7 @@ from .context import (
 from .format import RANK, badge, check_title, fmt, fmt_p, fmt_seconds, layers_text
 from .repair import repair_recommendation, repair_section
 from .sections import accuracy_section, loss_figure, run_label, signal_section
-from .structure import structure_section
+from .structure import MAJOR_ROWS, major_layers, structure_section
 
 __all__ = ["KINDS", "KindSections", "Result", "build_context", "common_facts", "grid_column", "layer_table"]
 
@@ -272,11 +272,15 @@ def _findings(runs: Sequence[Run], multi: bool) -> tuple[FindingGroup, ...]:
 
 
 def layer_table(run: Run) -> LayerTable:
-    """Per-layer variances at initialization of one run: its output, the gradient, its weight."""
+    """Per-layer variances at initialization of one run: its output, the gradient, its weight. A table longer
+    than :data:`MAJOR_ROWS` marks the rows that do not matter (:func:`.structure.major_layers`) as minor: the
+    PDF leaves them out, the HTML shows them."""
     fwd, bwd, wgt = (first_step_values(run.frame, k) for k in (Kind.FORWARD, Kind.BACKWARD, Kind.WEIGHT))
+    major = major_layers(run) if len(run.layers) > MAJOR_ROWS else {la.name for la in run.layers}
     return LayerTable(run.name, tuple(
         LayerRow(layer.name, layer.module, layer.depth, layer.activation or "—", fmt(fwd.get(layer.name)),
-                 fmt(bwd.get(layer.name)), fmt(wgt.get(layer.name))) for layer in run.layers))
+                 fmt(bwd.get(layer.name)), fmt(wgt.get(layer.name)), minor=layer.name not in major)
+        for layer in run.layers))
 
 
 def _audit_layer_table(run: AuditRun, changed: Mapping[str, ParamChange] | None = None) -> LayerTable:
@@ -300,5 +304,6 @@ def _audit_layer_table(run: AuditRun, changed: Mapping[str, ParamChange] | None 
             reason = next((k.reason for k in run.kept if (k.name.rpartition(".")[0] or root) == w.layer), "")
             how += f" (kept: {reason})" if reason else " (kept)"
         rows.append(LayerRow(row.name, row.module, row.depth, row.activation, row.forward_var, row.backward_var,
-                             row.weight_var, f"{fmt(w.ratio)}x {w.recommended}" if w.ratio is not None else "—", how))
+                             row.weight_var, f"{fmt(w.ratio)}x {w.recommended}" if w.ratio is not None else "—", how,
+                             row.minor and not (changed and w.layer in changed)))
     return LayerTable(run.label, tuple(rows), weights=True)

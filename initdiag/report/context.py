@@ -162,6 +162,8 @@ class StructureRow:
     norm: str
     fans: str
     init: str
+    minor: bool = False
+    """Left out of the PDF (the HTML has it): not flagged, not the first or last layer, not a block's first."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,11 @@ class StructureSection:
     summary: str
     layers: tuple[StructureRow, ...]
     blocks: tuple[BlockRow, ...]
+
+    @property
+    def minor(self) -> int:
+        """Rows the PDF leaves out (:attr:`StructureRow.minor`)."""
+        return sum(r.minor for r in self.layers)
 
 
 @dataclass(frozen=True)
@@ -231,6 +238,9 @@ class LayerRow:
     """Audit: Var(W) over the Var(W) of the initializer advised for the activation, e.g. "0.167x he"."""
     init: str = ""
     """Audit: how the weight was set ("PyTorch default", "re-initialized: he", ...)."""
+    minor: bool = False
+    """Not flagged by a verdict, not a block's output, not the first or last layer: in the HTML (inside the
+    collapsible full table) but left out of the PDF."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +251,11 @@ class LayerTable:
     run: str
     rows: tuple[LayerRow, ...]
     weights: bool = False
+
+    @property
+    def minor(self) -> int:
+        """Rows the PDF leaves out (:attr:`LayerRow.minor`)."""
+        return sum(r.minor for r in self.rows)
 
 
 @dataclass(frozen=True)

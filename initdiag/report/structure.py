@@ -6,18 +6,38 @@ from collections.abc import Sequence
 
 from ..results import AuditRun, RunResult, TrainingRun
 from ..structure import Structure
-from ..vocab import Kind, Role, Stat
+from ..vocab import Kind, Role, Stat, Status
 from . import plots
 from .context import BlockRow, Figure, StructureRow, StructureSection
 from .format import fmt
 
-__all__ = ["stream_figures", "structure_section"]
+__all__ = ["MAJOR_ROWS", "major_layers", "stream_figures", "structure_section"]
 
 Run = RunResult | AuditRun | TrainingRun
 
 
 def _fans(fan_in: float, fan_out: float) -> str:
     return f"{fmt(fan_in, 4)} / {fmt(fan_out, 4)}"
+
+
+MAJOR_ROWS = 24
+"""A per-layer table of at most this many rows is printed whole; a longer one prints the layers that matter."""
+
+
+def major_layers(run: Run) -> set[str]:
+    """The layers a printed table keeps: named by a failing or warning verdict, a residual block's output or its
+    first weight layer, the first and the last layer."""
+    keep = {n for v in run.verdicts if v.status != Status.PASS for n in v.layers}
+    if run.structure is not None:
+        keep |= {b.name for b in run.structure.blocks}
+        firsts: dict[str, str] = {}
+        for la in run.structure.weight_layers:
+            if la.block is not None:
+                firsts.setdefault(la.block, la.name)
+        keep |= set(firsts.values())
+    if run.layers:
+        keep |= {run.layers[0].name, run.layers[-1].name}
+    return keep
 
 
 def structure_section(run: AuditRun) -> StructureSection | None:
@@ -27,6 +47,8 @@ def structure_section(run: AuditRun) -> StructureSection | None:
         return None
     weights = {w.layer: w for w in run.weights}
     rows = []
+    major = major_layers(run) if len(s.weight_layers) > MAJOR_ROWS else {la.name for la in s.weight_layers}
+    major |= {s.weight_layers[0].name, s.weight_layers[-1].name} if s.weight_layers else set()
     for layer in s.weight_layers:
         act = layer.activation
         w = weights.get(layer.module_name)
@@ -37,7 +59,8 @@ def structure_section(run: AuditRun) -> StructureSection | None:
         rows.append(StructureRow(layer.block or "—", layer.name, layer.module_type, layer.op,
                                  f"{act.name} ({act.source})" if act.name != "linear" else "linear",
                                  layer.norm_after or "—", _fans(layer.fan_in, layer.fan_out)
-                                 + (" (constant input)" if layer.constant_input else ""), init))
+                                 + (" (constant input)" if layer.constant_input else ""), init,
+                                 layer.name not in major))
     theory = run.stream.rules if run.stream is not None else ()
     blocks = tuple(BlockRow(b.index, b.name, b.module_type, b.residual_adds,
                             ("normalized" if b.branch_normalized else "not normalized") + (", post-norm" if b.post_norm
