@@ -41,9 +41,10 @@ def _answer(result: Result, failing: int, warning: int) -> str:
         fix = result if isinstance(result, FixResult) else None
         if fix is not None:
             return repair_recommendation(fix)
+    warned = f"{warning} warning{'s' if warning != 1 else ''}"
     if failing:
-        return f"**Fails**: {failing} failing verdict{'s' if failing != 1 else ''}, {warning} warning."
-    return f"**Passes**: no failing verdict{f', {warning} warning' if warning else ''}."
+        return f"**Fails**: {failing} failing verdict{'s' if failing != 1 else ''}, {warned}."
+    return f"**Passes**: no failing verdict{f', {warned}' if warning else ''}."
 
 
 def summary_markdown(result: Result) -> str:

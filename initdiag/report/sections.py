@@ -200,7 +200,8 @@ def signal_section(runs: Sequence[Run], labels: list[str], styles: dict[str, int
         note = (f"Each heatmap shows at most {MAX_HEATMAP_STEPS} training steps (every k-th recorded step); "
                 "each panel has its own log colour scale; grey cells are zero or not finite.")
     else:
-        note = "An audit does not train: no variance over training."
+        note = ("An audit takes no training step: its batches share one set of weights, so there is no variance "
+                "over training.")
     theory = tuple(_theory(t, run_label(r, multi)) for r in runs for t in r.theory)
     return SignalSection(figures[0], figures[1], theory, tuple(heatmaps), note,
                          stream_figures(runs, labels, styles, legend))
