@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError, UsageError
+from .jsonable import json_safe
 
 __all__ = ["ALPHA", "DEFAULT_FACTOR", "AccuracyChange", "Comparison", "LayerChange", "VerdictChange", "WeightChange",
            "compare", "load_summary", "to_json", "two_proportion_z"]
@@ -299,16 +300,6 @@ def compare(base: Mapping[str, Any], new: Mapping[str, Any], factor: float = DEF
                       tuple(accuracy))
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def to_json(c: Comparison) -> dict[str, Any]:
     """``compare.json``: the comparison as strictly valid JSON (infinities as null), with the rules stated."""
     data: dict[str, Any] = {"tool": "initdiag", "kind": "compare", "compared_kind": c.kind, "verdict": c.verdict_line(),
@@ -317,5 +308,5 @@ def to_json(c: Comparison) -> dict[str, Any]:
         "verdicts": "keyed by (run, check, outcome, signal); absent counts as pass; worse = status rank rose",
         "layers": f"new/base >= {c.factor:g} or <= 1/{c.factor:g} (a ratio threshold; no per-layer intervals)",
         "accuracy": f"pooled two-proportion z-test, H0 equal accuracy, two-sided, significant when p < {c.alpha:g}"}
-    cleaned: dict[str, Any] = _finite(data)
+    cleaned: dict[str, Any] = json_safe(data)
     return cleaned

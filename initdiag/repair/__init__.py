@@ -71,14 +71,15 @@ def run_fix(model: nn.Module, config: FixConfig, example_input: Any = None, *, i
     batches, _ = make_inputs(model, config.audit, example_input, example_kwargs)
     _finite_inputs(batches)
     before = run_audit(model, config.audit, example_input, example_kwargs=example_kwargs)
-    original = None
+    original: nn.Module | None = None  # the model as given, for the verification: the user's own unless inplace
+    repaired = model
     if not before.passed:
         try:
-            original = copy.deepcopy(model)
+            copied = copy.deepcopy(model)
         except Exception as exc:
             raise UsageError(f"the model cannot be copied ({type(exc).__name__}: {exc}), which fix needs to "
                              "keep the original for the comparison") from None
-    repaired = model if inplace or original is None else copy.deepcopy(original)
+        original, repaired = (copied, model) if inplace else (model, copied)
     changes: list[ParamChange] = []
     unconverged: tuple[str, ...] = ()
     unrepaired: dict[str, str] = {}

@@ -157,11 +157,12 @@ def _ratio(variances: dict[int, float], branch: int, shortcut: int) -> float:
     return math.inf if vb > 0 else math.nan
 
 
-def _eps_stream(g: Graph, shortcut: int) -> bool:
-    """Whether a normalization reading ``shortcut`` (directly or through shape ops) saw a variance below its
-    eps: ``x / sqrt(Var(x) + eps) ~ x / sqrt(eps)``, a gain, not a normalization."""
+def _eps_read(g: Graph) -> set[int]:
+    """The nodes a normalization that saw a variance below its eps reads (directly or through shape ops):
+    ``x / sqrt(Var(x) + eps) ~ x / sqrt(eps)`` there, a gain, not a normalization."""
+    read: set[int] = set()
     for n, (var, eps) in g.norm_vars.items():
-        if n <= shortcut or var >= eps:
+        if var >= eps:
             continue
         node = n
         for _ in range(8):
@@ -169,11 +170,10 @@ def _eps_stream(g: Graph, shortcut: int) -> bool:
             if not data:
                 break
             node = data[0]
-            if node == shortcut:
-                return True
+            read.add(node)
             if g.kind[node] != fn.TRANSPARENT:
                 break
-    return False
+    return read
 
 
 def _inside(g: Graph, inner: int, outer: int) -> bool:
@@ -286,6 +286,7 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
     stop = {n: layer_names[li] for n, li in g.node_layer.items()}
     stop.update({n: norm_names[ni] for n, ni in norm_marks.items()})
     norm_set = set(norm_names)
+    eps_read = _eps_read(g)
     blocks: list[Block] = []
     acts = {c.out_node: c for c in g.calls if c.act is not None and c.out_node is not None}
     for index, ci in enumerate(stream):
@@ -312,7 +313,7 @@ def find_blocks(g: Graph, layer_names: list[str], norm_marks: dict[int, int],
             branch_ratios=tuple(_ratio(g.add_vars.get(f[0], {}), f[1], f[2]) for f in found),
             fresh_shortcuts=tuple(not summed[f[2]] for f in found),
             normalized_ends=tuple(name in norm_set for name in ends),
-            eps_streams=tuple(_eps_stream(g, f[2]) for f in found)))
+            eps_streams=tuple(f[2] in eps_read for f in found)))
     stream_input = None
     if stream:
         first = g.calls[stream[0]]
