@@ -77,6 +77,68 @@ def test_a_tanh_mlp_at_unit_normal_gets_the_edge_of_chaos_scale() -> None:
     assert result.verification is not None and result.verification.improved
 
 
+@pytest.mark.parametrize(("act", "depth", "width"), [(nn.SiLU, 20, 48), (nn.GELU, 40, 48), (nn.SiLU, 10, 64)])
+def test_silu_and_gelu_chains_at_pytorch_default_pass_after_fix(act: type[nn.Module], depth: int,
+                                                                 width: int) -> None:
+    """SiLU and GELU are not homogeneous: a scale set at q = 1 drifts with the pre-activation scale a deep chain
+    reaches (theory's length map), so a 20-layer SiLU MLP at the critical scale of q = 1 still failed. The chain's
+    depth is now in the repair; the scale stays between tanh's 1 and the activation's q = 1 value."""
+    model = _mlp(depth, width, act=act)
+    result = initdiag.fix(model, input_shape=(32,), verify_steps=0)
+    assert not result.before.passed and result.after.passed
+    unit = critical_sigma2(Activation(act.__name__.lower()))
+    assert unit is not None
+    hidden = result.model[2]
+    sigma2 = float(hidden.weight.detach().square().mean()) * hidden.in_features
+    assert 1.5 < sigma2 < unit[0] * 1.05
+
+
+def test_a_narrow_deep_chain_still_failing_at_theorys_scale_gets_the_measured_correction() -> None:
+    """30 SiLU layers of 24 units: at the depth-corrected mean-field scale the gradient still grows ~1.26 per
+    layer (finite width); the next round scales the chain by (g_f g_b)^(-1/2) from the measured gains, and the
+    signal check no longer fails. (Its correlation still fails: named, exit 3, not hidden.)"""
+    model = _mlp(30, 24, act=nn.SiLU)
+    result = initdiag.fix(model, input_shape=(32,), verify_steps=0)
+    assert result.rounds >= 2
+    assert any("measured: per-layer gains" in c.rule for c in result.changes)
+    assert not [v for v in result.after.runs[0].verdicts if v.check == "signal" and v.status == "fail"]
+
+
+def test_the_depth_factor_is_one_for_relu_and_matches_the_length_map_for_silu() -> None:
+    """ReLU is homogeneous: every per-layer gain is sigma_w^2 / 2 whatever q, so the depth factor is exactly 1.
+    For SiLU the factor makes the predicted per-layer forward x backward gains multiply to 1 over the chain,
+    checked against an independent iteration of q' = sigma_w^2 E[silu(sqrt(q) z)^2] by numpy's Gauss-Hermite
+    rule (a Monte Carlo reference is too noisy: the map's fixed point is unstable and amplifies its error)."""
+    import numpy as np
+    from numpy.polynomial.hermite_e import hermegauss
+
+    from initdiag.repair.theory import _depth_factor
+    from initdiag.structure.model import WeightLayer
+
+    def layer(name: str, act: str) -> WeightLayer:
+        return WeightLayer(name, name, "Linear", "weight", (64, 64), "linear", 64.0, 64.0, (64,), (64,), False,
+                           Activation(act), None, None, 0, False)
+
+    relu = [layer(str(i), "relu") for i in range(20)]
+    assert _depth_factor(relu, [2.0] * 20, [True] * 20, 0.3) == pytest.approx(1.0, abs=1e-9)
+    silu = [layer(str(i), "silu") for i in range(20)]
+    unit = critical_sigma2(Activation("silu"))
+    assert unit is not None
+    c = _depth_factor(silu, [unit[0]] * 20, [True] * 20, 1.0)
+    assert 0.8 < c < 1.0
+    nodes, weights = hermegauss(120)
+    weights = weights / weights.sum()
+    s2 = unit[0] * c
+    q, log_gain = s2 * 1.0, 0.0
+    for _ in range(19):
+        x = math.sqrt(q) * nodes
+        sig = 1.0 / (1.0 + np.exp(-x))
+        q_next = s2 * float(weights @ (x * sig) ** 2)
+        log_gain += math.log(q_next / q) + math.log(s2 * float(weights @ (sig * (1 + x * (1 - sig))) ** 2))
+        q = q_next
+    assert abs(log_gain) < 0.01
+
+
 class _Residual(nn.Module):
     def __init__(self, d: int = 64) -> None:
         super().__init__()

@@ -109,11 +109,12 @@ def _theory(repaired: nn.Module, config: FixConfig, before: AuditResult, example
     """Rounds of :func:`~.theory.theory_round` and a new audit, until the audit passes, a round changes nothing
     or ``config.rounds`` rounds were taken."""
     from ..audit import run_audit
-    from .theory import theory_round
+    from .theory import Memo, theory_round
 
     current, rounds = before, 0
+    memo: Memo = {}
     while rounds < config.rounds and not current.passed:
-        step = theory_round(repaired, current.runs[0], seed=config.audit.seed + rounds)
+        step = theory_round(repaired, current.runs[0], seed=config.audit.seed + rounds, memo=memo)
         unrepaired.update(step.unrepaired)
         if not step.changes:
             break

@@ -38,13 +38,14 @@ from ..results import AuditRun, ParamChange
 from ..structure import Structure
 from ..structure.model import Activation, WeightLayer
 from ..theory.gains import phi_spec
-from ..theory.gauss import gaussian_moments
+from ..theory.gauss import LayerTheory, gaussian_moments, propagate_chain
 from ..vocab import CheckName, Status
 from .params import LOOKUPS, rescale, weight_of, weight_std
 
 __all__ = ["Round", "critical_sigma2", "theory_round"]
 
 _SMALL_Q, _UNIT_Q = 1e-4, 1.0
+_AT_UNIT = "forward x backward gain 1 at q = 1"
 
 
 @functools.lru_cache(maxsize=64)
@@ -58,7 +59,7 @@ def _critical(name: str, params: tuple[tuple[str, object], ...]) -> tuple[float,
     if centred and f_unit < f_small * (1 - 1e-3):  # saturating: the variance map's fixed point is q* = 0
         return 1.0 / small.slope_second, f"{name}: edge of chaos, chi_1 = 1 at q* = 0"
     sigma2 = 1.0 / math.sqrt(f_unit * unit.slope_second)
-    return sigma2, f"{name}: forward x backward gain 1 at q = 1"
+    return sigma2, f"{name}: {_AT_UNIT}"
 
 
 def critical_sigma2(activation: Activation) -> tuple[float, str] | None:
@@ -109,24 +110,86 @@ def _failing(run: AuditRun, check: str) -> list[Verdict]:
     return [v for v in run.verdicts if v.check == check and v.status == Status.FAIL]
 
 
-def _chain_layers(structure: Structure, verdicts: Iterable[Verdict]) -> list[str]:
-    """Every weight layer of the failing chains of signal verdicts (a chain named by its first and last layer
-    in ``details["chains"]``), and the weight layers before the units a saturation verdict names."""
+def _chain_layers(structure: Structure, verdicts: Iterable[Verdict]) -> list[tuple[str, ...]]:
+    """The failing chains of signal verdicts, each in execution order (a chain named by its first and last layer
+    in ``details["chains"]``), and, one at a time, the weight layers before the units a saturation verdict
+    names; a layer appears in the first group that holds it."""
     segments = {(s[0], s[-1]): s for s in structure.segments()}
     by_site = {la.activation.site: la.name for la in structure.weight_layers if la.activation.site}
-    out: list[str] = []
+    groups: list[tuple[str, ...]] = []
     for v in verdicts:
         chains = [c for c in v.details.get("chains", ()) if c.get("status") == Status.FAIL]
         for c in chains:
-            out += segments.get((c["layers"][0], c["layers"][-1]), tuple(c["layers"]))
+            groups.append(tuple(segments.get((c["layers"][0], c["layers"][-1]), tuple(c["layers"]))))
         if not chains:
             names = {la.name for la in structure.weight_layers}
-            out += [n for n in v.layers if n in names] + [by_site[n] for n in v.layers if n in by_site]
-    return list(dict.fromkeys(out))
+            groups += [(n,) for n in v.layers if n in names] + [(by_site[n],) for n in v.layers if n in by_site]
+    seen: set[str] = set()
+    out: list[tuple[str, ...]] = []
+    for g in groups:
+        kept = tuple(n for n in g if n not in seen)
+        seen.update(kept)
+        if kept:
+            out.append(kept)
+    return out
 
 
-def theory_round(model: nn.Module, run: AuditRun, seed: int = 0) -> Round:
-    """Repair in place what ``run`` (an audit of ``model`` as it is) fails, by the rules of this module."""
+def _input_q(model: nn.Module, run: AuditRun, layer: WeightLayer) -> float:
+    """The second moment of ``layer``'s input the audit saw, ``E[x^2] = E[y^2] / (fan_in E[W^2])`` from its
+    output's measured ``var + mean_sq`` (step 0, over the audit's batches; the bias neglected); 1 when unknown."""
+    found = weight_of(model, layer)
+    f = run.frame
+    rows = f[(f["layer"] == layer.name) & (f["kind"] == "forward") & (f["step"] == 0)
+             & f["stat"].isin(("var", "mean_sq"))]
+    if found is None or rows.empty:
+        return 1.0
+    w2 = float(found[1].detach().double().pow(2).mean())
+    y2 = float(rows.groupby("stat")["value"].mean().sum())
+    q = y2 / (layer.fan_in * w2) if w2 > 0 else math.nan
+    return q if math.isfinite(q) and q > 0 else 1.0
+
+
+def _depth_factor(layers: list[WeightLayer], sigma2: list[float], scaled: list[bool], q0: float) -> float:
+    """The common factor ``c`` on the ``scaled`` layers' ``sigma_w^2`` at which the product of the chain's
+    predicted per-layer forward gains ``q_l / q_{l-1}`` and backward gains ``g_{l-1} / g_l`` over its scaled
+    layers after the first is 1 (:func:`~initdiag.theory.gauss.propagate_chain` from the measured input
+    ``q0``, ``sigma_w^2`` on both maps; bisection on ``log c`` in [-2, 2]). ReLU-like activations are
+    homogeneous, so ``c = 1`` exactly; SiLU and GELU are not: their per-layer gain at ``sigma_w^2`` chosen at
+    ``q = 1`` drifts with the pre-activation scale the chain reaches, and the drift compounds with depth."""
+    linear = ("linear", "identity")
+    specs = [None if la.activation.name in linear else phi_spec(la.activation.name, tuple(la.activation.params))
+             for la in layers]
+    steps = [i for i in range(1, len(layers)) if scaled[i]]
+    if not steps or any(s is None and la.activation.name not in linear for s, la in zip(specs, layers, strict=True)):
+        return 1.0
+
+    def excess(log_c: float) -> float:
+        c = math.exp(log_c)
+        w = [s2 * (c if k else 1.0) for s2, k in zip(sigma2, scaled, strict=True)]
+        p = propagate_chain([LayerTheory(w[i], w[i], 0.0, specs[i - 1] if i else None) for i in range(len(w))], q0)
+        return sum(math.log(p.forward[i] / p.forward[i - 1]) + math.log(p.backward[i - 1] / p.backward[i])
+                   for i in steps)
+
+    lo, hi = -2.0, 2.0
+    try:
+        if not excess(lo) < 0 < excess(hi):
+            return 1.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if excess(mid) < 0 else (lo, mid)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return 1.0
+    return math.exp((lo + hi) / 2)
+
+
+Memo = dict[tuple[str, str], list[tuple[float, float]]]
+"""Per chain (first and last layer): the rounds' ``(log k, log(g_f g_b))`` measurements, ``k`` the chain's scale
+relative to theory's target and ``g_f``, ``g_b`` its measured per-layer gains."""
+
+
+def theory_round(model: nn.Module, run: AuditRun, seed: int = 0, memo: Memo | None = None) -> Round:
+    """Repair in place what ``run`` (an audit of ``model`` as it is) fails, by the rules of this module;
+    ``memo`` carries a chain's measurements from one round to the next (:func:`_measured_factor`)."""
     out, structure = Round(), run.structure
     if structure is None:
         out.unrepaired["model"] = "the audit has no structure (discovery failed): theory cannot place a rule"
@@ -135,22 +198,96 @@ def theory_round(model: nn.Module, run: AuditRun, seed: int = 0) -> Round:
     by_name = {la.name: la for la in structure.weight_layers}
     signal = _failing(run, CheckName.SIGNAL) + _failing(run, CheckName.SATURATION)
     answers = tuple(dict.fromkeys(v.check for v in signal))
-    for name in _chain_layers(structure, signal):
-        layer = by_name.get(name)
-        if layer is None:
-            continue
-        critical = critical_sigma2(layer.activation)
-        if critical is None:
-            out.unrepaired[name] = f"activation '{layer.activation.name}' unknown to the theory engine"
-            continue
-        sigma2, rule = critical
-        out.apply(model, layer, answers, f"Var(W) = {sigma2:.3g} / fan_in {layer.fan_in:g} ({rule})",
-                  target_std=math.sqrt(sigma2 / layer.fan_in), generator=gen)
+    for group in _chain_layers(structure, signal):
+        _chain(model, run, [by_name[n] for n in group if n in by_name], answers, gen, out,
+               {} if memo is None else memo)
     _stream(model, run, structure, by_name, out)
     _branches(model, run, structure, by_name, out)
     _head(model, run, by_name, out)
     _attention(model, run, structure, by_name, out)
     return out
+
+
+def _chain(model: nn.Module, run: AuditRun, layers: list[WeightLayer], answers: tuple[str, ...],
+           gen: torch.Generator, out: Round, memo: Memo) -> None:
+    """Every layer of one chain to its activation's critical scale, the scales set at ``q = 1`` corrected for
+    the chain's depth by :func:`_depth_factor`; a chain an earlier round set that still fails is corrected from
+    its measured gains (:func:`_measured_factor`)."""
+    known: list[tuple[WeightLayer, float, str]] = []
+    for layer in layers:
+        critical = critical_sigma2(layer.activation)
+        if critical is None:
+            out.unrepaired[layer.name] = f"activation '{layer.activation.name}' unknown to the theory engine"
+            continue
+        known.append((layer, *critical))
+    if not known:
+        return
+    scaled = [rule.endswith(_AT_UNIT) for _, _, rule in known]
+    c = _depth_factor([k[0] for k in known], [k[1] for k in known], scaled, _input_q(model, run, known[0][0]))
+    depth = f"; x {c:.3g} for the chain's {len(known)} layers" if abs(c - 1.0) > 1e-3 else ""
+    targets = [sigma2 * (c if k and depth else 1.0) for (_, sigma2, _), k in zip(known, scaled, strict=True)]
+    seen = memo.get((known[0][0].name, known[-1][0].name))
+    memo.setdefault((known[0][0].name, known[-1][0].name), [])
+    measured = None if seen is None else _measured_factor(model, run, known, targets, scaled, seen)
+    if measured is not None:  # set by an earlier round, at a common scale and still failing: measure
+        k_m, why = measured
+        targets = [t * (k_m if k else 1.0) for t, k in zip(targets, scaled, strict=True)]
+        depth += why
+    for (layer, _, rule), s2, k in zip(known, targets, scaled, strict=True):
+        out.apply(model, layer, answers, f"Var(W) = {s2:.3g} / fan_in {layer.fan_in:g} ({rule}"
+                  f"{depth if k else ''})", target_std=math.sqrt(s2 / layer.fan_in), generator=gen)
+
+
+def _measured_factor(model: nn.Module, run: AuditRun, known: list[tuple[WeightLayer, float, str]],
+                     targets: list[float], scaled: list[bool], seen: list[tuple[float, float]],
+                     ) -> tuple[float, str] | None:
+    """``(k, rule)`` for a chain whose weights hold theory's scale times a common ``k0`` (each scaled layer's
+    ``Var(W)`` within 1% of ``k0`` times its target, the others at theirs) and still fails: the next ``k``.
+
+    Theory's mean-field scale holds for wide layers; a narrow deep chain (20-40 SiLU layers of 48 units) drifts
+    from it by finite-width effects of order depth / width (Hanin & Nica 2019), which only a measurement sees.
+    Scaling every ``sigma_w^2`` by ``k`` scales both measured per-layer gains ``g_f``, ``g_b`` (the signal
+    check's fitted slopes) by ``k`` for ReLU-like activations, so the first step is ``log k = log k0 - y / 2``,
+    ``y = log(g_f g_b)``; a non-homogeneous activation near its unstable fixed point responds more steeply, so
+    later rounds take the secant through the last two measurements ``(log k, y)`` (``seen``), kept inside the
+    bracket once one measurement lies on each side of ``y = 0``. None when the chain is not at a common scale
+    or a gain is missing."""
+    ratios = []
+    for (layer, _, _), t, k in zip(known, targets, scaled, strict=True):
+        found = weight_of(model, layer)
+        if found is None:
+            return None
+        ratios.append((weight_std(found[1]) ** 2 * layer.fan_in / t, k))
+    k0 = max((r for r, k in ratios if k), default=1.0)
+    if not all(abs(r / (k0 if k else 1.0) - 1.0) < 0.02 for r, k in ratios):
+        return None
+    ends = (known[0][0].name, known[-1][0].name)
+    gains: dict[str, float] = {}
+    for v in run.verdicts:
+        if v.check != CheckName.SIGNAL or v.signal not in ("forward", "backward"):
+            continue
+        for ch in v.details.get("chains", ()):
+            names, g = tuple(ch.get("layers", ())), ch.get("gain")
+            if names and (names[0], names[-1]) == ends and g and math.isfinite(g) and g > 0:
+                gains[str(v.signal)] = float(g)
+    if len(gains) < 2:
+        return None
+    x, y = math.log(k0), math.log(gains["forward"] * gains["backward"])
+    seen.append((x, y))
+    step = x - y / 2.0
+    if len(seen) >= 2:
+        (x1, y1), (x2, y2) = seen[-2], seen[-1]
+        if x2 != x1 and (y2 - y1) / (x2 - x1) > 0:
+            step = x2 - y2 * (x2 - x1) / (y2 - y1)
+    below = [p for p in seen if p[1] < 0]
+    above = [p for p in seen if p[1] > 0]
+    if below and above:  # a bracket: stay inside it, bisect when the secant leaves it
+        a, b = max(p[0] for p in below), min(p[0] for p in above)
+        if not min(a, b) < step < max(a, b):
+            step = (a + b) / 2.0
+    factor = math.exp(step)
+    return factor, (f"; x {factor:.3g} measured: per-layer gains {gains['forward']:.3g} forward, "
+                    f"{gains['backward']:.3g} backward at x {k0:.3g} of theory's scale")
 
 
 def _ends(block_ends: tuple[str, ...], by_name: dict[str, WeightLayer]) -> list[WeightLayer]:
