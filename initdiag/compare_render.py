@@ -161,6 +161,7 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err:
     ``compare.{md,json,html}``; exit 3 when NEW fails a ``--fail-on`` check BASE did not fail, else 0."""
     from .commands import EXIT_CHECK_FAILED, EXIT_OK
     from .config import parse_fail_on
+    from .step_summary import append_step_summary
 
     fail_on = parse_fail_on(args.fail_on) if args.fail_on else ()
     dest: Path | None = args.out
@@ -170,6 +171,8 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str], out: TextIO, err:
     render = {"md": lambda: to_markdown(result),
               "json": lambda: json.dumps(to_json(result), indent=2, allow_nan=False) + "\n",
               "html": lambda: html(result)}
+    if "md" in formats:
+        append_step_summary(to_markdown(result))
     if dest is None:
         out.write(render[formats[0]]())
     else:

@@ -188,3 +188,19 @@ def test_single_runs_with_different_names_are_paired(reports: tuple[Path, Path])
     assert c.runs == ("keep -> he",) and c.worse and not c.runs_added
     n["runs"].append({**n["runs"][0], "name": "xavier"})
     assert compare(b, n).runs == () and compare(b, n).runs_added == ("he", "xavier")
+
+
+def test_the_markdown_goes_to_the_github_step_summary_too(reports: tuple[Path, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_report_pages import assert_github_markdown
+
+    base, new = reports
+    step = tmp_path / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    code, out, _ = _run(["compare", str(base), str(new)], capsys)
+    assert code == 3 and step.read_text(encoding="utf-8") == out.rstrip("\n") + "\n\n"
+    assert_github_markdown(out, lists=False)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "missing-dir" / "step.md"))
+    code, _, err = _run(["compare", str(base), str(new)], capsys)  # an unwritable summary costs one line
+    assert code == 3 and err.count("cannot append to GITHUB_STEP_SUMMARY") == 1

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..errors import OutputError, UsageError
+from ..step_summary import append_step_summary
 from ..store import atomic_write
 
 __all__ = ["Writers", "write_files"]
@@ -17,7 +18,8 @@ Writers = Mapping[str, tuple[str, Callable[[], bytes | str]]]
 
 
 def write_files(out_dir: Path, formats: Sequence[str], writers: Writers) -> dict[str, Path]:
-    """Write each of ``formats`` into ``out_dir`` (created if needed), atomically; return their paths.
+    """Write each of ``formats`` into ``out_dir`` (created if needed), atomically; return their paths. The
+    Markdown (``md``) is also appended to ``$GITHUB_STEP_SUMMARY`` when it is set (:mod:`initdiag.step_summary`).
 
     OutputError (one line) when ``out_dir`` cannot be created or written; UsageError for a format that
     ``writers`` does not know."""
@@ -34,5 +36,8 @@ def write_files(out_dir: Path, formats: Sequence[str], writers: Writers) -> dict
             raise UsageError(f"unknown report format '{name}'; choose from {', '.join(writers)}")
         file_name, make = writers[name]
         paths[name] = out_dir / file_name
-        atomic_write(paths[name], make())
+        content = make()
+        atomic_write(paths[name], content)
+        if name == "md" and isinstance(content, str):
+            append_step_summary(content)
     return paths
