@@ -81,6 +81,18 @@ def test_lightning_fit_of_a_deep_relu_net_at_default_init_reports_forward_vanish
     assert {"diverged", "unstable", "update_ratio"} <= checks and all(v["phase"] == "training"
                                                                       for v in training["verdicts"])
     assert not _hooked(module) and not module.training and not any(m.training for m in module.modules())
+    # a training report: the loss of every step (2 epochs of 8 batches) and each epoch's mean, the framework's
+    # settings, the loss curve and the heatmaps of the recorded steps; nothing about audits not training
+    assert len(training["losses"]) == 16 and training["steps_per_epoch"] == 8
+    assert training["epoch_losses"] == pytest.approx([sum(training["losses"][:8]) / 8,
+                                                      sum(training["losses"][8:]) / 8])
+    settings = summary["framework_settings"]
+    assert (settings["optimizer"], settings["lr"], settings["max_epochs"]) == ("Adam", "0.001", "2")
+    html = callback.written["html"].read_text()
+    assert "<title>initdiag training: DeepMLP</title>" in html
+    assert 'id="fig-loss"' in html and "epoch mean" in html and 'id="fig-heat-' in html
+    assert "takes no training step" not in html and "does not train" not in html
+    assert "<dt>optimizer</dt><dd><code>Adam</code></dd>" in html
     # the trainer's own logger got per-layer series, at the steps recorded
     rows = list(csv.DictReader(next((tmp_path / "logs").rglob("metrics.csv")).open()))
     logged = [r for r in rows if r.get("initdiag/forward/var/net.0")]
@@ -206,7 +218,14 @@ def test_hugging_face_fit_of_a_4_layer_bert_records_every_encoder_projection(tmp
         energy = rows[rows.stat == "var"].value.to_numpy() + rows[rows.stat == "mean_sq"].value.to_numpy()
         assert (energy * numel <= (1e-3) ** 2 * 1.01).all(), layer
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert [r["name"] for r in summary["runs"]] == ["keep", "transformers"]
+    assert summary["kind"] == "training" and [r["name"] for r in summary["runs"]] == ["keep", "transformers"]
+    steps = len(_Tokens()) // 16  # one epoch of 96 samples in batches of 16
+    training = summary["runs"][1]
+    assert len(training["losses"]) == steps and training["epoch_losses"] == pytest.approx(
+        [sum(training["losses"]) / steps])
+    assert summary["framework_settings"]["max_grad_norm"] == "0.001"
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert 'id="fig-loss"' in html and 'id="fig-heat-' in html and "takes no training step" not in html
     assert not _hooked(model)
 
 

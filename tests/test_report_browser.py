@@ -253,7 +253,8 @@ def test_cnn_report_in_browser(browser: Browser, tmp_path_factory: pytest.TempPa
     probe = visit.probe
     assert probe["sections"] == ["summary", "accuracy", "loss", "signal", "units", "findings", "methods",
                                  "provenance"]
-    assert len(probe["svgs"]) == 1 + 1 + 2 + 2  # accuracy, training loss, forward, backward, a heatmap pair each
+    # accuracy, training loss, forward, backward, a heatmap pair each, and page 1's two copies
+    assert len(probe["svgs"]) == 1 + 1 + 2 + 2 + 2
     assert "Verdict summary" in probe["text"] and "Accuracy comparison" in probe["text"]
     for text in ("zeros", "he", "theory (thin dashed)", "0 Conv2d", "11 Linear", "training step", "epoch"):
         assert text in probe["svgText"], f"{text!r} is not in the figures"

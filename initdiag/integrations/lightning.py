@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from .session import LoggerSink, Sink, TrainingSession, dashboard_sinks, first_tensors, trainer_dtype
+from .session import (
+    LoggerSink,
+    Sink,
+    TrainingSession,
+    dashboard_sinks,
+    first_tensors,
+    optimizer_settings,
+    settings_text,
+    trainer_dtype,
+)
 
 __all__ = ["InitDiagCallback"]
 
@@ -90,6 +99,14 @@ class InitDiagCallback(_Callback):
         batches = getattr(trainer, "num_training_batches", None)
         if isinstance(batches, int) or (isinstance(batches, float) and math.isfinite(batches)):
             self.session.steps_per_epoch = int(batches)
+        optimizers = getattr(trainer, "optimizers", None) or [None]
+        self.session.settings = settings_text({
+            "max_epochs": getattr(trainer, "max_epochs", None), "max_steps": getattr(trainer, "max_steps", None),
+            "batches_per_epoch": self.session.steps_per_epoch, "precision": getattr(trainer, "precision", None),
+            "accumulate_grad_batches": getattr(trainer, "accumulate_grad_batches", None),
+            "gradient_clip_val": getattr(trainer, "gradient_clip_val", None),
+            **optimizer_settings(optimizers[0]), "devices": getattr(trainer, "num_devices", None),
+            "strategy": type(getattr(trainer, "strategy", None)).__name__ if hasattr(trainer, "strategy") else None})
         stop = self.session.begin(pl_module, self.input_fn(batch), seed=0,
                                   dtype=trainer_dtype(getattr(trainer, "precision", None)))
         self._sinks = self._make_sinks(trainer)

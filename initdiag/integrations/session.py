@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -113,6 +113,20 @@ def first_tensors(batch: Any) -> tuple[torch.Tensor, ...]:
                      "pass input_fn=lambda batch: ... to the callback")
 
 
+def settings_text(values: Mapping[str, Any]) -> dict[str, str]:
+    """The settings a callback read, as text, the unset ones (None) left out."""
+    return {k: (f"{v:g}" if isinstance(v, float) else str(v)) for k, v in values.items() if v is not None}
+
+
+def optimizer_settings(optimizer: Any) -> dict[str, Any]:
+    """An optimizer's class and its first parameter group's learning rate and weight decay."""
+    if optimizer is None:
+        return {}
+    groups = getattr(optimizer, "param_groups", None) or [{}]
+    return {"optimizer": type(optimizer).__name__, "lr": groups[0].get("lr"),
+            "weight_decay": groups[0].get("weight_decay")}
+
+
 def trainer_dtype(precision: Any) -> str | None:
     """The half dtype a trainer's precision setting computes in: Lightning's ``"16-mixed"``/``"bf16-mixed"``/
     ``"16-true"``/``16``, the Hugging Face Trainer's ``fp16``/``bf16`` flags as ``"16"``/``"bf16"``; None else."""
@@ -160,6 +174,9 @@ class TrainingSession:
         self._started = datetime.now(UTC)
         self._start = time.perf_counter()
         self.steps_per_epoch: int | None = None
+        self.settings: dict[str, str] = {}
+        """The framework's settings of this training (optimizer, learning rate, epochs, precision, ...), as the
+        callback read them: the report's provenance shows them."""
 
     @property
     def started(self) -> bool:
@@ -257,7 +274,8 @@ class TrainingSession:
                           analysis=self.analysis, losses=losses, seconds=seconds, structure=init.structure,
                           steps_per_epoch=self.steps_per_epoch)
         return TrainingResult(audit=self.audit, training=run, framework=self.label, started=self._started,
-                              seconds=seconds, command=self.audit.command, environment=dict(self.audit.environment))
+                              seconds=seconds, command=self.audit.command, environment=dict(self.audit.environment),
+                              settings=dict(self.settings))
 
     def close(self) -> None:
         """Hooks off and modes restored, whatever happened (idempotent)."""

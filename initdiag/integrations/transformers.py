@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import UsageError
-from .session import Sink, TrainingSession, dashboard_sinks, trainer_dtype
+from .session import Sink, TrainingSession, dashboard_sinks, settings_text, trainer_dtype
 
 __all__ = ["InitDiagCallback"]
 
@@ -80,6 +80,11 @@ class InitDiagCallback(TrainerCallback):
         except TypeError:
             self.session.steps_per_epoch = None
         self.session.save_modes(model)
+        self.session.settings = settings_text({
+            k: getattr(args, k, None) for k in (
+                "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                "gradient_accumulation_steps", "max_grad_norm", "weight_decay", "warmup_steps", "warmup_ratio",
+                "lr_scheduler_type", "optim", "fp16", "bf16", "seed")})
         self._dtype = trainer_dtype("bf16" if getattr(args, "bf16", False) else "16" if getattr(args, "fp16", False)
                                     else None)
         self._handles.append(model.register_forward_pre_hook(self._first_forward, with_kwargs=True))
@@ -89,6 +94,8 @@ class InitDiagCallback(TrainerCallback):
             return
         self._remove_handles()  # before the audit copies the model: the copy must not carry our hooks
         self._stop = self.session.begin(model, self.input_fn(args, kwargs), dtype=self._dtype)
+        if self.session.recorder is not None:
+            self.session.recorder.joined_forward()  # this forward is step 0: record it and note its loss
         self._handles.append(model.register_forward_hook(self._loss_of))
         self._sinks = dashboard_sinks(self.tensorboard, self.wandb)
         if self._stop is not None:

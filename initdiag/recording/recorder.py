@@ -20,17 +20,17 @@ output, not the attention weights):
   modules, ``sat_frac`` for tanh/sigmoid (:func:`~initdiag.recording.rows.moment_chunk`), and as
   ``<layer>:<function>`` for such functions called in ``forward`` (:mod:`~initdiag.recording.functional`).
 * ``backward``: the same of dL/dy, from a hook set in the forward hook on the autograd node that made the
-  output (a pre-hook: the gradient a tensor hook on the output would get; a tensor hook for a leaf). Works
-  with in-place activations, where ``register_full_backward_hook`` fails.
+  output (a pre-hook: the gradient a tensor hook on the output would get; a tensor hook for a leaf). Works with
+  in-place activations, where ``register_full_backward_hook`` fails.
 * ``weight`` / ``weight_grad``: ``var`` and ``mean_sq`` of each weight layer's weight
   (:func:`~initdiag.structure.main_weight`) and of its gradient, read once the backward pass has accumulated
   every ``.grad``; ``update`` (``updates=True``): the same of the change the optimizer made to the weight
   after the recorded step, read at the next forward (:mod:`~initdiag.recording.updates`).
-* with the model's :class:`~initdiag.structure.Structure` (given, or discovered during the first forward,
-  then used from the next step on): every weight layer it found (any module whose parameter of 2+ dims acts
-  as a linear map: transformers' ``Conv1D``, timm's standardized convs, ...), its elementwise activation
-  modules, and each residual block's output, the residual stream (role ``block``, ``depth`` = its index
-  in the stream; ``<first block>:in`` is the stream entering it, depth -1), forward and backward.
+* with the model's :class:`~initdiag.structure.Structure` (given, or discovered during the first forward, then
+  used from the next step on): every weight layer it found (any module whose parameter of 2+ dims acts as a
+  linear map: transformers' ``Conv1D``, timm's standardized convs, ...), its elementwise activation modules,
+  and each residual block's output, the residual stream (role ``block``, ``depth`` = its index in the stream;
+  ``<first block>:in`` is the stream entering it, depth -1), forward and backward.
 
 One path per statistic: forward hooks, hooks on the output's autograd node, one reduction
 (:func:`~initdiag.recording.moments.reduce`) into a row per layer and kind, copied to the host when a buffer
@@ -92,13 +92,10 @@ class Recorder:
                  seed: int = 0, saturation_tol: float = 0.01, max_per_channel: int | None = 1024,
                  flush_every: int = 256, structure: Structure | None = None, updates: bool = True,
                  grads_at: str = "backward") -> None:
-        if every < 1:
-            raise ValueError(f"every must be >= 1 (got {every})")
-        if grads_at not in ("backward", "optimizer"):
-            raise ValueError(f"grads_at must be 'backward' or 'optimizer' (got {grads_at!r})")
+        if every < 1 or flush_every < 1 or grads_at not in ("backward", "optimizer"):
+            raise ValueError(f"every and flush_every must be >= 1 and grads_at 'backward' or 'optimizer' (got "
+                             f"every={every}, flush_every={flush_every}, grads_at={grads_at!r})")
         self.grads_at = grads_at
-        if flush_every < 1:
-            raise ValueError(f"flush_every must be >= 1 (got {flush_every})")
         self.model, self.every, self.run, self.initializer, self.seed = model, every, run, initializer, seed
         self.saturation_tol, self.max_per_channel, self.structure = saturation_tol, max_per_channel, structure
         """The model's structure: given, or discovered during the first forward inside the recorder."""
@@ -209,6 +206,10 @@ class Recorder:
         return bool(self._handles)
 
     # -- steps and probes ----------------------------------------------------------------------------
+    def joined_forward(self) -> None:
+        """Count the forward now running as a step (a recorder attached inside it missed its root pre-hook)."""
+        self._on_root_forward(self.model, ())
+
     def _on_root_forward(self, module: nn.Module, args: Any) -> None:
         self._calls.clear()
         self._last_weight = None

@@ -13,15 +13,26 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from ..checks import CHECKS, Verdict, methods
 from ..jsonable import finite, json_safe
-from ..results import AuditResult, AuditRun, ExperimentResult, FixResult, ParamChange, Result, RunResult, TrainingRun
+from ..results import (
+    AuditResult,
+    AuditRun,
+    ExperimentResult,
+    FixResult,
+    ParamChange,
+    Result,
+    RunResult,
+    TrainingResult,
+    TrainingRun,
+)
 from ..series import first_step_values
 from ..vocab import CheckName, Family, Kind, ResultKind, Role, Status
+from .answer import answer_section
 from .blind import blind_sections
 from .context import (
     AccuracySection,
@@ -83,30 +94,66 @@ def build_context(result: Result) -> ReportContext:
     styles = {label: i for i, label in enumerate(labels)}
     multi = kind.multi(result)
     model = kind.model(result)
+    accuracy = kind.accuracy(result, labels, styles, multi)
+    provenance = kind.provenance(result, common_facts(result))
+    signal = signal_section(runs, labels, styles, multi, over_training=kind.over_training, legend=kind.series)
+    findings = _findings(runs, multi)
+    blind = blind_sections([(run_label(r, multi), r.verdicts, functools.partial(_row, run_label(r, multi)))
+                            for r in runs], salt=model, legend=kind.series)
+    repair = kind.repair(result)
+    loss = loss_figure(runs, styles, multi)
     return ReportContext(
         kind=str(result.kind),
         title=f"initdiag {kind.title}: {model}",
         model=model,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        provenance=kind.provenance(result, common_facts(result)),
+        provenance=provenance,
         notices=kind.notices(result),
         missing=kind.missing(result),
         grid=_grid(runs, multi, kind.series),
-        accuracy=kind.accuracy(result, labels, styles, multi),
-        loss=loss_figure(runs, styles, multi),
-        signal=signal_section(runs, labels, styles, multi, over_training=kind.over_training, legend=kind.series),
+        accuracy=accuracy,
+        loss=loss,
+        signal=signal,
         units=_units(runs, multi),
-        findings=_findings(runs, multi),
-        methods=tuple(Method(m.check, m.title, m.description, m.null_hypothesis, str(m.threshold))
-                      for m in methods()),
+        findings=findings,
+        methods=_methods(runs, accuracy is not None),
         layer_tables=kind.layer_tables(result),
         structure=kind.structure(result),
         recommendation=kind.recommendation(result),
         kept=kind.kept(result),
-        blind=blind_sections([(run_label(r, multi), r.verdicts, functools.partial(_row, run_label(r, multi)))
-                              for r in runs], salt=model, legend=kind.series),
-        repair=kind.repair(result),
+        blind=blind,
+        repair=repair,
+        answer=answer_section(provenance, [run_label(r, multi) for r in runs], findings, signal, blind, accuracy,
+                              repair, loss, _training_what(result) if isinstance(result, TrainingResult) else ""),
     )
+
+
+def _training_what(result: TrainingResult) -> str:
+    run, s = result.training, result.settings
+    epochs = f" in {len(run.epoch_losses)} epochs of {run.steps_per_epoch} steps" if len(run.epoch_losses) else ""
+    optimizer = f", {s['optimizer']} at lr {s['lr']}" if "optimizer" in s and "lr" in s else \
+        f", lr {s['learning_rate']}" if "learning_rate" in s else ""
+    return (f"a {result.framework} fit of {result.model}: {len(run.losses)} steps{epochs}{optimizer}, audited at its "
+            f"first batch, in {fmt_seconds(result.seconds)}.")
+
+
+def _methods(runs: Sequence[Run], compared: bool) -> tuple[Method, ...]:
+    """The methods of the checks this report ran: a check's method is in when a verdict of it (by its check or
+    outcome name; ``vanishing/exploding`` for ``signal`` and ``stream``) is in a run, the accuracy comparisons
+    when the kind compares accuracies, the theory overlay always; ``flagged`` when one of those verdicts warns
+    or fails (the accuracy comparisons count as flagged: their p-values are on the report's first pages)."""
+    ran: dict[str, bool] = {"theory": False}
+    if compared:
+        ran["comparison"] = True
+    for run in runs:
+        for v in run.verdicts:
+            keys = {str(v.check), str(v.outcome)}
+            if v.check in (CheckName.SIGNAL, CheckName.STREAM) and v.outcome != "no_signal":
+                keys.add("vanishing/exploding")
+            for k in keys:
+                ran[k] = ran.get(k, False) or v.status != Status.PASS
+    return tuple(Method(m.check, m.title, m.description, m.null_hypothesis, str(m.threshold), ran[m.check])
+                 for m in methods() if m.check in ran)
 
 
 def common_facts(result: Result) -> dict[str, Any]:
@@ -204,7 +251,9 @@ KINDS: dict[str, KindSections] = {
         recommendation=lambda r: r.recommendation.evidence, kept=_audit_kept),
     ResultKind.TRAINING: KindSections(
         title="training", model=lambda r: r.model, multi=lambda r: False, notices=lambda r: _audit_notices(r.audit),
-        provenance=lambda r, facts: _audit_provenance(r.audit, facts), over_training=True,
+        provenance=lambda r, facts: replace(_audit_provenance(r.audit, facts), framework=(
+            KeyValue("framework", r.framework), *(KeyValue(k, v) for k, v in r.settings.items()))),
+        over_training=True,
         layer_tables=lambda r: _audit_tables(r.audit), structure=lambda r: _audit_structure(r.audit),
         recommendation=lambda r: r.audit.recommendation.evidence, kept=lambda r: _audit_kept(r.audit)),
     ResultKind.FIX: KindSections(

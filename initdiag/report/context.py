@@ -177,6 +177,7 @@ class BlockRow:
     branch: str
     shortcut: str
     theory: str
+    minor: bool = False
 
 
 @dataclass(frozen=True)
@@ -260,11 +261,15 @@ class LayerTable:
 
 @dataclass(frozen=True)
 class Method:
+    """One check's method; ``flagged``: a verdict of this report warns or fails by it (the PDF prints only
+    those; the HTML has every method of a check this report ran)."""
+
     check: str
     title: str
     description: str
     null_hypothesis: str
     threshold: str
+    flagged: bool = True
 
 
 @dataclass(frozen=True)
@@ -287,6 +292,8 @@ class Provenance:
     files: tuple[DataFile, ...]
     environment: tuple[KeyValue, ...]
     config: tuple[KeyValue, ...]
+    framework: tuple[KeyValue, ...] = ()
+    """A training's framework settings (optimizer, learning rate, epochs, precision, ...)."""
 
 
 @dataclass(frozen=True)
@@ -352,6 +359,8 @@ class ReportContext:
     """Fix: what the repair changed and whether the repaired model passes and trains better."""
     loss: Figure | None = None
     """Experiment, training: the training loss per step of every run."""
+    answer: Any = None
+    """Page 1: the :class:`~initdiag.report.answer.Answer` (what was run, the verdict, findings, figures)."""
 
     @property
     def toc(self) -> tuple[TocEntry, ...]:

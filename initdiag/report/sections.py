@@ -62,8 +62,11 @@ def loss_figure(runs: Sequence[Run], styles: dict[str, int], multi: bool) -> Fig
         name = run_label(run, multi)
         series[name] = np.asarray(losses, dtype=float)
         order[name] = styles.get(run.label, len(order))
-        if isinstance(run, TrainingRun) and run.steps_per_epoch:
-            epochs = f"; {run.steps_per_epoch} steps per epoch"
+        if isinstance(run, TrainingRun) and run.steps_per_epoch and len(run.epoch_losses) > 1:
+            epochs = (f"; {run.steps_per_epoch} steps per epoch, the stepped line each epoch's mean loss "
+                      f"({len(run.epoch_losses)} epochs)")
+            series[f"{name}, epoch mean"] = np.repeat(run.epoch_losses, run.steps_per_epoch)[:len(losses)]
+            order[f"{name}, epoch mean"] = order[name] + 4
     if not series:
         return None
     log = log_scale(list(series.values()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from ..results import AuditRun, RunResult, TrainingRun
@@ -11,7 +12,7 @@ from . import plots
 from .context import BlockRow, Figure, StructureRow, StructureSection
 from .format import fmt
 
-__all__ = ["MAJOR_ROWS", "major_layers", "stream_figures", "structure_section"]
+__all__ = ["MAJOR_ROWS", "major_blocks", "major_layers", "stream_figures", "structure_section"]
 
 Run = RunResult | AuditRun | TrainingRun
 
@@ -23,20 +24,47 @@ def _fans(fan_in: float, fan_out: float) -> str:
 MAJOR_ROWS = 24
 """A per-layer table of at most this many rows is printed whole; a longer one prints the layers that matter."""
 
+MAJOR_BLOCKS = 6
+"""A block table of at most this many blocks is printed whole; a longer one prints the blocks that matter."""
+
+FLAGGED_ROWS = 6
+"""Of the layers failing or warning verdicts name, a printed table keeps the first and the last this many."""
+
+DEVIATING_ROWS = 3
+"""A printed table keeps this many layers whose weight variance is furthest (beyond 2x) from the advised one."""
+
+
+def major_blocks(run: Run) -> set[str]:
+    """The residual blocks a printed table keeps: the first, the last and those a non-passing verdict names."""
+    if run.structure is None or not run.structure.blocks:
+        return set()
+    named = {n for v in run.verdicts if v.status != Status.PASS for n in v.layers}
+    blocks = run.structure.blocks
+    return {blocks[0].name, blocks[-1].name} | {b.name for b in blocks if b.name in named}
+
 
 def major_layers(run: Run) -> set[str]:
-    """The layers a printed table keeps: named by a failing or warning verdict, a residual block's output or its
-    first weight layer, the first and the last layer."""
-    keep = {n for v in run.verdicts if v.status != Status.PASS for n in v.layers}
+    """The layers a printed table keeps, a number that does not grow with depth: the first and the last
+    :data:`FLAGGED_ROWS` layers non-passing verdicts name, the first and the last layer, each kept block's
+    (:func:`major_blocks`) output and first weight layer, and the :data:`DEVIATING_ROWS` weight layers whose
+    weight variance is furthest from the one advised for their activation (beyond a factor 2)."""
+    order = {la.name: i for i, la in enumerate(run.layers)}
+    flagged = sorted({n for v in run.verdicts if v.status != Status.PASS for n in v.layers},
+                     key=lambda n: order.get(n, len(order)))
+    keep = set(flagged[:FLAGGED_ROWS] + flagged[-FLAGGED_ROWS:])
+    blocks = major_blocks(run)
+    keep |= blocks
     if run.structure is not None:
-        keep |= {b.name for b in run.structure.blocks}
         firsts: dict[str, str] = {}
         for la in run.structure.weight_layers:
             if la.block is not None:
                 firsts.setdefault(la.block, la.name)
-        keep |= set(firsts.values())
+        keep |= {firsts[b] for b in blocks if b in firsts}
     if run.layers:
         keep |= {run.layers[0].name, run.layers[-1].name}
+    off = sorted(((abs(math.log(w.ratio)), w.layer) for w in (run.weights if isinstance(run, AuditRun) else ())
+                  if w.ratio is not None and w.ratio > 0 and abs(math.log(w.ratio)) > math.log(2.0)), reverse=True)
+    keep |= {name for _, name in off[:DEVIATING_ROWS]}
     return keep
 
 
@@ -62,11 +90,13 @@ def structure_section(run: AuditRun) -> StructureSection | None:
                                  + (" (constant input)" if layer.constant_input else ""), init,
                                  layer.name not in major))
     theory = run.stream.rules if run.stream is not None else ()
+    kept = major_blocks(run) if len(s.blocks) > MAJOR_BLOCKS else {b.name for b in s.blocks}
     blocks = tuple(BlockRow(b.index, b.name, b.module_type, b.residual_adds,
                             ("normalized" if b.branch_normalized else "not normalized") + (", post-norm" if b.post_norm
                                                                                              else ""),
                             b.shortcut if isinstance(b.shortcut, str) else ", ".join(b.shortcut),
-                            theory[b.index] if b.index < len(theory) else "—") for b in s.blocks)
+                            theory[b.index] if b.index < len(theory) else "—", b.name not in kept)
+                   for b in s.blocks)
     return StructureSection(run.label, _summary(s), tuple(rows), blocks)
 
 

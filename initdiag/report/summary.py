@@ -23,15 +23,15 @@ null accuracies, ``"weights"`` (``LayerWeight.to_json()`` per weight layer), ``"
 weight the initializer left as it was) and ``"digest"`` (SHA-256 of the parameters); its ``dataset`` describes the
 inputs (``name`` the input kind, ``train_size`` the samples pushed through, ``test_size`` 0, plus
 ``description``, ``batch_shape``, ``dtype``); ``comparisons`` and ``accuracy`` are empty; and the top level
-adds ``"passed"`` and ``"recommendation"`` (``{"initializer", "evidence", "compared", "equal"}``). A training
-(a callback's report) is its audit at the first batch (the first run, as an audit's) and the training as a
-second run with ``"losses"`` (the loss of every step) and ``"steps_per_epoch"``; the top level adds
-``"framework"``. A fix's runs are its two audits' first runs, named ``"before"`` (the model as given) and
-``"after"`` (as repaired); its ``dataset`` is the first audit's, as an audit's, and the top level adds
-``"passed"`` (the repaired model's audit), ``"passed_before"``, ``"method"``, ``"rounds"``, ``"changed"``
-(bool), ``"changes"`` (``ParamChange.to_json()``: ``{"layer", "param", "old_std", "new_std", "gain",
-"answers", "rule"}`` per changed parameter), ``"unconverged"`` and ``"unrepaired"`` (layer names) and
-``"verification"`` (``{"steps", "data", "optimizer", "improved", "original_tail", "repaired_tail",
+adds ``"passed"`` and ``"recommendation"`` (``{"initializer", "evidence", "compared", "equal"}``). A training (a
+callback's report) is its audit at the first batch (the first run, as an audit's) and the training as a second run
+with ``"losses"`` (the loss of every step), ``"steps_per_epoch"`` and ``"epoch_losses"`` (each epoch's mean); the
+top level adds ``"framework"`` and ``"framework_settings"``. A fix's runs are its two audits' first runs, named
+``"before"`` (the model as given) and ``"after"`` (as repaired); its ``dataset`` is the first audit's, as an
+audit's, and the top level adds ``"passed"`` (the repaired model's audit), ``"passed_before"``, ``"method"``,
+``"rounds"``, ``"changed"`` (bool), ``"changes"`` (``ParamChange.to_json()``: ``{"layer", "param", "old_std",
+"new_std", "gain", "answers", "rule"}`` per changed parameter), ``"unconverged"`` and ``"unrepaired"`` (layer
+names) and ``"verification"`` (``{"steps", "data", "optimizer", "improved", "original_tail", "repaired_tail",
 "original", "repaired"}``: each step's loss of the original and the repaired model; or null).
 """
 
@@ -79,6 +79,7 @@ def _run_json(run: RunResult | AuditRun | TrainingRun) -> dict[str, Any]:
     if isinstance(run, TrainingRun):
         data["losses"] = [float(x) for x in run.losses]
         data["steps_per_epoch"] = run.steps_per_epoch
+        data["epoch_losses"] = [float(x) for x in run.epoch_losses]
     return data
 
 
@@ -102,7 +103,8 @@ def _audit(result: AuditResult) -> dict[str, Any]:
 
 
 def _training(result: TrainingResult) -> dict[str, Any]:
-    return {**_audit(result.audit), "passed": result.passed, "framework": result.framework}
+    return {**_audit(result.audit), "passed": result.passed, "framework": result.framework,
+            "framework_settings": dict(result.settings)}
 
 
 def _fix(result: FixResult) -> dict[str, Any]:

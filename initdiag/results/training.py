@@ -39,6 +39,15 @@ class TrainingRun(_LossRun):
     structure: Structure | None = None
     steps_per_epoch: int | None = None
 
+    @property
+    def epoch_losses(self) -> np.ndarray:
+        """The mean loss of each epoch (its last may be partial), empty without ``steps_per_epoch``; a
+        non-finite step makes its epoch's mean non-finite."""
+        n = self.steps_per_epoch
+        if not n or n < 1 or len(self.losses) == 0:
+            return np.zeros(0)
+        return np.array([float(np.mean(self.losses[i:i + n])) for i in range(0, len(self.losses), n)])
+
 
 @dataclass(frozen=True)
 class TrainingResult(_Writes):
@@ -53,6 +62,8 @@ class TrainingResult(_Writes):
     seconds: float
     command: str
     environment: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)
+    """The framework's settings as its callback read them (optimizer, learning rate, epochs, precision, ...)."""
     kind: ClassVar[str] = ResultKind.TRAINING
 
     @property
