@@ -272,6 +272,72 @@ def test_model_that_cannot_be_copied_is_restored_bit_for_bit() -> None:
     assert "symmetry" in zeros.failed  # the re-initialization did happen, on the model itself
 
 
+class _Fails(nn.Module):
+    """BatchNorm and dropout, then a forward that raises on its ``fail_at``-th call."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.net, self.calls, self.fail_at = bn_dropout(), 0, fail_at
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("the forward failed")
+        return self.net(x)
+
+
+def test_keep_audits_the_model_itself_without_copying_it_and_restores_it_exactly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``keep`` takes no copy: copy.deepcopy is never called; the BatchNorm running statistics the train-mode
+    forward moved, the ``.grad`` objects, ``requires_grad``, the modes and the global RNG come back exactly."""
+    import copy
+
+    model = bn_dropout()
+    model[1].weight.requires_grad_(False)
+    model[5].weight.grad = torch.ones_like(model[5].weight)
+    model[2].eval()
+    before = _state(model)
+
+    real = copy.deepcopy
+
+    def no_model_copy(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(obj, nn.Module):
+            raise AssertionError("keep must not copy the model")
+        return real(obj, *args, **kwargs)
+
+    monkeypatch.setattr(copy, "deepcopy", no_model_copy)
+    result = initdiag.audit(model, input_shape=(1, 6, 6), inits=("keep",), batches=2, batch_size=4)
+    assert_unchanged(model, before)
+    _backward_layers(result)
+
+
+@pytest.mark.parametrize("fail_at", [2, 3])  # during structure discovery, during the recorded batches
+def test_a_forward_that_raises_leaves_the_model_bitwise_as_it_was(fail_at: int) -> None:
+    model = _Fails(fail_at)
+    model.net[5].weight.grad = torch.ones_like(model.net[5].weight)
+    model.net[2].eval()
+    before = _state(model)
+    with pytest.raises(Exception, match="the forward failed"):
+        initdiag.audit(model, input_shape=(1, 6, 6), inits=("keep",), batches=2, batch_size=4)
+    assert_unchanged(model, before)
+
+
+class _WritesItsWeights(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.fc.weight.mul_(1.5)  # an in-place write: nothing to restore from without a copy
+        return self.fc(x)
+
+
+def test_a_model_that_writes_its_own_weights_during_a_keep_audit_is_named() -> None:
+    with pytest.raises(RuntimeError, match="changed its own parameters"):
+        initdiag.audit(_WritesItsWeights(), input_shape=(4,), inits=("keep",), batches=1, batch_size=4)
+
+
 def test_reinitialization_happens_on_a_copy_and_differs_per_initializer() -> None:
     model = mlp(depth=4, width=16)
     before = _state(model)

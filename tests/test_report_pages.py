@@ -103,11 +103,16 @@ def test_the_default_report_fits_in_eight_pages_and_its_markdown_in_sixty_lines(
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
     out = tmp_path / "out"
     assert cli.main(["report", "--dataset", "mnist-sample", "--limit-train", "256", "--epochs", "2",
-                     "--format", "pdf,md", "--out", str(out)]) == 0
+                     "--format", "pdf,md,html", "--out", str(out)]) == 0
     pages = _pages(out / "report.pdf")
     assert pages <= 8, f"{pages} pages"
     first = _first_page(out / "report.pdf")
     assert "What was run" in first and "zeros" in first
+    text = subprocess.run(["pdftotext", str(out / "report.pdf"), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    html = (out / "report.html").read_text(encoding="utf-8")
+    for where in (re.sub(r"\s+", " ", text), html):  # why all-zero weights cannot train: said once
+        assert where.count("Zero init is not appropriate") == 1
     md = (out / "summary.md").read_text(encoding="utf-8")
     assert len(md.splitlines()) < 60
     assert_github_markdown(md)

@@ -247,13 +247,24 @@ def _reaches_original(work: nn.Module, model: nn.Module) -> bool:
 
 
 @contextmanager
-def working_copy(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    """A deep copy of ``model`` on ``device`` to audit, prepared (train mode, parameters requiring grad).
+def working_copy(model: nn.Module, device: torch.device, keep: bool = False) -> Iterator[nn.Module]:
+    """The model to audit on ``device``, prepared (train mode, parameters requiring grad, no ``.grad``).
 
-    When ``copy.deepcopy`` fails, or the copy still calls the original's modules (:func:`_reaches_original`),
-    the model itself (it must be on ``device``), restored in ``finally``:
-    parameter and buffer values, each module's train/eval mode, ``requires_grad`` and ``.grad``.
+    ``keep`` (the model audited as it is, no initializer) on the model's own device: the model itself, with
+    no copy of its parameters; what the audit touches is saved and restored in ``finally``: each buffer's values
+    (BatchNorm's running statistics move in train mode), every parameter's ``.grad`` (the same tensor object)
+    and ``requires_grad``, each module's train/eval mode. Parameters are not copied: the audit takes no step
+    (what it changes itself, it restores), and their SHA-256 before and after must agree: a forward that writes
+    its own weights raises ``RuntimeError``. Otherwise a deep copy of ``model`` on ``device``; when
+    ``copy.deepcopy`` fails, or the copy still calls the original's modules (:func:`_reaches_original`), the
+    model itself (it must be on ``device``) with its parameter and buffer values restored too.
     """
+    tensors = [*model.parameters(), *model.buffers()]
+    on_device = all(t.device == device for t in tensors)
+    if keep and on_device:
+        with _in_place(model, copy_parameters=False):
+            yield model
+        return
     try:
         work: nn.Module | None = copy.deepcopy(model)
     except Exception:
@@ -265,20 +276,33 @@ def working_copy(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
         _prepare(work)
         yield work
         return
-    tensors = [*model.parameters(), *model.buffers()]
-    if any(t.device != device for t in tensors):
+    if not on_device:
         raise UsageError(f"the model cannot be copied (copy.deepcopy failed), so it is audited in place, which "
                          f"needs it on the audit's device {device}")
-    values = [t.detach().clone() for t in tensors]
-    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    with _in_place(model, copy_parameters=True):
+        yield model
+
+
+@contextmanager
+def _in_place(model: nn.Module, copy_parameters: bool) -> Iterator[None]:
+    """``model`` prepared for an audit and restored in ``finally`` (see :func:`working_copy`)."""
+    from .weights import weights_digest
+
+    params = list(model.parameters())
+    saved = [(t, t.detach().clone()) for t in (*(params if copy_parameters else ()), *model.buffers())]
+    state = [(p, p.requires_grad, p.grad) for p in params]
+    digest = "" if copy_parameters else weights_digest(model)
     with preserve_modes(model):
         try:
             _prepare(model)
-            yield model
+            yield
         finally:
             with torch.no_grad():
-                for t, v in zip(tensors, values, strict=True):
+                for t, v in saved:
                     t.copy_(v)
-            for p, req, grad in params:
+            for p, req, grad in state:
                 p.requires_grad_(req)
                 p.grad = grad
+            if digest and weights_digest(model) != digest:
+                raise RuntimeError("the model changed its own parameters during the audit's forward and backward, "
+                                   "so they could not be restored without a copy; audit it with an initializer")

@@ -1,10 +1,12 @@
 """Running an audit: each initialization on a copy of the model, a few batches forward and backward under the
 recorder, the same checks as ``report``, and the recommendation drawn from the runs.
 
-The user's model is never changed: each initialization is audited on ``copy.deepcopy(model)`` (or, when the
-model cannot be deep-copied, on the model itself, restored bit for bit in ``finally``), in train mode, under a
-forked and seeded global RNG. No optimizer step is taken, so every batch sees the same weights: the checks
-read each statistic averaged over the batches (:func:`pool_batches`).
+The user's model is never changed: ``keep`` is audited on the model itself, with no copy of its parameters
+(what the audit touches, buffers, gradients, ``requires_grad`` and modes, restored in ``finally``), each
+initializer on ``copy.deepcopy(model)``, one at a time, freed before the next (or, when the model cannot be
+deep-copied, on the model itself, restored bit for bit), in train mode, under a forked and seeded global RNG.
+No optimizer step is taken, so every batch sees the same weights: the checks read each statistic averaged over
+the batches (:func:`pool_batches`).
 """
 
 from __future__ import annotations
@@ -264,7 +266,7 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
     ``keep``. One discovery per run, and one more for the audit when its first run applies an initializer."""
     start = time.perf_counter()
     cuda = [device.index] if device.type == "cuda" and device.index is not None else []
-    with torch.random.fork_rng(devices=cuda), working_copy(model, device) as work:
+    with torch.random.fork_rng(devices=cuda), working_copy(model, device, keep=spec is None) as work:
         torch.default_generator.manual_seed(cfg.seed)  # not torch.manual_seed: it would seed every GPU
         for index in cuda:
             torch.cuda.default_generators[index].manual_seed(cfg.seed)

@@ -286,12 +286,14 @@ def main_fits_of(ctx: AnalysisContext) -> dict[str, SignalFit]:
 
 
 def design_notes_of(ctx: AnalysisContext) -> dict[str, str]:
-    """Per direction, the sentences added to its verdicts: why all-zero weights cannot train (forward), and the
-    designs that explain missing signal (both)."""
+    """Per direction, the sentences added to its verdicts: why all-zero weights cannot train (forward, said once
+    in the report: other checks get ``"others"``, a pointer to it), and the designs that explain missing signal
+    (all)."""
     main = ctx.derive(main_fits_of)
     note = zero_init_note(ctx.evidence, main.get(Signal.FORWARD), main.get(Signal.BACKWARD))
     design = "".join(f" {n}" for n in ctx.derive(why_of).notes)
-    return {Signal.FORWARD: note + design, Signal.BACKWARD: design}
+    pointer = " Every weight is 0: why that cannot train is under the forward signal verdict." if note else ""
+    return {Signal.FORWARD: note + design, Signal.BACKWARD: design, "others": pointer + design}
 
 
 class SignalCheck(SignalColumns, Check):

@@ -278,7 +278,7 @@ class SymmetryCheck(Check):
 
     def run(self, ctx: AnalysisContext) -> list[Verdict | None]:
         ev, th, rng = ctx.evidence, ctx.thresholds, ctx.rng()
-        init, reports = symmetry_verdict(ev, Phase.INIT, th, rng, extra=ctx.derive(design_notes_of)[Signal.FORWARD])
+        init, reports = symmetry_verdict(ev, Phase.INIT, th, rng, extra=ctx.derive(design_notes_of)["others"])
         final, _ = symmetry_verdict(ev, Phase.FINAL, th, rng, init_reports=reports)
         return [init, final]
 

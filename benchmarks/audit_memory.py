@@ -1,0 +1,110 @@
+"""Peak memory of ``initdiag.audit(model, x)`` against the same plain forward+backward passes, side by side.
+
+Each side runs in its own fresh process (``--side``, spawned by the parent) on the same model, built from the
+same seed: the peak resident memory (Linux ``VmHWM``, reset after the model is built by writing 5 to
+``/proc/self/clear_refs``) minus the resident memory of the built model, so both sides count only what their
+work adds. Plain: ``batches`` forward+backward passes of cross-entropy against random labels on the model
+itself (what a user's first training steps cost). Audit: ``initdiag.audit(model, example_input=...)`` with the
+same batch shape and count. Prints both peaks, their ratio and the time of each.
+
+    python benchmarks/audit_memory.py                       # resnet50 (3x128x128, 4 x 8) and gpt2 (12 layers)
+    python benchmarks/audit_memory.py --models llama1b      # a ~1 B-parameter decoder from a Llama config
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+MODELS = ("resnet50", "gpt2", "llama1b")
+
+
+def _rss(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def build(name: str) -> tuple[torch.nn.Module, list[torch.Tensor], int]:
+    """The model, its batches and its class count."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    if name == "resnet50":
+        import torchvision
+
+        return torchvision.models.resnet50(weights=None), [torch.randn(8, 3, 128, 128, generator=g)
+                                                            for _ in range(4)], 1000
+    import transformers
+
+    if name == "gpt2":
+        config = transformers.GPT2Config(n_layer=12)
+        model: Any = transformers.GPT2LMHeadModel(config)
+        vocab = config.vocab_size
+        return model, [torch.randint(0, vocab, (4, 128), generator=g) for _ in range(4)], vocab
+    if name == "llama1b":
+        config = transformers.LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
+                                          num_attention_heads=32, num_key_value_heads=8, vocab_size=32000)
+        model = transformers.LlamaForCausalLM(config)
+        return model, [torch.randint(0, config.vocab_size, (1, 64), generator=g) for _ in range(2)], \
+            config.vocab_size
+    raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out
+
+
+def side(name: str, which: str) -> dict[str, float]:
+    model, batches, classes = build(name)
+    base = _rss("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    start = time.perf_counter()
+    if which == "plain":
+        model.train()
+        g = torch.Generator().manual_seed(1)
+        for x in batches:
+            logits = _logits(model(x))
+            labels = torch.randint(0, classes, logits.shape[:-1], generator=g)
+            F.cross_entropy(logits.reshape(-1, classes), labels.reshape(-1)).backward()
+            model.zero_grad(set_to_none=True)
+    else:
+        import initdiag
+
+        initdiag.audit(model, example_input=batches[0], batches=len(batches), formats=())
+    seconds = time.perf_counter() - start
+    return {"peak": float(_rss("VmHWM") - base), "seconds": seconds,
+            "params": float(sum(p.numel() for p in model.parameters()))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet50,gpt2")
+    parser.add_argument("--side", choices=("plain", "audit"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        print(json.dumps(side(args.model, args.side)))
+        return
+    for name in args.models.split(","):
+        got = {}
+        for which in ("plain", "audit"):
+            done = subprocess.run([sys.executable, __file__, "--side", which, "--model", name], capture_output=True,
+                                  text=True, check=True)
+            got[which] = json.loads(done.stdout.strip().splitlines()[-1])
+        p, a = got["plain"], got["audit"]
+        print(f"{name} ({p['params'] / 1e6:.0f} M parameters): plain +{p['peak'] / 2**20:,.0f} MiB in "
+              f"{p['seconds']:.1f} s, audit +{a['peak'] / 2**20:,.0f} MiB in {a['seconds']:.1f} s: memory "
+              f"{a['peak'] / p['peak']:.2f}x, time {a['seconds'] / p['seconds']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
