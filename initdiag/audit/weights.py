@@ -123,7 +123,7 @@ def weights_digest(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, p in model.named_parameters():
         digest.update(f"{name}:{p.dtype}:{tuple(p.shape)}".encode())
-        digest.update(p.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy())  # no bytes copy
+        digest.update(p.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().data)  # no bytes copy
     return digest.hexdigest()
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from .session import (
+    MAX_STEPS,
     LoggerSink,
     Sink,
     TrainingSession,
@@ -77,8 +78,9 @@ class InitDiagCallback(_Callback):
     def __init__(self, out: str | Path = "reports/lightning", every: int = 10,
                  formats: Sequence[str] = ("html", "json"), fail_on: Sequence[str] = (),
                  tensorboard: str | Path | None = None, wandb: bool = False,
-                 input_fn: Callable[[Any], Any] | None = None, log_to_loggers: bool = True) -> None:
-        self.session = TrainingSession(out, every, formats, fail_on, label="lightning")
+                 input_fn: Callable[[Any], Any] | None = None, log_to_loggers: bool = True,
+                 max_steps: int | None = MAX_STEPS) -> None:
+        self.session = TrainingSession(out, every, formats, fail_on, label="lightning", max_steps=max_steps)
         self.tensorboard = Path(tensorboard) if tensorboard is not None else None
         self.wandb = wandb
         self.input_fn = input_fn or first_tensors

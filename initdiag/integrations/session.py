@@ -136,6 +136,11 @@ def trainer_dtype(precision: Any) -> str | None:
     return "float16" if text.startswith("16") or text in ("fp16", "half") else None
 
 
+MAX_STEPS = 2048
+"""Recorded steps a callback keeps by default: the first 256 one by one, then thinned evenly (a 12-layer GPT-2
+records ~760 rows per step: at most ~1.6 M rows, whatever the run's length)."""
+
+
 class TrainingSession:
     """The audit at initialization, the recording during training and the report at the end (module docstring).
 
@@ -146,10 +151,13 @@ class TrainingSession:
         fail_on: check names that, failing in the audit at initialization, stop the fit.
         label: the framework, for the report's command line.
         grads_at: when the recorder reads weight gradients (:class:`~initdiag.Recorder`'s ``grads_at``).
+        max_steps: the recorded steps kept, the first ones all, then thinned evenly so the series, its CSV
+            and the report stay bounded in a long training (:mod:`~initdiag.recording.thinning`); None: all.
     """
 
     def __init__(self, out: str | Path, every: int = 10, formats: Sequence[str] = ("html", "json"),
-                 fail_on: Iterable[str] = (), label: str = "training", grads_at: str = "backward") -> None:
+                 fail_on: Iterable[str] = (), label: str = "training", grads_at: str = "backward",
+                 max_steps: int | None = MAX_STEPS) -> None:
         if every < 1:
             raise UsageError(f"every must be >= 1 (got {every})")
         unknown = [f for f in formats if f not in FORMATS]
@@ -161,6 +169,7 @@ class TrainingSession:
         self.fail_on = parse_fail_on(",".join(fail_on)) if not isinstance(fail_on, str) else parse_fail_on(fail_on)
         self.label = label
         self.grads_at = grads_at
+        self.max_steps = max_steps
         self.audit: AuditResult | None = None
         self.recorder: Recorder | None = None
         self.analysis = RunAnalysis()
@@ -198,7 +207,7 @@ class TrainingSession:
         run = self.audit.runs[0]
         self._weights_init = snapshot_weights(model)
         self.recorder = Recorder(model, every=self.every, run=self.label, initializer=KEEP, seed=seed,
-                                 structure=run.structure, grads_at=self.grads_at)
+                                 structure=run.structure, grads_at=self.grads_at, max_steps=self.max_steps)
         self.recorder.__enter__()
         failed = sorted(self.audit.failed(self.fail_on))
         if not failed:

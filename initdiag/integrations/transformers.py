@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import UsageError
-from .session import Sink, TrainingSession, dashboard_sinks, settings_text, trainer_dtype
+from .session import MAX_STEPS, Sink, TrainingSession, dashboard_sinks, settings_text, trainer_dtype
 
 __all__ = ["InitDiagCallback"]
 
@@ -59,8 +59,10 @@ class InitDiagCallback(TrainerCallback):
     def __init__(self, out: str | Path = "reports/transformers", every: int = 10,
                  formats: Sequence[str] = ("html", "json"), fail_on: Sequence[str] = (),
                  tensorboard: str | Path | None = None, wandb: bool = False,
-                 input_fn: Callable[[tuple[Any, ...], dict[str, Any]], Any] | None = None) -> None:
-        self.session = TrainingSession(out, every, formats, fail_on, label="transformers", grads_at="optimizer")
+                 input_fn: Callable[[tuple[Any, ...], dict[str, Any]], Any] | None = None,
+                 max_steps: int | None = MAX_STEPS) -> None:
+        self.session = TrainingSession(out, every, formats, fail_on, label="transformers", grads_at="optimizer",
+                                       max_steps=max_steps)
         self.tensorboard = Path(tensorboard) if tensorboard is not None else None
         self.wandb = wandb
         self.input_fn = input_fn or _model_input

@@ -8,11 +8,14 @@ buffer fills (never one sync per hook call), derives the statistics many steps a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import torch
 
 from ..series import FRAME_COLUMNS, empty_frame
+from ..vocab import Phase
 from .moments import Stream
 from .rows import LayerState, Meta, moment_chunk
 
@@ -73,6 +76,22 @@ class Collector:
             meta = [m for _, ms in parts for m in ms]
             with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
                 self._chunks.append(moment_chunk(layer, kind, rows, meta))
+
+    def prune(self, keep: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Drop the training rows whose step ``keep(steps)`` marks False (probe rows stay): every row so far is
+        taken to the host and derived first."""
+        self.flush()
+        self._derive()
+        pruned = []
+        for chunk in self._chunks:
+            mask = keep(chunk["step"]) | (chunk["phase"] != Phase.TRAIN)
+            pruned.append(chunk if mask.all() else {k: v[mask] for k, v in chunk.items()})
+        self._chunks = [c for c in pruned if len(c["step"])]
+        self._frame = None
+
+    def nbytes(self) -> int:
+        """Bytes of the rows held on the host (derived and not yet derived)."""
+        return self._host_bytes + sum(v.nbytes for c in self._chunks for v in c.values())
 
     def frame(self, layers: list[LayerState], run: str, initializer: str, seed: int) -> pd.DataFrame:
         """All statistics so far, one row each, with the columns of :data:`~initdiag.series.FRAME_COLUMNS`."""

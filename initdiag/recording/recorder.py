@@ -8,17 +8,15 @@ with grad enabled is one step; ``rec.epoch = e`` labels the rows)::
             loss_fn(model(x), y).backward(); ...
     frame = rec.frame()
 
-What is recorded, for every weight layer (:data:`~initdiag.structure.RECORDED_WEIGHT_TYPES`: Conv/Linear,
-and recurrent, attention and embedding layers) and every activation module (ReLU, tanh, GELU, ...), per
-call (a module called twice per forward is recorded twice, as ``name`` and ``name@2``). Tuple/list/dict
-outputs are walked (``name.0``, ``name.1.key``, ...); of a weight layer only the first floating-point
-output is recorded (LSTM/GRU: the output sequence, not the final states; MultiheadAttention: the attended
-output, not the attention weights):
+Recorded for every weight layer (:data:`~initdiag.structure.RECORDED_WEIGHT_TYPES`: Conv/Linear, recurrent,
+attention, embedding) and activation module (ReLU, tanh, GELU, ...), per call (``name``, ``name@2``), outputs
+walked (``name.0``, ``name.1.key``; of a weight layer the first floating-point one: LSTM/GRU's sequence,
+MultiheadAttention's attended output):
 
-* ``forward``: statistics of the module's output ``y`` per channel (a conv's channel, a linear layer's
-  feature) over the batch and positions: ``var``, ``mean_sq``, ``zero_frac``; ``dead_frac`` for ReLU-family
-  modules, ``sat_frac`` for tanh/sigmoid (:func:`~initdiag.recording.rows.moment_chunk`), and as
-  ``<layer>:<function>`` for such functions called in ``forward`` (:mod:`~initdiag.recording.functional`).
+* ``forward``: statistics of the module's output ``y`` per channel over the batch and positions: ``var``,
+  ``mean_sq``, ``zero_frac``; ``dead_frac`` for ReLU-family modules, ``sat_frac`` for tanh/sigmoid
+  (:func:`~initdiag.recording.rows.moment_chunk`), also as ``<layer>:<function>`` for such functions called in
+  ``forward`` (:mod:`~initdiag.recording.functional`).
 * ``backward``: the same of dL/dy, from a hook set in the forward hook on the autograd node that made the
   output (a pre-hook: the gradient a tensor hook on the output would get; a tensor hook for a leaf). Works with
   in-place activations, where ``register_full_backward_hook`` fails.
@@ -60,6 +58,7 @@ from .functional import apply_activation, functional_activations
 from .moments import Geometry, reduce
 from .rows import LayerState, layer_infos
 from .sites import channel_dim, iter_tensors, traced
+from .thinning import Thinning
 from .updates import StepWeights
 
 __all__ = ["Recorder"]
@@ -75,23 +74,22 @@ class Recorder:
         every: record every ``every``-th step (a step is one forward call of ``model`` with grad enabled).
         run, initializer, seed: labels copied into every row of :meth:`frame`.
         saturation_tol: an output within this distance of a bound of tanh/sigmoid counts as saturated.
-        max_per_channel: in training steps, at most about this many values per channel enter the
-            statistics (the last samples of the batch; at least one sample); None: all. Probes always use
-            every value. 1024 values keep each channel's variance within about 4% (sd; the average over
-            channels far closer) and cut the cost for large conv maps.
-        flush_every: moment rows buffered per layer and kind (fewer for layers so wide that the buffer
-            would pass 1 MiB) before they are copied to the host, all streams in one copy.
+        max_per_channel: in training steps, at most about this many values per channel (the batch's last
+            samples; None: all; probes use all): 1024 keep each channel's variance within ~4% (sd).
+        flush_every: moment rows buffered per layer and kind (at most 1 MiB) before one copy to the host.
         structure: the model's structure (:func:`initdiag.structure.discover`); None: discovered during
             the first forward inside the recorder (its blocks and extra layers recorded from the next step).
         updates: record each recorded step's weight update (one copy of the weights per recorded step).
         grads_at: ``"backward"``: weights and their gradients are read when the backward pass ends;
             ``"optimizer"``: when :meth:`before_optimizer_step` is called (after gradient clipping).
+        max_steps: keep at most this many recorded steps, the first ones all, then thinned evenly
+            (:mod:`~initdiag.recording.thinning`); None: every recorded step.
     """
 
     def __init__(self, model: nn.Module, every: int = 1, *, run: str = "run", initializer: str = "",
                  seed: int = 0, saturation_tol: float = 0.01, max_per_channel: int | None = 1024,
                  flush_every: int = 256, structure: Structure | None = None, updates: bool = True,
-                 grads_at: str = "backward") -> None:
+                 grads_at: str = "backward", max_steps: int | None = None) -> None:
         if every < 1 or flush_every < 1 or grads_at not in ("backward", "optimizer"):
             raise ValueError(f"every and flush_every must be >= 1 and grads_at 'backward' or 'optimizer' (got "
                              f"every={every}, flush_every={flush_every}, grads_at={grads_at!r})")
@@ -115,7 +113,7 @@ class Recorder:
         self._last_weight_out: tuple[torch.Size, int] | None = None  # its output's shape and channel dim
         self._weights = StepWeights(updates)  # this step's weights, read after backward; the last step's copies
         self._layouts: dict[tuple[Any, ...], Geometry | None] = {}
-        self._collector = Collector(flush_every)
+        self._collector, self._thin = Collector(flush_every), Thinning(every, max_steps)
         self._functional: dict[str, Activation] = {}  # weight-layer site -> the functional activation it feeds
 
     # -- attaching ----------------------------------------------------------------------------------
@@ -226,7 +224,9 @@ class Recorder:
             self._recording = False
         else:
             self.step += 1
-            self._recording = self.step % self.every == 0
+            self._recording = self._thin.records(self.step)
+            if self._thin.over():
+                self._collector.prune(self._thin.keep)
             self._weights.reset()
 
     @contextmanager

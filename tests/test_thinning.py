@@ -1,0 +1,63 @@
+"""Bounded recordings: a long recording keeps its first steps one by one, then thins evenly, so the recorded
+rows stay under a budget whatever the run's length (the recorder's rows and memory checked on a real loop)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from initdiag import Recorder
+from initdiag.recording.thinning import Thinning
+
+
+@pytest.mark.parametrize(("every", "budget", "steps"), [(1, 100, 10_000), (3, 64, 5_000), (1, 600, 20_000)])
+def test_the_kept_steps_stay_within_the_budget_and_span_the_run(every: int, budget: int, steps: int) -> None:
+    thin = Thinning(every, budget)
+    kept: list[int] = []
+    for step in range(steps):
+        if thin.records(step):
+            kept.append(step)
+        if thin.over():
+            kept = [s for s in kept if thin.keep(np.array([s]))[0]]
+        assert len(kept) <= budget
+        assert len(kept) == thin.kept
+    dense = min(256, budget // 2)
+    assert kept[:dense] == [every * r for r in range(dense)]  # the start, every recorded step
+    assert budget // 2 <= len(kept) <= budget
+    gaps = np.diff(kept[dense:])
+    assert len(set(gaps.tolist())) == 1  # evenly spaced after the dense start
+    assert kept[-1] >= steps - gaps[0] - every  # up to the end of the run
+
+
+def test_unbounded_keeps_every_recorded_step() -> None:
+    thin = Thinning(2, None)
+    assert [s for s in range(10) if thin.records(s)] == [0, 2, 4, 6, 8] and not thin.over()
+    with pytest.raises(ValueError):
+        Thinning(1, 1)
+
+
+def _loop(steps: int, max_steps: int | None) -> tuple[Recorder, int]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(16, 8), torch.randint(0, 4, (16,))
+    with Recorder(model, every=1, max_steps=max_steps, flush_every=16) as rec:
+        for _ in range(steps):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return rec, rec._collector.nbytes()
+
+
+def test_a_long_loop_records_a_bounded_series() -> None:
+    short, short_bytes = _loop(400, 128)
+    long, long_bytes = _loop(3_000, 128)
+    frame = long.frame()
+    steps = sorted(set(frame.loc[frame.phase == "train", "step"].tolist()))
+    assert 64 <= len(steps) <= 128 and steps[:64] == list(range(64)) and steps[-1] > 2_800
+    assert long_bytes <= 1.2 * short_bytes  # 7.5x the steps, the same memory
+    per_step = len(frame) / len(steps)
+    everything, _ = _loop(400, None)
+    assert per_step == pytest.approx(len(everything.frame()) / 400, rel=0.05)  # the kept steps are whole
