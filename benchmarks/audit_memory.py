@@ -79,7 +79,7 @@ def side(name: str, which: str) -> dict[str, float]:
     else:
         import initdiag
 
-        initdiag.audit(model, example_input=batches[0], batches=len(batches), formats=())
+        initdiag.audit(model, example_input=batches[0], batches=len(batches))
     seconds = time.perf_counter() - start
     return {"peak": float(_rss("VmHWM") - base), "seconds": seconds,
             "params": float(sum(p.numel() for p in model.parameters()))}

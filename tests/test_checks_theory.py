@@ -139,7 +139,8 @@ def test_zeros_is_no_signal_and_fully_symmetric_with_a_plain_explanation() -> No
     for phrase in ("Zero init is not appropriate with ReLU", "no signal", "symmetric neurons",
                    "only the output bias learns", "0 in 30 of 30 layers"):
         assert phrase in text
-    assert "not appropriate with ReLU" in sym.message
+    # said once: the symmetry verdict points to the forward signal verdict's explanation
+    assert "not appropriate with ReLU" not in sym.message and "under the forward signal verdict" in sym.message
     assert {"no_signal", "symmetry"} <= failed_checks(vs)
 
 

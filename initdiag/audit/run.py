@@ -166,8 +166,10 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
                         raise ModelLoadError(f"the backward pass through the model failed: {_first_line(exc)}") from exc
             if i == 0:
                 names = {la.module_name for la in recorder.layers() if la.role == Role.WEIGHT}
-                grads, zero, first = snapshot_grads(work, names, transposed), zero_parameters(work), args
+                zero, first = zero_parameters(work), args
                 sites = extras.result() if extras is not None else {}
+            if i == len(batches) - 1:  # the last batch's: no later forward holds activations beside this copy
+                grads = snapshot_grads(work, names, transposed)
             work.zero_grad(set_to_none=True)
     steps = {name: 1 for name, learns in zero.items() if learns}
     if not all(zero.values()):  # outside the recorder: the copy's steps are no part of the series

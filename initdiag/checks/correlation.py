@@ -131,6 +131,10 @@ def _judge(points: list[CorrelationPoint], attr: str, th: Thresholds) -> tuple[s
     return status.value, gap, gap0
 
 
+ROUNDING = 1e-6
+"""Gaps ``1 - cos`` below this are float32 rounding (a few ulps of 1), not a measured difference."""
+
+
 def correlation_verdict(ctx: AnalysisContext) -> Verdict | None:
     """Fail when the deepest representation's inputs (or tokens) agree within ``correlation_fail`` (and depth
     shrank their distance ``correlation_shrink`` times), warn within ``correlation_warn``."""
@@ -140,7 +144,14 @@ def correlation_verdict(ctx: AnalysisContext) -> Verdict | None:
     if not judged:
         return None
     rank = {Status.PASS: 0, Status.WARN: 1, Status.FAIL: 2}
-    kind, (status, gap, gap0) = max(judged.items(), key=lambda kv: (rank[Status(kv[1][0])], -kv[1][1]))
+
+    def first_alike(kind: str) -> int:  # where the kind's cosines first come within correlation_fail of 1
+        return next((i for i, p in enumerate(points) if 1.0 - getattr(p, kind) < th.correlation_fail), len(points))
+
+    # the worse verdict, then the smaller gap; gaps within float32 rounding of 0 are equal, and of two kinds
+    # that collapsed, the one that collapsed first is the cause (attention's tokens take the samples with them)
+    kind, (status, gap, gap0) = max(judged.items(), key=lambda kv: (
+        rank[Status(kv[1][0])], -max(kv[1][1], ROUNDING), -first_alike(kv[0])))
     last = points[-1]
     what = "different inputs" if kind == "samples" else "the tokens of a sequence"
     pred = f" (the correlation map predicts {last.predicted:.4f})" if last.predicted is not None and \
