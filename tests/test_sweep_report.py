@@ -103,6 +103,13 @@ def test_grid_has_one_row_per_cell_and_initializer(written: dict[str, Path]) -> 
     expected = [(str(d), str(w), "relu", i) for d in DEPTHS for w in WIDTHS for i in INITS]
     assert rows == expected
     assert table.group(1).count("<tr>") == len(expected) + 1  # + the header row
+    # the answer first: how many cell and initializer rows fail, and what was run
+    failing = sum(1 for row in table.group(1).split("<tr>")[2:] if "badge fail" in row)
+    answer = re.search(r'<p class="answer (\w+)"><b>(.*?)</b>', html)
+    assert answer is not None and "What was run:" in html
+    assert (answer.group(1) == "fail") == (failing > 0)
+    if failing:
+        assert answer.group(2).startswith(f"Fails: {failing} of {len(expected)} cell and initializer rows")
 
 
 def test_depth_and_width_figures(written: dict[str, Path]) -> None:

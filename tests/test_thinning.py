@@ -52,7 +52,7 @@ def _loop(steps: int, max_steps: int | None) -> tuple[Recorder, int]:
 
 
 def test_a_long_loop_records_a_bounded_series() -> None:
-    short, short_bytes = _loop(400, 128)
+    _, short_bytes = _loop(400, 128)
     long, long_bytes = _loop(3_000, 128)
     frame = long.frame()
     steps = sorted(set(frame.loc[frame.phase == "train", "step"].tolist()))

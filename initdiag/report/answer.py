@@ -100,9 +100,12 @@ def answer_section(provenance: Provenance, runs: Sequence[str], findings: Sequen
     """Page 1 of a report from the sections already built (see the module docstring). The kind's main figure:
     a fix's verification, an experiment's accuracy, a training's loss; ``what`` replaces the generic line of
     what was run."""
+    last = runs[-1] if repair is not None and runs else None  # a fix: what still fails after the repair first
     found = sorted((f for g in findings for f in g.findings if f.badge.status != Status.PASS),
-                   key=lambda f: -RANK[f.badge.status])
+                   key=lambda f: (f.run != last, -RANK[f.badge.status]))
     status, verdict = _verdict(found, len(runs))
+    if repair is not None:
+        status, verdict = repair.badge.status, " ".join(t for t in (repair.audit, repair.training) if t)
     data = f"{provenance.dataset} ({provenance.source})" if provenance.dataset not in ("", "—") else ""
     what = what or (f"{len(runs)} run{'s' if len(runs) != 1 else ''} ({', '.join(runs)})"
             + (f" on {data}" if data else "") + f", seed{'s' if ',' in provenance.seeds else ''} "
