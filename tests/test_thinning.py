@@ -61,3 +61,19 @@ def test_a_long_loop_records_a_bounded_series() -> None:
     per_step = len(frame) / len(steps)
     everything, _ = _loop(400, None)
     assert per_step == pytest.approx(len(everything.frame()) / 400, rel=0.05)  # the kept steps are whole
+
+
+def test_a_session_keeps_every_steps_loss_in_one_growing_buffer(tmp_path: object) -> None:
+    """Losses of 2,500 steps (the buffer doubles past 1,024 and 2,048), tensors and floats alike, come back in
+    order as float64; no tensor is kept per step."""
+    from initdiag.integrations.session import TrainingSession
+
+    session = TrainingSession(str(tmp_path), every=1)
+    values = [float(i) / 7 for i in range(2_500)]
+    for i, v in enumerate(values):
+        session.loss(torch.tensor(v) if i % 2 else v)
+    session.loss(None)
+    got = session.losses()
+    assert got.dtype == np.float64 and len(got) == len(values)
+    assert got == pytest.approx(np.array(values, dtype=np.float32).astype(np.float64))
+    assert session._loss_buffer is not None and len(session._loss_buffer) == 4_096
