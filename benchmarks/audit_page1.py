@@ -17,7 +17,7 @@ from torch import nn
 import initdiag
 
 sys.path.insert(0, str(Path(__file__).parent))
-from screenshot import render_first_page  # noqa: E402
+from screenshot import render_first_page
 
 
 def main() -> None:
