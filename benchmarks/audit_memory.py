@@ -54,7 +54,7 @@ def build(name: str) -> tuple[torch.nn.Module, list[torch.Tensor], int]:
         config = transformers.LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
                                           num_attention_heads=32, num_key_value_heads=8, vocab_size=32000)
         model = transformers.LlamaForCausalLM(config)
-        return model, [torch.randint(0, config.vocab_size, (1, 64), generator=g) for _ in range(2)], \
+        return model, [torch.randint(0, config.vocab_size, (2, 32), generator=g) for _ in range(2)], \
             config.vocab_size
     raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
