@@ -64,7 +64,8 @@ def _verdict(found: Sequence[Finding], runs: int) -> tuple[str, str]:
     warned = f"{warning} warning{'s' if warning != 1 else ''}"
     over = f" over {runs} runs" if runs > 1 else ""
     if failing:
-        return Status.FAIL, f"Fails: {failing} failing finding{'s' if failing != 1 else ''} and {warned}{over}."
+        also = f" and {warned}" if warning else ""
+        return Status.FAIL, f"Fails: {failing} failing finding{'s' if failing != 1 else ''}{also}{over}."
     if warning:
         return Status.WARN, f"Passes with {warned}{over}: no failing finding."
     return Status.PASS, f"Passes: every check passed{over}."
