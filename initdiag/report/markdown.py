@@ -12,6 +12,7 @@ from typing import Any
 
 from ..results import FixResult, Result, SweepResult
 from ..vocab import ResultKind, Status
+from .answer import first_sentence
 from .build import KINDS, _findings, _grid
 from .format import RANK
 from .repair import repair_recommendation, training_answer
@@ -28,12 +29,6 @@ _SYMBOL: dict[str, str] = {Status.PASS: "✓ pass", Status.WARN: "▲ warn", Sta
 def _cell(text: str) -> str:
     """``text`` safe inside a Markdown table cell: pipes escaped, newlines folded."""
     return re.sub(r"\s+", " ", str(text)).replace("|", "\\|").strip()
-
-
-def _first_sentence(text: str, limit: int = 220) -> str:
-    text = re.sub(r"\s+", " ", text).strip()
-    cut = text.find(". ", 0, limit)
-    return text[: cut + 1] if cut > 0 else text[:limit] + ("…" if len(text) > limit else "")
 
 
 def _answer(result: Result, failing: int, warning: int) -> str:
@@ -70,14 +65,14 @@ def summary_markdown(result: Result) -> str:
         lines += ["", "### Findings", ""]
         for f in found[:MAX_FINDINGS]:
             where = f" at {f.layers}" if f.layers and f.layers != "—" else ""
-            advice = f" *Advice*: {_first_sentence(f.advice)}" if f.advice else ""
+            advice = f" *Advice*: {first_sentence(f.advice)}" if f.advice else ""
             lines.append(f"- {_SYMBOL.get(f.badge.status, f.badge.status)} **{f.check}** ({f.run}){where}: "
-                         f"{_first_sentence(f.message)}{advice}")
+                         f"{first_sentence(f.message)}{advice}")
         if len(found) > MAX_FINDINGS:
             lines.append(f"- … and {len(found) - MAX_FINDINGS} more in report.html")
     recommendation = kind.recommendation(result)
     if recommendation and result.kind != ResultKind.FIX:
-        lines += ["", f"**Recommendation**: {_first_sentence(recommendation, 400)}"]
+        lines += ["", f"**Recommendation**: {first_sentence(recommendation, 400)}"]
     return "\n".join(lines).rstrip() + "\n"
 
 
