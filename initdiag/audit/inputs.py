@@ -247,7 +247,7 @@ def _reaches_original(work: nn.Module, model: nn.Module) -> bool:
 
 
 @contextmanager
-def working_copy(model: nn.Module, device: torch.device, keep: bool = False) -> Iterator[nn.Module]:
+def working_copy(model: nn.Module, device: torch.device, keep: bool = False) -> Iterator[tuple[nn.Module, str]]:
     """The model to audit on ``device``, prepared (train mode, parameters requiring grad, no ``.grad``).
 
     ``keep`` (the model audited as it is, no initializer) on the model's own device: the model itself, with
@@ -258,12 +258,15 @@ def working_copy(model: nn.Module, device: torch.device, keep: bool = False) -> 
     its own weights raises ``RuntimeError``. Otherwise a deep copy of ``model`` on ``device``; when
     ``copy.deepcopy`` fails, or the copy still calls the original's modules (:func:`_reaches_original`), the
     model itself (it must be on ``device``) with its parameter and buffer values restored too.
+
+    Yields the model to audit and, for ``keep`` in place, the SHA-256 of its parameters taken before the
+    audit (:func:`~.weights.weights_digest`: the weights audited, as the audit takes no step), else "".
     """
     tensors = [*model.parameters(), *model.buffers()]
     on_device = all(t.device == device for t in tensors)
     if keep and on_device:
-        with _in_place(model, copy_parameters=False):
-            yield model
+        with _in_place(model, copy_parameters=False) as digest:
+            yield model, digest
         return
     try:
         work: nn.Module | None = copy.deepcopy(model)
@@ -274,18 +277,19 @@ def working_copy(model: nn.Module, device: torch.device, keep: bool = False) -> 
     if work is not None:
         work.to(device)
         _prepare(work)
-        yield work
+        yield work, ""
         return
     if not on_device:
         raise UsageError(f"the model cannot be copied (copy.deepcopy failed), so it is audited in place, which "
                          f"needs it on the audit's device {device}")
     with _in_place(model, copy_parameters=True):
-        yield model
+        yield model, ""
 
 
 @contextmanager
-def _in_place(model: nn.Module, copy_parameters: bool) -> Iterator[None]:
-    """``model`` prepared for an audit and restored in ``finally`` (see :func:`working_copy`)."""
+def _in_place(model: nn.Module, copy_parameters: bool) -> Iterator[str]:
+    """``model`` prepared for an audit and restored in ``finally`` (see :func:`working_copy`); yields the
+    parameters' digest before the audit when it checks them after ("" when it copies and restores them)."""
     from .weights import weights_digest
 
     params = list(model.parameters())
@@ -295,7 +299,7 @@ def _in_place(model: nn.Module, copy_parameters: bool) -> Iterator[None]:
     with preserve_modes(model):
         try:
             _prepare(model)
-            yield
+            yield digest
         finally:
             with torch.no_grad():
                 for t, v in saved:

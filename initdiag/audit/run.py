@@ -268,7 +268,7 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
     ``keep``. One discovery per run, and one more for the audit when its first run applies an initializer."""
     start = time.perf_counter()
     cuda = [device.index] if device.type == "cuda" and device.index is not None else []
-    with torch.random.fork_rng(devices=cuda), working_copy(model, device, keep=spec is None) as work:
+    with torch.random.fork_rng(devices=cuda), working_copy(model, device, keep=spec is None) as (work, before):
         torch.default_generator.manual_seed(cfg.seed)  # not torch.manual_seed: it would seed every GPU
         for index in cuda:
             torch.cuda.default_generators[index].manual_seed(cfg.seed)
@@ -285,7 +285,8 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
         # the Var(W) each initializer drew (its rule for the fans seen), the weights as they are for the rest
         weight_vars = {**weight_moments(work, structure), **reinit.variances}
         default = spec.name == "pytorch-default" if spec is not None else _looks_default(work)
-        gains, groups, digest = norm_gains(work, structure), input_groups(work), weights_digest(work)
+        # kept in place: the digest taken before the audit (checked unchanged after it), not a third hash
+        gains, groups, digest = norm_gains(work, structure), input_groups(work), before or weights_digest(work)
     frame = pool_batches(rec.series)
     evidence = RunEvidence(run=label, initializer=label, frame=frame, layers=rec.layers, weights_init=snapshot,
                            weights_final={}, losses=rec.losses, weight_vars=weight_vars, default_init=default,
