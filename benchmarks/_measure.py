@@ -56,6 +56,14 @@ def _tree_rss_kib(root: int) -> int:
     return total
 
 
+def proc_status_bytes(field: str) -> int:
+    """This process's ``field`` of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in bytes (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def measure(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None) -> Measured:
     """Run ``cmd``; return its wall time and the peak PSS of its process tree (sampled every 0.2 s)."""
     start = time.perf_counter()

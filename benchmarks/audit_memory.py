@@ -22,16 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _measure import proc_status_bytes
 from torch.nn import functional as F
 
 MODELS = ("resnet50", "gpt2", "llama1b")
-
-
-def _rss(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def build(name: str) -> tuple[torch.nn.Module, list[torch.Tensor], int]:
@@ -65,7 +59,7 @@ def _logits(out: Any) -> torch.Tensor:
 
 def side(name: str, which: str) -> dict[str, float]:
     model, batches, classes = build(name)
-    base = _rss("VmRSS")
+    base = proc_status_bytes("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     start = time.perf_counter()
     if which == "plain":
@@ -81,7 +75,7 @@ def side(name: str, which: str) -> dict[str, float]:
 
         initdiag.audit(model, example_input=batches[0], batches=len(batches))
     seconds = time.perf_counter() - start
-    return {"peak": float(_rss("VmHWM") - base), "seconds": seconds,
+    return {"peak": float(proc_status_bytes("VmHWM") - base), "seconds": seconds,
             "params": float(sum(p.numel() for p in model.parameters()))}
 
 

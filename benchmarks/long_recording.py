@@ -18,14 +18,8 @@ import time
 from pathlib import Path
 
 import torch
+from _measure import proc_status_bytes
 from torch.nn import functional as F
-
-
-def _rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def main() -> None:
@@ -48,7 +42,7 @@ def main() -> None:
         session = TrainingSession(Path(tmp) / "report", every=1, formats=("html", "json", "csv"), label="loop",
                                   max_steps=args.max_steps or None)
         session.begin(model, data[0][:, :-1])
-        base, start = _rss(), time.perf_counter()
+        base, start = proc_status_bytes("VmRSS"), time.perf_counter()
         marks = {args.steps // 4, args.steps // 2, 3 * args.steps // 4, args.steps}
         for step in range(1, args.steps + 1):
             batch = data[step % len(data)]
@@ -60,8 +54,8 @@ def main() -> None:
             session.loss(loss)
             if step in marks:
                 assert session.recorder is not None
-                rows = session.recorder._collector.nbytes()
-                print(f"step {step}: +{(_rss() - base) / 2**20:,.0f} MiB resident, recorded rows "
+                rows, grown = session.recorder._collector.nbytes(), proc_status_bytes("VmRSS") - base
+                print(f"step {step}: +{grown / 2**20:,.0f} MiB resident, recorded rows "
                       f"{rows / 2**20:,.1f} MiB, {time.perf_counter() - start:.0f} s", flush=True)
         t = time.perf_counter()
         written = session.finish(model)

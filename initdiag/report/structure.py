@@ -34,11 +34,16 @@ DEVIATING_ROWS = 3
 """A printed table keeps this many layers whose weight variance is furthest (beyond 2x) from the advised one."""
 
 
+def _flagged(run: Run) -> set[str]:
+    """The layers and blocks a failing or warning verdict of ``run`` names."""
+    return {n for v in run.verdicts if v.status != Status.PASS for n in v.layers}
+
+
 def major_blocks(run: Run) -> set[str]:
     """The residual blocks a printed table keeps: the first, the last and those a non-passing verdict names."""
     if run.structure is None or not run.structure.blocks:
         return set()
-    named = {n for v in run.verdicts if v.status != Status.PASS for n in v.layers}
+    named = _flagged(run)
     blocks = run.structure.blocks
     return {blocks[0].name, blocks[-1].name} | {b.name for b in blocks if b.name in named}
 
@@ -49,8 +54,7 @@ def major_layers(run: Run) -> set[str]:
     (:func:`major_blocks`) output and first weight layer, and the :data:`DEVIATING_ROWS` weight layers whose
     weight variance is furthest from the one advised for their activation (beyond a factor 2)."""
     order = {la.name: i for i, la in enumerate(run.layers)}
-    flagged = sorted({n for v in run.verdicts if v.status != Status.PASS for n in v.layers},
-                     key=lambda n: order.get(n, len(order)))
+    flagged = sorted(_flagged(run), key=lambda n: order.get(n, len(order)))
     keep = set(flagged[:FLAGGED_ROWS] + flagged[-FLAGGED_ROWS:])
     blocks = major_blocks(run)
     keep |= blocks
