@@ -1,11 +1,13 @@
-"""Peak memory of ``initdiag.audit(model, x)`` against the same plain forward+backward passes, side by side.
+"""Peak memory of ``initdiag.audit(model, ...)`` against the same plain forward+backward passes, side by side.
 
 Each side runs in its own fresh process (``--side``, spawned by the parent) on the same model, built from the
 same seed: the peak resident memory (Linux ``VmHWM``, reset after the model is built by writing 5 to
 ``/proc/self/clear_refs``) minus the resident memory of the built model, so both sides count only what their
-work adds. Plain: ``batches`` forward+backward passes of cross-entropy against random labels on the model
-itself (what a user's first training steps cost). Audit: ``initdiag.audit(model, example_input=...)`` with the
-same batch shape and count. Prints both peaks, their ratio and the time of each.
+work adds. The audit's modules are imported on both sides before the model is built (their code, pandas and
+scipy take a fixed ~120 MiB once per process, whatever the model). Plain: ``batches`` forward+backward passes
+of cross-entropy against random labels on the model itself (what a user's first training steps cost). Audit:
+``initdiag.audit(model, input_shape=..., batches=..., batch_size=...)``, its own generated batches of the
+same shape and count. Prints both peaks, their ratio and the time of each.
 
     python benchmarks/audit_memory.py                       # resnet50 (3x128x128, 4 x 8) and gpt2 (12 layers)
     python benchmarks/audit_memory.py --models llama1b      # a ~1 B-parameter decoder from a Llama config
@@ -58,6 +60,13 @@ def _logits(out: Any) -> torch.Tensor:
 
 
 def side(name: str, which: str) -> dict[str, float]:
+    import importlib
+
+    import initdiag
+
+    for module in ("initdiag.audit.run", "initdiag.checks.analysis"):  # both sides: the audit's code loaded
+        importlib.import_module(module)
+
     model, batches, classes = build(name)
     base = proc_status_bytes("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
@@ -71,9 +80,10 @@ def side(name: str, which: str) -> dict[str, float]:
             F.cross_entropy(logits.reshape(-1, classes), labels.reshape(-1)).backward()
             model.zero_grad(set_to_none=True)
     else:
-        import initdiag
-
-        initdiag.audit(model, example_input=batches[0], batches=len(batches))
+        x = batches[0]  # generated batches of the same shape and count as the plain side's
+        tokens = not x.is_floating_point()
+        initdiag.audit(model, input_shape=tuple(x.shape[1:]), batches=len(batches), batch_size=len(x),
+                       input_dtype="long" if tokens else "float", vocab=classes if tokens else None)
     seconds = time.perf_counter() - start
     return {"peak": float(proc_status_bytes("VmHWM") - base), "seconds": seconds,
             "params": float(sum(p.numel() for p in model.parameters()))}

@@ -333,9 +333,20 @@ class _WritesItsWeights(nn.Module):
         return self.fc(x)
 
 
-def test_a_model_that_writes_its_own_weights_during_a_keep_audit_is_named() -> None:
+class _WritesThroughData(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.fc.weight.data[0, 0] += 1.0  # through .data: the parameter's version counter does not move
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("model", [_WritesItsWeights, _WritesThroughData])
+def test_a_model_that_writes_its_own_weights_during_a_keep_audit_is_named(model: type[nn.Module]) -> None:
     with pytest.raises(RuntimeError, match="changed its own parameters"):
-        initdiag.audit(_WritesItsWeights(), input_shape=(4,), inits=("keep",), batches=1, batch_size=4)
+        initdiag.audit(model(), input_shape=(4,), inits=("keep",), batches=1, batch_size=4)
 
 
 def test_reinitialization_happens_on_a_copy_and_differs_per_initializer() -> None:

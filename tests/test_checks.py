@@ -276,6 +276,39 @@ def test_permuting_neurons_keeps_the_group_sizes(seed: int, pattern: list[int]) 
     assert sizes == expected
 
 
+def _pairwise_groups(w: np.ndarray, atol: float, rtol: float) -> list[list[int]]:
+    """Reference: connected components of "every entry within atol + rtol * max|w|" over all pairs (the
+    groups of well separated clusters, where the leader scan and the components agree)."""
+    tol = atol + rtol * float(np.abs(w).max())
+    close = (np.abs(w[:, None, :] - w[None, :, :]) <= tol).all(-1)
+    seen: set[int] = set()
+    groups = []
+    for i in range(len(w)):
+        if i not in seen:
+            members = sorted(int(j) for j in np.flatnonzero(close[i]))
+            seen.update(members)
+            if len(members) >= 2:
+                groups.append(members)
+    return sorted(groups)
+
+
+@pytest.mark.parametrize("rows, crowded", [(400, False), (3000, True), (600, None)])
+def test_symmetry_groups_match_the_pairwise_reference(rows: int, crowded: bool | None) -> None:
+    # crowded: rows so many and so narrow that every projection has neighbours within the window (an
+    # embedding of 50k tokens), the candidate pairs come from both projections; None: most rows identical
+    # (the leader scan over dense runs)
+    rng = np.random.default_rng(rows)
+    w = rng.normal(0, 0.02, (rows, 24 if crowded else 16)).astype(np.float32)
+    if crowded is None:
+        w[: rows - 50] = w[0]
+    planted = rng.choice(rows, size=12, replace=False)
+    w[planted[1:4]] = w[planted[0]]  # a group of four
+    w[planted[5]] = w[planted[4]] * np.float32(1 + 1e-7)  # within the relative tolerance
+    w[planted[7]] = w[planted[6]] + np.float32(1e-3)  # outside it
+    atol, rtol = 1e-7, 1e-5 if not crowded else 1e-3
+    assert symmetry_groups(w, None, atol, rtol) == _pairwise_groups(w, atol, rtol)
+
+
 def test_symmetry_persisting_through_training_is_reported() -> None:
     init = small_weights("constant", 0)
     still = {k: (w.copy(), b.copy() if b is not None else None) for k, (w, b) in init.items()}

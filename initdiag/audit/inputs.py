@@ -20,6 +20,7 @@ from torch import nn
 from ..config import AuditConfig
 from ..errors import UsageError
 from ..modes import preserve_modes
+from ..recording.moments import channel_moments
 from ..results import AuditInputs
 
 __all__ = ["AuditInputs", "Inputs", "first_embedding", "load_inputs", "make_inputs", "tensors_in", "working_copy"]
@@ -254,8 +255,10 @@ def working_copy(model: nn.Module, device: torch.device, keep: bool = False) -> 
     no copy of its parameters; what the audit touches is saved and restored in ``finally``: each buffer's values
     (BatchNorm's running statistics move in train mode), every parameter's ``.grad`` (the same tensor object)
     and ``requires_grad``, each module's train/eval mode. Parameters are not copied: the audit takes no step
-    (what it changes itself, it restores), and their SHA-256 before and after must agree: a forward that writes
-    its own weights raises ``RuntimeError``. Otherwise a deep copy of ``model`` on ``device``; when
+    (what it changes itself, it restores). A parameter written during the audit (:func:`_mark` moved: its
+    version counter, or its sum or sum of squares, for a write through ``.data``) has the parameters hashed
+    again, and the SHA-256 before and after must agree: a forward that writes its own weights raises
+    ``RuntimeError``. Otherwise a deep copy of ``model`` on ``device``; when
     ``copy.deepcopy`` fails, or the copy still calls the original's modules (:func:`_reaches_original`), the
     model itself (it must be on ``device``) with its parameter and buffer values restored too.
 
@@ -286,6 +289,16 @@ def working_copy(model: nn.Module, device: torch.device, keep: bool = False) -> 
         yield model, ""
 
 
+def _mark(p: torch.Tensor) -> tuple[int, float, float]:
+    """What moves when ``p`` is written: its version counter (every in-place write through autograd's view of
+    it) and its float64 sum and sum of squares (a write through ``.data``, which has a counter of its own);
+    one pass of the compiled kernel, far cheaper than a hash."""
+    if not p.numel():
+        return p._version, 0.0, 0.0
+    total, squares, _, _ = channel_moments(p.detach().reshape(-1), -1)
+    return p._version, float(total[0]), float(squares[0])
+
+
 @contextmanager
 def _in_place(model: nn.Module, copy_parameters: bool) -> Iterator[str]:
     """``model`` prepared for an audit and restored in ``finally`` (see :func:`working_copy`); yields the
@@ -296,6 +309,7 @@ def _in_place(model: nn.Module, copy_parameters: bool) -> Iterator[str]:
     saved = [(t, t.detach().clone()) for t in (*(params if copy_parameters else ()), *model.buffers())]
     state = [(p, p.requires_grad, p.grad) for p in params]
     digest = "" if copy_parameters else weights_digest(model)
+    marks = [_mark(p) for p in params] if digest else []
     with preserve_modes(model):
         try:
             _prepare(model)
@@ -307,6 +321,7 @@ def _in_place(model: nn.Module, copy_parameters: bool) -> Iterator[str]:
             for p, req, grad in state:
                 p.requires_grad_(req)
                 p.grad = grad
-            if digest and weights_digest(model) != digest:
+            written = bool(marks) and any(_mark(p) != m for p, m in zip(params, marks, strict=True))
+            if written and weights_digest(model) != digest:
                 raise RuntimeError("the model changed its own parameters during the audit's forward and backward, "
                                    "so they could not be restored without a copy; audit it with an initializer")

@@ -169,7 +169,7 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
                 zero, first = zero_parameters(work), args
                 sites = extras.result() if extras is not None else {}
             if i == len(batches) - 1:  # the last batch's: no later forward holds activations beside this copy
-                grads = snapshot_grads(work, names, transposed)
+                grads = snapshot_grads(work, names, transposed, copy=False)
             work.zero_grad(set_to_none=True)
     steps = {name: 1 for name, learns in zero.items() if learns}
     if not all(zero.values()):  # outside the recorder: the copy's steps are no part of the series
@@ -281,7 +281,10 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
         transposed = transposed_weights(structure)
         rec = _record(work, label, batches, cfg, device, structure, transposed)
         weights = layer_weights(work, rec.layers, structure, reinit.variances)
-        snapshot = snapshot_weights(work, {la.module_name for la in rec.layers if la.role == Role.WEIGHT}, transposed)
+        # views of the weights, unless the model is audited in place and gets its values back on exit
+        restored = work is model and not before
+        snapshot = snapshot_weights(work, {la.module_name for la in rec.layers if la.role == Role.WEIGHT}, transposed,
+                                    copy=restored)
         # the Var(W) each initializer drew (its rule for the fans seen), the weights as they are for the rest
         weight_vars = {**weight_moments(work, structure), **reinit.variances}
         default = spec.name == "pytorch-default" if spec is not None else _looks_default(work)

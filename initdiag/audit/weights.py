@@ -10,12 +10,12 @@ import hashlib
 import math
 from collections.abc import Collection, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..checks import Verdict, recommended_initializer
 from ..initializers import INITIALIZERS, Target, shape_targets
+from ..recording.moments import TensorMoments, tensor_moments
 from ..results import LayerWeight
 from ..shapes import shape_fans
 from ..structure import Structure
@@ -42,28 +42,35 @@ DEFAULT_INIT_MISS = 1e-6
 :func:`looks_pytorch_default` requires, i.e. of missing a default-initialized layer on that criterion."""
 
 
-def _uniform_like(values: np.ndarray, bound: float) -> bool:
-    n = values.size
+def _uniform_like(m: TensorMoments, bound: float) -> bool:
+    n = m.n
     if n < 2 or not bound > 0:
         return False
-    top = float(np.abs(values).max())
-    m2 = float(np.mean(np.square(values, dtype=np.float64)))
-    return (top <= bound * (1 + 1e-6) and top >= bound * (1 - math.log(1 / DEFAULT_INIT_MISS) / n)
-            and abs(m2 / (bound**2 / 3) - 1) <= DEFAULT_INIT_Z * math.sqrt(0.8 / n))
+    return (m.top <= bound * (1 + 1e-6) and m.top >= bound * (1 - math.log(1 / DEFAULT_INIT_MISS) / n)
+            and abs(m.mean_sq / (bound**2 / 3) - 1) <= DEFAULT_INIT_Z * math.sqrt(0.8 / n))
 
 
-def _normal_like(values: np.ndarray, std: float) -> bool:
-    n = values.size
+def _normal_like(m: TensorMoments, std: float) -> bool:
+    n = m.n
     if n < 2:
         return False
-    m2 = float(np.mean(np.square(values, dtype=np.float64)))
-    mean = float(np.mean(values, dtype=np.float64))
-    return (abs(m2 / std**2 - 1) <= DEFAULT_INIT_Z * math.sqrt(2 / n)
-            and abs(mean) <= DEFAULT_INIT_Z * std / math.sqrt(n))
+    return (abs(m.mean_sq / std**2 - 1) <= DEFAULT_INIT_Z * math.sqrt(2 / n)
+            and abs(m.mean) <= DEFAULT_INIT_Z * std / math.sqrt(n))
 
 
-def _flat(t: torch.Tensor | None) -> np.ndarray:
-    return np.zeros(0) if t is None else t.detach().float().cpu().numpy().ravel()
+def _pooled(parts: Sequence[TensorMoments]) -> TensorMoments:
+    """The moments of the values of ``parts`` taken together."""
+    n = sum(p.n for p in parts)
+    if n == 0:
+        return TensorMoments(0, math.nan, math.nan, 0, 0.0)
+    return TensorMoments(n, sum(p.mean * p.n for p in parts if p.n) / n, sum(p.mean_sq * p.n for p in parts if p.n) / n,
+                         sum(p.nonzero for p in parts), max(p.top for p in parts))
+
+
+def _without_row(m: TensorMoments, w: torch.Tensor, row: int) -> TensorMoments:
+    """The moments of ``w`` (``m``) without its row ``row``: the largest |value| is not needed here and kept."""
+    r = tensor_moments(w[row])
+    return _pooled([m, TensorMoments(-r.n, r.mean, r.mean_sq, -r.nonzero, 0.0)])
 
 
 def looks_pytorch_default(module: nn.Module) -> bool:
@@ -84,18 +91,17 @@ def looks_pytorch_default(module: nn.Module) -> bool:
     if isinstance(module, WEIGHT_LAYER_TYPES):
         bound = 1 / math.sqrt(fans(weight)[0])
         bias = getattr(module, "bias", None)
-        return _uniform_like(_flat(weight), bound) and bool(np.all(np.abs(_flat(bias)) <= bound * (1 + 1e-6)))
+        return _uniform_like(tensor_moments(weight), bound) and (
+            not isinstance(bias, torch.Tensor) or tensor_moments(bias).top <= bound * (1 + 1e-6))
     if isinstance(module, nn.RNNBase):
-        values = np.concatenate([_flat(p) for p in module.parameters(recurse=False)])
-        return _uniform_like(values, 1 / math.sqrt(module.hidden_size))
+        pooled = _pooled([tensor_moments(p) for p in module.parameters(recurse=False)])
+        return _uniform_like(pooled, 1 / math.sqrt(module.hidden_size))
     if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
         out_f, in_f = module.in_proj_weight.shape
-        return _uniform_like(_flat(module.in_proj_weight), math.sqrt(6 / (in_f + out_f)))
+        return _uniform_like(tensor_moments(module.in_proj_weight), math.sqrt(6 / (in_f + out_f)))
     if isinstance(module, nn.Embedding):
-        w = weight.detach().float().cpu().numpy()
-        if module.padding_idx is not None:
-            w = np.delete(w, module.padding_idx, axis=0)
-        return _normal_like(w.ravel(), 1.0)
+        m = tensor_moments(weight)
+        return _normal_like(m if module.padding_idx is None else _without_row(m, weight, module.padding_idx), 1.0)
     return False
 
 
@@ -148,7 +154,7 @@ def layer_weights(model: nn.Module, layers: Sequence[LayerInfo], structure: Stru
         act = la.activation or "linear"
         rec = recommended_initializer(act)
         shape = tuple(weight.shape)
-        variance = float(np.var(_flat(weight), dtype=np.float64))
+        variance = tensor_moments(weight).var
         layer_fans: tuple[float, float] | None = None
         if found is not None and found.op in LOOKUPS:
             pass  # a lookup: no fan rule

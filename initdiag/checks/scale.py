@@ -28,6 +28,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ..recording.moments import array_moments
 from ..structure.model import Block
 from ..theory.cmap import expected_ce_loss, output_var_prediction, softmax_entropy_gaussian
 from ..vocab import CheckName, Family, Need, Phase, Signal, Status
@@ -50,7 +51,7 @@ def predicted_logit_std(ctx: AnalysisContext) -> float | None:
     if layer is None or extras is None or weights is None or not math.isfinite(extras.in_sq):
         return None
     w, b = weights
-    w2 = float(np.mean(np.square(np.asarray(w, dtype=np.float64))))
+    w2 = array_moments(np.asarray(w)).mean_sq
     bvar = float(np.var(np.asarray(b, dtype=np.float64))) if b is not None and np.size(b) > 1 else 0.0
     return math.sqrt(max(output_var_prediction(layer.fan_in, w2, extras.in_sq, bvar), 0.0))
 

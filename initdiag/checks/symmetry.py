@@ -49,33 +49,77 @@ def _groups(rows: np.ndarray, atol: float, rtol: float, has_bias: bool = False) 
     if len(finite) < len(rows):
         rows = rows[finite]
     split = d - 1 if has_bias and d > 1 else d
-    scales = np.array([float(np.abs(part).max(initial=0.0)) for part in (rows[:, :split], rows[:, split:])])
+    scales = np.array([max(-float(part.min(initial=0.0)), float(part.max(initial=0.0)))  # no |rows| copy
+                       for part in (rows[:, :split], rows[:, split:])])
     scale = np.full(d, scales[0])
     scale[split:] = scales[1]
     tol = atol + rtol * scale
-    v = 1.0 + np.random.default_rng(20240611).random(d)
+    v = 1.0 + np.random.default_rng(20240611).random((d, 2))  # two independent positive projections
     step = max(1, (1 << 18) // max(d, 1))  # float64 projections, a cache-sized block of rows at a time
     proj = np.concatenate([rows[i:i + step].astype(np.float64) @ v for i in range(0, len(rows), step)])
-    window = float(v @ (tol + 2 * d * _EPS * scale))
-    order = np.argsort(proj, kind="stable")
-    if not (np.diff(proj[order]) <= window).any():  # no two projections close enough for any pair to match
+    window = (tol + 2 * d * _EPS * scale) @ v  # |p_i - p_j| within it on both projections when rows match
+    order = np.argsort(proj[:, 0], kind="stable")
+    first, second = proj[order, 0], proj[order, 1]
+    if not (np.diff(first) <= window[0]).any():  # no two projections close enough for any pair to match
         return []
+    # Candidate pairs: sorted positions k < k + o within the window on the first projection (o = 1, 2, ...
+    # until none is) and on the second; only they are compared entry by entry. Densely packed projections
+    # (many near-equal rows) take the leader scan over runs instead.
+    cand: list[np.ndarray] = []
+    for o in range(1, len(order)):
+        near = first[o:] - first[:-o] <= window[0]
+        if not near.any():
+            break
+        if o > _MAX_OFFSET:
+            return _dense_groups(rows, proj[:, 0], order, finite, float(window[0]), tol)
+        k = np.flatnonzero(near & (np.abs(second[o:] - second[:-o]) <= window[1]))
+        cand.append(np.stack([k, k + o], axis=1))
+    pairs = np.concatenate(cand) if cand else np.empty((0, 2), np.int64)
+    matched = [pair for pair in pairs
+               if (np.abs(rows[order[pair[0]]].astype(np.float64) - rows[order[pair[1]]]) <= tol).all()]
+    if not matched:
+        return []
+    involved = np.unique(np.asarray(matched).reshape(-1))  # sorted positions: ascending first projection
+    return sorted(_run_groups(rows, proj[:, 0], order[involved], finite, float(window[0]), tol))
+
+
+_MAX_OFFSET = 64
+"""Beyond this many sorted neighbours within the window, :func:`_groups` scans runs with leaders instead."""
+
+
+def _dense_groups(rows: np.ndarray, proj: np.ndarray, order: np.ndarray, finite: np.ndarray, window: float,
+                  tol: np.ndarray) -> list[list[int]]:
+    """:func:`_groups` by the leader scan over each run of sorted projections with gaps <= ``window`` (a row
+    alone in its run matches no other row)."""
+    close = np.concatenate(([False], np.diff(proj[order]) <= window, [False])).astype(np.int8)
+    starts, ends = np.flatnonzero(np.diff(close) == 1), np.flatnonzero(np.diff(close) == -1) + 1
+    found: list[list[int]] = []
+    for a, b in zip(starts, ends, strict=True):
+        found.extend(_run_groups(rows, proj, order[a:b], finite, window, tol))
+    return sorted(found)
+
+
+def _run_groups(rows: np.ndarray, proj: np.ndarray, run: np.ndarray, finite: np.ndarray, window: float,
+                tol: np.ndarray) -> list[list[int]]:
+    """The groups among the rows ``run`` (positions in ``rows``, in ascending projection): each row joins the
+    first earlier leader within ``window`` of its projection that it matches entry by entry, else leads."""
+    block = rows[run].astype(np.float64)
     leader_proj: list[float] = []
     leaders: list[int] = []
     members: list[list[int]] = []
-    for pos in order:
+    for k, pos in enumerate(run):
         i, p = int(finite[pos]), float(proj[pos])
         lo = bisect.bisect_left(leader_proj, p - window)
         if lo < len(leaders):
-            diff = np.abs(rows[leaders[lo:]].astype(np.float64) - rows[pos].astype(np.float64))
+            diff = np.abs(block[leaders[lo:]] - block[k])
             hit = np.flatnonzero((diff <= tol).all(axis=1))
             if hit.size:
                 members[lo + int(hit[0])].append(i)
                 continue
         leader_proj.append(p)
-        leaders.append(int(pos))
+        leaders.append(k)
         members.append([i])
-    return sorted(sorted(m) for m in members if len(m) >= 2)
+    return [sorted(m) for m in members if len(m) >= 2]
 
 
 def _groups_text(groups: list[list[int]], n: int) -> str:

@@ -44,6 +44,8 @@ class Collector:
             self.streams.append((layer, kind, stream))
         elif stream.full:
             self.flush()
+        else:
+            stream.room()
         return stream
 
     def flush(self) -> None:

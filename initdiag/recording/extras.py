@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,8 +108,9 @@ class Extras:
     def __init__(self, model: nn.Module, structure: Structure) -> None:
         self.model, self.structure = model, structure
         self._values: dict[str, dict[str, float]] = {}
-        self._outputs: dict[int, tuple[Tensor, str, int]] = {}
-        """id -> (output, site, channel dim): held until :meth:`result`, so a view's ``_base`` is the same object."""
+        self._outputs: list[tuple[weakref.ref[Tensor], str, int, tuple[int, int], tuple[Any, ...]]] = []
+        """(a weak reference to the output, site, channel dim, (storage address, offset), (shape, strides)): the
+        outputs are not kept alive (one the forward does not save is freed as in a plain forward)."""
         self._calls: dict[int, int] = {}
         self._handles: list[RemovableHandle] = []
         self._open = False
@@ -169,7 +171,7 @@ class Extras:
                 v["cos_tokens"] = mean_cosine(yd)
             if isinstance(x, Tensor) and x.is_floating_point() and x.numel():
                 v["in_sq"] = float(torch.linalg.vector_norm(x.detach())) ** 2 / x.numel()
-            self._outputs[id(y)] = (y, site, cdim)
+            self._outputs.append((weakref.ref(y), site, cdim, _where(y), _layout(y)))
 
     def backward(self, site: str, g: Tensor) -> None:
         """dL/dy at a site."""
@@ -187,17 +189,29 @@ class Extras:
     def site_of(self, t: Tensor) -> tuple[Tensor, str, int] | None:
         """The site whose output ``t`` is (the same tensor, or a view of all of it: transposed, reshaped) as
         ``(that output, site, its channel dim)``."""
-        e = self._outputs.get(id(t))
-        if e is not None and e[0] is t:
-            return e
-        root = t if t._base is None else t._base
-        return next((e for e in self._outputs.values()
-                     if e[0].numel() == t.numel() and (e[0] if e[0]._base is None else e[0]._base) is root), None)
+        where, n = _where(t), t.numel()
+        for ref, site, cdim, at, layout in reversed(self._outputs):  # the latest output at that address
+            if at != where or layout[0].numel() != n:
+                continue
+            y = ref()
+            if y is None:  # its Python object is gone, its elements live on in ``t``: the same view of them
+                y = t.detach().as_strided(layout[0], layout[1], at[1])
+            return y, site, cdim
+        return None
 
     def result(self) -> dict[str, SiteExtras]:
         """Every site's statistics; the references to outputs are dropped."""
         self._outputs.clear()
         return {name: SiteExtras(**v) for name, v in self._values.items()}
+
+
+def _where(t: Tensor) -> tuple[int, int]:
+    """Where ``t``'s elements start: its storage's address and its offset in it."""
+    return t.untyped_storage().data_ptr(), int(t.storage_offset())
+
+
+def _layout(t: Tensor) -> tuple[torch.Size, tuple[int, ...]]:
+    return t.shape, t.stride()
 
 
 def output_stats(output: Tensor, extras: Extras | None, classes_dim: int | None = None) -> OutputStats | None:

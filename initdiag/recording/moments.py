@@ -40,19 +40,27 @@ import ctypes
 import importlib.machinery
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["FLOAT32_MAX", "Geometry", "Stream", "channel_moments", "channel_view", "kernel_disabled", "kernel_geometry",
+__all__ = ["FIRST_ROWS", "FLOAT32_MAX", "Geometry", "Stream", "TensorMoments", "array_moments", "channel_moments",
+           "channel_view",
+           "kernel_disabled", "kernel_geometry",
            "kernel_in_use", "kernel_status", "last_samples", "moments_torch", "reduce", "samples_kept",
-           "sum_error_bound", "variance_error_bound"]
+           "sum_error_bound", "tensor_moments", "variance_error_bound"]
 
 BUFFER_BYTES = 1 << 20
 """Upper bound on one stream's buffer; wide layers get fewer rows between flushes."""
+
+FIRST_ROWS = 4
+"""Rows of a stream's first buffer (it doubles from there as rows arrive)."""
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 """A sum of squares of a float32 (or narrower) tensor beyond this is reported as inf (overflow), on both paths."""
@@ -289,26 +297,76 @@ def channel_moments(y: torch.Tensor, cdim: int) -> tuple[torch.Tensor, torch.Ten
     return row[:channels], row[channels:2 * channels], int(row[2 * channels]), count
 
 
+@dataclass(frozen=True)
+class TensorMoments:
+    """One pass over a whole tensor: ``n`` values, ``mean``, ``mean_sq`` (float64 sums), ``nonzero`` count and
+    the largest ``|value|`` (``top``; inf when any value is not finite)."""
+
+    n: int
+    mean: float
+    mean_sq: float
+    nonzero: int
+    top: float
+
+    @property
+    def var(self) -> float:
+        """``mean_sq - mean^2`` (0 for a constant tensor)."""
+        return 0.0 if self.top == abs(self.mean) else max(self.mean_sq - self.mean**2, 0.0)
+
+
+def tensor_moments(t: torch.Tensor) -> TensorMoments:
+    """:class:`TensorMoments` of ``t``: :func:`channel_moments` over one channel (the compiled kernel where
+    it applies: ~6 ms for 32 M float32 values on one core, against ~170 ms for a float64 copy's) and
+    ``torch.aminmax``."""
+    y = t.detach()
+    n = y.numel()
+    if n == 0:
+        return TensorMoments(0, math.nan, math.nan, 0, 0.0)
+    total, squares, nonzero, _ = channel_moments(y.reshape(-1), -1)
+    low, high = torch.aminmax(y.reshape(-1))
+    top = max(abs(float(low)), abs(float(high)))
+    top = top if math.isfinite(top) else math.inf
+    return TensorMoments(n, float(total[0]) / n, float(squares[0]) / n, nonzero, top)
+
+
+def array_moments(a: np.ndarray) -> TensorMoments:
+    """:func:`tensor_moments` of a numpy array (read-only views of a model's weights included: only read)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns that a read-only array could be written
+        return tensor_moments(torch.from_numpy(np.ascontiguousarray(a) if a.strides[-1] < 0 else a))
+
+
 class Stream:
-    r"""Successive moment rows of one recorded quantity, in a preallocated float64 buffer on the device.
+    r"""Successive moment rows of one recorded quantity, in a float64 buffer on the device.
 
     ``meta`` holds the row labels ``(step, epoch, phase, count)``, ``count`` the number of values per
-    channel. The caller fills row :attr:`n` (:func:`reduce`) and then :meth:`commit`\ s it with its labels;
-    :meth:`take` hands back the committed rows and empties the stream.
+    channel. The caller makes room (:meth:`room`), fills row :attr:`n` (:func:`reduce`) and then
+    :meth:`commit`\ s it with its labels; :meth:`take` hands back the committed rows and empties the stream.
+    The buffer starts at :data:`FIRST_ROWS` rows and doubles as rows arrive, up to ``capacity`` rows (at most
+    :data:`BUFFER_BYTES`): a recorder of a few steps (an audit) holds a few rows per stream, not the
+    full buffer of a long training's.
     """
 
     __slots__ = ("buffer", "capacity", "meta", "n", "width")
 
     def __init__(self, width: int, device: torch.device, capacity: int) -> None:
         self.width = width
-        self.capacity = max(4, min(capacity, BUFFER_BYTES // (8 * width)))
-        self.buffer = torch.zeros((self.capacity, width), dtype=torch.float64, device=device)
+        self.capacity = max(FIRST_ROWS, min(capacity, BUFFER_BYTES // (8 * width)))
+        self.buffer = torch.zeros((FIRST_ROWS, width), dtype=torch.float64, device=device)
         self.meta: list[tuple[int, int, str, int]] = []
         self.n = 0
 
     @property
     def full(self) -> bool:
         return self.n >= self.capacity
+
+    def room(self) -> None:
+        """Make room for row :attr:`n` (below :attr:`capacity`): the buffer doubles when it is full."""
+        rows = self.buffer.shape[0]
+        if self.n >= rows:
+            grown = self.buffer.new_zeros((min(2 * rows, self.capacity), self.width))
+            grown[:rows] = self.buffer
+            self.buffer = grown
 
     def commit(self, step: int, epoch: int, phase: str, count: int) -> None:
         """Label row :attr:`n`, just filled, and move on (the caller takes the rows first when :attr:`full`)."""

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..structure import Structure
 from ..structure.layers import WEIGHT_LAYER_TYPES, main_weight
+from .moments import TensorMoments, tensor_moments
 
 __all__ = ["NEAR_ZERO", "Weights", "input_groups", "leaves_zero", "near_zero", "norm_gains",
            "output_rows", "snapshot_grads", "snapshot_weights", "transposed_weights", "weight_moments",
@@ -24,8 +25,14 @@ _BIASES = ("bias", "in_proj_bias", "bias_ih_l0")
 _MULTIPLICATIVE_EXCLUDED = ("bias", "beta", "running_mean", "running_var")
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().float().cpu().numpy().copy()
+def _numpy(t: torch.Tensor, copy: bool = True) -> np.ndarray:
+    """``t`` as float32 numpy: a copy, or with ``copy=False`` a read-only view of ``t``'s memory where it is a
+    float32 CPU tensor already (a conversion's result otherwise)."""
+    array = t.detach().float().cpu().numpy()
+    if copy:
+        return array.copy()
+    array.flags.writeable = False
+    return array
 
 
 def _bias(module: nn.Module) -> torch.Tensor | None:
@@ -63,11 +70,13 @@ def input_groups(model: nn.Module) -> dict[str, int]:
 
 
 def snapshot_weights(model: nn.Module, names: Collection[str] | None = None,
-                     transposed: Collection[str] = ()) -> Weights:
+                     transposed: Collection[str] = (), copy: bool = True) -> Weights:
     """Copies of weight layers' weights and matching biases (for the symmetry check), by module name (the
     root as its class name): the modules in ``names`` whose weight (:func:`~initdiag.structure.main_weight`)
     has two or more dims, or, without ``names``, every Conv/Linear module. A weight of a module in
-    ``transposed`` (:func:`transposed_weights`) is stored transposed: one row per output unit."""
+    ``transposed`` (:func:`transposed_weights`) is stored transposed: one row per output unit. With
+    ``copy=False``, read-only views of the model's float32 CPU weights (no second copy of a large model;
+    valid while the weights do not change: an audit, which takes no optimizer step)."""
     snap: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     for name, module in model.named_modules():
         key = name or type(module).__name__
@@ -78,13 +87,15 @@ def snapshot_weights(model: nn.Module, names: Collection[str] | None = None,
             continue
         bias = _bias(module)
         rows = weight.t() if key in transposed else output_rows(module, weight)
-        snap[key] = (_numpy(rows), None if bias is None else _numpy(bias))
+        snap[key] = (_numpy(rows, copy), None if bias is None else _numpy(bias, copy))
     return snap
 
 
-def snapshot_grads(model: nn.Module, names: Collection[str], transposed: Collection[str] = ()) -> Weights:
+def snapshot_grads(model: nn.Module, names: Collection[str], transposed: Collection[str] = (),
+                   copy: bool = True) -> Weights:
     """Copies of the gradients (``.grad``) of the weights and biases :func:`snapshot_weights` takes, for the
-    modules in ``names`` whose weight has a gradient (for the symmetry check's look-ahead), oriented alike."""
+    modules in ``names`` whose weight has a gradient (for the symmetry check's look-ahead), oriented alike;
+    ``copy=False`` as there (the caller drops the model's ``.grad`` after, rather than accumulate into it)."""
     snap: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     for name, module in model.named_modules():
         key = name or type(module).__name__
@@ -93,7 +104,7 @@ def snapshot_grads(model: nn.Module, names: Collection[str], transposed: Collect
             continue
         bias = _bias(module)
         grad = weight.grad.t() if key in transposed else output_rows(module, weight.grad)
-        snap[key] = (_numpy(grad), None if bias is None or bias.grad is None else _numpy(bias.grad))
+        snap[key] = (_numpy(grad, copy), None if bias is None or bias.grad is None else _numpy(bias.grad, copy))
     return snap
 
 
@@ -105,12 +116,14 @@ for a scale or gain, ``1/sqrt(fan_in)`` for a weight): what it multiplies then v
 initializer's scale is."""
 
 
-def near_zero(p: torch.Tensor) -> bool:
-    """Whether ``p`` is zero by design: all zero, or within :data:`NEAR_ZERO` of its natural scale."""
-    if not bool(p.detach().any()):
+def near_zero(p: torch.Tensor, moments: TensorMoments | None = None) -> bool:
+    """Whether ``p`` is zero by design: all zero, or within :data:`NEAR_ZERO` of its natural scale (its
+    :func:`~.moments.tensor_moments` when already taken)."""
+    m = moments or tensor_moments(p)
+    if m.nonzero == 0:
         return True
     natural = (p.shape[0] / p.numel()) ** 0.5 if p.dim() >= 2 else 1.0
-    return float(p.detach().double().square().mean().sqrt()) <= NEAR_ZERO * natural
+    return m.mean_sq ** 0.5 <= NEAR_ZERO * natural
 
 
 def leaves_zero(p: torch.Tensor) -> bool:
@@ -134,9 +147,10 @@ def zero_parameters(model: nn.Module) -> dict[str, bool]:
               if not (name.rpartition(".")[2].lower() in _MULTIPLICATIVE_EXCLUDED
                       or name.rpartition(".")[2].lower().endswith("bias") or not p.is_floating_point()
                       or p.numel() == 0)]
-    designed = any(p.dim() >= 2 and not near_zero(p) for _, p in params)
+    moments = {name: tensor_moments(p) for name, p in params}  # one pass over each parameter
+    designed = any(p.dim() >= 2 and not near_zero(p, moments[name]) for name, p in params)
     return {name: leaves_zero(p) for name, p in params
-            if not bool(p.detach().any()) or (designed and near_zero(p))}
+            if moments[name].nonzero == 0 or (designed and near_zero(p, moments[name]))}
 
 
 def weight_moments(model: nn.Module, structure: Structure | None) -> dict[str, float]:
@@ -150,7 +164,7 @@ def weight_moments(model: nn.Module, structure: Structure | None) -> dict[str, f
         module = modules.get(name)
         weight = getattr(module, param, None) if module is not None else None
         if isinstance(weight, torch.Tensor):
-            out[name or type(module).__name__] = float(weight.detach().double().square().mean())
+            out[name or type(module).__name__] = tensor_moments(weight).mean_sq
     return out
 
 
