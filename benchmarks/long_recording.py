@@ -3,11 +3,13 @@ callbacks' engine) at every=1 for ``--steps`` steps, its memory and rows sampled
 
 With the default budget (``--max-steps 2048``: the first 256 recorded steps, then thinned evenly) the rows, the
 process's resident memory and the report's size stop growing once the budget is reached; ``--max-steps 0``
-keeps every step, for the side-by-side figure. The GPT-2 is narrow (``--width 32``) so 20k steps run on a CPU
-in minutes: the rows per step depend on the layer count, not the width.
+keeps every step, for the side-by-side figure; ``--stream`` writes every recorded step to Parquet parts as
+it goes (``stream_to``) and the report reads the bounded view back. The GPT-2 is narrow (``--width 32``) so 20k
+steps run on a CPU in minutes: the rows per step depend on the layer count, not the width.
 
     python benchmarks/long_recording.py --steps 20000
     python benchmarks/long_recording.py --steps 20000 --max-steps 0
+    python benchmarks/long_recording.py --steps 20000 --stream
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--max-steps", type=int, default=2048, help="the session's budget; 0: keep every step")
     parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--stream", action="store_true", help="stream every step to Parquet (stream_to)")
     args = parser.parse_args()
     import transformers
 
@@ -40,7 +43,8 @@ def main() -> None:
     data = torch.randint(0, 256, (64, 4, 17), generator=g)
     with tempfile.TemporaryDirectory() as tmp:
         session = TrainingSession(Path(tmp) / "report", every=1, formats=("html", "json", "csv"), label="loop",
-                                  max_steps=args.max_steps or None)
+                                  max_steps=args.max_steps or None,
+                                  stream_to=Path(tmp) / "series" if args.stream else None)
         session.begin(model, data[0][:, :-1])
         base, start = proc_status_bytes("VmRSS"), time.perf_counter()
         marks = {args.steps // 4, args.steps // 2, 3 * args.steps // 4, args.steps}
@@ -61,6 +65,9 @@ def main() -> None:
         written = session.finish(model)
         sizes = ", ".join(f"{p.name} {p.stat().st_size / 2**20:.1f} MiB" for p in written.values())
         print(f"report written in {time.perf_counter() - t:.1f} s: {sizes}")
+        if args.stream:
+            parts = list((Path(tmp) / "series").glob("part-*.parquet"))
+            print(f"streamed: {len(parts)} parts, {sum(p.stat().st_size for p in parts) / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

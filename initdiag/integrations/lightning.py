@@ -79,8 +79,9 @@ class InitDiagCallback(_Callback):
                  formats: Sequence[str] = ("html", "json"), fail_on: Sequence[str] = (),
                  tensorboard: str | Path | None = None, wandb: bool = False,
                  input_fn: Callable[[Any], Any] | None = None, log_to_loggers: bool = True,
-                 max_steps: int | None = MAX_STEPS) -> None:
-        self.session = TrainingSession(out, every, formats, fail_on, label="lightning", max_steps=max_steps)
+                 max_steps: int | None = MAX_STEPS, stream_to: str | Path | None = None) -> None:
+        self.session = TrainingSession(out, every, formats, fail_on, label="lightning", max_steps=max_steps,
+                                       stream_to=stream_to)
         self.tensorboard = Path(tensorboard) if tensorboard is not None else None
         self.wandb = wandb
         self.input_fn = input_fn or first_tensors

@@ -153,11 +153,14 @@ class TrainingSession:
         grads_at: when the recorder reads weight gradients (:class:`~initdiag.Recorder`'s ``grads_at``).
         max_steps: the recorded steps kept, the first ones all, then thinned evenly so the series, its CSV
             and the report stay bounded in a long training (:mod:`~initdiag.recording.thinning`); None: all.
+        stream_to: a directory (one per process) that receives every recorded step as Parquet parts while
+            training runs (:mod:`~initdiag.recording.sink`); the report reads them back, thinned to
+            ``max_steps``.
     """
 
     def __init__(self, out: str | Path, every: int = 10, formats: Sequence[str] = ("html", "json"),
                  fail_on: Iterable[str] = (), label: str = "training", grads_at: str = "backward",
-                 max_steps: int | None = MAX_STEPS) -> None:
+                 max_steps: int | None = MAX_STEPS, stream_to: str | Path | None = None) -> None:
         if every < 1:
             raise UsageError(f"every must be >= 1 (got {every})")
         unknown = [f for f in formats if f not in FORMATS]
@@ -169,7 +172,7 @@ class TrainingSession:
         self.fail_on = parse_fail_on(",".join(fail_on)) if not isinstance(fail_on, str) else parse_fail_on(fail_on)
         self.label = label
         self.grads_at = grads_at
-        self.max_steps = max_steps
+        self.max_steps, self.stream_to = max_steps, stream_to
         self.audit: AuditResult | None = None
         self.recorder: Recorder | None = None
         self.analysis = RunAnalysis()
@@ -208,7 +211,8 @@ class TrainingSession:
         run = self.audit.runs[0]
         self._weights_init = snapshot_weights(model)
         self.recorder = Recorder(model, every=self.every, run=self.label, initializer=KEEP, seed=seed,
-                                 structure=run.structure, grads_at=self.grads_at, max_steps=self.max_steps)
+                                 structure=run.structure, grads_at=self.grads_at, max_steps=self.max_steps,
+                                 stream_to=self.stream_to)
         self.recorder.__enter__()
         failed = sorted(self.audit.failed(self.fail_on))
         if not failed:

@@ -60,9 +60,9 @@ class InitDiagCallback(TrainerCallback):
                  formats: Sequence[str] = ("html", "json"), fail_on: Sequence[str] = (),
                  tensorboard: str | Path | None = None, wandb: bool = False,
                  input_fn: Callable[[tuple[Any, ...], dict[str, Any]], Any] | None = None,
-                 max_steps: int | None = MAX_STEPS) -> None:
+                 max_steps: int | None = MAX_STEPS, stream_to: str | Path | None = None) -> None:
         self.session = TrainingSession(out, every, formats, fail_on, label="transformers", grads_at="optimizer",
-                                       max_steps=max_steps)
+                                       max_steps=max_steps, stream_to=stream_to)
         self.tensorboard = Path(tensorboard) if tensorboard is not None else None
         self.wandb = wandb
         self.input_fn = input_fn or _model_input

@@ -18,6 +18,7 @@ from ..series import FRAME_COLUMNS, empty_frame
 from ..vocab import Phase
 from .moments import Stream
 from .rows import LayerState, Meta, moment_chunk
+from .sink import ParquetSink
 
 __all__ = ["HOST_ROWS_BYTES", "Collector"]
 
@@ -26,10 +27,14 @@ HOST_ROWS_BYTES = 32 << 20
 
 
 class Collector:
-    """Every stream of one recorder, and the statistics derived from their rows so far."""
+    """Every stream of one recorder, and the statistics derived from their rows so far: held in memory, or
+    with a ``sink`` written to it as they are derived (:mod:`.sink`), with ``layers`` (the recorder's list,
+    which grows) and ``labels`` (run, initializer, seed) to name them."""
 
-    def __init__(self, flush_every: int) -> None:
+    def __init__(self, flush_every: int, sink: ParquetSink | None = None, layers: list[LayerState] | None = None,
+                 labels: tuple[str, str, int] = ("run", "", 0)) -> None:
         self.flush_every = flush_every
+        self.sink, self._layers, self._labels = sink, layers if layers is not None else [], labels
         self.streams: list[tuple[LayerState, str, Stream]] = []
         self._host: dict[int, list[tuple[np.ndarray, Meta]]] = {}
         self._host_bytes = 0
@@ -70,14 +75,25 @@ class Collector:
         if self._host_bytes > HOST_ROWS_BYTES:
             self._derive()
 
+    def settle(self) -> None:
+        """:meth:`flush`, and with a sink write every row derived so far (the end of a recording)."""
+        self.flush()
+        if self.sink is not None:
+            self._derive()
+
     def _derive(self) -> None:
         host, self._host, self._host_bytes = self._host, {}, 0
+        chunks = []
         for index, parts in sorted(host.items()):
             layer, kind, _ = self.streams[index]
             rows = np.concatenate([r for r, _ in parts]) if len(parts) > 1 else parts[0][0]
             meta = [m for _, ms in parts for m in ms]
             with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-                self._chunks.append(moment_chunk(layer, kind, rows, meta))
+                chunks.append(moment_chunk(layer, kind, rows, meta))
+        if self.sink is not None and chunks:
+            self.sink.write(_table(chunks, self._layers, *self._labels))
+        else:
+            self._chunks.extend(chunks)
 
     def prune(self, keep: Callable[[np.ndarray], np.ndarray]) -> None:
         """Drop the training rows whose step ``keep(steps)`` marks False (probe rows stay): every row so far is
@@ -95,32 +111,40 @@ class Collector:
         """Bytes of the rows held on the host (derived and not yet derived)."""
         return self._host_bytes + sum(v.nbytes for c in self._chunks for v in c.values())
 
-    def frame(self, layers: list[LayerState], run: str, initializer: str, seed: int) -> pd.DataFrame:
-        """All statistics so far, one row each, with the columns of :data:`~initdiag.series.FRAME_COLUMNS`."""
+    def frame(self, layers: list[LayerState], run: str, initializer: str, seed: int,
+              max_steps: int | None = None) -> pd.DataFrame:
+        """All statistics so far, one row each, with the columns of :data:`~initdiag.series.FRAME_COLUMNS`;
+        with a sink, read back from it (thinned to ``max_steps`` training steps)."""
         self.flush()
         if self._frame is not None:
             return self._frame
         self._derive()
-        if not self._chunks:
-            self._frame = empty_frame()
-            return self._frame
-        cols = {k: np.concatenate([c[k] for c in self._chunks]) for k in self._chunks[0]}
-        codes = cols.pop("layer")
-        names = np.array([lay.name for lay in layers], dtype=object)
-        n = len(codes)
-        data = {
-            "run": pd.Categorical([run] * n),
-            "initializer": pd.Categorical([initializer] * n),
-            "seed": np.full(n, seed, dtype=np.int64),
-            "epoch": cols["epoch"],
-            "step": cols["step"],
-            "phase": pd.Categorical(cols["phase"]),
-            "layer": pd.Categorical(names[codes], categories=list(dict.fromkeys(names))),
-            "depth": np.array([lay.depth for lay in layers], dtype=np.int64)[codes],
-            "module": pd.Categorical(np.array([lay.module for lay in layers], dtype=object)[codes]),
-            "kind": pd.Categorical(cols["kind"]),
-            "stat": pd.Categorical(cols["stat"]),
-            "value": cols["value"],
-        }
-        self._frame = pd.DataFrame(data, columns=list(FRAME_COLUMNS))
+        if self.sink is not None:
+            self._frame = self.sink.read([lay.name for lay in layers], max_steps)
+        else:
+            self._frame = _table(self._chunks, layers, run, initializer, seed) if self._chunks else empty_frame()
         return self._frame
+
+
+def _table(chunks: list[dict[str, np.ndarray]], layers: list[LayerState], run: str, initializer: str,
+           seed: int) -> pd.DataFrame:
+    """The tidy frame of derived chunks (:func:`~.rows.moment_chunk`), layers named from ``layers`` by code."""
+    cols = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    codes = cols.pop("layer")
+    names = np.array([lay.name for lay in layers], dtype=object)
+    n = len(codes)
+    data = {
+        "run": pd.Categorical([run] * n),
+        "initializer": pd.Categorical([initializer] * n),
+        "seed": np.full(n, seed, dtype=np.int64),
+        "epoch": cols["epoch"],
+        "step": cols["step"],
+        "phase": pd.Categorical(cols["phase"]),
+        "layer": pd.Categorical(names[codes], categories=list(dict.fromkeys(names))),
+        "depth": np.array([lay.depth for lay in layers], dtype=np.int64)[codes],
+        "module": pd.Categorical(np.array([lay.module for lay in layers], dtype=object)[codes]),
+        "kind": pd.Categorical(cols["kind"]),
+        "stat": pd.Categorical(cols["stat"]),
+        "value": cols["value"],
+    }
+    return pd.DataFrame(data, columns=list(FRAME_COLUMNS))

@@ -30,9 +30,9 @@ MultiheadAttention's attended output):
   and each residual block's output, the residual stream (role ``block``, ``depth`` = its index in the stream;
   ``<first block>:in`` is the stream entering it, depth -1), forward and backward.
 
-One path per statistic: forward hooks, hooks on the output's autograd node, one reduction
-(:func:`~initdiag.recording.moments.reduce`) into a row per layer and kind, copied to the host when a buffer
-fills (no sync per hook). The model is never altered: hooks come off in ``finally``.
+One path per statistic: forward hooks, hooks on the output's autograd node, one reduction (:func:`~.moments.reduce`)
+into a row per layer and kind, copied to the host when a buffer fills (no sync per hook). The model is never
+altered: hooks come off in ``finally``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -57,6 +58,7 @@ from .collect import Collector
 from .functional import apply_activation, functional_activations
 from .moments import Geometry, reduce
 from .rows import LayerState, layer_infos
+from .sink import ParquetSink
 from .sites import channel_dim, iter_tensors, traced
 from .thinning import Thinning
 from .updates import StepWeights
@@ -84,12 +86,14 @@ class Recorder:
             ``"optimizer"``: when :meth:`before_optimizer_step` is called (after gradient clipping).
         max_steps: keep at most this many recorded steps, the first ones all, then thinned evenly
             (:mod:`~initdiag.recording.thinning`); None: every recorded step.
+        stream_to: a directory: every recorded step's rows go there as Parquet parts (:mod:`~.sink`), memory
+            bounded without thinning; :meth:`frame` reads them back, thinned to ``max_steps``.
     """
 
     def __init__(self, model: nn.Module, every: int = 1, *, run: str = "run", initializer: str = "",
                  seed: int = 0, saturation_tol: float = 0.01, max_per_channel: int | None = 1024,
                  flush_every: int = 256, structure: Structure | None = None, updates: bool = True,
-                 grads_at: str = "backward", max_steps: int | None = None) -> None:
+                 grads_at: str = "backward", max_steps: int | None = None, stream_to: str | Path | None = None) -> None:
         if every < 1 or flush_every < 1 or grads_at not in ("backward", "optimizer"):
             raise ValueError(f"every and flush_every must be >= 1 and grads_at 'backward' or 'optimizer' (got "
                              f"every={every}, flush_every={flush_every}, grads_at={grads_at!r})")
@@ -113,7 +117,9 @@ class Recorder:
         self._last_weight_out: tuple[torch.Size, int] | None = None  # its output's shape and channel dim
         self._weights = StepWeights(updates)  # this step's weights, read after backward; the last step's copies
         self._layouts: dict[tuple[Any, ...], Geometry | None] = {}
-        self._collector, self._thin = Collector(flush_every), Thinning(every, max_steps)
+        sink = ParquetSink(stream_to) if stream_to is not None else None
+        self._collector = Collector(flush_every, sink, self._layers, (run, initializer, seed))
+        self._thin, self.max_steps = Thinning(every, max_steps if sink is None else None), max_steps
         self._functional: dict[str, Activation] = {}  # weight-layer site -> the functional activation it feeds
 
     # -- attaching ----------------------------------------------------------------------------------
@@ -131,7 +137,7 @@ class Recorder:
                  tb: TracebackType | None) -> None:
         self._detach()
         with suppress(Exception) if exc_type is not None else nullcontext():  # the original error matters more
-            self.flush()
+            self._collector.settle()
 
     def _attach(self) -> None:
         self._names = {id(m): n for n, m in self.model.named_modules()}
@@ -186,11 +192,7 @@ class Recorder:
     def _detach(self) -> None:
         handles, self._handles = self._handles, []
         try:
-            if self._probe is not None:
-                probe, self._probe = self._probe, None
-                probe.__exit__(None, None, None)
-                with suppress(RuntimeError):
-                    self.structure = probe.structure()
+            self._end_discovery()  # the structure seen is kept; with no handles, nothing more is hooked
         finally:
             for handle in handles:
                 handle.remove()
@@ -377,10 +379,8 @@ class Recorder:
         """Reduce ``y`` into the next row of the layer's stream of ``kind`` (``cdim < 0``: one channel)."""
         phase = Phase.TRAIN if kind in _STEP_KINDS else self._phase
         stream = self._collector.stream(layer, kind, y.shape[cdim] if y.dim() > 1 and cdim >= 0 else 1, y.device)
-        mid, thr = 0.0, -1.0
-        if sat is not None:
-            lo, hi = sat
-            mid, thr = (lo + hi) / 2, (hi - lo) / 2 - self.saturation_tol
+        mid = (sat[0] + sat[1]) / 2 if sat is not None else 0.0
+        thr = (sat[1] - sat[0]) / 2 - self.saturation_tol if sat is not None else -1.0
         cap = self.max_per_channel if phase == Phase.TRAIN else None
         count = reduce(y, cdim, cap, stream.buffer, stream.n, mid, thr, self._layouts)
         stream.commit(self.step if step is None else step, self.epoch if epoch is None else epoch, phase, count)
@@ -397,4 +397,4 @@ class Recorder:
 
     def frame(self) -> pd.DataFrame:
         """All statistics so far as one tidy DataFrame with the columns of :data:`~initdiag.series.FRAME_COLUMNS`."""
-        return self._collector.frame(self._layers, self.run, self.initializer, self.seed)
+        return self._collector.frame(self._layers, self.run, self.initializer, self.seed, self.max_steps)
