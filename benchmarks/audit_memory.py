@@ -7,7 +7,8 @@ work adds. The audit's modules are imported on both sides before the model is bu
 scipy take a fixed ~120 MiB once per process, whatever the model). Plain: ``batches`` forward+backward passes
 of cross-entropy against random labels on the model itself (what a user's first training steps cost). Audit:
 ``initdiag.audit(model, input_shape=..., batches=..., batch_size=...)``, its own generated batches of the
-same shape and count. Prints both peaks, their ratio and the time of each.
+same shape and count. The peak moves by ~10% between fresh processes (the allocator), so ``--repeats``
+pairs run alternated: prints the median peaks and times, the median ratio and the range over the pairs.
 
     python benchmarks/audit_memory.py                       # resnet50 (3x128x128, 4 x 8) and gpt2 (12 layers)
     python benchmarks/audit_memory.py --models llama1b      # a ~1 B-parameter decoder from a Llama config
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from _measure import proc_status_bytes
 from torch.nn import functional as F
@@ -92,6 +94,7 @@ def side(name: str, which: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50,gpt2")
+    parser.add_argument("--repeats", type=int, default=3, help="pairs of fresh processes (plain, audit) per model")
     parser.add_argument("--side", choices=("plain", "audit"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -99,15 +102,20 @@ def main() -> None:
         print(json.dumps(side(args.model, args.side)))
         return
     for name in args.models.split(","):
-        got = {}
-        for which in ("plain", "audit"):
-            done = subprocess.run([sys.executable, __file__, "--side", which, "--model", name], capture_output=True,
-                                  text=True, check=True)
-            got[which] = json.loads(done.stdout.strip().splitlines()[-1])
-        p, a = got["plain"], got["audit"]
-        print(f"{name} ({p['params'] / 1e6:.0f} M parameters): plain +{p['peak'] / 2**20:,.0f} MiB in "
-              f"{p['seconds']:.1f} s, audit +{a['peak'] / 2**20:,.0f} MiB in {a['seconds']:.1f} s: memory "
-              f"{a['peak'] / p['peak']:.2f}x, time {a['seconds'] / p['seconds']:.2f}x")
+        got: dict[str, list[dict[str, float]]] = {"plain": [], "audit": []}
+        for _ in range(args.repeats):  # alternated, each in a fresh process
+            for which in ("plain", "audit"):
+                done = subprocess.run([sys.executable, __file__, "--side", which, "--model", name],
+                                      capture_output=True, text=True, check=True)
+                got[which].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        peak = {k: np.array([r["peak"] for r in v]) / 2**20 for k, v in got.items()}
+        secs = {k: np.array([r["seconds"] for r in v]) for k, v in got.items()}
+        ratios = peak["audit"] / peak["plain"]
+        print(f"{name} ({got['plain'][0]['params'] / 1e6:.0f} M parameters), {args.repeats} pairs of fresh processes: "
+              f"plain +{np.median(peak['plain']):,.0f} MiB in {np.median(secs['plain']):.1f} s, audit "
+              f"+{np.median(peak['audit']):,.0f} MiB in {np.median(secs['audit']):.1f} s (medians): memory "
+              f"{np.median(ratios):.2f}x (pairs {ratios.min():.2f}-{ratios.max():.2f}), time "
+              f"{np.median(secs['audit'] / secs['plain']):.2f}x")
 
 
 if __name__ == "__main__":

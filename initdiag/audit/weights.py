@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -125,12 +127,18 @@ def init_targets(model: nn.Module, structure: Structure | None) -> tuple[Target,
 
 
 def weights_digest(model: nn.Module) -> str:
-    """SHA-256 of every parameter (name, dtype, shape, bytes), in registration order."""
-    digest = hashlib.sha256()
-    for name, p in model.named_parameters():
-        digest.update(f"{name}:{p.dtype}:{tuple(p.shape)}".encode())
+    """SHA-256 of the parameters' own SHA-256s (each of its name, dtype, shape and bytes), in registration
+    order: the parameters are hashed in parallel threads (``hashlib`` releases the GIL), one per core."""
+    params = list(model.named_parameters())
+
+    def one(item: tuple[str, torch.Tensor]) -> bytes:
+        name, p = item
+        digest = hashlib.sha256(f"{name}:{p.dtype}:{tuple(p.shape)}".encode())
         digest.update(p.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().data)  # no bytes copy
-    return digest.hexdigest()
+        return digest.digest()
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(params), os.cpu_count() or 1))) as pool:
+        return hashlib.sha256(b"".join(pool.map(one, params))).hexdigest()
 
 
 def layer_weights(model: nn.Module, layers: Sequence[LayerInfo], structure: Structure | None,

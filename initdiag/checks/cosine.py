@@ -73,20 +73,27 @@ def max_cosine_pvalue(weight: np.ndarray, bias: np.ndarray | None, n_samples: in
 
 def max_cos(rows: np.ndarray, n_samples: int, rng: np.random.Generator | None,
              max_rows: int) -> tuple[float, float]:
-    """:func:`max_cosine_pvalue` of the rows of :func:`neuron_rows` (copied only where rows or columns go)."""
-    keep = np.isfinite(rows).all(axis=1)
-    if not keep.all():
-        rows = rows[keep]
-    norms = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
-    if not (norms > 0).all():
-        rows, norms = rows[norms > 0], norms[norms > 0]
-    used = np.any(rows != 0, axis=0) if len(rows) else np.ones(rows.shape[1], bool)
-    if not used.all():
-        rows = rows[:, used]
+    """:func:`max_cosine_pvalue` of the rows of :func:`neuron_rows` (copied only where rows or columns go).
+
+    One pass over all rows (their squared norms in the rows' own dtype, and which columns are used); the
+    rows kept are subsampled before anything else is computed from them. A non-finite norm (a NaN or inf
+    entry, or a float32 overflow) has the norms taken again row by row in float64."""
+    norms = np.einsum("ij,ij->i", rows, rows)  # to filter with only: the rows kept get float64 norms below
+    if not np.isfinite(norms).all():
+        rows = rows[np.isfinite(rows).all(axis=1)]
+        norms = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+    if not (norms > 0).all():  # a zero in float32 may be an underflow: those rows again in float64
+        small = np.flatnonzero(norms <= 0)
+        norms = norms.astype(np.float64)
+        norms[small] = np.einsum("ij,ij->i", rows[small], rows[small], dtype=np.float64)
+        rows = rows[norms > 0]
+    used = rows.any(axis=0) if len(rows) else np.ones(rows.shape[1], bool)
     if len(rows) > max_rows:
         rng = rng if rng is not None else np.random.default_rng(0)
-        pick = np.sort(rng.choice(len(rows), size=max_rows, replace=False))
-        rows, norms = rows[pick], norms[pick]
+        rows = rows[np.sort(rng.choice(len(rows), size=max_rows, replace=False))]
+    norms = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+    if not used.all():
+        rows = rows[:, used]
     n, d = rows.shape
     if n < 2 or d < 2:
         return math.nan, math.nan

@@ -1,0 +1,98 @@
+"""What keeps an audit's memory near a plain forward and backward: no second copy of the weights or the
+gradients, recorder buffers sized by the rows they receive, no output held alive, one pass per parameter."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import initdiag
+from initdiag.recording import Recorder
+from initdiag.recording.extras import Extras
+from initdiag.recording.moments import BUFFER_BYTES, FIRST_ROWS, tensor_moments
+from initdiag.recording.snapshots import snapshot_grads, snapshot_weights
+from initdiag.structure import discover
+
+
+def test_snapshots_without_copy_are_read_only_views_of_the_model() -> None:
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    model(torch.randn(4, 6)).sum().backward()
+    views = snapshot_weights(model, copy=False)
+    grads = snapshot_grads(model, {"0", "2"}, copy=False)
+    for name, (w, b) in views.items():
+        layer = model.get_submodule(name)
+        assert isinstance(layer, nn.Linear) and b is not None
+        assert np.shares_memory(w, layer.weight.detach().numpy()) and np.array_equal(w, layer.weight.detach().numpy())
+        assert np.shares_memory(grads[name][0], layer.weight.grad.numpy())  # type: ignore[union-attr]
+        with pytest.raises(ValueError, match="read-only"):
+            w[0, 0] = 1.0
+    copies = snapshot_weights(model)
+    assert not any(np.shares_memory(copies[n][0], views[n][0]) for n in views)
+
+
+def test_a_short_recording_holds_buffers_of_a_few_rows_and_a_long_one_grows_them() -> None:
+    model = nn.Sequential(nn.Linear(8, 512), nn.ReLU(), nn.Linear(512, 4))
+    x = torch.randn(16, 8)
+    with Recorder(model, every=1) as rec:
+        for _ in range(3):
+            model(x).sum().backward()
+    rows = [stream.buffer.shape[0] for _, _, stream in rec._collector.streams]
+    assert rows and max(rows) == FIRST_ROWS  # 4 rows, not the 1 MiB cap of each stream
+    with Recorder(model, every=1, flush_every=256) as rec:
+        for _ in range(40):
+            model(x).sum().backward()
+    wide = [s for _, _, s in rec._collector.streams if s.width == 2 * 512 + 2]
+    assert wide and all(s.buffer.shape[0] == 64 for s in wide)  # 40 rows: doubled 4 -> 8 -> 16 -> 32 -> 64
+    assert all(s.capacity * 8 * s.width <= BUFFER_BYTES for s in wide)
+    frame = rec.frame()
+    assert frame.loc[frame["phase"] == "train", "step"].nunique() == 40
+
+
+def test_extras_keep_no_output_alive_and_still_find_a_views_site() -> None:
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.head = nn.Embedding(20, 8), nn.Linear(8, 20)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embed(ids)).transpose(1, 2)  # a view of the head's output, classes on dim 1
+
+    model, ids = Head(), torch.randint(0, 20, (3, 5))
+    seen: list[weakref.ref[torch.Tensor]] = []
+    handle = model.embed.register_forward_hook(lambda m, a, y: seen.append(weakref.ref(y)))
+    with Extras(model, discover(model, ids)) as extras:
+        out = model(ids)
+        gc.collect()
+        assert seen[0]() is None  # the embedding's output: freed once the forward dropped it
+        found = extras.site_of(out)
+        assert found is not None and found[1] == "head" and found[0].shape == (3, 5, 20)
+        assert torch.equal(found[0], out.transpose(1, 2))
+    handle.remove()
+
+
+@pytest.mark.parametrize("make", [lambda: torch.randn(300, 70), lambda: torch.full((9, 4), -0.5),
+                                  lambda: torch.randn(5, 6).t(), lambda: torch.randn(40).bfloat16()])
+def test_tensor_moments_match_float64_references(make: object) -> None:
+    t = make()  # type: ignore[operator]
+    m, d = tensor_moments(t), t.double()
+    assert m.n == t.numel() and m.nonzero == int(torch.count_nonzero(t))
+    assert m.mean == pytest.approx(float(d.mean()), rel=1e-12, abs=1e-15)
+    assert m.mean_sq == pytest.approx(float(d.square().mean()), rel=1e-12)
+    assert m.var == pytest.approx(float(d.var(unbiased=False)), rel=1e-9, abs=1e-15)
+    assert m.top == float(d.abs().max())
+
+
+def test_a_keep_audit_leaves_the_models_tensors_where_they_were() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))
+    pointers = [p.data_ptr() for p in model.parameters()]
+    before = [p.detach().clone() for p in model.parameters()]
+    initdiag.audit(model, input_shape=(16,), inits=("keep",), batches=2, batch_size=8)
+    assert [p.data_ptr() for p in model.parameters()] == pointers  # audited in place: no copy swapped in
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())
