@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .recorder import Recorder
+from .sink import ParquetSink, read_series
 from .snapshots import (
     Weights,
     input_groups,
@@ -16,11 +17,13 @@ from .snapshots import (
 )
 
 __all__ = [
+    "ParquetSink",
     "Recorder",
     "Weights",
     "input_groups",
     "norm_gains",
     "output_rows",
+    "read_series",
     "snapshot_grads",
     "snapshot_weights",
     "transposed_weights",
