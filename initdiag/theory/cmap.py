@@ -32,6 +32,7 @@ n = 2, within Monte-Carlo error of brute-force sampling elsewhere.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -236,6 +237,7 @@ def uniform_attention_entropy(n_keys: int) -> float:
     return math.log(n_keys)
 
 
+@functools.lru_cache(maxsize=256)  # expected_ce_loss and softmax_entropy_gaussian of one (s, n) share it
 def _gumbel_max(s: float, n: int, nodes: int | None) -> tuple[float, float]:
     """``(E[max_i Y_i], E[G_{i*}])`` for n i.i.d. ``Y = s z + G`` (z ~ N(0, 1), G standard Gumbel, i* the
     argmax): ``n int (y f(y), g(y)) F(y)^(n-1) dy`` with ``g(y) = E[G; Y in dy]``, composite Gauss–Legendre in
