@@ -1,9 +1,9 @@
 """End-to-end time and peak memory of ``initdiag report`` next to the same experiment as a plain
 PyTorch loop (benchmarks/plain_loop.py), alternated, in one run. Prints a table of ratios.
 
-    python benchmarks/full_run.py --data-dir ../shared/data            # the full default run (~17 min)
-    python benchmarks/full_run.py --data-dir ../shared/data --epochs 1 --rounds 1   # a quick look
-    python benchmarks/full_run.py --data-dir ../shared/data --keep reports/example  # also keep the report
+    python benchmarks/full_run.py --data-dir MNIST_DIR            # the full default run (~17 min)
+    python benchmarks/full_run.py --data-dir MNIST_DIR --epochs 1 --rounds 1   # a quick look
+    python benchmarks/full_run.py --data-dir MNIST_DIR --keep reports/example  # also keep the report
 
 initdiag runs exactly as a user would run it (``initdiag report --model cnn --data-dir DIR``, plus
 ``--out``); the plain loop is a straightforward single-process PyTorch loop with torch's defaults.

@@ -2,7 +2,7 @@
 5 epochs, Adam, batch 64, test accuracy after every epoch; no diagnostics. Reads the IDX files from disk.
 
 Run with a Python that has TensorFlow (see vs_keras.py for the setup):
-    /tmp/tf-venv/bin/python benchmarks/keras_original.py --data-dir ../shared/data
+    TF_VENV/bin/python benchmarks/keras_original.py --data-dir MNIST_DIR
 """
 
 from __future__ import annotations

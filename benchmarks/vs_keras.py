@@ -1,9 +1,9 @@
 """initdiag against the original Keras script, alternated on the same machine and MNIST files.
 
 TensorFlow is not a dependency of initdiag and not part of CI: install it in its own venv first,
-    python3 -m venv /tmp/tf-venv && /tmp/tf-venv/bin/pip install tensorflow-cpu
+    python3 -m venv TF_VENV && TF_VENV/bin/pip install tensorflow-cpu
 then
-    python benchmarks/vs_keras.py --tf-python /tmp/tf-venv/bin/python --data-dir ../shared/data [--rounds 2]
+    python benchmarks/vs_keras.py --tf-python TF_VENV/bin/python --data-dir MNIST_DIR [--rounds 2]
 It prints each run's wall time and accuracies and the median ratio initdiag / Keras.
 """
 
