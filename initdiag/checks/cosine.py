@@ -48,7 +48,7 @@ def _max_abs_cos(rows: np.ndarray, norms: np.ndarray | None = None) -> float:
     """Largest |cosine| between two different rows (the Gram matrix in float32: error ~1e-6); ``norms``: the
     rows' Euclidean norms when already known."""
     norms = np.linalg.norm(rows, axis=1) if norms is None else norms
-    u = (rows / norms[:, None]).astype(np.float32)
+    u = (rows * (1.0 / norms).astype(rows.dtype)[:, None]).astype(np.float32, copy=False)  # no float64 temporary
     gram = np.abs(u @ u.T)
     np.fill_diagonal(gram, 0.0)
     return float(min(1.0, gram.max()))
