@@ -13,8 +13,7 @@ from torch import nn
 
 from initdiag import Recorder
 from initdiag.recording import collect
-from initdiag.recording.sink import ParquetSink, read_series, thinned_steps
-from initdiag.recording.thinning import Thinning
+from initdiag.recording.sink import ParquetSink, read_series
 
 pytest.importorskip("pyarrow")
 
@@ -55,18 +54,6 @@ def test_a_streamed_recording_reads_back_as_the_bounded_one_and_keeps_every_step
     assert sorted(everything["step"].unique()) == list(range(1_500))
     assert len(pd.read_parquet(tmp_path / "series")) == len(everything)
     assert streamed._collector.nbytes() <= 1 << 16  # rows held in memory: only those not yet written
-
-
-def test_the_bounded_view_thins_as_a_bounded_recording_does() -> None:
-    for every, budget, steps in [(1, 100, 10_000), (3, 64, 5_000), (1, 600, 20_000), (2, 50, 60)]:
-        thin = Thinning(every, budget)
-        kept: list[int] = []
-        for step in range(steps):
-            if thin.records(step):
-                kept.append(step)
-            if thin.over():
-                kept = [s for s in kept if thin.keep(np.array([s]))[0]]
-        assert thinned_steps(list(range(0, steps, every)), budget).tolist() == kept
 
 
 def test_a_run_that_fails_halfway_keeps_what_it_streamed(tmp_path: Path) -> None:

@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from initdiag import Recorder
-from initdiag.recording.thinning import Thinning
+from initdiag.recording.thinning import Thinning, thinned_steps
 
 
-@pytest.mark.parametrize(("every", "budget", "steps"), [(1, 100, 10_000), (3, 64, 5_000), (1, 600, 20_000)])
-def test_the_kept_steps_stay_within_the_budget_and_span_the_run(every: int, budget: int, steps: int) -> None:
+def _online(every: int, budget: int, steps: int) -> list[int]:
+    """The steps a recording at ``every`` keeps within ``budget`` over ``steps`` steps, step by step as the
+    recorder prunes them, checked against the budget and the kept count at every step."""
     thin = Thinning(every, budget)
     kept: list[int] = []
     for step in range(steps):
@@ -23,12 +24,24 @@ def test_the_kept_steps_stay_within_the_budget_and_span_the_run(every: int, budg
             kept = [s for s in kept if thin.keep(np.array([s]))[0]]
         assert len(kept) <= budget
         assert len(kept) == thin.kept
+    return kept
+
+
+@pytest.mark.parametrize(("every", "budget", "steps"), [(1, 100, 10_000), (3, 64, 5_000), (1, 600, 20_000)])
+def test_the_kept_steps_stay_within_the_budget_and_span_the_run(every: int, budget: int, steps: int) -> None:
+    kept = _online(every, budget, steps)
     dense = min(256, budget // 2)
     assert kept[:dense] == [every * r for r in range(dense)]  # the start, every recorded step
     assert budget // 2 <= len(kept) <= budget
     gaps = np.diff(kept[dense:])
     assert len(set(gaps.tolist())) == 1  # evenly spaced after the dense start
     assert kept[-1] >= steps - gaps[0] - every  # up to the end of the run
+
+
+@pytest.mark.parametrize(("every", "budget", "steps"), [(1, 100, 10_000), (3, 64, 5_000), (1, 600, 20_000),
+                                                     (2, 50, 60)])
+def test_thinning_a_whole_run_at_once_keeps_what_the_online_rule_keeps(every: int, budget: int, steps: int) -> None:
+    assert thinned_steps(list(range(0, steps, every)), budget).tolist() == _online(every, budget, steps)
 
 
 def test_unbounded_keeps_every_recorded_step() -> None:

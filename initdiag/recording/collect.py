@@ -27,14 +27,14 @@ HOST_ROWS_BYTES = 32 << 20
 
 
 class Collector:
-    """Every stream of one recorder, and the statistics derived from their rows so far: held in memory, or
-    with a ``sink`` written to it as they are derived (:mod:`.sink`), with ``layers`` (the recorder's list,
-    which grows) and ``labels`` (run, initializer, seed) to name them."""
+    """Every stream of one recorder, and the statistics derived from their rows so far, named from ``layers``
+    (the recorder's list, which grows) and ``labels`` (run, initializer, seed): held in memory, or with a
+    ``sink`` written to it as they are derived (:mod:`.sink`)."""
 
-    def __init__(self, flush_every: int, sink: ParquetSink | None = None, layers: list[LayerState] | None = None,
-                 labels: tuple[str, str, int] = ("run", "", 0)) -> None:
+    def __init__(self, flush_every: int, layers: list[LayerState], labels: tuple[str, str, int],
+                 sink: ParquetSink | None = None) -> None:
         self.flush_every = flush_every
-        self.sink, self._layers, self._labels = sink, layers if layers is not None else [], labels
+        self.sink, self._layers, self._labels = sink, layers, labels
         self.streams: list[tuple[LayerState, str, Stream]] = []
         self._host: dict[int, list[tuple[np.ndarray, Meta]]] = {}
         self._host_bytes = 0
@@ -111,8 +111,7 @@ class Collector:
         """Bytes of the rows held on the host (derived and not yet derived)."""
         return self._host_bytes + sum(v.nbytes for c in self._chunks for v in c.values())
 
-    def frame(self, layers: list[LayerState], run: str, initializer: str, seed: int,
-              max_steps: int | None = None) -> pd.DataFrame:
+    def frame(self, max_steps: int | None = None) -> pd.DataFrame:
         """All statistics so far, one row each, with the columns of :data:`~initdiag.series.FRAME_COLUMNS`;
         with a sink, read back from it (thinned to ``max_steps`` training steps)."""
         self.flush()
@@ -120,9 +119,9 @@ class Collector:
             return self._frame
         self._derive()
         if self.sink is not None:
-            self._frame = self.sink.read([lay.name for lay in layers], max_steps)
+            self._frame = self.sink.read([lay.name for lay in self._layers], max_steps)
         else:
-            self._frame = _table(self._chunks, layers, run, initializer, seed) if self._chunks else empty_frame()
+            self._frame = _table(self._chunks, self._layers, *self._labels) if self._chunks else empty_frame()
         return self._frame
 
 

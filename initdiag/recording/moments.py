@@ -333,7 +333,7 @@ def array_moments(a: np.ndarray) -> TensorMoments:
     """:func:`tensor_moments` of a numpy array (read-only views of a model's weights included: only read)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch warns that a read-only array could be written
-        return tensor_moments(torch.from_numpy(np.ascontiguousarray(a) if a.strides[-1] < 0 else a))
+        return tensor_moments(torch.from_numpy(np.ascontiguousarray(a) if min(a.strides, default=0) < 0 else a))
 
 
 class Stream:

@@ -118,7 +118,7 @@ class Recorder:
         self._weights = StepWeights(updates)  # this step's weights, read after backward; the last step's copies
         self._layouts: dict[tuple[Any, ...], Geometry | None] = {}
         sink = ParquetSink(stream_to) if stream_to is not None else None
-        self._collector = Collector(flush_every, sink, self._layers, (run, initializer, seed))
+        self._collector = Collector(flush_every, self._layers, (run, initializer, seed), sink)
         self._thin, self.max_steps = Thinning(every, max_steps if sink is None else None), max_steps
         self._functional: dict[str, Activation] = {}  # weight-layer site -> the functional activation it feeds
 
@@ -397,4 +397,4 @@ class Recorder:
 
     def frame(self) -> pd.DataFrame:
         """All statistics so far as one tidy DataFrame with the columns of :data:`~initdiag.series.FRAME_COLUMNS`."""
-        return self._collector.frame(self._layers, self.run, self.initializer, self.seed, self.max_steps)
+        return self._collector.frame(self.max_steps)

@@ -5,7 +5,7 @@ recorder turns its buffered rows into statistics (every :data:`~initdiag.recordi
 moment rows, and at the end), each under a temporary name first and renamed when complete: what a run that
 stops halfway wrote stays readable (``pandas.read_parquet(directory)`` reads every part). Memory holds only the
 rows not yet written, whatever the run's length; :meth:`ParquetSink.read` gives the series back, thinned to a
-budget of training steps the way a bounded recording keeps them (:class:`~.thinning.Thinning`), so the
+budget of training steps the way a bounded recording keeps them (:func:`~.thinning.thinned_steps`), so the
 report's size stays bounded too while the directory keeps every step.
 """
 
@@ -19,9 +19,9 @@ import pandas as pd
 
 from ..series import CATEGORICAL, FRAME_COLUMNS, column_dtype, empty_frame
 from ..vocab import Phase
-from .thinning import DENSE
+from .thinning import thinned_steps
 
-__all__ = ["ParquetSink", "read_series", "thinned_steps"]
+__all__ = ["ParquetSink", "read_series"]
 
 
 def _pyarrow() -> None:
@@ -61,21 +61,6 @@ class ParquetSink:
         """The rows written, of the training steps :func:`thinned_steps` keeps within ``max_steps`` (None: all)
         and every probe row; ``layers`` orders the layer categories (the recorder's order)."""
         return read_series(self.directory, max_steps, layers, sorted(self.steps))
-
-
-def thinned_steps(steps: list[int] | np.ndarray, max_steps: int | None) -> np.ndarray:
-    """Of recorded training steps ``steps`` (ascending), those a bounded recording of ``max_steps`` keeps: the
-    first ``min(DENSE, max_steps // 2)`` all, then every ``stride``-th, the stride the smallest power of two
-    that keeps at most ``max_steps`` (:mod:`~.thinning`'s rule, applied once to the whole run)."""
-    steps = np.asarray(steps, dtype=np.int64)
-    if max_steps is None or len(steps) <= max_steps:
-        return steps
-    dense = min(DENSE, max_steps // 2)
-    stride = 1
-    while dense + -(-(len(steps) - dense) // stride) > max_steps:
-        stride *= 2
-    index = np.arange(len(steps))
-    return steps[(index < dense) | ((index - dense) % stride == 0)]
 
 
 def read_series(directory: str | Path, max_steps: int | None = None, layers: list[str] | None = None,

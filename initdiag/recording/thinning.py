@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DENSE", "Thinning"]
+__all__ = ["DENSE", "Thinning", "thinned_steps"]
 
 DENSE = 256
 """Recorded steps kept one by one at the start of a bounded recording (at most half its budget)."""
@@ -57,3 +57,16 @@ class Thinning:
         """Of recorded training steps ``steps``, those the current stride keeps."""
         steps = np.asarray(steps)
         return np.asarray(self._on(steps // self.every, self.stride), dtype=bool) & (steps % self.every == 0)
+
+
+def thinned_steps(steps: list[int] | np.ndarray, max_steps: int | None) -> np.ndarray:
+    """Of the recorded training steps ``steps`` of a whole run (ascending), those a bounded recording of
+    ``max_steps`` keeps at its end: :class:`Thinning`'s dense start, then its stride, doubled until at most
+    ``max_steps`` steps stay (the online rule applied once, to a series streamed in full)."""
+    steps = np.asarray(steps, dtype=np.int64)
+    if max_steps is None or len(steps) <= max_steps:
+        return steps
+    thin, recorded = Thinning(1, max_steps), np.arange(len(steps))
+    while int(np.count_nonzero(thin._on(recorded, thin.stride))) > max_steps:
+        thin.stride *= 2
+    return steps[np.asarray(thin._on(recorded, thin.stride), dtype=bool)]
