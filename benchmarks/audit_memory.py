@@ -12,6 +12,7 @@ pairs run alternated: prints the median peaks and times, the median ratio and th
 
     python benchmarks/audit_memory.py                       # resnet50 (3x128x128, 4 x 8) and gpt2 (12 layers)
     python benchmarks/audit_memory.py --models llama1b      # a ~1 B-parameter decoder from a Llama config
+    python benchmarks/audit_memory.py --models vit_b_16     # torchvision's ViT-B/16, 4 x 4 x 3 x 224 x 224
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from _measure import proc_status_bytes
 from torch.nn import functional as F
 
-MODELS = ("resnet50", "gpt2", "llama1b")
+MODELS = ("resnet50", "gpt2", "llama1b", "vit_b_16")
 
 
 def build(name: str) -> tuple[torch.nn.Module, list[torch.Tensor], int]:
@@ -41,6 +42,11 @@ def build(name: str) -> tuple[torch.nn.Module, list[torch.Tensor], int]:
 
         return torchvision.models.resnet50(weights=None), [torch.randn(8, 3, 128, 128, generator=g)
                                                             for _ in range(4)], 1000
+    if name == "vit_b_16":
+        import torchvision
+
+        return torchvision.models.vit_b_16(weights=None), [torch.randn(4, 3, 224, 224, generator=g)
+                                                           for _ in range(4)], 1000
     import transformers
 
     if name == "gpt2":
