@@ -5,19 +5,25 @@ the classifier and the last layer of every residual branch start at zero: at ste
 a gradient, and the branches get theirs from step 2, once the classifier has moved. A zero convolution that
 feeds a trainable block whose output passes another zero convolution (an adapter on a frozen trunk) is the
 same pattern. Each zero in such a chain learns one step after the zero that shadows it, so the look-ahead
-takes as many plain SGD steps, on a copy of the model and the first batch, as there are zero parameters still
-waiting (at most :data:`MAX_STEPS`); every weight zero stays zero whatever the number of steps.
+takes as many plain SGD steps on the first batch as there are zero parameters still waiting (at most
+:data:`MAX_STEPS`); every weight zero stays zero whatever the number of steps.
+
+Only the zeros step. A gradient that is exactly zero at step 1 is zero because a zero stands between the
+parameter and the loss (a product with a zero weight, scale or input), and steps of the parameters that are
+not zero cannot make that zero non-zero; the zeros' own steps can. So the parameters that are not zero are
+held (``requires_grad`` off: no gradient buffers for them, gradients still flow through them), the model
+steps in place, and only the zeros, the buffers (running statistics) and the flags are saved and restored:
+no copy of the model, whose parameters, gradients and activations would come on top of the audit's.
 
 Near-zero parameters (a layer scale of 1e-6) are zeros too (:func:`~initdiag.recording.snapshots.near_zero`);
 :func:`zero_shadow` finds the layers whose input varies over the batch only through them.
 
-Not a statistical test: exact zeros of gradients. The copy leaves the model, its buffers and the random state
-(dropout) as they were.
+Not a statistical test: exact zeros of gradients. The model, its buffers, its parameters' gradients and
+``requires_grad`` flags and the random state (dropout) are as they were after.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -33,7 +39,7 @@ MAX_STEPS = 4
 """Steps looked ahead after the first: a chain of up to 5 zeros, one step each."""
 
 LR = 0.01
-"""Plain SGD's learning rate on the copy: only whether a gradient becomes non-zero matters, not how far a
+"""Plain SGD's learning rate of the zeros' steps: only whether a gradient becomes non-zero matters, not how far a
 step goes, so it is small enough to keep every model finite."""
 
 
@@ -43,32 +49,46 @@ def later_learners(model: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor
     the step (2 to ``MAX_STEPS + 1``) at which each first gets a finite non-zero gradient, and the gradients
     (:func:`~initdiag.recording.snapshots.snapshot_grads` of the weight-layer modules ``names``) of the modules
     that own one, at that step. ``loss_of(m)`` runs the first batch through ``m`` and returns its loss. Takes
-    plain SGD steps at :data:`LR` on a deep copy (in place, values restored after, for a model that cannot be
-    copied); parameters still waiting after ``MAX_STEPS`` are left out."""
+    plain SGD steps at :data:`LR` of the zero parameters only (``zero``'s and every all-zero bias or vector), in
+    place, everything restored after; parameters still waiting after ``MAX_STEPS`` are left out."""
     waiting = {name for name, learns in zero.items() if not learns}
     if not waiting:
         return {}, {}
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    moving = {n for n in zero if n in params} | {
+        n for n, p in params.items() if p.dim() <= 1 and p.is_floating_point() and not bool(p.detach().any())}
+    owners = {name.rpartition(".")[0] for name in waiting} & set(names)
+    graded = moving | {f"{m}.{n}" if m else n for m in owners if m in modules
+                       for n, _ in modules[m].named_parameters(recurse=False)}
+    flags = [(p, p.requires_grad, p.grad) for p in params.values()]
+    saved = [(params[n], params[n].detach().clone()) for n in moving]
+    buffers = [(m, n, b, b.detach().clone()) for m in model.modules() for n, b in m._buffers.items()
+               if b is not None]
     try:
-        work, saved = copy.deepcopy(model), []
-    except Exception:  # a model that cannot be copied steps in place and gets its values back
-        work, saved = model, [(t, t.detach().clone()) for t in (*model.parameters(), *model.buffers())]
-    try:
-        return _steps(work, loss_of, waiting, names, transposed)
+        for n, p in params.items():
+            p.grad = None
+            p.requires_grad_(p.requires_grad and n in graded)
+        return _steps(model, {n: params[n] for n in moving}, loss_of, waiting, names, transposed)
     finally:
-        work.zero_grad(set_to_none=True)
         with torch.no_grad():
-            for tensor, value in saved:
-                tensor.copy_(value)
+            for p, value in saved:
+                p.copy_(value)
+            for m, n, b, value in buffers:
+                m._buffers[n] = b
+                b.copy_(value)
+        for p, req, grad in flags:
+            p.requires_grad_(req)
+            p.grad = grad
 
 
-def _steps(work: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor], waiting: set[str], names: Collection[str],
-           transposed: Collection[str]) -> tuple[dict[str, int], Weights]:
-    """The SGD steps of :func:`later_learners` on ``work`` (changed in place)."""
-    params = dict(work.named_parameters())
+def _steps(work: nn.Module, moving: Mapping[str, nn.Parameter], loss_of: Callable[[nn.Module], torch.Tensor],
+           waiting: set[str], names: Collection[str], transposed: Collection[str]) -> tuple[dict[str, int], Weights]:
+    """The SGD steps of :func:`later_learners` of the parameters ``moving`` of ``work`` (changed in place)."""
     owners = {name.rpartition(".")[0] for name in waiting}
     started: dict[str, int] = {}
     grads: dict[str, tuple] = {}
-    devices = [p.device.index or 0 for p in params.values() if p.is_cuda][:1]
+    devices = [p.device.index or 0 for p in moving.values() if p.is_cuda][:1]
     with torch.random.fork_rng(devices=devices), torch.enable_grad():
         for step in range(1, MAX_STEPS + 2):
             work.zero_grad(set_to_none=True)
@@ -77,7 +97,7 @@ def _steps(work: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor], waitin
                 break
             loss.backward()
             if step > 1:
-                now = {name for name in waiting if name in params and leaves_zero(params[name])}
+                now = {name for name in waiting if name in moving and leaves_zero(moving[name])}
                 for name in now:
                     started[name] = step
                 owned = {name.rpartition(".")[0] for name in now} & owners & set(names)
@@ -86,7 +106,7 @@ def _steps(work: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor], waitin
             if not waiting:
                 break
             with torch.no_grad():
-                for p in params.values():
+                for p in moving.values():
                     if p.grad is not None and bool(torch.isfinite(p.grad).all()):
                         p.add_(p.grad, alpha=-LR)
     return started, grads
