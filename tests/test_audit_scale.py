@@ -96,3 +96,70 @@ def test_a_keep_audit_leaves_the_models_tensors_where_they_were() -> None:
     assert [p.data_ptr() for p in model.parameters()] == pointers  # audited in place: no copy swapped in
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.grad is None for p in model.parameters())
+
+
+class _ZeroChain(nn.Module):
+    """A class token and the last layer of a residual branch that learn only once the zero head has moved
+    (step 2), beside BatchNorm's running statistics and a frozen layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.frozen = nn.Linear(6, 8), nn.Linear(8, 8)
+        self.frozen.requires_grad_(False)
+        self.cls = nn.Parameter(torch.zeros(8))
+        self.b1, self.b2, self.norm = nn.Linear(8, 8), nn.Linear(8, 8), nn.BatchNorm1d(8)
+        self.head = nn.Linear(8, 3)
+        for p in (self.b2.weight, self.head.weight, self.head.bias):
+            nn.init.zeros_(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.frozen(self.embed(x)) + self.cls
+        return self.head(self.norm(h + self.b2(torch.relu(self.b1(h)))))
+
+
+def _sgd_reference(model: nn.Module, x: torch.Tensor, waiting: set[str]) -> dict[str, int]:
+    """When each waiting zero first gets a non-zero gradient under plain SGD of every parameter, on a copy."""
+    import copy
+
+    work, started = copy.deepcopy(model), {}
+    params = dict(work.named_parameters())
+    for step in range(1, 6):
+        work.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(work(x), torch.arange(len(x)) % 3).backward()
+        started.update({n: step for n in waiting - set(started) if params[n].grad is not None
+                        and bool(params[n].grad.any())})
+        with torch.no_grad():
+            for p in params.values():
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-0.01)
+    return started
+
+
+def test_the_look_ahead_steps_the_zeros_in_place_as_sgd_of_every_parameter_finds_and_restores_all(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    from initdiag.recording.lookahead import later_learners
+
+    torch.manual_seed(0)
+    model, x = _ZeroChain(), torch.randn(8, 6)
+    sentinel = torch.ones(8)
+    model.b1.weight.grad = sentinel.expand(8, 8).clone()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    zero = {"cls": False, "b2.weight": False, "head.weight": True}
+    expected = _sgd_reference(model, x, {"cls", "b2.weight"})
+    assert expected == {"cls": 2, "b2.weight": 2}  # the theory's chain: one step after the zero head
+
+    def no_copy(*_: object) -> None:
+        raise AssertionError("the look-ahead copied the model")
+
+    monkeypatch.setattr(copy, "deepcopy", no_copy)
+    loss_of = lambda m: nn.functional.cross_entropy(m(x), torch.arange(len(x)) % 3)  # noqa: E731
+    started, grads = later_learners(model, loss_of, zero, {"b1", "b2", "head", "embed"})
+    assert started == expected
+    assert set(grads) == {"b2"} and np.abs(grads["b2"][0]).sum() > 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # running stats included
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert model.b1.weight.grad is not None and torch.equal(model.b1.weight.grad, sentinel.expand(8, 8))
+    assert model.head.weight.grad is None

@@ -542,3 +542,21 @@ def test_activations_are_freed_with_the_graph() -> None:
     finally:
         gc.enable()
     assert len(rec.frame()) > 0
+
+
+def test_passes_while_paused_are_no_steps_and_record_nothing() -> None:
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    x = torch.randn(5, 4)
+    with Recorder(model, every=1) as rec:
+        model(x).sum().backward()
+        with rec.paused():
+            for _ in range(3):
+                model(x).sum().backward()
+        model(x).sum().backward()
+    frame = rec.frame()
+    assert rec.step == 1 and sorted(frame["step"].unique()) == [0, 1]
+    alone = Recorder(model, every=1)
+    with alone:
+        for _ in range(2):
+            model(x).sum().backward()
+    assert len(frame) == len(alone.frame())  # the same rows as two passes with no pause between them

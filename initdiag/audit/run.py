@@ -11,6 +11,7 @@ the batches (:func:`pool_batches`).
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -136,6 +137,8 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
     losses: list[float] = []
     grads: Weights = {}
     zero: dict[str, bool] = {}
+    later: dict[str, int] = {}  # the zeros that learn from a later step (the look-ahead), and their gradients
+    later_grads: Weights = {}
     names: set[str] = set()
     first: Inputs = batches[0]
     gates: tuple[GateStats, ...] = ()
@@ -168,23 +171,28 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
                 names = {la.module_name for la in recorder.layers() if la.role == Role.WEIGHT}
                 zero, first = zero_parameters(work), args
                 sites = extras.result() if extras is not None else {}
-            if i == len(batches) - 1:  # the last batch's: no later forward holds activations beside this copy
+            if i == len(batches) - 1:  # the last batch's: no later forward holds activations beside these views
                 grads = snapshot_grads(work, names, transposed, copy=False)
             work.zero_grad(set_to_none=True)
+            if i == 0 and not all(zero.values()):
+                with recorder.paused():  # before a later batch's gradient views are held: no rows, no steps
+                    loss_of = functools.partial(_first_loss, args, cfg.loss, label_seed)
+                    later, later_grads = later_learners(work, loss_of, zero, names, transposed)
     steps = {name: 1 for name, learns in zero.items() if learns}
-    if not all(zero.values()):  # outside the recorder: the copy's steps are no part of the series
-        later, later_grads = later_learners(
-            work, lambda m: audit_loss(first(m), cfg.loss, torch.Generator().manual_seed(label_seed)), zero, names,
-            transposed)
-        zero.update(dict.fromkeys(later, True))
-        steps.update(later)
-        grads = {**grads, **later_grads}
+    zero.update(dict.fromkeys(later, True))
+    steps.update(later)
+    grads = {**grads, **later_grads}
     params = dict(work.named_parameters())
     near = [p for p, learns in zero.items() if learns and p in params and bool(params[p].detach().any())]
     size = int(first.first.shape[0]) if first.first.dim() else 0
     shadow = dict.fromkeys(zero_shadow(work, first, size, near, names), tuple(near)) if near else {}
     return _Recorded(recorder.frame(), tuple(recorder.layers()), np.asarray(losses, dtype=np.float64), grads, zero,
                      steps, gates, shadow, sites, out_stats)
+
+
+def _first_loss(batch: Inputs, mode: str, label_seed: int, model: nn.Module) -> torch.Tensor:
+    """The first batch's loss through ``model``, its random labels drawn again (the look-ahead's steps)."""
+    return audit_loss(batch(model), mode, torch.Generator().manual_seed(label_seed))
 
 
 DISCOVERY_ROWS = 2

@@ -1,11 +1,10 @@
 """Per-layer statistics recorded with hooks, reduced on the device, collected into one tidy DataFrame.
 
-This is the only module that registers recording hooks. In any training loop (each forward of the model
-with grad enabled is one step; ``rec.epoch = e`` labels the rows)::
+The only module that registers recording hooks. In any training loop (each forward of the model with grad
+enabled is one step; ``rec.epoch = e`` labels the rows)::
 
     with Recorder(model, every=1) as rec:
-        for x, y in batches:
-            loss_fn(model(x), y).backward(); ...
+        for x, y in batches: loss_fn(model(x), y).backward(); ...
     frame = rec.frame()
 
 Recorded for every weight layer (:data:`~initdiag.structure.RECORDED_WEIGHT_TYPES`: Conv/Linear, recurrent,
@@ -97,13 +96,11 @@ class Recorder:
         if every < 1 or flush_every < 1 or grads_at not in ("backward", "optimizer"):
             raise ValueError(f"every and flush_every must be >= 1 and grads_at 'backward' or 'optimizer' (got "
                              f"every={every}, flush_every={flush_every}, grads_at={grads_at!r})")
-        self.grads_at = grads_at
-        self.model, self.every, self.run, self.initializer, self.seed = model, every, run, initializer, seed
-        self.saturation_tol, self.max_per_channel, self.structure = saturation_tol, max_per_channel, structure
-        """The model's structure: given, or discovered during the first forward inside the recorder."""
-        self.epoch, self.step = 0, -1
+        self.grads_at, self.model, self.every, self.run = grads_at, model, every, run
+        self.initializer, self.seed, self.saturation_tol = initializer, seed, saturation_tol
+        self.max_per_channel, self.structure, self.epoch, self.step = max_per_channel, structure, 0, -1
         self._phase: str = Phase.TRAIN
-        self._recording = False
+        self._recording = self._paused = self._act_seen = False
         self._handles: list[RemovableHandle] = []
         self._hooked: set[int] = set()  # id() of the modules with a recording hook
         self._probe: StructureProbe | None = None
@@ -113,7 +110,6 @@ class Recorder:
         self._first_site: dict[int, LayerState] = {}  # id(module) -> the layer of its first call site
         self._calls: dict[int, int] = {}  # id(module) -> calls in this forward
         self._last_weight: LayerState | None = None  # the weight layer that ran last, for its activation
-        self._act_seen = False
         self._last_weight_out: tuple[torch.Size, int] | None = None  # its output's shape and channel dim
         self._weights = StepWeights(updates)  # this step's weights, read after backward; the last step's copies
         self._layouts: dict[tuple[Any, ...], Geometry | None] = {}
@@ -122,7 +118,6 @@ class Recorder:
         self._thin, self.max_steps = Thinning(every, max_steps if sink is None else None), max_steps
         self._functional: dict[str, Activation] = {}  # weight-layer site -> the functional activation it feeds
 
-    # -- attaching ----------------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
         if self._handles:
             raise RuntimeError("Recorder is already active")
@@ -205,7 +200,6 @@ class Recorder:
         """True while hooks are attached."""
         return bool(self._handles)
 
-    # -- steps and probes ----------------------------------------------------------------------------
     def joined_forward(self) -> None:
         """Count the forward now running as a step (a recorder attached inside it missed its root pre-hook)."""
         self._on_root_forward(self.model, ())
@@ -215,7 +209,7 @@ class Recorder:
         self._last_weight = None
         if self._probe is not None and self._probe.seen:
             self._end_discovery()
-        if traced():
+        if traced() or self._paused:
             self._recording = False
             return
         for layer, update, step, epoch in self._weights.updates():
@@ -232,6 +226,15 @@ class Recorder:
             self._weights.reset()
 
     @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forward and backward passes inside the block are no steps and record nothing (an audit's look-ahead)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = self._recording = False
+
+    @contextmanager
     def probe(self, phase: str) -> Iterator[None]:
         """Record the forward passes inside the block under ``phase`` (e.g. "init", "final"): an evaluation
         batch under ``torch.no_grad()``; rows get the current step and epoch; steps are not advanced."""
@@ -245,7 +248,6 @@ class Recorder:
             self._phase = old
             self._recording = False
 
-    # -- hooks ---------------------------------------------------------------------------------------
     def _layer_for(self, module: nn.Module, role: str, call: int, suffix: str) -> LayerState:
         key = (id(module), call, suffix)
         layer = self._by_key.get(key)
@@ -338,9 +340,8 @@ class Recorder:
         return hook
 
     def _hook_gradient(self, layer: LayerState, y: torch.Tensor, cdim: int) -> None:
-        """Record dL/dy as ``layer``'s backward row of this step when the backward pass reaches it: a
-        pre-hook on the node that made ``y`` (the gradient a tensor hook would get), a tensor hook for a
-        leaf."""
+        """Record dL/dy as ``layer``'s backward row of this step when the backward pass reaches it: a pre-hook
+        on the node that made ``y`` (the gradient a tensor hook would get), a tensor hook for a leaf."""
         node = y.grad_fn
         if node is None:
             y.register_hook(functools.partial(self._on_grad, layer, cdim, self.step, self.epoch, 0))
@@ -385,7 +386,6 @@ class Recorder:
         count = reduce(y, cdim, cap, stream.buffer, stream.n, mid, thr, self._layouts)
         stream.commit(self.step if step is None else step, self.epoch if epoch is None else epoch, phase, count)
 
-    # -- collection ----------------------------------------------------------------------------------
     def flush(self) -> None:
         """Copy the buffered rows to the host (one transfer) and empty the device buffers."""
         self._collector.flush()
