@@ -17,7 +17,7 @@ from torch import nn
 
 from ..checks import Verdict, recommended_initializer
 from ..initializers import INITIALIZERS, Target, shape_targets
-from ..recording.moments import TensorMoments, tensor_moments
+from ..recording.tensor_stats import TensorMoments, tensor_moments
 from ..results import LayerWeight
 from ..shapes import shape_fans
 from ..structure import Structure

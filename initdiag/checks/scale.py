@@ -28,7 +28,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..recording.moments import array_moments
+from ..recording.tensor_stats import array_moments
 from ..structure.model import Block
 from ..theory.cmap import expected_ce_loss, output_var_prediction, softmax_entropy_gaussian
 from ..vocab import CheckName, Family, Need, Phase, Signal, Status

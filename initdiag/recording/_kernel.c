@@ -1,4 +1,5 @@
-/* Per-channel moments of a float32 array in memory: a pure function of memory with a C ABI.
+/* Per-channel moments of a float32 array in memory, and one-pass statistics of a whole array: pure functions
+ * of memory with a C ABI.
  *
  * Plain C99, no Python headers: built by setup.py as a shared library and loaded with ctypes by
  * initdiag.recording.moments, whose torch twin moments_torch() is the reference the tests compare it with.
@@ -24,6 +25,16 @@
  *     |s1 - sum x|   <= (n - 1) u sum |x|      |s2 - sum x^2| <= (n - 1) u sum x^2
  * (to first order in u). The counts are exact below 2^53.
  *
+ * int initdiag_abs_stats(x, n, t1, t2, out)
+ *   Reads the n contiguous floats at x and writes 7 doubles at out:
+ *     out[0] = sum x                 out[1] = sum x^2 (as above: exact squares, +inf beyond FLT_MAX)
+ *     out[2] = number of non-zero x  out[3] = smallest non-zero |x| (+inf when none, NaN when any x is NaN)
+ *     out[4] = largest |x| (+inf when any x is not finite)
+ *     out[5], out[6] = number of non-zero x with |x| < t1, |x| < t2, both compared in float (t1, t2 rounded
+ *     to float first: what torch compares a float32 tensor with a Python number in)
+ *   in one pass, LANES interleaved partial results folded in a fixed order. Returns 0, or -1 (nothing
+ *   written) for n < 0 or a null pointer.
+ *
  * Overflow. A channel's sum of squares beyond float32's largest finite value (FLT_MAX, ~3.4e38) is written
  * as +inf: a float32 model's own arithmetic on these values (a norm, a loss) overflows there, and a
  * non-finite statistic is what the divergence check reads as overflow.
@@ -47,7 +58,7 @@
 #define RESTRICT restrict
 #endif
 
-#define INITDIAG_ABI 3 /* bump when the signature or the meaning of out changes */
+#define INITDIAG_ABI 4 /* bump when the signature or the meaning of out changes */
 #define LANES 16       /* interleaved partial sums of contiguous runs: vectorizable, order fixed */
 
 /* body_lanes(x, G, sg, body, a, b, z): the body lanes of one channel's runs (see channel_runs) into the
@@ -221,5 +232,64 @@ INITDIAG_EXPORT int initdiag_moments(const float *x, int64_t G, int64_t C, int64
         if (s2[c] > FLT_MAX) s2[c] = INFINITY;
     }
     out[2 * C + 1] = thr >= 0.0 ? saturated(x, G, C, P, sg, sc, sp, (float) mid, (float) thr) : 0.0;
+    return 0;
+}
+
+/* One value v into lane k of initdiag_abs_stats's partial results. */
+#define ABS_STEP(value, k)                                                                                       \
+    {                                                                                                            \
+        float v = (value), a = fabsf(v);                                                                         \
+        double w = (double) v;                                                                                   \
+        s1[k] += w;                                                                                              \
+        s2[k] += w * w;                                                                                          \
+        nz[k] += v != 0.0f;                                                                                      \
+        nan[k] += v != v;                                                                                        \
+        float m = a > 0.0f ? a : INFINITY; /* NaN: not > 0 */                                                    \
+        lo[k] = m < lo[k] ? m : lo[k];                                                                           \
+        hi[k] = a > hi[k] ? a : hi[k];                                                                           \
+        c1[k] += (a > 0.0f) & (a < f1);                                                                          \
+        c2[k] += (a > 0.0f) & (a < f2);                                                                          \
+    }
+
+INITDIAG_EXPORT int initdiag_abs_stats(const float *RESTRICT x, int64_t n, double t1, double t2, double *out) {
+    if (n < 0 || out == NULL || (x == NULL && n > 0)) {
+        return -1;
+    }
+    const float f1 = (float) t1, f2 = (float) t2;
+    double s1[LANES] = {0}, s2[LANES] = {0};
+    int64_t nz[LANES] = {0}, c1[LANES] = {0}, c2[LANES] = {0}, nan[LANES] = {0};
+    float lo[LANES], hi[LANES];
+    for (int k = 0; k < LANES; k++) {
+        lo[k] = INFINITY;
+        hi[k] = 0.0f;
+    }
+    int64_t body = n - n % LANES;
+    for (int64_t i = 0; i <= n; i += LANES) { /* the body, LANES at a time; then the tail, lane k its k-th */
+        int width = i < body ? LANES : (int) (n - i);
+        if (width == LANES) {
+            for (int k = 0; k < LANES; k++) ABS_STEP(x[i + k], k)
+        } else {
+            for (int k = 0; k < width; k++) ABS_STEP(x[i + k], k)
+        }
+    }
+    for (int half = LANES / 2; half >= 1; half /= 2) {
+        for (int k = 0; k < half; k++) {
+            s1[k] += s1[k + half];
+            s2[k] += s2[k + half];
+            nz[k] += nz[k + half];
+            nan[k] += nan[k + half];
+            c1[k] += c1[k + half];
+            c2[k] += c2[k + half];
+            lo[k] = lo[k + half] < lo[k] ? lo[k + half] : lo[k];
+            hi[k] = hi[k + half] > hi[k] ? hi[k + half] : hi[k];
+        }
+    }
+    out[0] = s1[0];
+    out[1] = s2[0] > FLT_MAX ? INFINITY : s2[0];
+    out[2] = (double) nz[0];
+    out[3] = nan[0] ? NAN : (double) lo[0];
+    out[4] = nan[0] || isinf(hi[0]) ? INFINITY : (double) hi[0];
+    out[5] = (double) c1[0];
+    out[6] = (double) c2[0];
     return 0;
 }

@@ -33,6 +33,7 @@ from ..structure import Structure
 from ..structure.records import collect_tensors
 from ..vocab import Role
 from .sites import channel_dim
+from .tensor_stats import tensor_stats
 
 __all__ = ["FP16_TINY", "LOSS_SCALE", "Extras", "OutputStats", "SiteExtras", "mean_cosine",
            "output_stats"]
@@ -161,30 +162,27 @@ class Extras:
         with torch.no_grad():
             v = self._values.setdefault(site, {})
             yd = y.detach()
-            low, high = torch.aminmax(yd)
-            top = max(abs(float(low)), abs(float(high)))
-            v["max_abs"] = top if math.isfinite(top) else math.inf  # NaN anywhere: not finite
-            v["rms"] = float(torch.linalg.vector_norm(yd)) / math.sqrt(yd.numel())
+            stats = tensor_stats(yd)  # one pass: largest |y| (inf when any is not finite), sum of squares
+            v["max_abs"] = stats.top
+            v["rms"] = math.sqrt(stats.squares / stats.n)
             if yd.dim() >= 2 and yd.shape[0] >= 2:
                 v["cos_samples"] = mean_cosine(yd.reshape(1, yd.shape[0], -1))
             if yd.dim() == 3 and cdim == 2 and yd.shape[1] >= 2:
                 v["cos_tokens"] = mean_cosine(yd)
             if isinstance(x, Tensor) and x.is_floating_point() and x.numel():
-                v["in_sq"] = float(torch.linalg.vector_norm(x.detach())) ** 2 / x.numel()
+                v["in_sq"] = tensor_stats(x).squares / x.numel()
             self._outputs.append((weakref.ref(y), site, cdim, _where(y), _layout(y)))
 
     def backward(self, site: str, g: Tensor) -> None:
         """dL/dy at a site."""
         with torch.no_grad():
             v = self._values.setdefault(site, {})
-            nonzero = int(torch.count_nonzero(g))
-            v["grad_rms"] = float(torch.linalg.vector_norm(g.detach())) / math.sqrt(max(g.numel(), 1))
-            if nonzero:
-                a = g.detach().abs()
-                a.masked_fill_(a == 0, math.inf)  # zeros out of the minimum and the counts below
-                v["grad_min"] = float(a.amin())
-                v["grad_underflow"] = int(torch.count_nonzero(a < FP16_TINY)) / nonzero
-                v["grad_underflow_scaled"] = int(torch.count_nonzero(a < FP16_TINY / LOSS_SCALE)) / nonzero
+            stats = tensor_stats(g, (FP16_TINY, FP16_TINY / LOSS_SCALE))  # one pass (the kernel's, for float32)
+            v["grad_rms"] = math.sqrt(stats.squares / max(stats.n, 1))
+            if stats.nonzero:
+                v["grad_min"] = stats.least
+                v["grad_underflow"] = stats.under[0] / stats.nonzero
+                v["grad_underflow_scaled"] = stats.under[1] / stats.nonzero
 
     def site_of(self, t: Tensor) -> tuple[Tensor, str, int] | None:
         """The site whose output ``t`` is (the same tensor, or a view of all of it: transposed, reshaped) as

@@ -40,21 +40,16 @@ import ctypes
 import importlib.machinery
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-__all__ = ["FIRST_ROWS", "FLOAT32_MAX", "Geometry", "Stream", "TensorMoments", "array_moments", "channel_moments",
-           "channel_view",
-           "kernel_disabled", "kernel_geometry",
-           "kernel_in_use", "kernel_status", "last_samples", "moments_torch", "reduce", "samples_kept",
-           "sum_error_bound", "tensor_moments", "variance_error_bound"]
+__all__ = ["FIRST_ROWS", "FLOAT32_MAX", "Geometry", "Stream", "channel_moments", "channel_view", "kernel_disabled",
+           "kernel_geometry", "kernel_in_use", "kernel_status", "last_samples", "moments_torch", "reduce",
+           "samples_kept", "sum_error_bound", "variance_error_bound"]
 
 BUFFER_BYTES = 1 << 20
 """Upper bound on one stream's buffer; wide layers get fewer rows between flushes."""
@@ -68,42 +63,45 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 UNIT_ROUNDOFF = 2.0**-53
 """``u`` of float64, the accumulation type of both paths."""
 
-_ABI = 3
+_ABI = 4
 """``initdiag_moments_abi()`` of the library this module calls (``INITDIAG_ABI`` in ``_kernel.c``)."""
 
 _Moments = Callable[..., int]
 
 
-def _load_kernel() -> tuple[_Moments | None, str]:
-    """The compiled ``initdiag_moments`` function, or None, and a one-line account of which (run once)."""
+def _load_kernel() -> tuple[_Moments | None, _Moments | None, str]:
+    """The compiled ``initdiag_moments`` and ``initdiag_abs_stats`` functions, or None, and a one-line account
+    of which (run once)."""
     if os.environ.get("INITDIAG_NO_FAST_KERNEL", "") not in ("", "0"):
-        return None, "disabled by INITDIAG_NO_FAST_KERNEL: torch path"
+        return None, None, "disabled by INITDIAG_NO_FAST_KERNEL: torch path"
     here = Path(__file__).resolve().parent
     found = [here / f"_kernel{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
     path = next((p for p in found if p.is_file()), None)
     if path is None:
-        return None, "not built: torch path"
+        return None, None, "not built: torch path"
     try:
         lib = ctypes.CDLL(str(path))
         if not hasattr(lib, "initdiag_moments_abi") or lib.initdiag_moments_abi() != _ABI:
-            return None, f"stale build {path} (reinstall to rebuild): torch path"
-        fn = lib.initdiag_moments
-    except OSError as exc:
-        return None, f"does not load ({exc}): torch path"
+            return None, None, f"stale build {path} (reinstall to rebuild): torch path"
+        fn, stats = lib.initdiag_moments, lib.initdiag_abs_stats
+    except (OSError, AttributeError) as exc:
+        return None, None, f"does not load ({exc}): torch path"
     fn.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 6, ctypes.c_void_p, ctypes.c_double, ctypes.c_double]
-    fn.restype = ctypes.c_int
-    return fn, f"in use ({path})"
+    stats.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_double, ctypes.c_void_p]
+    fn.restype = stats.restype = ctypes.c_int
+    return fn, stats, f"in use ({path})"
 
 
 class _Kernel:
     """The kernel decided at import (``loaded``, ``status``) and whether a :func:`kernel_disabled` block
-    has it off (``active``: the function :func:`reduce` calls, or None)."""
+    has it off (``active``: the function :func:`reduce` calls, or None; ``stats``: the one
+    :func:`~.tensor_stats.tensor_stats` calls, or None)."""
 
-    __slots__ = ("active", "loaded", "status")
+    __slots__ = ("active", "loaded", "stats", "stats_loaded", "status")
 
     def __init__(self) -> None:
-        self.loaded, self.status = _load_kernel()
-        self.active = self.loaded
+        self.loaded, self.stats_loaded, self.status = _load_kernel()
+        self.active, self.stats = self.loaded, self.stats_loaded
 
 
 _KERNEL = _Kernel()
@@ -125,12 +123,12 @@ def kernel_in_use() -> bool:
 def kernel_disabled() -> Iterator[None]:
     """Run the block on the torch path (for comparisons and tests); the previous state comes back on exit,
     also when the block raises. Process-wide, not per thread."""
-    previous = _KERNEL.active
-    _KERNEL.active = None
+    previous = _KERNEL.active, _KERNEL.stats
+    _KERNEL.active = _KERNEL.stats = None
     try:
         yield
     finally:
-        _KERNEL.active = previous
+        _KERNEL.active, _KERNEL.stats = previous
 
 
 def sum_error_bound(n: int, magnitude: float) -> float:
@@ -237,25 +235,32 @@ def channel_view(y: torch.Tensor, cdim: int) -> torch.Tensor:
     return y.reshape(math.prod(shape[:cdim]), shape[cdim], math.prod(shape[cdim + 1:]))
 
 
-def moments_torch(v: torch.Tensor, mid: float = 0.0, thr: float = -1.0) -> torch.Tensor:
+def moments_torch(v: torch.Tensor, mid: float = 0.0, thr: float = -1.0,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """The reference: ``[s1 (C), s2 (C), nonzero, saturated]`` of a ``(G, C, P)`` view, in float64 on its
-    device; ``saturated`` counts ``|v - mid| >= thr`` (0 when ``thr < 0``), in ``v``'s own dtype.
+    device; ``saturated`` counts ``|v - mid| >= thr`` (0 when ``thr < 0``), in ``v``'s own dtype. Written
+    into ``out`` (a contiguous float64 row of ``2C + 2``) when given, which is returned.
 
     The values are widened to float64 before they are squared and summed (exact squares for float32 and
     narrower: the bound in the module docstring; a float64 input adds ``u`` per square). Costs one float64
-    copy of ``v``, squared in place."""
+    copy of ``v``, squared in place; the sums go straight into ``out`` (few operations: on a GPU each is a
+    launch, and the reductions of a step are many small ones)."""
     if not v.is_floating_point():
         v = v.float()
     f64 = torch.float64
+    channels = v.shape[1]
+    row = torch.empty(2 * channels + 2, dtype=f64, device=v.device) if out is None else out
     wide = v.to(f64, copy=True)
-    s1 = wide.sum((0, 2))
-    s2 = wide.square_().sum((0, 2))
+    torch.sum(wide, (0, 2), out=row[:channels])
+    s2 = torch.sum(wide.square_(), (0, 2), out=row[channels:2 * channels])
     if v.dtype != f64:  # beyond float32's range: what a float32 (or narrower) model's own arithmetic overflows
-        s2 = s2.masked_fill_(s2 > FLOAT32_MAX, math.inf)
-    nonzero = (v != 0).sum().reshape(1).to(f64)
-    saturated = ((v - mid).abs() >= thr).sum().reshape(1).to(f64) if thr >= 0 else \
-        torch.zeros(1, dtype=f64, device=v.device)
-    return torch.cat((s1, s2, nonzero, saturated))
+        s2.masked_fill_(s2 > FLOAT32_MAX, math.inf)
+    row[2 * channels].copy_(torch.count_nonzero(v))
+    if thr >= 0:
+        row[2 * channels + 1].copy_(torch.count_nonzero((v - mid).abs_() >= thr))
+    else:
+        row[2 * channels + 1].zero_()
+    return row
 
 
 def reduce(y: torch.Tensor, cdim: int, max_per_channel: int | None, out: torch.Tensor, row: int,
@@ -283,7 +288,11 @@ def reduce(y: torch.Tensor, cdim: int, max_per_channel: int | None, out: torch.T
                 raise ValueError(f"compiled kernel refused geometry {geometry}")  # pragma: no cover
             return count
     v = channel_view(last_samples(y.detach(), cdim, max_per_channel), cdim)
-    out[row].copy_(moments_torch(v, mid, thr))
+    target = out[row]
+    if target.is_contiguous() and target.device == v.device:
+        moments_torch(v, mid, thr, target)
+    else:  # a host buffer for a device tensor
+        target.copy_(moments_torch(v, mid, thr))
     return v.shape[0] * v.shape[2]
 
 
@@ -295,45 +304,6 @@ def channel_moments(y: torch.Tensor, cdim: int) -> tuple[torch.Tensor, torch.Ten
     count = reduce(y, cdim, None, out, 0)
     row = out[0].cpu()
     return row[:channels], row[channels:2 * channels], int(row[2 * channels]), count
-
-
-@dataclass(frozen=True)
-class TensorMoments:
-    """One pass over a whole tensor: ``n`` values, ``mean``, ``mean_sq`` (float64 sums), ``nonzero`` count and
-    the largest ``|value|`` (``top``; inf when any value is not finite)."""
-
-    n: int
-    mean: float
-    mean_sq: float
-    nonzero: int
-    top: float
-
-    @property
-    def var(self) -> float:
-        """``mean_sq - mean^2`` (0 for a constant tensor)."""
-        return 0.0 if self.top == abs(self.mean) else max(self.mean_sq - self.mean**2, 0.0)
-
-
-def tensor_moments(t: torch.Tensor) -> TensorMoments:
-    """:class:`TensorMoments` of ``t``: :func:`channel_moments` over one channel (the compiled kernel where
-    it applies: ~6 ms for 32 M float32 values on one core, against ~170 ms for a float64 copy's) and
-    ``torch.aminmax``."""
-    y = t.detach()
-    n = y.numel()
-    if n == 0:
-        return TensorMoments(0, math.nan, math.nan, 0, 0.0)
-    total, squares, nonzero, _ = channel_moments(y.reshape(-1), -1)
-    low, high = torch.aminmax(y.reshape(-1))
-    top = max(abs(float(low)), abs(float(high)))
-    top = top if math.isfinite(top) else math.inf
-    return TensorMoments(n, float(total[0]) / n, float(squares[0]) / n, nonzero, top)
-
-
-def array_moments(a: np.ndarray) -> TensorMoments:
-    """:func:`tensor_moments` of a numpy array (read-only views of a model's weights included: only read)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torch warns that a read-only array could be written
-        return tensor_moments(torch.from_numpy(np.ascontiguousarray(a) if min(a.strides, default=0) < 0 else a))
 
 
 class Stream:

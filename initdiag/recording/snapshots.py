@@ -12,7 +12,7 @@ from torch import nn
 
 from ..structure import Structure
 from ..structure.layers import WEIGHT_LAYER_TYPES, main_weight
-from .moments import TensorMoments, tensor_moments
+from .tensor_stats import TensorMoments, tensor_moments
 
 __all__ = ["NEAR_ZERO", "Weights", "input_groups", "leaves_zero", "near_zero", "norm_gains",
            "output_rows", "snapshot_grads", "snapshot_weights", "transposed_weights", "weight_moments",
