@@ -32,8 +32,9 @@
  *     out[4] = largest |x| (+inf when any x is not finite)
  *     out[5], out[6] = number of non-zero x with |x| < t1, |x| < t2, both compared in float (t1, t2 rounded
  *     to float first: what torch compares a float32 tensor with a Python number in)
- *   in one pass, LANES interleaved partial results folded in a fixed order. Returns 0, or -1 (nothing
- *   written) for n < 0 or a null pointer.
+ *   out[0..2] are initdiag_moments's of one channel of n values (the same bits); the rest is exact in any
+ *   order (a second read: AVX2 where the CPU has it, else plain C). Returns 0, or -1 (nothing written) for
+ *   n < 0 or a null pointer.
  *
  * Overflow. A channel's sum of squares beyond float32's largest finite value (FLT_MAX, ~3.4e38) is written
  * as +inf: a float32 model's own arithmetic on these values (a norm, a loss) overflows there, and a
@@ -235,61 +236,89 @@ INITDIAG_EXPORT int initdiag_moments(const float *x, int64_t G, int64_t C, int64
     return 0;
 }
 
-/* One value v into lane k of initdiag_abs_stats's partial results. */
-#define ABS_STEP(value, k)                                                                                       \
-    {                                                                                                            \
-        float v = (value), a = fabsf(v);                                                                         \
-        double w = (double) v;                                                                                   \
-        s1[k] += w;                                                                                              \
-        s2[k] += w * w;                                                                                          \
-        nz[k] += v != 0.0f;                                                                                      \
-        nan[k] += v != v;                                                                                        \
-        float m = a > 0.0f ? a : INFINITY; /* NaN: not > 0 */                                                    \
-        lo[k] = m < lo[k] ? m : lo[k];                                                                           \
-        hi[k] = a > hi[k] ? a : hi[k];                                                                           \
-        c1[k] += (a > 0.0f) & (a < f1);                                                                          \
-        c2[k] += (a > 0.0f) & (a < f2);                                                                          \
+/* The magnitude part of initdiag_abs_stats over x[0..n): min non-zero |x| into *lo, max |x| into *hi (NaN
+ * skipped by both), and the counts of NaN and of non-zero |x| below f1 and f2 added to *nan, *c1, *c2.
+ * Exact whatever the order, so the vector and the plain loop agree. */
+static void magnitudes_c(const float *RESTRICT x, int64_t n, float f1, float f2, float *lo, float *hi,
+                         int64_t *nan, int64_t *c1, int64_t *c2) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i], a = fabsf(v);
+        int live = a > 0.0f; /* NaN: not > 0 */
+        if (live && a < *lo) *lo = a;
+        if (a > *hi) *hi = a;
+        *nan += v != v;
+        *c1 += live & (a < f1);
+        *c2 += live & (a < f2);
     }
+}
 
-INITDIAG_EXPORT int initdiag_abs_stats(const float *RESTRICT x, int64_t n, double t1, double t2, double *out) {
+#if defined(AVX2_SUMS)
+#define MAGNITUDE_CHUNK ((int64_t) 1 << 28) /* values per chunk: each int32 lane counts at most 2^25 of them */
+
+__attribute__((target("avx2"))) static int64_t lanes_total(__m256i v) {
+    int32_t lane[8];
+    int64_t total = 0;
+    _mm256_storeu_si256((__m256i *) lane, v);
+    for (int k = 0; k < 8; k++) total += lane[k];
+    return total;
+}
+
+__attribute__((target("avx2"))) static void magnitudes_avx2(const float *x, int64_t n, float f1, float f2,
+                                                            float *lo, float *hi, int64_t *nan, int64_t *c1,
+                                                            int64_t *c2) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps(), inf = _mm256_set1_ps(INFINITY);
+    const __m256 t1 = _mm256_set1_ps(f1), t2 = _mm256_set1_ps(f2);
+    __m256 vlo = inf, vhi = zero;
+    int64_t body = n - n % 8;
+    for (int64_t start = 0; start < body; start += MAGNITUDE_CHUNK) {
+        int64_t end = body - start > MAGNITUDE_CHUNK ? start + MAGNITUDE_CHUNK : body;
+        __m256i vn = _mm256_setzero_si256(), v1 = vn, v2 = vn;
+        for (int64_t i = start; i < end; i += 8) {
+            __m256 v = _mm256_loadu_ps(x + i), a = _mm256_andnot_ps(sign, v);
+            __m256 live = _mm256_cmp_ps(a, zero, _CMP_GT_OQ);
+            vlo = _mm256_min_ps(_mm256_blendv_ps(inf, a, live), vlo);
+            vhi = _mm256_max_ps(a, vhi); /* a NaN: the second operand, vhi, is kept */
+            vn = _mm256_sub_epi32(vn, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+            v1 = _mm256_sub_epi32(v1, _mm256_castps_si256(_mm256_and_ps(live, _mm256_cmp_ps(a, t1, _CMP_LT_OQ))));
+            v2 = _mm256_sub_epi32(v2, _mm256_castps_si256(_mm256_and_ps(live, _mm256_cmp_ps(a, t2, _CMP_LT_OQ))));
+        }
+        *nan += lanes_total(vn);
+        *c1 += lanes_total(v1);
+        *c2 += lanes_total(v2);
+    }
+    float lane_lo[8], lane_hi[8];
+    _mm256_storeu_ps(lane_lo, vlo);
+    _mm256_storeu_ps(lane_hi, vhi);
+    for (int k = 0; k < 8; k++) {
+        if (lane_lo[k] < *lo) *lo = lane_lo[k];
+        if (lane_hi[k] > *hi) *hi = lane_hi[k];
+    }
+    magnitudes_c(x + body, n - body, f1, f2, lo, hi, nan, c1, c2);
+}
+#endif
+
+INITDIAG_EXPORT int initdiag_abs_stats(const float *x, int64_t n, double t1, double t2, double *out) {
     if (n < 0 || out == NULL || (x == NULL && n > 0)) {
         return -1;
     }
-    const float f1 = (float) t1, f2 = (float) t2;
-    double s1[LANES] = {0}, s2[LANES] = {0};
-    int64_t nz[LANES] = {0}, c1[LANES] = {0}, c2[LANES] = {0}, nan[LANES] = {0};
-    float lo[LANES], hi[LANES];
-    for (int k = 0; k < LANES; k++) {
-        lo[k] = INFINITY;
-        hi[k] = 0.0f;
+    double s1 = 0.0, s2 = 0.0, nz = 0.0;
+    float lo = INFINITY, hi = 0.0f;
+    int64_t nan = 0, c1 = 0, c2 = 0;
+    if (n > 0) {
+        channel_runs(x, 1, 0, n, &s1, &s2, &nz); /* one run of n values: the moments' own sums, bit for bit */
+#if defined(AVX2_SUMS)
+        (__builtin_cpu_supports("avx2") ? magnitudes_avx2 : magnitudes_c)(x, n, (float) t1, (float) t2, &lo, &hi,
+                                                                           &nan, &c1, &c2);
+#else
+        magnitudes_c(x, n, (float) t1, (float) t2, &lo, &hi, &nan, &c1, &c2);
+#endif
     }
-    int64_t body = n - n % LANES;
-    for (int64_t i = 0; i <= n; i += LANES) { /* the body, LANES at a time; then the tail, lane k its k-th */
-        int width = i < body ? LANES : (int) (n - i);
-        if (width == LANES) {
-            for (int k = 0; k < LANES; k++) ABS_STEP(x[i + k], k)
-        } else {
-            for (int k = 0; k < width; k++) ABS_STEP(x[i + k], k)
-        }
-    }
-    for (int half = LANES / 2; half >= 1; half /= 2) {
-        for (int k = 0; k < half; k++) {
-            s1[k] += s1[k + half];
-            s2[k] += s2[k + half];
-            nz[k] += nz[k + half];
-            nan[k] += nan[k + half];
-            c1[k] += c1[k + half];
-            c2[k] += c2[k + half];
-            lo[k] = lo[k + half] < lo[k] ? lo[k + half] : lo[k];
-            hi[k] = hi[k + half] > hi[k] ? hi[k + half] : hi[k];
-        }
-    }
-    out[0] = s1[0];
-    out[1] = s2[0] > FLT_MAX ? INFINITY : s2[0];
-    out[2] = (double) nz[0];
-    out[3] = nan[0] ? NAN : (double) lo[0];
-    out[4] = nan[0] || isinf(hi[0]) ? INFINITY : (double) hi[0];
-    out[5] = (double) c1[0];
-    out[6] = (double) c2[0];
+    out[0] = s1;
+    out[1] = s2 > FLT_MAX ? INFINITY : s2;
+    out[2] = nz;
+    out[3] = nan ? NAN : (double) lo;
+    out[4] = nan || isinf(hi) ? INFINITY : (double) hi;
+    out[5] = (double) c1;
+    out[6] = (double) c2;
     return 0;
 }

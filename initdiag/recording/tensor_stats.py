@@ -2,8 +2,9 @@
 and how many non-zero values fall below two thresholds.
 
 One call of the compiled kernel's ``initdiag_abs_stats`` (``_kernel.c``) for a float32 CPU tensor that fills
-one block of memory (contiguous, channels-last, transposed, ...), which reads each value once (~3 ms for 2 M
-values on one core); torch operations (the reference, for any dtype and device) otherwise, a handful of
+one block of memory (contiguous, channels-last, transposed, ...): two vectorized reads of each value, the
+sums then the magnitudes (~0.6 ms for 2 M values on one core, against ~5 ms for the torch passes of the
+same); torch operations (the reference, for any dtype and device) otherwise, a handful of
 passes. Both give the same counts and extremes exactly and the same sums within the bound of
 :mod:`~.moments` (float64 sums of exact float64 squares; a float32 or narrower tensor's sum of squares
 beyond :data:`~.moments.FLOAT32_MAX` is inf). The thresholds are compared in the tensor's own dtype (as

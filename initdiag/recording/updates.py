@@ -5,7 +5,7 @@ backward pass has accumulated every ``.grad``, the recorder reduces each weight 
 updates are recorded, keeps a copy of the weight (:meth:`StepWeights.take`). At the model's next forward,
 whatever ran in between (the optimizer's step, in any loop), the change ``W_{t+1} - W_t`` is the update of
 step ``t`` (:meth:`StepWeights.updates`): one copy of the recorded weights per recorded step, on their
-device, and one subtraction, with no host sync.
+device, and one subtraction into that copy, with no host sync.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class StepWeights:
         with torch.no_grad():
             for layer, weight, before in copies:
                 if weight.shape == before.shape:
-                    yield layer, weight.detach() - before, step, epoch
+                    yield layer, torch.sub(weight.detach(), before, out=before), step, epoch  # into the copy
 
     def clear(self) -> None:
         self.reset()
