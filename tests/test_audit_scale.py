@@ -164,3 +164,21 @@ def test_the_look_ahead_steps_the_zeros_in_place_as_sgd_of_every_parameter_finds
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert model.b1.weight.grad is not None and torch.equal(model.b1.weight.grad, sentinel.expand(8, 8))
     assert model.head.weight.grad is None
+
+
+def test_the_look_ahead_takes_its_first_step_from_the_callers_gradients() -> None:
+    from initdiag.recording.lookahead import later_learners
+
+    torch.manual_seed(0)
+    model, x = _ZeroChain(), torch.randn(8, 6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = _sgd_reference(model, x, {"cls", "b2.weight"})
+    loss_of = lambda m: nn.functional.cross_entropy(m(x), torch.arange(len(x)) % 3)  # noqa: E731
+    model.norm.eval()  # the caller's pass of the first batch (running statistics as the look-ahead leaves them)
+    loss_of(model).backward()
+    model.norm.train()
+    started, _ = later_learners(model, loss_of, {"cls": False, "b2.weight": False, "head.weight": True},
+                                {"b1", "b2", "head", "embed"}, first_grads=True)
+    assert started == expected
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(p.grad is None for p in model.parameters())  # consumed, not held beside the look-ahead

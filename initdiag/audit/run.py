@@ -173,11 +173,11 @@ def _record(work: nn.Module, label: str, batches: Sequence[Inputs], cfg: AuditCo
                 sites = extras.result() if extras is not None else {}
             if i == len(batches) - 1:  # the last batch's: no later forward holds activations beside these views
                 grads = snapshot_grads(work, names, transposed, copy=False)
-            work.zero_grad(set_to_none=True)
             if i == 0 and not all(zero.values()):
                 with recorder.paused():  # before a later batch's gradient views are held: no rows, no steps
                     loss_of = functools.partial(_first_loss, args, cfg.loss, label_seed)
-                    later, later_grads = later_learners(work, loss_of, zero, names, transposed)
+                    later, later_grads = later_learners(work, loss_of, zero, names, transposed, first_grads=True)
+            work.zero_grad(set_to_none=True)
     steps = {name: 1 for name, learns in zero.items() if learns}
     zero.update(dict.fromkeys(later, True))
     steps.update(later)

@@ -24,7 +24,7 @@ Not a statistical test: exact zeros of gradients. The model, its buffers, its pa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -44,13 +44,17 @@ step goes, so it is small enough to keep every model finite."""
 
 
 def later_learners(model: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor], zero: Mapping[str, bool],
-                   names: Collection[str], transposed: Collection[str] = ()) -> tuple[dict[str, int], Weights]:
+                   names: Collection[str], transposed: Collection[str] = (),
+                   first_grads: bool = False) -> tuple[dict[str, int], Weights]:
     """For the zero parameters of ``zero`` (name -> gets a gradient at step 1) that do not learn at step 1:
     the step (2 to ``MAX_STEPS + 1``) at which each first gets a finite non-zero gradient, and the gradients
     (:func:`~initdiag.recording.snapshots.snapshot_grads` of the weight-layer modules ``names``) of the modules
     that own one, at that step. ``loss_of(m)`` runs the first batch through ``m`` and returns its loss. Takes
     plain SGD steps at :data:`LR` of the zero parameters only (``zero``'s and every all-zero bias or vector), in
-    place, everything restored after; parameters still waiting after ``MAX_STEPS`` are left out."""
+    place, everything restored after; parameters still waiting after ``MAX_STEPS`` are left out.
+    ``first_grads``: the parameters' ``.grad`` already hold the first batch's gradients (the caller's own
+    backward of it), so the first step is taken from them, without a forward and backward of its own, and they
+    are dropped (``None`` after: not held beside the look-ahead's own passes)."""
     waiting = {name for name, learns in zero.items() if not learns}
     if not waiting:
         return {}, {}
@@ -61,15 +65,18 @@ def later_learners(model: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor
     owners = {name.rpartition(".")[0] for name in waiting} & set(names)
     graded = moving | {f"{m}.{n}" if m else n for m in owners if m in modules
                        for n, _ in modules[m].named_parameters(recurse=False)}
-    flags = [(p, p.requires_grad, p.grad) for p in params.values()]
+    flags = [(p, p.requires_grad, None if first_grads else p.grad) for p in params.values()]  # grads: consumed
     saved = [(params[n], params[n].detach().clone()) for n in moving]
     buffers = [(m, n, b, b.detach().clone()) for m in model.modules() for n, b in m._buffers.items()
                if b is not None]
     try:
+        if first_grads:
+            _sgd(params[n] for n in moving)
         for n, p in params.items():
             p.grad = None
             p.requires_grad_(p.requires_grad and n in graded)
-        return _steps(model, {n: params[n] for n in moving}, loss_of, waiting, names, transposed)
+        return _steps(model, {n: params[n] for n in moving}, loss_of, waiting, names, transposed,
+                      2 if first_grads else 1)
     finally:
         with torch.no_grad():
             for p, value in saved:
@@ -82,15 +89,25 @@ def later_learners(model: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor
             p.grad = grad
 
 
+def _sgd(params: Iterable[torch.Tensor]) -> None:
+    """One plain SGD step at :data:`LR` of each parameter with a finite gradient."""
+    with torch.no_grad():
+        for p in params:
+            if p.grad is not None and bool(torch.isfinite(p.grad).all()):
+                p.add_(p.grad, alpha=-LR)
+
+
 def _steps(work: nn.Module, moving: Mapping[str, nn.Parameter], loss_of: Callable[[nn.Module], torch.Tensor],
-           waiting: set[str], names: Collection[str], transposed: Collection[str]) -> tuple[dict[str, int], Weights]:
-    """The SGD steps of :func:`later_learners` of the parameters ``moving`` of ``work`` (changed in place)."""
+           waiting: set[str], names: Collection[str], transposed: Collection[str],
+           first: int) -> tuple[dict[str, int], Weights]:
+    """The SGD steps of :func:`later_learners` of the parameters ``moving`` of ``work`` (changed in place),
+    from step ``first`` (2: the first step taken already)."""
     owners = {name.rpartition(".")[0] for name in waiting}
     started: dict[str, int] = {}
     grads: dict[str, tuple] = {}
     devices = [p.device.index or 0 for p in moving.values() if p.is_cuda][:1]
     with torch.random.fork_rng(devices=devices), torch.enable_grad():
-        for step in range(1, MAX_STEPS + 2):
+        for step in range(first, MAX_STEPS + 2):
             work.zero_grad(set_to_none=True)
             loss = loss_of(work)
             if not loss.requires_grad or not torch.isfinite(loss):
@@ -105,10 +122,7 @@ def _steps(work: nn.Module, moving: Mapping[str, nn.Parameter], loss_of: Callabl
                 waiting -= now
             if not waiting:
                 break
-            with torch.no_grad():
-                for p in moving.values():
-                    if p.grad is not None and bool(torch.isfinite(p.grad).all()):
-                        p.add_(p.grad, alpha=-LR)
+            _sgd(moving.values())
     return started, grads
 
 
