@@ -97,11 +97,11 @@ class _Kernel:
     has it off (``active``: the function :func:`reduce` calls, or None; ``stats``: the one
     :func:`~.tensor_stats.tensor_stats` calls, or None)."""
 
-    __slots__ = ("active", "loaded", "stats", "stats_loaded", "status")
+    __slots__ = ("active", "loaded", "stats", "status")
 
     def __init__(self) -> None:
-        self.loaded, self.stats_loaded, self.status = _load_kernel()
-        self.active, self.stats = self.loaded, self.stats_loaded
+        self.loaded, self.stats, self.status = _load_kernel()
+        self.active = self.loaded
 
 
 _KERNEL = _Kernel()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .moments import _KERNEL, FLOAT32_MAX, _dense_size
+from .moments import _KERNEL, _dense_size, moments_torch
 
 __all__ = ["TensorMoments", "TensorStats", "array_moments", "tensor_moments", "tensor_stats"]
 
@@ -64,16 +64,13 @@ def _stats_torch(y: torch.Tensor, n: int, below: tuple[float, float]) -> TensorS
         return TensorStats(0, 0.0, 0.0, 0, math.inf, 0.0, (0, 0))
     if not y.is_floating_point():
         y = y.float()
-    wide = y.to(torch.float64)
-    squares = wide.square().sum()
-    if y.dtype != torch.float64:
-        squares = squares.masked_fill(squares > FLOAT32_MAX, math.inf)
+    sums = moments_torch(y.reshape(1, 1, -1))[:3]  # sum, sum of squares, non-zero count: the moments' reference
     a = y.abs()
     live = a > 0
     least = torch.where(live, a, torch.full((), math.inf, dtype=a.dtype, device=a.device)).amin()
-    values = torch.stack([wide.sum(), squares, live.sum().double() + torch.isnan(a).sum().double(),
-                          torch.isnan(a).any().double(), least.double(), a.amax().double(),
-                          (live & (a < below[0])).sum().double(), (live & (a < below[1])).sum().double()]).tolist()
+    rest = torch.stack([torch.isnan(a).any().double(), least.double(), a.amax().double(),
+                        (live & (a < below[0])).sum().double(), (live & (a < below[1])).sum().double()])
+    values = torch.cat((sums, rest)).tolist()
     total, sq, nonzero, nan, low, high, u1, u2 = values
     return TensorStats(n, total, sq, int(nonzero), math.nan if nan else low,
                        high if math.isfinite(high) else math.inf, (int(u1), int(u2)))
