@@ -55,11 +55,11 @@ def build(name: str) -> tuple[torch.nn.Module, list[torch.Tensor], int]:
         vocab = config.vocab_size
         return model, [torch.randint(0, vocab, (4, 128), generator=g) for _ in range(4)], vocab
     if name == "llama1b":
-        config = transformers.LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
-                                          num_attention_heads=32, num_key_value_heads=8, vocab_size=32000)
-        model = transformers.LlamaForCausalLM(config)
-        return model, [torch.randint(0, config.vocab_size, (2, 32), generator=g) for _ in range(2)], \
-            config.vocab_size
+        llama = transformers.LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
+                                         num_attention_heads=32, num_key_value_heads=8, vocab_size=32000)
+        model = transformers.LlamaForCausalLM(llama)
+        return model, [torch.randint(0, llama.vocab_size, (2, 32), generator=g) for _ in range(2)], \
+            llama.vocab_size
     raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 

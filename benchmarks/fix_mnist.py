@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import stats
+from torch import nn
 
 import initdiag
 from initdiag.data import load_mnist
@@ -56,7 +57,7 @@ def main() -> None:
         default = deep_mlp(args.depth, args.width, "relu")
         he = copy.deepcopy(default)
         apply_initializer(he, InitSpec.parse("he"), seed)
-        models = {"pytorch-default": default, "he": he}
+        models: dict[str, nn.Module] = {"pytorch-default": default, "he": he}
         for method in ("theory", "lsuv"):
             start = time.perf_counter()
             result = initdiag.fix(default, inputs="mnist", input_shape=(1, 28, 28), data_dir=args.data_dir,

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from _measure import interval
+from torch import nn
 from torch.nn import functional as F
 
 from initdiag import Recorder
@@ -81,7 +82,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_mnist(dataset="mnist-sample")
-    model = seed_cnn()
+    model: nn.Module = seed_cnn()
     apply_initializer(model, InitSpec("he"), seed=0)
     model = prepare_model(model, device, channels_last=args.channels_last)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)

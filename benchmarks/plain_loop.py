@@ -47,7 +47,8 @@ def main() -> None:
             for m in model.modules():
                 if isinstance(m, (nn.Conv2d, nn.Linear)):
                     init(m.weight, g)
-                    nn.init.zeros_(m.bias)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
         fmt = torch.channels_last if args.channels_last else torch.contiguous_format
         model.to(memory_format=fmt)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
