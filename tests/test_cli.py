@@ -114,3 +114,25 @@ def test_missing_data_dir_names_the_file(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["report", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "train-images-idx3-ubyte" in err and "Traceback" not in err
+
+
+def test_console_script_runs_main_then_freezes_what_is_alive(tmp_path: Path) -> None:
+    """The installed ``initdiag`` script and ``python -m initdiag`` go through :func:`initdiag.cli.run`: main's
+    exit code, the objects alive at the end frozen (the shutdown's garbage collections skip them); ``main``
+    called in a process that goes on freezes nothing."""
+    import subprocess
+    import sys
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"initdiag": "initdiag.cli:run"}
+    probe = ("import gc, sys; from initdiag.cli import {f}; code = {f}(); "
+             "print(code, gc.get_freeze_count() > 0, file=sys.stderr)")
+    for f, frozen in (("run", "True"), ("main", "False")):
+        done = subprocess.run([sys.executable, "-c", probe.format(f=f), "report", "--epochs", "x"],
+                              capture_output=True, text=True, cwd=tmp_path, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.strip().splitlines()[-1] == f"2 {frozen}", done.stderr
+    module = subprocess.run([sys.executable, "-m", "initdiag", "report", "--epochs", "x"], capture_output=True,
+                            text=True, cwd=tmp_path, check=False)
+    assert module.returncode == 2 and "--epochs" in module.stderr
