@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -51,25 +52,39 @@ def conv_flops(batch: int) -> float:
     return 2.0 * batch * (sum(forward) + sum(forward) + sum(forward[1:]))
 
 
-def step_profile(x: torch.Tensor, y: torch.Tensor, steps: int) -> tuple[float, dict[str, float]]:
-    """Median ms per training step, and self CPU ms per step by category (torch.profiler)."""
+def make_step(x: torch.Tensor, y: torch.Tensor, compile_model: bool = False) -> Callable[[int], None]:
+    """One training step of a fresh seed CNN on batch ``i`` of ``(x, y)``, as a worker takes it (channels-last,
+    Adam, batch 64); ``compile_model``: through ``torch.compile(model)``."""
     model = prepare_model(seed_cnn(), "cpu")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    forward = torch.compile(model) if compile_model else model
 
     def step(i: int) -> None:
         lo = (i * 64) % (len(x) - 64)
         xb = x[lo:lo + 64].contiguous(memory_format=torch.channels_last)
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(xb), y[lo:lo + 64]).backward()
+        F.cross_entropy(forward(xb), y[lo:lo + 64]).backward()
         opt.step()
 
-    for i in range(30):
+    return step
+
+
+def median_ms(step: Callable[[int], None], steps: int, warmup: int = 30) -> float:
+    """Median wall milliseconds of ``step`` over ``steps`` calls after ``warmup`` untimed ones."""
+    for i in range(warmup):
         step(i)
     times = []
     for i in range(steps):
         start = time.perf_counter()
         step(i)
         times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def step_profile(x: torch.Tensor, y: torch.Tensor, steps: int) -> tuple[float, dict[str, float]]:
+    """Median ms per training step, and self CPU ms per step by category (torch.profiler)."""
+    step = make_step(x, y)
+    step_ms = median_ms(step, steps)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -82,28 +97,16 @@ def step_profile(x: torch.Tensor, y: torch.Tensor, steps: int) -> tuple[float, d
         total += ms
         name = next((c for c, keys in CATEGORIES.items() if any(k in event.key for k in keys)), "everything else")
         parts[name] += ms
-    return statistics.median(times) * 1e3, {k: v * statistics.median(times) * 1e3 / total for k, v in parts.items()}
+    return step_ms, {k: v * step_ms / total for k, v in parts.items()}
 
 
 def compiled_step(x: torch.Tensor, y: torch.Tensor, steps: int) -> tuple[float, float]:
     """(seconds to the end of the first compiled step, median ms per compiled step)."""
-    model = prepare_model(seed_cnn(), "cpu")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     start = time.perf_counter()
-    compiled = torch.compile(model)
-    times = []
-    for i in range(30 + steps):
-        lo = (i * 64) % (len(x) - 64)
-        t = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(compiled(x[lo:lo + 64].contiguous(memory_format=torch.channels_last)),
-                        y[lo:lo + 64]).backward()
-        opt.step()
-        if i == 0:
-            first = time.perf_counter() - start
-        if i >= 30:
-            times.append(time.perf_counter() - t)
-    return first, statistics.median(times) * 1e3
+    step = make_step(x, y, compile_model=True)
+    step(0)
+    first = time.perf_counter() - start
+    return first, median_ms(step, steps)
 
 
 def recorder_cost(x: torch.Tensor, y: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -120,10 +123,6 @@ def test_console_script_runs_main_then_freezes_what_is_alive(tmp_path: Path) -> 
     """The installed ``initdiag`` script and ``python -m initdiag`` go through :func:`initdiag.cli.run`: main's
     exit code, the objects alive at the end frozen (the shutdown's garbage collections skip them); ``main``
     called in a process that goes on freezes nothing."""
-    import subprocess
-    import sys
-    import tomllib
-
     scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"initdiag": "initdiag.cli:run"}
     probe = ("import gc, sys; from initdiag.cli import {f}; code = {f}(); "
