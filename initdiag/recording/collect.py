@@ -19,6 +19,7 @@ from ..vocab import Phase
 from .moments import Stream
 from .rows import LayerState, Meta, moment_chunk
 from .sink import ParquetSink
+from .staging import Staging
 
 __all__ = ["HOST_ROWS_BYTES", "Collector"]
 
@@ -40,6 +41,9 @@ class Collector:
         self._host_bytes = 0
         self._chunks: list[dict[str, np.ndarray]] = []
         self._frame: pd.DataFrame | None = None
+        self.staging = Staging()
+        """The torch path's rows waiting for one batched pass: run before the rows are taken, told when a
+        buffer grows."""
 
     def stream(self, layer: LayerState, kind: str, channels: int, device: torch.device) -> Stream:
         """The layer's stream of ``kind`` with room for a row (taken to the host first when full)."""
@@ -49,8 +53,10 @@ class Collector:
             self.streams.append((layer, kind, stream))
         elif stream.full:
             self.flush()
-        else:
+        elif stream.n >= stream.buffer.shape[0]:
+            old = stream.buffer
             stream.room()
+            self.staging.moved(old, stream.buffer)
         return stream
 
     def flush(self) -> None:
@@ -58,6 +64,7 @@ class Collector:
 
         The statistics are derived later, many flushes at once (:meth:`frame`, or once the rows on the host
         pass :data:`HOST_ROWS_BYTES`): numpy costs a few microseconds per call whatever the number of rows."""
+        self.staging.run()
         taken = [(index, *stream.take()) for index, (_, _, stream) in enumerate(self.streams) if stream.n]
         if not taken:
             return

@@ -43,11 +43,11 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-__all__ = ["FIRST_ROWS", "FLOAT32_MAX", "Geometry", "Stream", "channel_moments", "channel_view", "kernel_disabled",
+__all__ = ["FIRST_ROWS", "FLOAT32_MAX", "Geometry", "Stager", "Stream", "channel_moments", "channel_view", "kernel_disabled",
            "kernel_geometry", "kernel_in_use", "kernel_status", "last_samples", "moments_torch", "reduce",
            "samples_kept", "sum_error_bound", "variance_error_bound"]
 
@@ -172,6 +172,12 @@ def last_samples(y: torch.Tensor, cdim: int, max_per_channel: int | None) -> tor
     return y.narrow(0, y.shape[0] - keep, keep) if y.dim() >= 1 and keep < y.shape[0] else y
 
 
+class Stager(Protocol):
+    """Where :func:`reduce` can leave a tensor's row to be derived later (:class:`~.staging.Staging`)."""
+
+    def stage(self, v: torch.Tensor, out: torch.Tensor, row: int) -> bool: ...
+
+
 Geometry = tuple[int, int, int, int, int, int, int, int]
 """How the kernel reads one tensor layout: ``(G, C, P, sg, sc, sp, count, offset)``, ``count = G * P``
 values per channel, from ``offset`` elements past the tensor's data pointer."""
@@ -264,16 +270,20 @@ def moments_torch(v: torch.Tensor, mid: float = 0.0, thr: float = -1.0,
 
 
 def reduce(y: torch.Tensor, cdim: int, max_per_channel: int | None, out: torch.Tensor, row: int,
-           mid: float = 0.0, thr: float = -1.0, layouts: dict[tuple[Any, ...], Geometry | None] | None = None) -> int:
+           mid: float = 0.0, thr: float = -1.0, layouts: dict[tuple[Any, ...], Geometry | None] | None = None,
+           staging: Stager | None = None) -> int:
     """Write the moments of ``y`` (channels along ``cdim``; at most ``max_per_channel`` values per channel,
     the last samples) into ``out[row]`` (float64, ``2C + 2`` wide, on ``y``'s device or the CPU); return the
     number of values per channel.
 
     ``layouts`` caches the kernel's geometry per (shape, strides, cdim, cap). The compiled kernel, when in
     use, reads float32 CPU tensors whose dims merge without a copy; every other tensor goes through
+    ``staging`` when given (:mod:`.staging`: the row is written by its next run, many rows at once) or
     :func:`moments_torch`."""
     kernel = _KERNEL.active
-    if kernel is not None and y.dtype == torch.float32 and y.is_cpu and out.is_cpu:
+    if kernel is not None and not (y.dtype == torch.float32 and y.is_cpu and out.is_cpu):
+        kernel = None
+    if kernel is not None or (staging is not None and thr < 0):
         key = (y.shape, y.stride(), cdim, max_per_channel)
         if layouts is not None and key in layouts:
             geometry = layouts[key]
@@ -283,11 +293,17 @@ def reduce(y: torch.Tensor, cdim: int, max_per_channel: int | None, out: torch.T
                 layouts[key] = geometry
         if geometry is not None:
             g, c, p, sg, sc, sp, count, offset = geometry
-            if kernel(y.data_ptr() + 4 * offset, g, c, p, sg, sc, sp,
-                      out.data_ptr() + row * out.stride(0) * 8, mid, thr):
-                raise ValueError(f"compiled kernel refused geometry {geometry}")  # pragma: no cover
-            return count
+            if kernel is not None:
+                if kernel(y.data_ptr() + 4 * offset, g, c, p, sg, sc, sp,
+                          out.data_ptr() + row * out.stride(0) * 8, mid, thr):
+                    raise ValueError(f"compiled kernel refused geometry {geometry}")  # pragma: no cover
+                return count
+            view = y.detach().as_strided((g, c, p), (sg, sc, sp), y.storage_offset() + offset)
+            if staging is not None and staging.stage(view, out, row):
+                return count
     v = channel_view(last_samples(y.detach(), cdim, max_per_channel), cdim)
+    if staging is not None and thr < 0 and staging.stage(v, out, row):  # dims that merge only by a copy
+        return v.shape[0] * v.shape[2]
     target = out[row]
     if target.is_contiguous() and target.device == v.device:
         moments_torch(v, mid, thr, target)

@@ -196,8 +196,7 @@ class Recorder:
             self._weights.clear()
 
     @property
-    def active(self) -> bool:
-        """True while hooks are attached."""
+    def active(self) -> bool:  # True while hooks are attached
         return bool(self._handles)
 
     def joined_forward(self) -> None:
@@ -212,6 +211,7 @@ class Recorder:
         if traced() or self._paused:
             self._recording = False
             return
+        self._collector.staging.run()  # the last step's rows at once (:mod:`.staging`)
         for layer, update, step, epoch in self._weights.updates():
             self._push(layer, Kind.UPDATE, update, -1, None, step, epoch)
         if self._phase != Phase.TRAIN:
@@ -383,7 +383,7 @@ class Recorder:
         mid = (sat[0] + sat[1]) / 2 if sat is not None else 0.0
         thr = (sat[1] - sat[0]) / 2 - self.saturation_tol if sat is not None else -1.0
         cap = self.max_per_channel if phase == Phase.TRAIN else None
-        count = reduce(y, cdim, cap, stream.buffer, stream.n, mid, thr, self._layouts)
+        count = reduce(y, cdim, cap, stream.buffer, stream.n, mid, thr, self._layouts, self._collector.staging)
         stream.commit(self.step if step is None else step, self.epoch if epoch is None else epoch, phase, count)
 
     def flush(self) -> None:
