@@ -4,11 +4,14 @@ float64 summation bound the module states; how the kernel is switched and report
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +145,38 @@ def test_the_environment_variable_turns_the_kernel_off_at_import() -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "INITDIAG_NO_FAST_KERNEL": "1"})
     assert run.stdout.splitlines() == ["False", "compiled kernel: disabled by INITDIAG_NO_FAST_KERNEL: torch path"]
+
+
+def test_the_plain_c_build_gives_the_vectorized_builds_bits(tmp_path: Path) -> None:
+    """The kernel's summation order is fixed by its code, not by the vector width: a build with
+    ``-DINITDIAG_SCALAR_SUMS`` (plain C loops) and the installed build (AVX2 where the CPU has it) write the
+    same bits, on every layout the kernel reads differently (runs of 16+ values, short runs of a sample's
+    contiguous block, channels innermost, strided, one channel)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or not moments.kernel_in_use():
+        pytest.skip("no C compiler, or the kernel is not in use")
+    source = Path(moments.__file__).with_name("_kernel.c")
+    scalar = tmp_path / "scalar.so"
+    subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-DINITDIAG_SCALAR_SUMS", "-o", str(scalar), str(source)],
+                   check=True, capture_output=True)
+    lib = ctypes.CDLL(str(scalar))
+    lib.initdiag_moments.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 6, ctypes.c_void_p, ctypes.c_double,
+                                     ctypes.c_double]
+    g = torch.Generator().manual_seed(3)
+    shapes = [(64, 64, 3, 3), (7, 5, 2, 3), (3, 33, 1, 31), (64, 10), (5, 7), (9, 64, 11, 11), (2, 130, 7)]
+    for shape in shapes:
+        base = torch.randn(*shape, generator=g) * 3
+        base[base.abs() < 0.3] = 0.0
+        other = base.contiguous(memory_format=torch.channels_last) if base.dim() == 4 else base.transpose(0, -1)
+        for y in (base, other):
+            cdim = 0 if y.dim() == 2 and y is other else 1
+            for cap in (None, 16):
+                geometry = moments.kernel_geometry(tuple(y.shape), y.stride(), cdim, cap)
+                assert geometry is not None
+                groups, channels, positions, sg, sc, sp, _, offset = geometry
+                installed = torch.zeros((1, 2 * channels + 2), dtype=torch.float64)
+                moments.reduce(y, cdim, cap, installed, 0, mid=0.0, thr=-1.0)
+                plain = torch.zeros(2 * channels + 2, dtype=torch.float64)
+                assert lib.initdiag_moments(y.data_ptr() + 4 * offset, groups, channels, positions, sg, sc, sp,
+                                            plain.data_ptr(), 0.0, -1.0) == 0
+                assert torch.equal(installed[0], plain), (shape, y.stride(), cap)

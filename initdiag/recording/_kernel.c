@@ -18,7 +18,8 @@
  * Accuracy. Every value is widened to double (exact) and squared in double (exact: a 24-bit significand
  * squared fits in 53 bits, and float32's range squared stays inside double's normal range), then summed in
  * double in an order fixed by this code for each layout (LANES interleaved partial sums folded in a fixed
- * tree, or row by row), never by the machine's vector width: the result is the same on every x86-64 and
+ * tree; or row by row; or, for runs shorter than 2 * LANES with a sample's values contiguous, per position
+ * over the samples and then the positions in order), never by the machine's vector width: the result is the same on every x86-64 and
  * ARM CPU and compiler with IEEE 754 double arithmetic (FLT_EVAL_METHOD 0; no -ffast-math, which would
  * let the compiler reorder the sums; a fused multiply-add changes nothing since the products are exact).
  * With n = G*P values per channel and u = 2^-53, any summation order gives (Higham 2002, eq. 4.4)
@@ -44,6 +45,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #if defined(_WIN32)
 #define INITDIAG_EXPORT __declspec(dllexport)
@@ -61,6 +63,7 @@
 
 #define INITDIAG_ABI 4 /* bump when the signature or the meaning of out changes */
 #define LANES 16       /* interleaved partial sums of contiguous runs: vectorizable, order fixed */
+#define MAX_POSITIONS ((int64_t) 1 << 16) /* per-position sums of short runs: at most 1 MiB of scratch */
 
 /* body_lanes(x, G, sg, body, a, b, z): the body lanes of one channel's runs (see channel_runs) into the
  * zeroed a, b, z: lane k sums, run after run, the values at p = k (mod LANES) of each run's first `body`
@@ -153,10 +156,45 @@ static void channel_runs(const float *x, int64_t G, int64_t sg, int64_t P, doubl
     *nz += (double) z[0];
 }
 
+#if defined(AVX2_SUMS)
+/* rows_into_channels's sums for C >= 4, the same additions in the same order (each s1[c], s2[c] row after
+ * row), four channels per register; the non-zero count is exact in any order. */
+__attribute__((target("avx2"))) static double rows_into_channels_avx2(const float *x, int64_t G, int64_t C,
+                                                                      int64_t P, int64_t sg, int64_t sp,
+                                                                      double *s1, double *s2) {
+    const __m256d zero = _mm256_setzero_pd();
+    __m256i vz = _mm256_setzero_si256();
+    int64_t body = C - C % 4, nz = 0;
+    for (int64_t g = 0; g < G; g++) {
+        for (int64_t p = 0; p < P; p++) {
+            const float *row = x + g * sg + p * sp;
+            for (int64_t c = 0; c < body; c += 4) {
+                __m256d w = _mm256_cvtps_pd(_mm_loadu_ps(row + c));
+                _mm256_storeu_pd(s1 + c, _mm256_add_pd(_mm256_loadu_pd(s1 + c), w));
+                _mm256_storeu_pd(s2 + c, _mm256_add_pd(_mm256_loadu_pd(s2 + c), _mm256_mul_pd(w, w)));
+                vz = _mm256_sub_epi64(vz, _mm256_castpd_si256(_mm256_cmp_pd(w, zero, _CMP_NEQ_UQ)));
+            }
+            for (int64_t c = body; c < C; c++) {
+                double w = (double) row[c];
+                s1[c] += w;
+                s2[c] += w * w;
+                nz += w != 0.0;
+            }
+        }
+    }
+    int64_t lane[4];
+    _mm256_storeu_si256((__m256i *) lane, vz);
+    return (double) (nz + lane[0] + lane[1] + lane[2] + lane[3]);
+}
+#endif
+
 /* Channels innermost (sc == 1): each row of C values is added to the C double sums at s1, s2 (row by row,
  * vectorized across channels). */
 static double rows_into_channels(const float *RESTRICT x, int64_t G, int64_t C, int64_t P, int64_t sg,
                                  int64_t sp, double *RESTRICT s1, double *RESTRICT s2) {
+#if defined(AVX2_SUMS)
+    if (C >= 4 && __builtin_cpu_supports("avx2")) return rows_into_channels_avx2(x, G, C, P, sg, sp, s1, s2);
+#endif
     int64_t nz = 0;
     for (int64_t g = 0; g < G; g++) {
         for (int64_t p = 0; p < P; p++) {
@@ -224,8 +262,20 @@ INITDIAG_EXPORT int initdiag_moments(const float *x, int64_t G, int64_t C, int64
         out[2 * C + 1] = 0.0;
         return 0;
     }
+    double *positions = NULL;
     if (sc == 1 && C > 1) {
         out[2 * C] = rows_into_channels(x, G, C, P, sg, sp, s1, s2);
+    } else if (sp == 1 && sc == P && P < 2 * LANES && C > 1 && C * P <= MAX_POSITIONS &&
+               (positions = calloc((size_t) (2 * C * P), sizeof(double))) != NULL) {
+        /* short runs, each sample's C*P values contiguous: per position over the samples, then per channel */
+        out[2 * C] = rows_into_channels(x, G, C * P, 1, sg, 0, positions, positions + C * P);
+        for (int64_t c = 0; c < C; c++) {
+            for (int64_t p = 0; p < P; p++) {
+                s1[c] += positions[c * P + p];
+                s2[c] += positions[C * P + c * P + p];
+            }
+        }
+        free(positions);
     } else {
         out[2 * C] = channels_outer(x, G, C, P, sg, sc, sp, s1, s2);
     }
