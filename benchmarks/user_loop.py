@@ -8,14 +8,17 @@ Prints the median ratio of wall time (recorded / plain) over the pairs with a 95
 and the same for single steps timed inside the blocks. Then ``--paired`` steps of a second protocol, the
 least exposed to the machine's drifts: two copies of the model, one inside the recorder for the whole
 run, train on the same batches in alternation (the order swapped every step), and the ratio of each pair
-of steps (of each cycle of ``every`` steps) is taken. Usage::
+of steps (of each cycle of ``every`` steps) is taken. ``--count-ops``: the torch operations a recorded step
+runs beyond a plain one (torch.profiler's count of ATen operations that compute, views left out): on a GPU each
+is a kernel launch, so this is the launch count the recorder adds, measured without one. Usage::
 
-    python benchmarks/user_loop.py [--steps 100] [--pairs 8] [--every 1] [--threads N] [--paired 600]
+    python benchmarks/user_loop.py [--steps 100] [--pairs 8] [--every 1] [--threads N] [--paired 600] [--count-ops]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import time
 
@@ -37,6 +40,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--paired", type=int, default=600, help="steps of the paired protocol (0: skip it)")
+    parser.add_argument("--count-ops", action="store_true", help="also count the operations the recorder adds")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,6 +95,42 @@ def main() -> None:
     print(f"steps: median step recorded / plain {np.median(sr) / np.median(sp):.3f} (95% CI {low:.3f}-{high:.3f})")
     if args.paired:
         paired(model, data, args, rng)
+    if args.count_ops:
+        count_ops(model, data, args)
+
+
+_VIEWS = frozenset({"aten::as_strided", "aten::view", "aten::slice", "aten::select", "aten::narrow", "aten::reshape",
+                    "aten::detach", "aten::unbind", "aten::split", "aten::split_with_sizes", "aten::permute",
+                    "aten::expand", "aten::alias", "aten::t", "aten::transpose", "aten::squeeze", "aten::unsqueeze",
+                    "aten::_reshape_alias", "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg"})
+
+
+def count_ops(model: torch.nn.Module, data: MnistData, args: argparse.Namespace, steps: int = 20) -> None:
+    """Computing ATen operations per step (views left out; an operation inside another counts too), plain
+    against recorded (``every`` = 1, after a warm-up past the buffers' growth)."""
+    from torch.profiler import profile
+
+    g = torch.Generator().manual_seed(2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            idx = torch.randint(0, len(data.train_x), (args.batch_size,), generator=g)
+            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    counts = []
+    for recorded in (False, True):
+        with initdiag.Recorder(model) if recorded else contextlib.nullcontext():
+            run(300 if recorded else 5)
+            with profile() as prof:
+                run(steps)
+        counts.append(sum(e.count for e in prof.key_averages() if e.key.startswith("aten::") and e.key not in _VIEWS))
+    plain, recorded_ops = (c / steps for c in counts)
+    print(f"operations per step (computing ATen operations, views left out): plain {plain:.0f}, recorded "
+          f"{recorded_ops:.0f}: the recorder adds {recorded_ops - plain:.0f}")
 
 
 def paired(model: torch.nn.Module, data: MnistData, args: argparse.Namespace,
