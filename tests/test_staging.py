@@ -151,4 +151,4 @@ def test_the_layout_cache_is_bounded() -> None:
         _moments.reduce(torch.ones(n), -1, None, out, 0, staging=staging)
         staging.run()
         assert out[0, 2] == n
-    assert len(staging._layouts) <= _staging._LAYOUTS
+    assert len(staging._buffers[torch.device("cpu")].layouts) <= _staging._LAYOUTS

@@ -53,7 +53,6 @@ class Staging:
     def __init__(self, capacity: int = STAGING_VALUES) -> None:
         self.capacity = capacity
         self._buffers: dict[torch.device, _Pending] = {}
-        self._layouts: dict[tuple[tuple[int, int], ...], _Layout] = {}
 
     def stage(self, v: torch.Tensor, out: torch.Tensor, row: int) -> bool:
         """Copy the ``(G, C, P)`` view ``v`` to be reduced into ``out[row]`` (``2C + 2`` wide, on ``v``'s
@@ -65,7 +64,7 @@ class Staging:
             pending = self._buffers[v.device] = _Pending(v.device, self.capacity)
         channels, count = v.shape[1], v.shape[0] * v.shape[2]
         if not pending.fits(channels, count):
-            pending.run(self._layouts)
+            pending.run()
             if not pending.fits(channels, count):
                 return False
         pending.add(v, out, row)
@@ -79,14 +78,14 @@ class Staging:
     def run(self) -> None:
         """Derive every staged row into its target."""
         for pending in self._buffers.values():
-            pending.run(self._layouts)
+            pending.run()
 
 
 class _Pending:
     """One device's staging buffer, ``(rows, ROW)`` float64 kept zero between runs, and the tensors staged in it:
     each channel's values fill whole rows, the rest of its last row left zero (zeros add to no sum or count)."""
 
-    __slots__ = ("buffer", "flat", "rows", "shapes", "used")
+    __slots__ = ("buffer", "flat", "layouts", "rows", "shapes", "used")
 
     def __init__(self, device: torch.device, capacity: int) -> None:
         self.buffer = torch.zeros((-(-capacity // ROW), ROW), dtype=_F64, device=device)
@@ -94,6 +93,7 @@ class _Pending:
         self.used = 0  # rows
         self.rows: list[tuple[torch.Tensor, int]] = []
         self.shapes: list[tuple[int, int]] = []  # (channels, values per channel) of each staged tensor
+        self.layouts: dict[tuple[tuple[int, int], ...], _Layout] = {}  # on this buffer's device
 
     def fits(self, channels: int, count: int) -> bool:
         return self.used + channels * -(-count // ROW) <= self.buffer.shape[0]
@@ -107,17 +107,17 @@ class _Pending:
         self.rows.append((out, row))
         self.shapes.append((c, g * p))
 
-    def run(self, layouts: dict[tuple[tuple[int, int], ...], _Layout]) -> None:
+    def run(self) -> None:
         if not self.rows:
             return
         rows, shapes = self.rows, tuple(self.shapes)
         data = self.buffer[:self.used]
         self.rows, self.shapes, self.used = [], [], 0
-        layout = layouts.get(shapes)
+        layout = self.layouts.get(shapes)
         if layout is None:
-            if len(layouts) >= _LAYOUTS:
-                layouts.clear()
-            layout = layouts[shapes] = _layout(shapes, data.device)
+            if len(self.layouts) >= _LAYOUTS:
+                self.layouts.clear()
+            layout = self.layouts[shapes] = _layout(shapes, data.device)
         channel, tensor_of_channel, tensors, gather, widths = layout
         s1_rows, s2_rows = data.sum(1), data.square_().sum(1)
         # a non-zero square is >= 2^-298 (float32's least subnormal squared): clamped to 2^-300, counted exactly
