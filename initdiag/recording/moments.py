@@ -283,7 +283,8 @@ def reduce(y: torch.Tensor, cdim: int, max_per_channel: int | None, out: torch.T
     kernel = _KERNEL.active
     if kernel is not None and not (y.dtype == torch.float32 and y.is_cpu and out.is_cpu):
         kernel = None
-    if kernel is not None or (staging is not None and thr < 0):
+    stage = staging.stage if staging is not None and thr < 0 else None
+    if kernel is not None or stage is not None:
         key = (y.shape, y.stride(), cdim, max_per_channel)
         if layouts is not None and key in layouts:
             geometry = layouts[key]
@@ -298,11 +299,12 @@ def reduce(y: torch.Tensor, cdim: int, max_per_channel: int | None, out: torch.T
                           out.data_ptr() + row * out.stride(0) * 8, mid, thr):
                     raise ValueError(f"compiled kernel refused geometry {geometry}")  # pragma: no cover
                 return count
-            view = y.detach().as_strided((g, c, p), (sg, sc, sp), y.storage_offset() + offset)
-            if staging is not None and staging.stage(view, out, row):
-                return count
+            if stage is not None:
+                if stage(y.detach().as_strided((g, c, p), (sg, sc, sp), y.storage_offset() + offset), out, row):
+                    return count
+                stage = None  # refused (float64, too large): the one-tensor path
     v = channel_view(last_samples(y.detach(), cdim, max_per_channel), cdim)
-    if staging is not None and thr < 0 and staging.stage(v, out, row):  # dims that merge only by a copy
+    if stage is not None and stage(v, out, row):  # dims that merge only by a copy
         return v.shape[0] * v.shape[2]
     target = out[row]
     if target.is_contiguous() and target.device == v.device:
