@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import copy
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ def main() -> None:
     if args.paired:
         paired(model, data, args, rng)
     if args.count_ops:
-        count_ops(model, data, args)
+        count_ops(model, block)
 
 
 _VIEWS = frozenset({"aten::as_strided", "aten::view", "aten::slice", "aten::select", "aten::narrow", "aten::reshape",
@@ -105,28 +106,18 @@ _VIEWS = frozenset({"aten::as_strided", "aten::view", "aten::slice", "aten::sele
                     "aten::_reshape_alias", "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg"})
 
 
-def count_ops(model: torch.nn.Module, data: MnistData, args: argparse.Namespace, steps: int = 20) -> None:
-    """Computing ATen operations per step (views left out; an operation inside another counts too), plain
-    against recorded (``every`` = 1, after a warm-up past the buffers' growth)."""
+def count_ops(model: torch.nn.Module, block: Callable[[int], object], steps: int = 20) -> None:
+    """Computing ATen operations per step of ``block`` (the timed loop's own steps; views left out, an
+    operation inside another counted too), plain against recorded (``every`` = 1, after a warm-up past the
+    buffers' growth)."""
     from torch.profiler import profile
-
-    g = torch.Generator().manual_seed(2)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            idx = torch.randint(0, len(data.train_x), (args.batch_size,), generator=g)
-            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
 
     counts = []
     for recorded in (False, True):
         with initdiag.Recorder(model) if recorded else contextlib.nullcontext():
-            run(300 if recorded else 5)
+            block(300 if recorded else 5)
             with profile() as prof:
-                run(steps)
+                block(steps)
         counts.append(sum(e.count for e in prof.key_averages() if e.key.startswith("aten::") and e.key not in _VIEWS))
     plain, recorded_ops = (c / steps for c in counts)
     print(f"operations per step (computing ATen operations, views left out): plain {plain:.0f}, recorded "

@@ -19,9 +19,10 @@
  * squared fits in 53 bits, and float32's range squared stays inside double's normal range), then summed in
  * double in an order fixed by this code for each layout (LANES interleaved partial sums folded in a fixed
  * tree; or row by row; or, for runs shorter than 2 * LANES with a sample's values contiguous, per position
- * over the samples and then the positions in order), never by the machine's vector width: the result is the same on every x86-64 and
- * ARM CPU and compiler with IEEE 754 double arithmetic (FLT_EVAL_METHOD 0; no -ffast-math, which would
- * let the compiler reorder the sums; a fused multiply-add changes nothing since the products are exact).
+ * over the samples and then the positions in order), never by the machine's vector width: the result is
+ * the same on every x86-64 and ARM CPU and compiler with IEEE 754 double arithmetic (FLT_EVAL_METHOD 0; no
+ * -ffast-math, which would let the compiler reorder the sums; a fused multiply-add changes nothing since the
+ * products are exact).
  * With n = G*P values per channel and u = 2^-53, any summation order gives (Higham 2002, eq. 4.4)
  *     |s1 - sum x|   <= (n - 1) u sum |x|      |s2 - sum x^2| <= (n - 1) u sum x^2
  * (to first order in u). The counts are exact below 2^53.
@@ -210,6 +211,23 @@ static double rows_into_channels(const float *RESTRICT x, int64_t G, int64_t C, 
     return (double) nz;
 }
 
+/* Runs shorter than 2 * LANES, each sample's C*P values contiguous (sp == 1, sc == P): each sample's row of
+ * C*P values added to C*P per-position sums (rows_into_channels), then each channel's P sums in order into
+ * s1, s2. Returns the non-zero count, or -1 (nothing added) when the scratch memory cannot be had. */
+static double short_runs(const float *x, int64_t G, int64_t C, int64_t P, int64_t sg, double *s1, double *s2) {
+    double *positions = calloc((size_t) (2 * C * P), sizeof(double));
+    if (positions == NULL) return -1.0;
+    double nz = rows_into_channels(x, G, C * P, 1, sg, 0, positions, positions + C * P);
+    for (int64_t c = 0; c < C; c++) {
+        for (int64_t p = 0; p < P; p++) {
+            s1[c] += positions[c * P + p];
+            s2[c] += positions[C * P + c * P + p];
+        }
+    }
+    free(positions);
+    return nz;
+}
+
 /* Any other layout: channel by channel; contiguous runs (sp == 1) through channel_runs, strided values one
  * by one. */
 static double channels_outer(const float *x, int64_t G, int64_t C, int64_t P, int64_t sg, int64_t sc,
@@ -262,23 +280,13 @@ INITDIAG_EXPORT int initdiag_moments(const float *x, int64_t G, int64_t C, int64
         out[2 * C + 1] = 0.0;
         return 0;
     }
-    double *positions = NULL;
+    double nz = -1.0;
     if (sc == 1 && C > 1) {
-        out[2 * C] = rows_into_channels(x, G, C, P, sg, sp, s1, s2);
-    } else if (sp == 1 && sc == P && P < 2 * LANES && C > 1 && C * P <= MAX_POSITIONS &&
-               (positions = calloc((size_t) (2 * C * P), sizeof(double))) != NULL) {
-        /* short runs, each sample's C*P values contiguous: per position over the samples, then per channel */
-        out[2 * C] = rows_into_channels(x, G, C * P, 1, sg, 0, positions, positions + C * P);
-        for (int64_t c = 0; c < C; c++) {
-            for (int64_t p = 0; p < P; p++) {
-                s1[c] += positions[c * P + p];
-                s2[c] += positions[C * P + c * P + p];
-            }
-        }
-        free(positions);
-    } else {
-        out[2 * C] = channels_outer(x, G, C, P, sg, sc, sp, s1, s2);
+        nz = rows_into_channels(x, G, C, P, sg, sp, s1, s2);
+    } else if (sp == 1 && sc == P && P < 2 * LANES && C > 1 && C * P <= MAX_POSITIONS) {
+        nz = short_runs(x, G, C, P, sg, s1, s2);
     }
+    out[2 * C] = nz >= 0.0 ? nz : channels_outer(x, G, C, P, sg, sc, sp, s1, s2);
     for (int64_t c = 0; c < C; c++) {
         if (s2[c] > FLT_MAX) s2[c] = INFINITY;
     }

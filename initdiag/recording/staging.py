@@ -96,12 +96,12 @@ class _Pending:
         self.layouts: dict[tuple[tuple[int, int], ...], _Layout] = {}  # on this buffer's device
 
     def fits(self, channels: int, count: int) -> bool:
-        return self.used + channels * -(-count // ROW) <= self.buffer.shape[0]
+        return self.used + channels * _rows(count) <= self.buffer.shape[0]
 
     def add(self, v: torch.Tensor, out: torch.Tensor, row: int) -> None:
         """Copy ``v`` (``(G, C, P)``, any strides) into channel-major rows."""
         g, c, p = v.shape
-        k = -(-(g * p) // ROW)  # rows per channel
+        k = _rows(g * p)
         self.flat.as_strided((g, c, p), (p, k * ROW, 1), self.used * ROW).copy_(v)
         self.used += c * k
         self.rows.append((out, row))
@@ -130,6 +130,11 @@ class _Pending:
         nonzero = s1.new_zeros(tensors).index_add_(0, tensor_of_channel, per_channel)
         derived = torch.cat((s1, s2, nonzero, torch.zeros_like(nonzero))).index_select(0, gather)
         torch._foreach_copy_([out[row] for out, row in rows], list(derived.split(widths)))
+
+
+def _rows(count: int) -> int:
+    """Buffer rows a channel of ``count`` values takes."""
+    return -(-count // ROW)
 
 
 def _layout(shapes: tuple[tuple[int, int], ...], device: torch.device) -> _Layout:
