@@ -152,3 +152,17 @@ def test_the_layout_cache_is_bounded() -> None:
         staging.run()
         assert out[0, 2] == n
     assert len(staging._buffers[torch.device("cpu")].layouts) <= _staging._LAYOUTS
+
+
+def test_a_weight_is_one_channel_of_all_its_elements_on_every_path() -> None:
+    """A weight (``cdim < 0``) under the recorder's cap: the kernel reads all of it; the one-tensor torch path
+    (float64 here, which staging refuses) and the staged path must too, not the first rows the cap would
+    keep of a batch (a 1x1 conv's (out, in, 1, 1) weight once lost all but ceil(cap / in) of its rows)."""
+    w = torch.randn(64, 32, 1, 1)
+    for y in (w, w.double()):
+        out = torch.zeros((1, 4), dtype=torch.float64)
+        staging = Staging()
+        assert _moments.reduce(y, -1, 1024, out, 0, staging=staging) == w.numel()
+        staging.run()
+        want = moments_torch(channel_view(y, -1))
+        _assert_rows_agree(out[0], want, w, w.numel())

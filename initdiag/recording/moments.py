@@ -155,8 +155,9 @@ def variance_error_bound(n: int, channels: int, second_moment: float) -> float:
 def samples_kept(shape: tuple[int, ...], cdim: int, max_per_channel: int | None) -> int:
     """How many samples (dim 0) of a tensor of ``shape`` enter the statistics: the fewest that give at
     least ``max_per_channel`` values per channel, at most all of them (all when there is no cap, no batch
-    dim or the channels are dim 0)."""
-    if max_per_channel is None or len(shape) < 2 or cdim == 0 or shape[0] <= 1:
+    dim, the channels are dim 0, or ``cdim < 0``: one channel of the whole tensor, a weight, as
+    :func:`kernel_geometry` reads it)."""
+    if max_per_channel is None or len(shape) < 2 or cdim <= 0 or shape[0] <= 1:
         return shape[0] if shape else 1
     per_sample = math.prod(shape) // (shape[0] * max(shape[cdim], 1))
     return min(shape[0], -(-max_per_channel // max(per_sample, 1)))
