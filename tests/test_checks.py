@@ -33,6 +33,7 @@ from initdiag.checks import (
     signal_fit,
     symmetry_groups,
 )
+from initdiag.checks.cosine import finite_rows, live_rows, max_cos, projections
 from initdiag.experiment import theory_variances
 from initdiag.initializers import InitSpec, apply_initializer
 from initdiag.series import FRAME_COLUMNS
@@ -261,6 +262,38 @@ def test_rows_with_nan_join_no_group() -> None:
     w = np.zeros((4, 3))
     w[2, 1] = np.nan
     assert symmetry_groups(w, None, 1e-7) == [[0, 1, 3]]
+
+
+
+def test_rows_are_filtered_from_their_projections_exactly() -> None:
+    # the one pass the groups and the cosine test share: NaN/inf rows are not finite, a huge finite float64
+    # row whose projections overflow is, a zero row is not live, a row of nonzero values is
+    w = np.random.default_rng(8).normal(size=(8, 5))
+    w[1, 2], w[2, 0], w[3] = np.nan, -np.inf, 0.0
+    w[4] = 1e308
+    proj = projections(w)
+    assert not np.isfinite(proj[4]).all()
+    assert finite_rows(w, proj).tolist() == np.isfinite(w).all(axis=1).tolist()
+    assert live_rows(w, proj).tolist() == (np.isfinite(w).all(axis=1) & w.any(axis=1)).tolist()
+    w[5] = 1e308  # identical huge rows are still found identical
+    assert symmetry_groups(w, None, 1e-9) == [[4, 5]]
+
+
+def test_the_cosine_test_drops_columns_zero_in_every_row_tested() -> None:
+    # a column that only untested rows use is not a dimension of the rows tested: with 40 of 400 rows tested
+    # and column 0 used by one untested row, the statistic and its null are those of the 10 other columns
+    w = np.random.default_rng(9).normal(size=(400, 11))
+    w[:, 0] = 0.0
+    rng = np.random.default_rng(0)
+    tested = np.sort(rng.choice(400, size=40, replace=False))
+    w[np.setdiff1d(np.arange(400), tested)[0], 0] = 5.0
+    c, p = max_cos(w, 0, np.random.default_rng(0), 40)
+    rows = w[tested][:, 1:]
+    u = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    gram = np.abs(u @ u.T)
+    np.fill_diagonal(gram, 0.0)
+    assert c == pytest.approx(gram.max(), abs=1e-6)
+    assert p == pytest.approx(min(1.0, 40 * 39 / 2 * stats.beta.sf(c * c, 0.5, 9 / 2)), rel=1e-9)
 
 
 @settings(max_examples=20, deadline=None)

@@ -12,7 +12,10 @@ from scipy import stats
 
 from .verdict import Thresholds
 
-__all__ = ["blocked_max_cos", "max_cos", "max_cosine_pvalue", "native_rows", "neuron_rows"]
+__all__ = [
+    "blocked_max_cos", "finite_rows", "live_rows", "max_cos", "max_cosine_pvalue", "native_rows", "neuron_rows",
+    "projections",
+]
 
 _DEFAULT = Thresholds()
 
@@ -60,8 +63,8 @@ def max_cosine_pvalue(weight: np.ndarray, bias: np.ndarray | None, n_samples: in
     """Largest |cosine| between two neurons and its p-value under independent random rows.
 
     Statistic: ``c = max_{i<j} |<r_i, r_j>| / (|r_i| |r_j|)`` over the rows of :func:`neuron_rows`
-    (non-finite and all-zero rows dropped, columns that are 0 in every row dropped, e.g. zero biases,
-    leaving ``n`` rows of dimension ``d``; more than ``max_rows`` rows are subsampled with ``rng``).
+    (non-finite and all-zero rows dropped; more than ``max_rows`` rows are subsampled with ``rng``; columns
+    that are 0 in every row tested dropped, e.g. zero biases, leaving ``n`` rows of dimension ``d``).
     Null hypothesis: the rows are independent, isotropic (e.g. i.i.d. zero-mean Gaussian) vectors.
     ``n_samples = 0``: analytic, ``p = min(1, n(n-1)/2 * P(|cos| >= c))`` with
     ``cos^2 ~ Beta(1/2, (d-1)/2)`` for one pair (a union bound: valid, and tight in the small-p tail
@@ -71,27 +74,56 @@ def max_cosine_pvalue(weight: np.ndarray, bias: np.ndarray | None, n_samples: in
     return max_cos(native_rows(weight, bias), n_samples, rng, max_rows)
 
 
+def projections(rows: np.ndarray) -> np.ndarray:
+    """``rows @ v`` in float64 for a fixed ``v`` of shape ``(d, 2)`` with entries in [1, 2): two independent
+    positive projections of each row, a cache-sized block of rows at a time. A row of finite float32 (or
+    narrower) values has finite projections; a row holding NaN or inf has a non-finite one; a row of zeros
+    projects to exactly 0 (the one pass that :func:`live_rows` and the symmetry groups share)."""
+    d = rows.shape[1]
+    v = 1.0 + np.random.default_rng(20240611).random((d, 2))
+    step = max(1, (1 << 18) // max(d, 1))
+    if not len(rows):
+        return np.empty((0, 2))
+    with np.errstate(over="ignore", invalid="ignore"):  # a float64 row near its max may overflow: re-read below
+        return np.concatenate([rows[i:i + step].astype(np.float64) @ v for i in range(0, len(rows), step)])
+
+
+def finite_rows(rows: np.ndarray, proj: np.ndarray) -> np.ndarray:
+    """Whether each row is finite, from its :func:`projections` ``proj``: exact, as only the rows with a
+    non-finite projection (NaN or inf in the row, or a huge finite float64 row overflowing) are read again."""
+    finite = np.isfinite(proj).all(axis=1)
+    if not finite.all():
+        unsure = np.flatnonzero(~finite)
+        finite[unsure] = np.isfinite(rows[unsure]).all(axis=1)
+    return finite
+
+
+def live_rows(rows: np.ndarray, proj: np.ndarray) -> np.ndarray:
+    """Whether each row is finite (:func:`finite_rows`) and not all zero: a row with both projections exactly
+    0 is read again (a zero row projects to 0; another does only by cancellation)."""
+    live = finite_rows(rows, proj)
+    zero = np.flatnonzero((proj == 0).all(axis=1))
+    if zero.size:
+        live[zero] = rows[zero].any(axis=1)
+    return live
+
+
 def max_cos(rows: np.ndarray, n_samples: int, rng: np.random.Generator | None,
-             max_rows: int) -> tuple[float, float]:
+             max_rows: int, proj: np.ndarray | None = None) -> tuple[float, float]:
     """:func:`max_cosine_pvalue` of the rows of :func:`neuron_rows` (copied only where rows or columns go).
 
-    One pass over all rows (their squared norms in the rows' own dtype, and which columns are used); the
-    rows kept are subsampled before anything else is computed from them. A non-finite norm (a NaN or inf
-    entry, or a float32 overflow) has the norms taken again row by row in float64."""
-    norms = np.einsum("ij,ij->i", rows, rows)  # to filter with only: the rows kept get float64 norms below
-    if not np.isfinite(norms).all():
-        rows = rows[np.isfinite(rows).all(axis=1)]
-        norms = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
-    if not (norms > 0).all():  # a zero in float32 may be an underflow: those rows again in float64
-        small = np.flatnonzero(norms <= 0)
-        norms = norms.astype(np.float64)
-        norms[small] = np.einsum("ij,ij->i", rows[small], rows[small], dtype=np.float64)
-        rows = rows[norms > 0]
-    used = rows.any(axis=0) if len(rows) else np.ones(rows.shape[1], bool)
+    Non-finite and all-zero rows are dropped by :func:`live_rows` from their projections ``proj`` (taken
+    here when not given: one pass over all rows); the rows kept are subsampled before anything else is read
+    from them, and the columns dropped are those 0 in every row tested (when ``max_rows`` subsamples, the
+    dimension of the rows tested)."""
+    live = live_rows(rows, projections(rows) if proj is None else proj)
+    if not live.all():
+        rows = rows[live]
     if len(rows) > max_rows:
         rng = rng if rng is not None else np.random.default_rng(0)
         rows = rows[np.sort(rng.choice(len(rows), size=max_rows, replace=False))]
     norms = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
+    used = rows.any(axis=0) if len(rows) else np.ones(rows.shape[1], bool)
     if not used.all():
         rows = rows[:, used]
     n, d = rows.shape
@@ -107,14 +139,16 @@ def max_cos(rows: np.ndarray, n_samples: int, rng: np.random.Generator | None,
 
 
 def blocked_max_cos(rows: np.ndarray, reps: np.ndarray, blocks: int, size: int, th: Thresholds,
-                     rng: np.random.Generator) -> tuple[float, float]:
+                     rng: np.random.Generator, proj: np.ndarray | None = None) -> tuple[float, float]:
     """The cosine test over pairs within blocks only: the largest |cos| of any block, and its p-value as a
     union bound over every within-block pair, ``min(1, sum_b n_b (n_b - 1) / 2 * q)``, where each block's own
-    bound is ``n_b (n_b - 1) / 2 * q`` (:func:`max_cosine_pvalue`; rows of one dimension in every block)."""
+    bound is ``n_b (n_b - 1) / 2 * q`` (:func:`max_cosine_pvalue`; rows of one dimension in every block).
+    ``proj``: the rows' :func:`projections`, when taken."""
     best, best_pairs, best_p, pairs = math.nan, 0.0, math.nan, 0.0
     for b in range(blocks):
         members = reps[(reps >= b * size) & (reps < (b + 1) * size)]
-        c, p = max_cos(rows[members], th.mc_samples, rng, th.cosine_max_rows)
+        c, p = max_cos(rows[members], th.mc_samples, rng, th.cosine_max_rows,
+                       None if proj is None else proj[members])
         if not math.isfinite(c):
             continue
         m = min(len(members), th.cosine_max_rows)

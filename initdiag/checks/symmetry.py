@@ -13,7 +13,7 @@ from ..recording.snapshots import Weights
 from ..vocab import CheckName, Family, Need, Phase, Signal, Status
 from .chains import design_notes_of
 from .compare import holm
-from .cosine import blocked_max_cos, max_cos, max_cosine_pvalue, native_rows, neuron_rows
+from .cosine import blocked_max_cos, finite_rows, max_cos, max_cosine_pvalue, native_rows, neuron_rows, projections
 from .evidence import RunEvidence, init_advice
 from .registry import AnalysisContext, Check, MethodNote
 from .verdict import Thresholds, Verdict
@@ -39,25 +39,28 @@ def symmetry_groups(weight: np.ndarray, bias: np.ndarray | None, atol: float,
     return _groups(native_rows(weight, bias), atol, rtol, bias is not None)
 
 
-def _groups(rows: np.ndarray, atol: float, rtol: float, has_bias: bool = False) -> list[list[int]]:
+def _groups(rows: np.ndarray, atol: float, rtol: float, has_bias: bool = False,
+            proj: np.ndarray | None = None) -> list[list[int]]:
     """:func:`symmetry_groups` of the rows of :func:`neuron_rows` (float32 or float64; the bias last when
-    ``has_bias``), projected and compared in float64."""
+    ``has_bias``), projected (``proj``: their :func:`~.cosine.projections` when taken) and compared in
+    float64."""
     d = rows.shape[1]
-    finite = np.flatnonzero(np.isfinite(rows).all(axis=1))
+    proj = projections(rows) if proj is None else proj
+    finite = np.flatnonzero(finite_rows(rows, proj))
     if len(finite) < 2:
         return []
     if len(finite) < len(rows):
-        rows = rows[finite]
+        rows, proj = rows[finite], proj[finite]
     split = d - 1 if has_bias and d > 1 else d
     scales = np.array([max(-float(part.min(initial=0.0)), float(part.max(initial=0.0)))  # no |rows| copy
                        for part in (rows[:, :split], rows[:, split:])])
     scale = np.full(d, scales[0])
     scale[split:] = scales[1]
     tol = atol + rtol * scale
-    v = 1.0 + np.random.default_rng(20240611).random((d, 2))  # two independent positive projections
-    step = max(1, (1 << 18) // max(d, 1))  # float64 projections, a cache-sized block of rows at a time
-    proj = np.concatenate([rows[i:i + step].astype(np.float64) @ v for i in range(0, len(rows), step)])
+    v = 1.0 + np.random.default_rng(20240611).random((d, 2))  # the projections' own vectors
     window = (tol + 2 * d * _EPS * scale) @ v  # |p_i - p_j| within it on both projections when rows match
+    if not np.isfinite(proj).all():  # finite rows whose float64 projections overflowed: compare them by value
+        proj = np.nan_to_num(proj, nan=0.0, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max)
     order = np.argsort(proj[:, 0], kind="stable")
     first, second = proj[order, 0], proj[order, 1]
     if not (np.diff(first) <= window[0]).any():  # no two projections close enough for any pair to match
@@ -145,17 +148,20 @@ def _layer_report(name: str, weight: np.ndarray, bias: np.ndarray | None, th: Th
     block of ``n / input_groups`` consecutive neurons: neurons reading different inputs get different
     gradients and are never symmetric, whatever their weights (a depthwise layer has no pair at all)."""
     rows = native_rows(weight, bias)
+    proj = projections(rows)  # one pass over the layer, shared by the groups and the cosine test
     n = int(rows.shape[0])
     blocks = input_groups if input_groups > 1 and n % input_groups == 0 else 1
     size = n // blocks
     groups = [[b * size + i for i in g] for b in range(blocks)
-              for g in _groups(rows[b * size:(b + 1) * size], th.symmetry_atol, th.symmetry_rtol, bias is not None)]
+              for g in _groups(rows[b * size:(b + 1) * size], th.symmetry_atol, th.symmetry_rtol, bias is not None,
+                               proj[b * size:(b + 1) * size])]
     later = {i for g in groups for i in g[1:]}
     reps = np.array([i for i in range(n) if i not in later], dtype=np.int64)
     if blocks == 1:
-        largest, p = max_cos(rows[reps] if later else rows, th.mc_samples, rng, th.cosine_max_rows)
+        largest, p = max_cos(rows[reps] if later else rows, th.mc_samples, rng, th.cosine_max_rows,
+                             proj[reps] if later else proj)
     else:
-        largest, p = blocked_max_cos(rows, reps, blocks, size, th, rng)
+        largest, p = blocked_max_cos(rows, reps, blocks, size, th, rng, proj)
     return {"layer": name, "neurons": n, "distinct": n - len(later), "groups": groups, "max_cos": largest,
             "p_value": p, "rows_tested": int(min(len(reps), th.cosine_max_rows))}
 
