@@ -549,3 +549,28 @@ def test_structure_found_on_two_rows_is_that_of_the_whole_batch() -> None:
     whole = discover(copy.deepcopy(model).train(), *batches[0].args)
     assert result.runs[0].structure == whole
     assert whole.blocks and whole.norms
+
+
+@pytest.mark.parametrize("vocab", [1, 1000])
+def test_token_ids_are_discovered_on_two_rows_unless_they_are_equal(monkeypatch: pytest.MonkeyPatch,
+                                                                    vocab: int) -> None:
+    # generated token ids go through discovery on DISCOVERY_ROWS rows, with the structure of the whole batch;
+    # rows that are equal (a vocabulary of one token) would make the input look constant: the whole batch then
+    import copy
+
+    from initdiag.audit import make_inputs, run
+    from initdiag.config import AuditConfig
+    from initdiag.structure import discover
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=vocab, n_positions=16)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    seen: list[int] = []
+    monkeypatch.setattr(run, "discover", lambda m, *a, **k: (seen.append(len(a[0])), discover(m, *a, **k))[1])
+    kw: dict[str, Any] = {"input_shape": (12,), "input_dtype": "long", "batches": 1, "batch_size": 6}
+    result = initdiag.audit(model, **kw)
+    assert seen == [run.DISCOVERY_ROWS if vocab > 1 else 6]
+    batches, _ = make_inputs(model, AuditConfig(**kw))
+    torch.manual_seed(0)
+    assert result.runs[0].structure == discover(copy.deepcopy(model).train(), *batches[0].args)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from initdiag.recording.moments import kernel_disabled, kernel_in_use
-from initdiag.recording.tensor_stats import TensorStats, tensor_moments, tensor_stats
+from initdiag.recording.tensor_stats import TensorStats, moments_once, tensor_moments, tensor_stats
 
 BELOW = (2.0**-24, 2.0**-40)
 
@@ -88,3 +88,17 @@ class _same:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_moments_once_reads_a_tensor_once_per_version() -> None:
+    p = torch.nn.Parameter(torch.randn(64, 32))
+    with moments_once():
+        first = tensor_moments(p)
+        assert tensor_moments(p) is first  # the same tensor, unchanged: not read again
+        assert tensor_moments(p.detach()) is not first  # another tensor object is read on its own
+        with torch.no_grad():
+            p.mul_(2.0)  # an in-place write moves the version counter: read again
+        again = tensor_moments(p)
+    assert again.mean_sq == pytest.approx(4 * first.mean_sq, rel=1e-12)
+    assert again.mean_sq == pytest.approx(float(p.detach().double().square().mean()), rel=1e-12)
+    assert tensor_moments(p) is not again  # outside the block nothing is kept

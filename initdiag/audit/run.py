@@ -45,6 +45,7 @@ from ..recording import (
 from ..recording.extras import Extras, OutputStats, SiteExtras, output_stats
 from ..recording.gates import GateStats, capture_recurrent_inputs, gate_stats
 from ..recording.lookahead import later_learners, zero_shadow
+from ..recording.tensor_stats import moments_once
 from ..results import AuditResult, AuditRun
 from ..series import FRAME_COLUMNS
 from ..structure import Structure, discover
@@ -196,19 +197,22 @@ def _first_loss(batch: Inputs, mode: str, label_seed: int, model: nn.Module) -> 
 
 
 DISCOVERY_ROWS = 2
-"""Samples of a generated batch of floating-point inputs that structure discovery runs on. The structure
-(layers, fans, activations, norms, blocks, shapes per sample) does not depend on the batch size, and two
-rows still tell a constant input (equal rows) from data, at a fraction of a whole batch's forward. Token ids
-(equal rows by chance when the vocabulary and length are small) and a caller's example go through whole."""
+"""Samples of a generated batch (normal or MNIST images, token ids) that structure discovery runs on. The
+structure (layers, fans, activations, norms, blocks, shapes per sample) does not depend on the batch size,
+and two rows still tell a constant input (equal rows) from data, at a fraction of a whole batch's forward;
+when the two rows are equal (token ids can be, by chance, for a small vocabulary and length) the whole batch
+goes through, so a batch is seen as constant only when it is. A caller's example goes through whole."""
 
 
 def _structure(work: nn.Module, batch: Inputs, device: torch.device, rows: int | None) -> Structure | None:
     """The model's structure from one forward of the first batch (no grad; buffers and RNG as before), on its
-    first ``rows`` samples when given (the whole batch if that forward fails)."""
+    first ``rows`` samples when given and not all equal (the whole batch if that forward fails)."""
     if rows is not None and all(a.dim() >= 1 and len(a) > rows for a in batch.tensors()):
-        found = _structure(work, batch.map(lambda a: a[:rows]), device, None)
-        if found is not None:
-            return found
+        part = batch.map(lambda a: a[:rows])
+        if any(not bool((a[1:] == a[:1]).all()) for a in part.tensors()):
+            found = _structure(work, part, device, None)
+            if found is not None:
+                return found
     try:
         args = _args(batch, device)
         return discover(work, *args.args, **args.kwargs)
@@ -287,15 +291,18 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
         if targets is None:
             targets = init_targets(work, structure)
         transposed = transposed_weights(structure)
-        rec = _record(work, label, batches, cfg, device, structure, transposed)
-        weights = layer_weights(work, rec.layers, structure, reinit.variances)
-        # views of the weights, unless the model is audited in place and gets its values back on exit
-        restored = work is model and not before
-        snapshot = snapshot_weights(work, {la.module_name for la in rec.layers if la.role == Role.WEIGHT}, transposed,
-                                    copy=restored)
-        # the Var(W) each initializer drew (its rule for the fans seen), the weights as they are for the rest
-        weight_vars = {**weight_moments(work, structure), **reinit.variances}
-        default = spec.name == "pytorch-default" if spec is not None else _looks_default(work)
+        # the audit writes no weight but through autograd's in-place operations (look-ahead steps, restored),
+        # which move the version counters: one pass over each weight serves every reader
+        with moments_once():
+            rec = _record(work, label, batches, cfg, device, structure, transposed)
+            weights = layer_weights(work, rec.layers, structure, reinit.variances)
+            # views of the weights, unless the model is audited in place and gets its values back on exit
+            restored = work is model and not before
+            snapshot = snapshot_weights(work, {la.module_name for la in rec.layers if la.role == Role.WEIGHT},
+                                        transposed, copy=restored)
+            # the Var(W) each initializer drew (its rule for the fans seen), the weights as they are for the rest
+            weight_vars = {**weight_moments(work, structure), **reinit.variances}
+            default = spec.name == "pytorch-default" if spec is not None else _looks_default(work)
         # kept in place: the digest taken before the audit (checked unchanged after it), not a third hash
         gains, groups, digest = norm_gains(work, structure), input_groups(work), before or weights_digest(work)
     frame = pool_batches(rec.series)
@@ -321,7 +328,7 @@ def audit_record(model: nn.Module, config: AuditConfig, example_input: Any = Non
         device = torch.device("cuda", torch.cuda.current_device())
     started, start = datetime.now(UTC), time.perf_counter()
     batches, inputs = make_inputs(model, config, example_input, example_kwargs)
-    rows = DISCOVERY_ROWS if inputs.kind in ("normal", "mnist") else None
+    rows = DISCOVERY_ROWS if inputs.kind in ("normal", "mnist", "tokens") else None
     audited: list[AuditRun] = []
     targets: tuple[Target, ...] | None = None
     for label, spec in zip(config.inits, config.specs, strict=True):

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +29,7 @@ import torch
 
 from .moments import _KERNEL, _dense_size, moments_torch
 
-__all__ = ["TensorMoments", "TensorStats", "array_moments", "tensor_moments", "tensor_stats"]
+__all__ = ["TensorMoments", "TensorStats", "array_moments", "moments_once", "tensor_moments", "tensor_stats"]
 
 
 @dataclass(frozen=True)
@@ -93,13 +96,37 @@ class TensorMoments:
         return 0.0 if self.top == abs(self.mean) else max(self.mean_sq - self.mean**2, 0.0)
 
 
+_ONCE: ContextVar[dict[tuple[int, int], tuple[torch.Tensor, TensorMoments]] | None] = ContextVar(
+    "initdiag_moments_once", default=None)
+
+
+@contextmanager
+def moments_once() -> Iterator[None]:
+    """Within the block, :func:`tensor_moments` reads each tensor object once per version: a later call on the
+    same tensor (``is``, the tensor held so its id is not reused) with the same version counter returns the
+    first result. For a block whose writes to the tensors it reads go through in-place operations (they move
+    the counter; a write through ``.data`` does not): an audit's weights, written only by its look-ahead
+    steps and restores."""
+    token = _ONCE.set({})
+    try:
+        yield
+    finally:
+        _ONCE.reset(token)
+
+
 def tensor_moments(t: torch.Tensor) -> TensorMoments:
     """:class:`TensorMoments` of ``t`` from :func:`tensor_stats` (the compiled kernel where it applies: one
-    read of each value)."""
+    read of each value; once per tensor and version inside :func:`moments_once`)."""
+    memo = _ONCE.get()
+    key = (id(t), t._version)
+    if memo is not None and key in memo and memo[key][0] is t:
+        return memo[key][1]
     s = tensor_stats(t)
-    if s.n == 0:
-        return TensorMoments(0, math.nan, math.nan, 0, 0.0)
-    return TensorMoments(s.n, s.total / s.n, s.squares / s.n, s.nonzero, s.top)
+    m = TensorMoments(0, math.nan, math.nan, 0, 0.0) if s.n == 0 else \
+        TensorMoments(s.n, s.total / s.n, s.squares / s.n, s.nonzero, s.top)
+    if memo is not None:
+        memo[key] = (t, m)
+    return m
 
 
 def array_moments(a: np.ndarray) -> TensorMoments:
