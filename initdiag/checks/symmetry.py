@@ -346,8 +346,9 @@ class SymmetryCheck(Check):
             ),
             MethodNote(
                 "symmetry", "Near-duplicate neurons",
-                "The largest |cosine| between two distinct neurons of a layer (rows with all-zero columns such as "
-                f"zero biases dropped; at most {th.cosine_max_rows} random rows) is compared with its distribution "
+                "The largest |cosine| between two distinct neurons of a layer (at most "
+                f"{th.cosine_max_rows} random rows; columns zero in every row tested, such as zero biases, "
+                "dropped) is compared with its distribution "
                 "for independent random rows of the same shape: p = min(1, n(n-1)/2 x P(|cos| >= c)) with "
                 "cos^2 ~ Beta(1/2, (d-1)/2) for one pair (a union bound over the pairs)"
                 + (f", or Monte Carlo with {th.mc_samples} draws" if th.mc_samples > 0 else "")
