@@ -13,6 +13,9 @@ pairs run alternated: prints the median peaks and times, the median ratio and th
     python benchmarks/audit_memory.py                       # resnet50 (3x128x128, 4 x 8) and gpt2 (12 layers)
     python benchmarks/audit_memory.py --models llama1b      # a ~1 B-parameter decoder from a Llama config
     python benchmarks/audit_memory.py --models vit_b_16     # torchvision's ViT-B/16, 4 x 4 x 3 x 224 x 224
+    python benchmarks/audit_memory.py --models llama1b --batches 4 --batch-size 16   # the audit's defaults
+
+``--batches`` / ``--batch-size`` replace a model's own count and size of batches (the same sample shape).
 """
 
 from __future__ import annotations
@@ -63,11 +66,22 @@ def build(name: str) -> tuple[torch.nn.Module, list[torch.Tensor], int]:
     raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
+def resized(batches: list[torch.Tensor], count: int | None, size: int | None, classes: int) -> list[torch.Tensor]:
+    """``batches`` again as ``count`` batches of ``size`` samples of the same shape and kind (seeded), when
+    either is given."""
+    if count is None and size is None:
+        return batches
+    x, g = batches[0], torch.Generator().manual_seed(2)
+    shape = (size or len(x), *x.shape[1:])
+    return [torch.randn(shape, generator=g) if x.is_floating_point() else torch.randint(0, classes, shape, generator=g)
+            for _ in range(count or len(batches))]
+
+
 def _logits(out: Any) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
-def side(name: str, which: str) -> dict[str, float]:
+def side(name: str, which: str, count: int | None = None, size: int | None = None) -> dict[str, float]:
     import importlib
 
     import initdiag
@@ -76,6 +90,7 @@ def side(name: str, which: str) -> dict[str, float]:
         importlib.import_module(module)
 
     model, batches, classes = build(name)
+    batches = resized(batches, count, size, classes)
     base = proc_status_bytes("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     start = time.perf_counter()
@@ -94,30 +109,37 @@ def side(name: str, which: str) -> dict[str, float]:
                        input_dtype="long" if tokens else "float", vocab=classes if tokens else None)
     seconds = time.perf_counter() - start
     return {"peak": float(proc_status_bytes("VmHWM") - base), "seconds": seconds,
-            "params": float(sum(p.numel() for p in model.parameters()))}
+            "params": float(sum(p.numel() for p in model.parameters())), "batches": float(len(batches)),
+            "samples": float(len(batches[0])), "values": float(batches[0][0].numel())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50,gpt2")
     parser.add_argument("--repeats", type=int, default=3, help="pairs of fresh processes (plain, audit) per model")
+    parser.add_argument("--batches", type=int, help="batches per side (default: the model's own)")
+    parser.add_argument("--batch-size", type=int, help="samples per batch (default: the model's own)")
     parser.add_argument("--side", choices=("plain", "audit"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        print(json.dumps(side(args.model, args.side)))
+        print(json.dumps(side(args.model, args.side, args.batches, args.batch_size)))
         return
     for name in args.models.split(","):
         got: dict[str, list[dict[str, float]]] = {"plain": [], "audit": []}
         for _ in range(args.repeats):  # alternated, each in a fresh process
             for which in ("plain", "audit"):
-                done = subprocess.run([sys.executable, __file__, "--side", which, "--model", name],
+                sizes = [*(["--batches", str(args.batches)] if args.batches else []),
+                         *(["--batch-size", str(args.batch_size)] if args.batch_size else [])]
+                done = subprocess.run([sys.executable, __file__, "--side", which, "--model", name, *sizes],
                                       capture_output=True, text=True, check=True)
                 got[which].append(json.loads(done.stdout.strip().splitlines()[-1]))
         peak = {k: np.array([r["peak"] for r in v]) / 2**20 for k, v in got.items()}
         secs = {k: np.array([r["seconds"] for r in v]) for k, v in got.items()}
         ratios = peak["audit"] / peak["plain"]
-        print(f"{name} ({got['plain'][0]['params'] / 1e6:.0f} M parameters), {args.repeats} pairs of fresh processes: "
+        first = got["plain"][0]
+        print(f"{name} ({first['params'] / 1e6:.0f} M parameters; {first['batches']:.0f} batches of "
+              f"{first['samples']:.0f} x {first['values']:.0f} values), {args.repeats} pairs of fresh processes: "
               f"plain +{np.median(peak['plain']):,.0f} MiB in {np.median(secs['plain']):.1f} s, audit "
               f"+{np.median(peak['audit']):,.0f} MiB in {np.median(secs['audit']):.1f} s (medians): memory "
               f"{np.median(ratios):.2f}x (pairs {ratios.min():.2f}-{ratios.max():.2f}), time "
