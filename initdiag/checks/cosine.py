@@ -14,7 +14,7 @@ from .verdict import Thresholds
 
 __all__ = [
     "blocked_max_cos", "finite_rows", "live_rows", "max_cos", "max_cosine_pvalue", "native_rows", "neuron_rows",
-    "projections",
+    "projection_vectors", "projections",
 ]
 
 _DEFAULT = Thresholds()
@@ -74,13 +74,18 @@ def max_cosine_pvalue(weight: np.ndarray, bias: np.ndarray | None, n_samples: in
     return max_cos(native_rows(weight, bias), n_samples, rng, max_rows)
 
 
+def projection_vectors(d: int) -> np.ndarray:
+    """The fixed ``(d, 2)`` float64 vectors of :func:`projections`, entries in [1, 2) (seeded)."""
+    return 1.0 + np.random.default_rng(20240611).random((d, 2))
+
+
 def projections(rows: np.ndarray) -> np.ndarray:
-    """``rows @ v`` in float64 for a fixed ``v`` of shape ``(d, 2)`` with entries in [1, 2): two independent
-    positive projections of each row, a cache-sized block of rows at a time. A row of finite float32 (or
-    narrower) values has finite projections; a row holding NaN or inf has a non-finite one; a row of zeros
-    projects to exactly 0 (the one pass that :func:`live_rows` and the symmetry groups share)."""
+    """``rows @ v`` in float64 for ``v`` = :func:`projection_vectors`: two independent positive projections of
+    each row, a cache-sized block of rows at a time. A row of finite float32 (or narrower) values has finite
+    projections; a row holding NaN or inf has a non-finite one; a row of zeros projects to exactly 0 (the one
+    pass that :func:`live_rows` and the symmetry groups share)."""
     d = rows.shape[1]
-    v = 1.0 + np.random.default_rng(20240611).random((d, 2))
+    v = projection_vectors(d)
     step = max(1, (1 << 18) // max(d, 1))
     if not len(rows):
         return np.empty((0, 2))

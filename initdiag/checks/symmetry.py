@@ -13,7 +13,16 @@ from ..recording.snapshots import Weights
 from ..vocab import CheckName, Family, Need, Phase, Signal, Status
 from .chains import design_notes_of
 from .compare import holm
-from .cosine import blocked_max_cos, finite_rows, max_cos, max_cosine_pvalue, native_rows, neuron_rows, projections
+from .cosine import (
+    blocked_max_cos,
+    finite_rows,
+    max_cos,
+    max_cosine_pvalue,
+    native_rows,
+    neuron_rows,
+    projection_vectors,
+    projections,
+)
 from .evidence import RunEvidence, init_advice
 from .registry import AnalysisContext, Check, MethodNote
 from .verdict import Thresholds, Verdict
@@ -57,8 +66,8 @@ def _groups(rows: np.ndarray, atol: float, rtol: float, has_bias: bool = False,
     scale = np.full(d, scales[0])
     scale[split:] = scales[1]
     tol = atol + rtol * scale
-    v = 1.0 + np.random.default_rng(20240611).random((d, 2))  # the projections' own vectors
-    window = (tol + 2 * d * _EPS * scale) @ v  # |p_i - p_j| within it on both projections when rows match
+    # |p_i - p_j| within it on both projections when rows match
+    window = (tol + 2 * d * _EPS * scale) @ projection_vectors(d)
     if not np.isfinite(proj).all():  # finite rows whose float64 projections overflowed: compare them by value
         proj = np.nan_to_num(proj, nan=0.0, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max)
     order = np.argsort(proj[:, 0], kind="stable")
