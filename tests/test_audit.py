@@ -574,3 +574,47 @@ def test_token_ids_are_discovered_on_two_rows_unless_they_are_equal(monkeypatch:
     batches, _ = make_inputs(model, AuditConfig(**kw))
     torch.manual_seed(0)
     assert result.runs[0].structure == discover(copy.deepcopy(model).train(), *batches[0].args)
+
+
+class DrawsFromGlobalRngs(nn.Module):
+    """A forward that draws from NumPy's legacy global generator and Python's ``random`` (as wav2vec2's time
+    masks draw from NumPy's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import random
+
+        keep = torch.from_numpy(np.random.rand(*x.shape[:1], 16) > 0.3).float() * (0.5 + random.random())
+        return self.fc2(torch.relu(self.fc1(x)) * keep)
+
+
+def test_audits_are_reproducible_when_the_forward_draws_from_global_rngs() -> None:
+    import random
+
+    model = DrawsFromGlobalRngs()
+    np.random.seed(123)
+    random.seed(123)
+    before = (np.random.get_state()[1].copy(), random.getstate())
+    first = initdiag.audit(model, input_shape=(8,), batches=2, batch_size=8)
+    second = initdiag.audit(model, input_shape=(8,), batches=2, batch_size=8)
+    pd.testing.assert_frame_equal(first.frame, second.frame)
+    assert first.runs[0].losses.tolist() == second.runs[0].losses.tolist()
+    assert np.array_equal(np.random.get_state()[1], before[0]) and random.getstate() == before[1]  # untouched
+
+
+def test_a_weight_norm_layer_is_audited_and_recorded_without_touching_a_non_leaf_grad() -> None:
+    import warnings
+
+    from torch.nn.utils.parametrizations import weight_norm
+
+    model = nn.Sequential(weight_norm(nn.Conv1d(2, 8, 3)), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 14, 3))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not a leaf Tensor.*")
+        result = initdiag.audit(model, input_shape=(2, 16), batches=1, batch_size=8)
+        with initdiag.Recorder(model, every=1) as rec:  # a user's loop records it every step, silently too
+            for _ in range(2):
+                model(torch.randn(8, 2, 16)).square().mean().backward()
+    assert result.runs and not rec.frame().empty

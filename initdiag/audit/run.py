@@ -14,8 +14,8 @@ from __future__ import annotations
 import functools
 import random
 import time
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -259,6 +259,21 @@ def seed_global_rngs(seed: int) -> None:
     torch.default_generator.manual_seed(seed)
 
 
+@contextmanager
+def seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Python's ``random`` and NumPy's legacy global generator seeded with ``seed`` inside the block and set back
+    to their states after it: a forward that draws from them (wav2vec2-style SpecAugment time masks draw from
+    NumPy's) gives the same audit every time, and the caller's random streams are as they were."""
+    state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+        np.random.set_state(np_state)
+
+
 def _half_dtype(model: nn.Module) -> str | None:
     """"float16" or "bfloat16" when the model's first floating parameter is, else None."""
     p = next((p for p in model.parameters() if p.is_floating_point()), None)
@@ -280,7 +295,8 @@ def _audit_one(model: nn.Module, label: str, spec: InitSpec | None, cfg: AuditCo
     ``keep``. One discovery per run, and one more for the audit when its first run applies an initializer."""
     start = time.perf_counter()
     cuda = [device.index] if device.type == "cuda" and device.index is not None else []
-    with torch.random.fork_rng(devices=cuda), working_copy(model, device, keep=spec is None) as (work, before):
+    with torch.random.fork_rng(devices=cuda), seeded_global_rngs(cfg.seed), \
+            working_copy(model, device, keep=spec is None) as (work, before):
         torch.default_generator.manual_seed(cfg.seed)  # not torch.manual_seed: it would seed every GPU
         for index in cuda:
             torch.cuda.default_generators[index].manual_seed(cfg.seed)

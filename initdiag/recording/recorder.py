@@ -372,7 +372,7 @@ class Recorder:
             return
         for layer, weight in self._weights.take(self.step, self.epoch):
             self._push(layer, Kind.WEIGHT, weight, -1, None)
-            if weight.grad is not None:
+            if weight.is_leaf and weight.grad is not None:  # a computed (parametrized) weight has none
                 self._push(layer, Kind.WEIGHT_GRAD, weight.grad, -1, None)
 
     def _push(self, layer: LayerState, kind: str, y: torch.Tensor, cdim: int,

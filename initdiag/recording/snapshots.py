@@ -100,11 +100,13 @@ def snapshot_grads(model: nn.Module, names: Collection[str], transposed: Collect
     for name, module in model.named_modules():
         key = name or type(module).__name__
         weight = main_weight(module) if key in names else None
-        if weight is None or weight.dim() < 2 or weight.grad is None:
+        # a computed weight (a parametrization's, weight norm's) is no leaf: its gradient is its parameters'
+        if weight is None or weight.dim() < 2 or not weight.is_leaf or weight.grad is None:
             continue
         bias = _bias(module)
         grad = weight.grad.t() if key in transposed else output_rows(module, weight.grad)
-        snap[key] = (_numpy(grad, copy), None if bias is None or bias.grad is None else _numpy(bias.grad, copy))
+        snap[key] = (_numpy(grad, copy), None if bias is None or not bias.is_leaf or bias.grad is None
+                     else _numpy(bias.grad, copy))
     return snap
 
 
