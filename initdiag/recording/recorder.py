@@ -50,7 +50,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..structure import Structure, StructureProbe
 from ..structure.activations import SATURATING
-from ..structure.layers import RECORDED_WEIGHT_TYPES, LayerInfo, activation_name, main_weight
+from ..structure.layers import RECORDED_WEIGHT_TYPES, LayerInfo, activation_name, main_weight, own_grad
 from ..structure.model import Activation
 from ..vocab import Kind, Phase, Role
 from .collect import Collector
@@ -372,8 +372,8 @@ class Recorder:
             return
         for layer, weight in self._weights.take(self.step, self.epoch):
             self._push(layer, Kind.WEIGHT, weight, -1, None)
-            if weight.is_leaf and weight.grad is not None:  # a computed (parametrized) weight has none
-                self._push(layer, Kind.WEIGHT_GRAD, weight.grad, -1, None)
+            if (grad := own_grad(weight)) is not None:
+                self._push(layer, Kind.WEIGHT_GRAD, grad, -1, None)
 
     def _push(self, layer: LayerState, kind: str, y: torch.Tensor, cdim: int,
               sat: tuple[float, float] | None, step: int | None = None, epoch: int | None = None) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..structure import Structure
-from ..structure.layers import WEIGHT_LAYER_TYPES, main_weight
+from ..structure.layers import WEIGHT_LAYER_TYPES, main_weight, own_grad
 from .tensor_stats import TensorMoments, tensor_moments
 
 __all__ = ["NEAR_ZERO", "Weights", "input_groups", "leaves_zero", "near_zero", "norm_gains",
@@ -100,13 +100,13 @@ def snapshot_grads(model: nn.Module, names: Collection[str], transposed: Collect
     for name, module in model.named_modules():
         key = name or type(module).__name__
         weight = main_weight(module) if key in names else None
-        # a computed weight (a parametrization's, weight norm's) is no leaf: its gradient is its parameters'
-        if weight is None or weight.dim() < 2 or not weight.is_leaf or weight.grad is None:
+        grad = own_grad(weight) if weight is not None and weight.dim() >= 2 else None
+        if grad is None:
             continue
         bias = _bias(module)
-        grad = weight.grad.t() if key in transposed else output_rows(module, weight.grad)
-        snap[key] = (_numpy(grad, copy), None if bias is None or not bias.is_leaf or bias.grad is None
-                     else _numpy(bias.grad, copy))
+        bias_grad = own_grad(bias) if bias is not None else None
+        snap[key] = (_numpy(grad.t() if key in transposed else output_rows(module, grad), copy),
+                     None if bias_grad is None else _numpy(bias_grad, copy))
     return snap
 
 

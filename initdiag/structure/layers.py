@@ -25,6 +25,7 @@ __all__ = [
     "activation_name",
     "fans",
     "main_weight",
+    "own_grad",
     "shape_fans",
     "weight_layers",
 ]
@@ -57,6 +58,12 @@ def main_weight(module: nn.Module) -> torch.Tensor | None:
         if isinstance(weight, torch.Tensor):
             return weight
     return None
+
+
+def own_grad(t: torch.Tensor) -> torch.Tensor | None:
+    """``t.grad`` of a leaf tensor (a parameter); None for a computed one (a parametrization's weight, weight
+    norm's), whose gradient is its parameters' and whose ``.grad`` torch warns about reading."""
+    return t.grad if t.is_leaf else None
 
 
 def fans(weight: torch.Tensor) -> tuple[int, int]:
