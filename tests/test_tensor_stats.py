@@ -102,3 +102,12 @@ def test_moments_once_reads_a_tensor_once_per_version() -> None:
     assert again.mean_sq == pytest.approx(4 * first.mean_sq, rel=1e-12)
     assert again.mean_sq == pytest.approx(float(p.detach().double().square().mean()), rel=1e-12)
     assert tensor_moments(p) is not again  # outside the block nothing is kept
+
+
+def test_moments_of_an_inference_tensor_need_no_version_counter() -> None:
+    with torch.inference_mode():
+        t = torch.randn(32, 16)
+    expected = float(t.double().square().mean())
+    assert tensor_moments(t).mean_sq == pytest.approx(expected, rel=1e-12)
+    with moments_once():
+        assert tensor_moments(t).mean_sq == pytest.approx(expected, rel=1e-12)

@@ -117,16 +117,22 @@ def moments_once() -> Iterator[None]:
 def tensor_moments(t: torch.Tensor) -> TensorMoments:
     """:class:`TensorMoments` of ``t`` from :func:`tensor_stats` (the compiled kernel where it applies: one
     read of each value; once per tensor and version inside :func:`moments_once`)."""
-    memo = _ONCE.get()
+    memo = _ONCE.get() if not t.is_inference() else None  # an inference tensor has no version counter
+    if memo is None:
+        return _moments(t)
     key = (id(t), t._version)
-    if memo is not None and key in memo and memo[key][0] is t:
-        return memo[key][1]
+    hit = memo.get(key)
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    m = memo[key] = (t, _moments(t))
+    return m[1]
+
+
+def _moments(t: torch.Tensor) -> TensorMoments:
     s = tensor_stats(t)
-    m = TensorMoments(0, math.nan, math.nan, 0, 0.0) if s.n == 0 else \
-        TensorMoments(s.n, s.total / s.n, s.squares / s.n, s.nonzero, s.top)
-    if memo is not None:
-        memo[key] = (t, m)
-    return m
+    if s.n == 0:
+        return TensorMoments(0, math.nan, math.nan, 0, 0.0)
+    return TensorMoments(s.n, s.total / s.n, s.squares / s.n, s.nonzero, s.top)
 
 
 def array_moments(a: np.ndarray) -> TensorMoments:
