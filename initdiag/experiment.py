@@ -27,6 +27,7 @@ from .data import MnistData
 from .errors import UsageError
 from .initializers import InitSpec, apply_initializer
 from .jsonable import run_name
+from .memory import release_heap
 from .models import build_model
 from .progress import NullProgress, Progress
 from .recording import (
@@ -117,6 +118,7 @@ def run_one(config: ExperimentConfig, spec: InitSpec, seed: int, data: MnistData
         structure = discover(model, probe_x)
         grads_init, zero = lookahead(model, probe_x, data.test_y[: config.probe_size].to(device))
         weight_vars = {**weight_moments(model, structure), **theory_variances(model, spec)}
+        release_heap()  # the look-ahead's probe batch (forward and backward): the steps need a fraction of it
         recorder = Recorder(model, every=config.record_every, run=name, initializer=spec.label, seed=seed,
                             structure=structure)
         with recorder:

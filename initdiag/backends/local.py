@@ -14,6 +14,7 @@ otherwise every training step faults its activation buffers back in.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -31,7 +32,7 @@ from ..errors import Interrupted
 from ..experiment import assemble, resolve_device, run_one
 from ..initializers import InitSpec
 from ..jsonable import run_name
-from ..memory import keep_heap
+from ..memory import keep_heap, shared_with_forks
 from ..progress import MultiProgress, NullProgress, Progress, QueueProgress
 from ..results import ExperimentResult, RunResult
 from ..store import RunStore
@@ -115,20 +116,22 @@ def _parallel(config: ExperimentConfig, data: MnistData, tasks: Sequence[Task], 
     listener.start()
     _WORKER.update(data=data)
     done: dict[str, RunResult] = {}
-    pool = ctx.Pool(jobs, initializer=_init_worker,
-                    initargs=(threads, queue, None if use_fork else data), maxtasksperchild=1)
-    try:
-        args = [(config, spec, seed, str(device)) for spec, seed in tasks]
-        for run in pool.imap_unordered(_work, args):
-            on_done(run)
-            done[run.name] = run
-        pool.close()
-        pool.join()
-    finally:
-        pool.terminate()
-        queue.put(None)
-        listener.join(timeout=5)
-        _WORKER.clear()
+    # forked workers (one per run) share the parent's pages: their collections leave its objects alone
+    with shared_with_forks() if use_fork else contextlib.nullcontext():
+        pool = ctx.Pool(jobs, initializer=_init_worker,
+                        initargs=(threads, queue, None if use_fork else data), maxtasksperchild=1)
+        try:
+            args = [(config, spec, seed, str(device)) for spec, seed in tasks]
+            for run in pool.imap_unordered(_work, args):
+                on_done(run)
+                done[run.name] = run
+            pool.close()
+            pool.join()
+        finally:
+            pool.terminate()
+            queue.put(None)
+            listener.join(timeout=5)
+            _WORKER.clear()
     return [done[run_name(spec.label, seed)] for spec, seed in tasks]
 
 
