@@ -105,7 +105,9 @@ class ExperimentConfig:
     jobs: int | None = None
     """Parallel worker processes; None picks one per core (CPU) or 1 (GPU)."""
     probe_size: int = 512
-    eval_batch_size: int = 500
+    eval_batch_size: int = 250
+    """Test images per evaluation forward: the seed CNN's peak there is ~30 MiB per worker (500: ~60 MiB, at
+    the same speed on a CPU), and the evaluation's batch decides the worker's peak in the default run."""
     fail_on: tuple[str, ...] = ()
     paper: str = "a4"
 

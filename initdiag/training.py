@@ -86,7 +86,7 @@ def grad_norm(parameters: Sequence[torch.Tensor], device: torch.device) -> torch
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250,
              device: torch.device | str = "cpu") -> tuple[float, float, np.ndarray]:
     """Return ``(mean cross-entropy, accuracy, predictions)`` of ``model`` on ``(x, y)`` in eval mode.
 
@@ -121,7 +121,7 @@ def train(
     optimizer: str = "adam",
     seed: int = 0,
     device: torch.device | str = "cpu",
-    eval_batch_size: int = 500,
+    eval_batch_size: int = 250,
     progress: Progress | None = None,
     label: str = "run",
     on_epoch_start: Callable[[int], None] | None = None,
