@@ -315,7 +315,7 @@ def test_a_training_report_shows_the_loss_of_every_step(tmp_path: Path) -> None:
         loss.backward()
         opt.step()
         session.loss(loss)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     paths = session.finish(model)
     html = paths["html"].read_text()
     assert '<section id="loss">' in html and 'id="fig-loss"' in html and "one line per run" in html
