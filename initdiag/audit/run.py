@@ -254,9 +254,14 @@ def pool_batches(frame: pd.DataFrame) -> pd.DataFrame:
 def seed_global_rngs(seed: int) -> None:
     """Seed the global random generators a model's constructor may draw from: Python's ``random``, NumPy's
     legacy global generator and torch's CPU generator (not a CUDA one: seeding it would initialize CUDA)."""
+    _seed_python_and_numpy(seed)
+    torch.default_generator.manual_seed(seed)
+
+
+def _seed_python_and_numpy(seed: int) -> None:
+    """Python's ``random`` and NumPy's legacy global generator, seeded with ``seed``."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.default_generator.manual_seed(seed)
 
 
 @contextmanager
@@ -265,8 +270,7 @@ def seeded_global_rngs(seed: int) -> Iterator[None]:
     to their states after it: a forward that draws from them (wav2vec2-style SpecAugment time masks draw from
     NumPy's) gives the same audit every time, and the caller's random streams are as they were."""
     state, np_state = random.getstate(), np.random.get_state()
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
+    _seed_python_and_numpy(seed)
     try:
         yield
     finally:
