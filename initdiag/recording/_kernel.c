@@ -27,6 +27,11 @@
  *     |s1 - sum x|   <= (n - 1) u sum |x|      |s2 - sum x^2| <= (n - 1) u sum x^2
  * (to first order in u). The counts are exact below 2^53.
  *
+ * int initdiag_moments_at(x, geometry, out, bounds)
+ *   initdiag_moments(x, geometry[0..5], out, bounds[0], bounds[1]): the same call with the six sizes and strides
+ *   and the two bounds read from memory, for callers whose per-argument cost dominates (ctypes converts each
+ *   argument: ~1.1 us a call with ten, ~0.3 us with four pointers, on an AMD EPYC core).
+ *
  * int initdiag_abs_stats(x, n, t1, t2, out)
  *   Reads the n contiguous floats at x and writes 7 doubles at out:
  *     out[0] = sum x                 out[1] = sum x^2 (as above: exact squares, +inf beyond FLT_MAX)
@@ -62,16 +67,17 @@
 #define RESTRICT restrict
 #endif
 
-#define INITDIAG_ABI 4 /* bump when the signature or the meaning of out changes */
+#define INITDIAG_ABI 5 /* bump when the signature or the meaning of out changes */
 #define LANES 16       /* interleaved partial sums of contiguous runs: vectorizable, order fixed */
 #define MAX_POSITIONS ((int64_t) 1 << 16) /* per-position sums of short runs: at most 1 MiB of scratch */
 
 /* body_lanes(x, G, sg, body, a, b, z): the body lanes of one channel's runs (see channel_runs) into the
  * zeroed a, b, z: lane k sums, run after run, the values at p = k (mod LANES) of each run's first `body`
- * values. Plain C (compilers vectorize it as they can); on x86-64 with GCC or Clang and a CPU with AVX2,
- * the same sums, lane for lane and bit for bit, in sixteen lanes of four 4-double registers
- * (-DINITDIAG_SCALAR_SUMS builds the plain C loop alone, to compare the two). */
-static void body_lanes_c(const float *x, int64_t G, int64_t sg, int64_t body, double *a, double *b, int64_t *z) {
+ * values; tail_lanes: the same of each run's last P - body values (fewer than LANES) into the zeroed ta, tb,
+ * tz. Plain C (compilers vectorize it as they can); on x86-64 with GCC or Clang and a CPU with AVX2 and FMA,
+ * channel_runs_avx2 makes the same sums, lane for lane and bit for bit (-DINITDIAG_SCALAR_SUMS builds the plain
+ * C loops alone, to compare the two). */
+static void body_lanes(const float *x, int64_t G, int64_t sg, int64_t body, double *a, double *b, int64_t *z) {
     for (int64_t g = 0; g < G; g++) {
         const float *RESTRICT v = x + g * sg;
         for (int64_t p = 0; p < body; p += LANES) {
@@ -85,52 +91,8 @@ static void body_lanes_c(const float *x, int64_t G, int64_t sg, int64_t body, do
     }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(INITDIAG_SCALAR_SUMS)
-#include <immintrin.h>
-#define AVX2_SUMS 1
-__attribute__((target("avx2"))) static void body_lanes_avx2(const float *x, int64_t G, int64_t sg, int64_t body,
-                                                           double *a, double *b, int64_t *z) {
-    const __m256d zero = _mm256_setzero_pd();
-    __m256d va[LANES / 4], vb[LANES / 4];
-    __m256i vz[LANES / 4];
-    for (int j = 0; j < LANES / 4; j++) {
-        va[j] = vb[j] = zero;
-        vz[j] = _mm256_setzero_si256();
-    }
-    for (int64_t g = 0; g < G; g++) {
-        const float *v = x + g * sg;
-        for (int64_t p = 0; p < body; p += LANES) {
-            for (int j = 0; j < LANES / 4; j++) { /* lanes 4j .. 4j + 3 */
-                __m256d w = _mm256_cvtps_pd(_mm_loadu_ps(v + p + 4 * j));
-                va[j] = _mm256_add_pd(va[j], w);
-                vb[j] = _mm256_add_pd(vb[j], _mm256_mul_pd(w, w));
-                /* w != 0 (true for NaN, as in C) is -1 per lane */
-                vz[j] = _mm256_sub_epi64(vz[j], _mm256_castpd_si256(_mm256_cmp_pd(w, zero, _CMP_NEQ_UQ)));
-            }
-        }
-    }
-    for (int j = 0; j < LANES / 4; j++) {
-        _mm256_storeu_pd(a + 4 * j, va[j]);
-        _mm256_storeu_pd(b + 4 * j, vb[j]);
-        _mm256_storeu_si256((__m256i *) (z + 4 * j), vz[j]);
-    }
-}
-#endif
-
-/* One channel stored as G runs of P contiguous floats, run g at x + g*sg: its sum, sum of squares and
- * non-zero count, added to *s1, *s2, *nz. Lane k sums, run after run, the values at p = k (mod LANES) of
- * each run's first P - P % LANES (body_lanes); tail lane k the k-th of each run's last P % LANES; then
- * lane k += tail lane k, and the lanes are folded pairwise (k += k + LANES/2, ..., k += k + 1). */
-static void channel_runs(const float *x, int64_t G, int64_t sg, int64_t P, double *s1, double *s2, double *nz) {
-    double a[LANES] = {0}, b[LANES] = {0}, ta[LANES] = {0}, tb[LANES] = {0};
-    int64_t z[LANES] = {0}, tz[LANES] = {0}, body = P - P % LANES;
-    if (body > 0) {
-#if defined(AVX2_SUMS)
-        (__builtin_cpu_supports("avx2") ? body_lanes_avx2 : body_lanes_c)(x, G, sg, body, a, b, z);
-#else
-        body_lanes_c(x, G, sg, body, a, b, z);
-#endif
-    }
+static void tail_lanes(const float *x, int64_t G, int64_t sg, int64_t body, int64_t P, double *ta, double *tb,
+                       int64_t *tz) {
     for (int64_t g = 0; g < G; g++) {
         const float *RESTRICT v = x + g * sg + body;
         for (int64_t k = 0; k < P - body; k++) {
@@ -140,52 +102,204 @@ static void channel_runs(const float *x, int64_t G, int64_t sg, int64_t P, doubl
             tz[k] += w != 0.0;
         }
     }
+}
+
+/* Lane k += tail lane k, then the lanes folded pairwise (k += k + LANES/2, ..., k += k + 1), into *s1, *s2, *nz. */
+static void fold_lanes(double *a, double *b, const double *ta, const double *tb, int64_t z, double *s1,
+                       double *s2, double *nz) {
     for (int k = 0; k < LANES; k++) {
         a[k] += ta[k];
         b[k] += tb[k];
-        z[k] += tz[k];
     }
     for (int width = LANES / 2; width > 0; width /= 2) {
         for (int k = 0; k < width; k++) {
             a[k] += a[k + width];
             b[k] += b[k + width];
-            z[k] += z[k + width];
         }
     }
     *s1 += a[0];
     *s2 += b[0];
-    *nz += (double) z[0];
+    *nz += (double) z;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(INITDIAG_SCALAR_SUMS)
+#include <immintrin.h>
+#define AVX2_SUMS 1
+#define COUNT_CHUNK ((int64_t) 1 << 28) /* values read between two flushes of the int32 count lanes */
+
+static int avx2_sums(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+
+__attribute__((target("avx2"))) static int64_t lanes_total(__m256i v) {
+    int32_t lane[8];
+    int64_t total = 0;
+    _mm256_storeu_si256((__m256i *) lane, v);
+    for (int k = 0; k < 8; k++) total += lane[k];
+    return total;
+}
+
+/* Eight floats f into two 4-double lanes each of sums a0, a1 and squares b0, b1, and their non-zero count (NaN
+ * counts, as in C) into the int32 lanes of n. A fused multiply-add rounds as the product and the sum do: the
+ * product of two widened floats is exact. */
+#define ADD8(f, a0, a1, b0, b1, n)                                                                    \
+    do {                                                                                              \
+        __m256d w0_ = _mm256_cvtps_pd(_mm256_castps256_ps128(f));                                     \
+        __m256d w1_ = _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1));                                   \
+        a0 = _mm256_add_pd(a0, w0_);                                                                  \
+        a1 = _mm256_add_pd(a1, w1_);                                                                  \
+        b0 = _mm256_fmadd_pd(w0_, w0_, b0);                                                           \
+        b1 = _mm256_fmadd_pd(w1_, w1_, b1);                                                           \
+        n = _mm256_sub_epi32(n, _mm256_castps_si256(_mm256_cmp_ps(f, _mm256_setzero_ps(), _CMP_NEQ_UQ))); \
+    } while (0)
+
+/* channel_runs's sums (body_lanes, tail_lanes, fold_lanes), the same additions in the same order: the sixteen
+ * lanes in four registers, each run's tail read with masked loads (zeros beyond the run: exact no-ops). */
+__attribute__((target("avx2,fma"))) static void channel_runs_avx2(const float *x, int64_t G, int64_t sg, int64_t P,
+                                                                 double *s1, double *s2, double *nz) {
+    const __m256d zero = _mm256_setzero_pd();
+    __m256d a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
+    __m256d t0 = zero, t1 = zero, t2 = zero, t3 = zero, u0 = zero, u1 = zero, u2 = zero, u3 = zero;
+    __m256i n = _mm256_setzero_si256(), m0 = n, m1 = n;
+    int64_t body = P - P % LANES, tail = P - body, total = 0, pending = 0;
+    if (tail > 0) { /* lane i of m0 (of m1): all ones when i < tail (i + 8 < tail) */
+        const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int) tail), index);
+        m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int) tail - 8), index);
+    }
+    for (int64_t g = 0; g < G; g++) {
+        const float *v = x + g * sg;
+        for (int64_t start = 0; start < body; start += COUNT_CHUNK) {
+            int64_t end = body - start > COUNT_CHUNK ? start + COUNT_CHUNK : body;
+            for (int64_t p = start; p < end; p += LANES) {
+                __m256 f0 = _mm256_loadu_ps(v + p), f1 = _mm256_loadu_ps(v + p + 8);
+                ADD8(f0, a0, a1, b0, b1, n);
+                ADD8(f1, a2, a3, b2, b3, n);
+            }
+            pending += end - start;
+            if (pending >= COUNT_CHUNK) { /* each lane has counted at most pending / 8 values */
+                total += lanes_total(n);
+                n = _mm256_setzero_si256();
+                pending = 0;
+            }
+        }
+        if (tail > 0) {
+            __m256 f0 = _mm256_maskload_ps(v + body, m0), f1 = _mm256_maskload_ps(v + body + 8, m1);
+            ADD8(f0, t0, t1, u0, u1, n);
+            ADD8(f1, t2, t3, u2, u3, n);
+            pending += LANES;
+        }
+    }
+    double a[LANES], b[LANES], ta[LANES], tb[LANES];
+    __m256d lanes[4][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}, {t0, t1, t2, t3}, {u0, u1, u2, u3}};
+    double *into[4] = {a, b, ta, tb};
+    for (int r = 0; r < 4; r++) {
+        for (int j = 0; j < 4; j++) _mm256_storeu_pd(into[r] + 4 * j, lanes[r][j]);
+    }
+    fold_lanes(a, b, ta, tb, total + lanes_total(n), s1, s2, nz);
+}
+#endif
+
+/* One channel stored as G runs of P contiguous floats, run g at x + g*sg: its sum, sum of squares and
+ * non-zero count, added to *s1, *s2, *nz. Lane k sums, run after run, the values at p = k (mod LANES) of
+ * each run's first P - P % LANES (body_lanes); tail lane k the k-th of each run's last P % LANES
+ * (tail_lanes); then lane k += tail lane k, and the lanes are folded pairwise (fold_lanes). */
+static void channel_runs(const float *x, int64_t G, int64_t sg, int64_t P, double *s1, double *s2, double *nz) {
+#if defined(AVX2_SUMS)
+    if (avx2_sums()) {
+        channel_runs_avx2(x, G, sg, P, s1, s2, nz);
+        return;
+    }
+#endif
+    double a[LANES] = {0}, b[LANES] = {0}, ta[LANES] = {0}, tb[LANES] = {0};
+    int64_t z[LANES] = {0}, tz[LANES] = {0}, body = P - P % LANES, count = 0;
+    if (body > 0) body_lanes(x, G, sg, body, a, b, z);
+    tail_lanes(x, G, sg, body, P, ta, tb, tz);
+    for (int k = 0; k < LANES; k++) count += z[k] + tz[k];
+    fold_lanes(a, b, ta, tb, count, s1, s2, nz);
 }
 
 #if defined(AVX2_SUMS)
-/* rows_into_channels's sums for C >= 4, the same additions in the same order (each s1[c], s2[c] row after
- * row), four channels per register; the non-zero count is exact in any order. */
-__attribute__((target("avx2"))) static double rows_into_channels_avx2(const float *x, int64_t G, int64_t C,
-                                                                      int64_t P, int64_t sg, int64_t sp,
-                                                                      double *s1, double *s2) {
-    const __m256d zero = _mm256_setzero_pd();
-    __m256i vz = _mm256_setzero_si256();
-    int64_t body = C - C % 4, nz = 0;
+/* One channel's sums over the rows, s1[c] and s2[c] added to row after row (rows_into_channels's order). */
+static int64_t one_channel_rows(const float *x, int64_t G, int64_t P, int64_t sg, int64_t sp, double *s1,
+                                double *s2) {
+    double a = *s1, b = *s2;
+    int64_t nz = 0;
+    for (int64_t g = 0; g < G; g++) {
+        for (int64_t p = 0; p < P; p++) {
+            double w = (double) x[g * sg + p * sp];
+            a += w;
+            b += w * w;
+            nz += w != 0.0;
+        }
+    }
+    *s1 = a;
+    *s2 = b;
+    return nz;
+}
+
+/* rows_into_channels's sums for the 16 channels from x (4 of them for channel_block4): each channel's s1[c],
+ * s2[c] added to row after row (the same additions in the same order), held in registers over all the rows. */
+__attribute__((target("avx2,fma"))) static int64_t channel_block16(const float *x, int64_t G, int64_t P, int64_t sg,
+                                                                  int64_t sp, double *s1, double *s2) {
+    __m256d a0 = _mm256_loadu_pd(s1), a1 = _mm256_loadu_pd(s1 + 4), a2 = _mm256_loadu_pd(s1 + 8);
+    __m256d a3 = _mm256_loadu_pd(s1 + 12), b0 = _mm256_loadu_pd(s2), b1 = _mm256_loadu_pd(s2 + 4);
+    __m256d b2 = _mm256_loadu_pd(s2 + 8), b3 = _mm256_loadu_pd(s2 + 12);
+    __m256i n = _mm256_setzero_si256();
+    int64_t total = 0, since = 0;
     for (int64_t g = 0; g < G; g++) {
         for (int64_t p = 0; p < P; p++) {
             const float *row = x + g * sg + p * sp;
-            for (int64_t c = 0; c < body; c += 4) {
-                __m256d w = _mm256_cvtps_pd(_mm_loadu_ps(row + c));
-                _mm256_storeu_pd(s1 + c, _mm256_add_pd(_mm256_loadu_pd(s1 + c), w));
-                _mm256_storeu_pd(s2 + c, _mm256_add_pd(_mm256_loadu_pd(s2 + c), _mm256_mul_pd(w, w)));
-                vz = _mm256_sub_epi64(vz, _mm256_castpd_si256(_mm256_cmp_pd(w, zero, _CMP_NEQ_UQ)));
-            }
-            for (int64_t c = body; c < C; c++) {
-                double w = (double) row[c];
-                s1[c] += w;
-                s2[c] += w * w;
-                nz += w != 0.0;
+            __m256 f0 = _mm256_loadu_ps(row), f1 = _mm256_loadu_ps(row + 8);
+            ADD8(f0, a0, a1, b0, b1, n);
+            ADD8(f1, a2, a3, b2, b3, n);
+            if (++since == COUNT_CHUNK) { /* each lane has counted at most 2 values a row */
+                total += lanes_total(n);
+                n = _mm256_setzero_si256();
+                since = 0;
             }
         }
     }
-    int64_t lane[4];
-    _mm256_storeu_si256((__m256i *) lane, vz);
-    return (double) (nz + lane[0] + lane[1] + lane[2] + lane[3]);
+    _mm256_storeu_pd(s1, a0), _mm256_storeu_pd(s1 + 4, a1), _mm256_storeu_pd(s1 + 8, a2);
+    _mm256_storeu_pd(s1 + 12, a3), _mm256_storeu_pd(s2, b0), _mm256_storeu_pd(s2 + 4, b1);
+    _mm256_storeu_pd(s2 + 8, b2), _mm256_storeu_pd(s2 + 12, b3);
+    return total + lanes_total(n);
+}
+
+__attribute__((target("avx2,fma"))) static int64_t channel_block4(const float *x, int64_t G, int64_t P, int64_t sg,
+                                                                 int64_t sp, double *s1, double *s2) {
+    __m256d a = _mm256_loadu_pd(s1), b = _mm256_loadu_pd(s2);
+    __m128i n = _mm_setzero_si128();
+    int64_t total = 0, since = 0;
+    int32_t lane[4];
+    for (int64_t g = 0; g < G; g++) {
+        for (int64_t p = 0; p < P; p++) {
+            __m128 f = _mm_loadu_ps(x + g * sg + p * sp);
+            __m256d w = _mm256_cvtps_pd(f);
+            a = _mm256_add_pd(a, w);
+            b = _mm256_fmadd_pd(w, w, b);
+            n = _mm_sub_epi32(n, _mm_castps_si128(_mm_cmpneq_ps(f, _mm_setzero_ps()))); /* NaN counts */
+            if (++since == COUNT_CHUNK) {
+                _mm_storeu_si128((__m128i *) lane, n);
+                total += (int64_t) lane[0] + lane[1] + lane[2] + lane[3];
+                n = _mm_setzero_si128();
+                since = 0;
+            }
+        }
+    }
+    _mm256_storeu_pd(s1, a);
+    _mm256_storeu_pd(s2, b);
+    _mm_storeu_si128((__m128i *) lane, n);
+    return total + lane[0] + lane[1] + lane[2] + lane[3];
+}
+
+/* rows_into_channels's sums for C >= 4: blocks of 16 channels, then of 4, then one by one, each block over
+ * all the rows. */
+static double rows_into_channels_avx2(const float *x, int64_t G, int64_t C, int64_t P, int64_t sg, int64_t sp,
+                                      double *s1, double *s2) {
+    int64_t c = 0, nz = 0;
+    for (; c + 16 <= C; c += 16) nz += channel_block16(x + c, G, P, sg, sp, s1 + c, s2 + c);
+    for (; c + 4 <= C; c += 4) nz += channel_block4(x + c, G, P, sg, sp, s1 + c, s2 + c);
+    for (; c < C; c++) nz += one_channel_rows(x + c, G, P, sg, sp, s1 + c, s2 + c);
+    return (double) nz;
 }
 #endif
 
@@ -194,7 +308,7 @@ __attribute__((target("avx2"))) static double rows_into_channels_avx2(const floa
 static double rows_into_channels(const float *RESTRICT x, int64_t G, int64_t C, int64_t P, int64_t sg,
                                  int64_t sp, double *RESTRICT s1, double *RESTRICT s2) {
 #if defined(AVX2_SUMS)
-    if (C >= 4 && __builtin_cpu_supports("avx2")) return rows_into_channels_avx2(x, G, C, P, sg, sp, s1, s2);
+    if (C >= 4 && avx2_sums()) return rows_into_channels_avx2(x, G, C, P, sg, sp, s1, s2);
 #endif
     int64_t nz = 0;
     for (int64_t g = 0; g < G; g++) {
@@ -294,6 +408,12 @@ INITDIAG_EXPORT int initdiag_moments(const float *x, int64_t G, int64_t C, int64
     return 0;
 }
 
+INITDIAG_EXPORT int initdiag_moments_at(const float *x, const int64_t *geometry, double *out, const double *bounds) {
+    if (geometry == NULL || bounds == NULL) return -1;
+    return initdiag_moments(x, geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5], out,
+                            bounds[0], bounds[1]);
+}
+
 /* The magnitude part of initdiag_abs_stats over x[0..n): min non-zero |x| into *lo, max |x| into *hi (NaN
  * skipped by both), and the counts of NaN and of non-zero |x| below f1 and f2 added to *nan, *c1, *c2.
  * Exact whatever the order, so the vector and the plain loop agree. */
@@ -312,14 +432,6 @@ static void magnitudes_c(const float *RESTRICT x, int64_t n, float f1, float f2,
 
 #if defined(AVX2_SUMS)
 #define MAGNITUDE_CHUNK ((int64_t) 1 << 28) /* values per chunk: each int32 lane counts at most 2^25 of them */
-
-__attribute__((target("avx2"))) static int64_t lanes_total(__m256i v) {
-    int32_t lane[8];
-    int64_t total = 0;
-    _mm256_storeu_si256((__m256i *) lane, v);
-    for (int k = 0; k < 8; k++) total += lane[k];
-    return total;
-}
 
 __attribute__((target("avx2"))) static void magnitudes_avx2(const float *x, int64_t n, float f1, float f2,
                                                             float *lo, float *hi, int64_t *nan, int64_t *c1,

@@ -47,8 +47,9 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["FIRST_ROWS", "FLOAT32_MAX", "Geometry", "Stager", "Stream", "channel_moments", "channel_view",
-           "kernel_disabled", "kernel_geometry", "kernel_in_use", "kernel_status", "last_samples", "moments_torch",
+__all__ = ["FIRST_ROWS", "FLOAT32_MAX", "Geometry", "Layout", "Stager", "Stream", "channel_moments", "channel_view",
+           "kernel_disabled", "kernel_geometry", "kernel_in_use", "kernel_layout", "kernel_status", "last_samples",
+           "moments_torch",
            "reduce", "samples_kept", "sum_error_bound", "variance_error_bound"]
 
 BUFFER_BYTES = 1 << 20
@@ -63,15 +64,17 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 UNIT_ROUNDOFF = 2.0**-53
 """``u`` of float64, the accumulation type of both paths."""
 
-_ABI = 4
+_ABI = 5
 """``initdiag_moments_abi()`` of the library this module calls (``INITDIAG_ABI`` in ``_kernel.c``)."""
 
 _Moments = Callable[..., int]
 
 
 def _load_kernel() -> tuple[_Moments | None, _Moments | None, str]:
-    """The compiled ``initdiag_moments`` and ``initdiag_abs_stats`` functions, or None, and a one-line account
-    of which (run once)."""
+    """The compiled ``initdiag_moments_at`` and ``initdiag_abs_stats`` functions, or None, and a one-line account
+    of which (run once). ``initdiag_moments_at`` takes four addresses (the tensor's, its geometry's, the row's,
+    the bounds'): ctypes's cost grows with the arguments it converts, and a step of a small model calls it
+    dozens of times."""
     if os.environ.get("INITDIAG_NO_FAST_KERNEL", "") not in ("", "0"):
         return None, None, "disabled by INITDIAG_NO_FAST_KERNEL: torch path"
     here = Path(__file__).resolve().parent
@@ -83,10 +86,10 @@ def _load_kernel() -> tuple[_Moments | None, _Moments | None, str]:
         lib = ctypes.CDLL(str(path))
         if not hasattr(lib, "initdiag_moments_abi") or lib.initdiag_moments_abi() != _ABI:
             return None, None, f"stale build {path} (reinstall to rebuild): torch path"
-        fn, stats = lib.initdiag_moments, lib.initdiag_abs_stats
+        fn, stats = lib.initdiag_moments_at, lib.initdiag_abs_stats
     except (OSError, AttributeError) as exc:
         return None, None, f"does not load ({exc}): torch path"
-    fn.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 6, ctypes.c_void_p, ctypes.c_double, ctypes.c_double]
+    fn.argtypes = [ctypes.c_void_p] * 4
     stats.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_double, ctypes.c_void_p]
     fn.restype = stats.restype = ctypes.c_int
     return fn, stats, f"in use ({path})"
@@ -183,6 +186,18 @@ Geometry = tuple[int, int, int, int, int, int, int, int]
 """How the kernel reads one tensor layout: ``(G, C, P, sg, sc, sp, count, offset)``, ``count = G * P``
 values per channel, from ``offset`` elements past the tensor's data pointer."""
 
+Layout = tuple[Geometry, int, int, Any]
+"""A :data:`Geometry` with the addresses of its ``(G, C, P, sg, sc, sp)`` as int64 and of the bounds
+``(mid, thr)`` as float64, in memory the fourth item keeps alive: the kernel's arguments, made once per
+layout (:func:`kernel_layout`)."""
+
+
+def kernel_layout(geometry: Geometry, mid: float, thr: float) -> Layout:
+    """``geometry`` and the bounds ``(mid, thr)`` as the kernel's ``initdiag_moments_at`` reads them."""
+    sizes = (ctypes.c_int64 * 6)(*geometry[:6])
+    bounds = (ctypes.c_double * 2)(mid, thr)
+    return geometry, ctypes.addressof(sizes), ctypes.addressof(bounds), (sizes, bounds)
+
 
 def _merge(shape: tuple[int, ...], strides: tuple[int, ...]) -> tuple[int, int] | None:
     """Size and stride of ``shape``/``strides`` dims merged into one, or None when memory order forbids it."""
@@ -271,34 +286,34 @@ def moments_torch(v: torch.Tensor, mid: float = 0.0, thr: float = -1.0,
 
 
 def reduce(y: torch.Tensor, cdim: int, max_per_channel: int | None, out: torch.Tensor, row: int,
-           mid: float = 0.0, thr: float = -1.0, layouts: dict[tuple[Any, ...], Geometry | None] | None = None,
+           mid: float = 0.0, thr: float = -1.0, layouts: dict[tuple[Any, ...], Layout | None] | None = None,
            staging: Stager | None = None) -> int:
     """Write the moments of ``y`` (channels along ``cdim``; at most ``max_per_channel`` values per channel,
     the last samples) into ``out[row]`` (float64, ``2C + 2`` wide, on ``y``'s device or the CPU); return the
     number of values per channel.
 
-    ``layouts`` caches the kernel's geometry per (shape, strides, cdim, cap). The compiled kernel, when in
-    use, reads float32 CPU tensors whose dims merge without a copy; every other tensor goes through
-    ``staging`` when given (:mod:`.staging`: the row is written by its next run, many rows at once) or
-    :func:`moments_torch`."""
+    ``layouts`` caches the kernel's :data:`Layout` per (shape, strides, cdim, cap, bounds). The compiled
+    kernel, when in use, reads float32 CPU tensors whose dims merge without a copy; every other tensor goes
+    through ``staging`` when given (:mod:`.staging`: the row is written by its next run, many rows at once)
+    or :func:`moments_torch`."""
     kernel = _KERNEL.active
     if kernel is not None and not (y.dtype == torch.float32 and y.is_cpu and out.is_cpu):
         kernel = None
     stage = staging.stage if staging is not None and thr < 0 else None
     if kernel is not None or stage is not None:
-        key = (y.shape, y.stride(), cdim, max_per_channel)
+        key = (y.shape, y.stride(), cdim, max_per_channel, mid, thr)
         if layouts is not None and key in layouts:
-            geometry = layouts[key]
+            layout = layouts[key]
         else:
             geometry = kernel_geometry(tuple(y.shape), y.stride(), cdim, max_per_channel)
+            layout = kernel_layout(geometry, mid, thr) if geometry is not None else None
             if layouts is not None:
-                layouts[key] = geometry
-        if geometry is not None:
-            g, c, p, sg, sc, sp, count, offset = geometry
+                layouts[key] = layout
+        if layout is not None:
+            (g, c, p, sg, sc, sp, count, offset), sizes, bounds, _ = layout
             if kernel is not None:
-                if kernel(y.data_ptr() + 4 * offset, g, c, p, sg, sc, sp,
-                          out.data_ptr() + row * out.stride(0) * 8, mid, thr):
-                    raise ValueError(f"compiled kernel refused geometry {geometry}")  # pragma: no cover
+                if kernel(y.data_ptr() + 4 * offset, sizes, out.data_ptr() + row * out.stride(0) * 8, bounds):
+                    raise ValueError(f"compiled kernel refused geometry {layout[0]}")  # pragma: no cover
                 return count
             if stage is not None:
                 if stage(y.detach().as_strided((g, c, p), (sg, sc, sp), y.storage_offset() + offset), out, row):

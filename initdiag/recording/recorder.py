@@ -55,7 +55,7 @@ from ..structure.model import Activation
 from ..vocab import Kind, Phase, Role
 from .collect import Collector
 from .functional import apply_activation, functional_activations
-from .moments import Geometry, reduce
+from .moments import Layout, reduce
 from .rows import LayerState, layer_infos
 from .sink import ParquetSink
 from .sites import channel_dim, iter_tensors, traced
@@ -112,7 +112,7 @@ class Recorder:
         self._last_weight: LayerState | None = None  # the weight layer that ran last, for its activation
         self._last_weight_out: tuple[torch.Size, int] | None = None  # its output's shape and channel dim
         self._weights = StepWeights(updates)  # this step's weights, read after backward; the last step's copies
-        self._layouts: dict[tuple[Any, ...], Geometry | None] = {}
+        self._layouts: dict[tuple[Any, ...], Layout | None] = {}
         sink = ParquetSink(stream_to) if stream_to is not None else None
         self._collector = Collector(flush_every, self._layers, (run, initializer, seed), sink)
         self._thin, self.max_steps = Thinning(every, max_steps if sink is None else None), max_steps
