@@ -152,17 +152,22 @@ def test_the_plain_c_build_gives_the_vectorized_builds_bits(tmp_path: Path) -> N
     ``-DINITDIAG_SCALAR_SUMS`` (plain C loops) and the installed build (AVX2 where the CPU has it) write the
     same bits, on every layout the kernel reads differently (runs of 16+ values with tails of 0 to 15, short
     runs of a sample's contiguous block, channels innermost in blocks of 16, of 4 and one by one, strided, one
-    channel), NaN, -0.0 and zeros included."""
+    channel), NaN, -0.0 and zeros included; and so does a build whose vector paths flush their int32 count lanes
+    every 32 values (rows), as they do every 2^28 to stay below 2^31."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None or not moments.kernel_in_use():
         pytest.skip("no C compiler, or the kernel is not in use")
     source = Path(moments.__file__).with_name("_kernel.c")
     scalar = tmp_path / "scalar.so"
+    flushing = tmp_path / "flushing.so"  # the vector paths with their count lanes flushed every 32 values or rows
     subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-DINITDIAG_SCALAR_SUMS", "-o", str(scalar), str(source)],
                    check=True, capture_output=True)
-    lib = ctypes.CDLL(str(scalar))
-    lib.initdiag_moments.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 6, ctypes.c_void_p, ctypes.c_double,
-                                     ctypes.c_double]
+    subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-DINITDIAG_COUNT_CHUNK=32", "-o", str(flushing),
+                    str(source)], check=True, capture_output=True)
+    libs = [ctypes.CDLL(str(scalar)), ctypes.CDLL(str(flushing))]
+    for lib in libs:
+        lib.initdiag_moments.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 6, ctypes.c_void_p, ctypes.c_double,
+                                         ctypes.c_double]
     g = torch.Generator().manual_seed(3)
     shapes = [(64, 64, 3, 3), (7, 5, 2, 3), (3, 33, 1, 31), (64, 10), (5, 7), (9, 64, 11, 11), (2, 130, 7),
               (3, 23, 6, 7), (2, 6, 8, 8), (4, 3, 1, 47), (2, 21, 5, 13)]
@@ -181,7 +186,8 @@ def test_the_plain_c_build_gives_the_vectorized_builds_bits(tmp_path: Path) -> N
                 groups, channels, positions, sg, sc, sp, _, offset = geometry
                 installed = torch.zeros((1, 2 * channels + 2), dtype=torch.float64)
                 moments.reduce(y, cdim, cap, installed, 0, mid=0.0, thr=-1.0)
-                plain = torch.zeros(2 * channels + 2, dtype=torch.float64)
-                assert lib.initdiag_moments(y.data_ptr() + 4 * offset, groups, channels, positions, sg, sc, sp,
-                                            plain.data_ptr(), 0.0, -1.0) == 0
-                assert torch.equal(installed[0].nan_to_num(7.0), plain.nan_to_num(7.0)), (shape, y.stride(), cap)
+                for lib in libs:
+                    plain = torch.zeros(2 * channels + 2, dtype=torch.float64)
+                    assert lib.initdiag_moments(y.data_ptr() + 4 * offset, groups, channels, positions, sg, sc, sp,
+                                                plain.data_ptr(), 0.0, -1.0) == 0
+                    assert torch.equal(installed[0].nan_to_num(7.0), plain.nan_to_num(7.0)), (shape, y.stride(), cap)

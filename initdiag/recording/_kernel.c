@@ -125,7 +125,10 @@ static void fold_lanes(double *a, double *b, const double *ta, const double *tb,
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(INITDIAG_SCALAR_SUMS)
 #include <immintrin.h>
 #define AVX2_SUMS 1
-#define COUNT_CHUNK ((int64_t) 1 << 28) /* values read between two flushes of the int32 count lanes */
+#ifndef INITDIAG_COUNT_CHUNK /* values read between two flushes of the int32 count lanes: a multiple of LANES */
+#define INITDIAG_COUNT_CHUNK (1 << 28) /* (a test builds it small to run the flushes) */
+#endif
+#define COUNT_CHUNK ((int64_t) INITDIAG_COUNT_CHUNK)
 
 static int avx2_sums(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
@@ -175,7 +178,7 @@ __attribute__((target("avx2,fma"))) static void channel_runs_avx2(const float *x
                 ADD8(f1, a2, a3, b2, b3, n);
             }
             pending += end - start;
-            if (pending >= COUNT_CHUNK) { /* each lane has counted at most pending / 8 values */
+            if (pending >= COUNT_CHUNK) { /* each lane has counted at most one in eight of the values read */
                 total += lanes_total(n);
                 n = _mm256_setzero_si256();
                 pending = 0;
@@ -186,6 +189,11 @@ __attribute__((target("avx2,fma"))) static void channel_runs_avx2(const float *x
             ADD8(f0, t0, t1, u0, u1, n);
             ADD8(f1, t2, t3, u2, u3, n);
             pending += LANES;
+            if (pending >= COUNT_CHUNK) {
+                total += lanes_total(n);
+                n = _mm256_setzero_si256();
+                pending = 0;
+            }
         }
     }
     double a[LANES], b[LANES], ta[LANES], tb[LANES];
