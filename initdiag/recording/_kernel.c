@@ -140,6 +140,16 @@ __attribute__((target("avx2"))) static int64_t lanes_total(__m256i v) {
     return total;
 }
 
+/* Once *since (the values or rows read since the last flush) reaches COUNT_CHUNK: the int32 count lanes *n
+ * added to *total and zeroed. */
+__attribute__((target("avx2"))) static inline void flush_counts(__m256i *n, int64_t *total, int64_t *since) {
+    if (*since >= COUNT_CHUNK) {
+        *total += lanes_total(*n);
+        *n = _mm256_setzero_si256();
+        *since = 0;
+    }
+}
+
 /* Eight floats f into two 4-double lanes each of sums a0, a1 and squares b0, b1, and their non-zero count (NaN
  * counts, as in C) into the int32 lanes of n. A fused multiply-add rounds as the product and the sum do: the
  * product of two widened floats is exact. */
@@ -177,23 +187,15 @@ __attribute__((target("avx2,fma"))) static void channel_runs_avx2(const float *x
                 ADD8(f0, a0, a1, b0, b1, n);
                 ADD8(f1, a2, a3, b2, b3, n);
             }
-            pending += end - start;
-            if (pending >= COUNT_CHUNK) { /* each lane has counted at most one in eight of the values read */
-                total += lanes_total(n);
-                n = _mm256_setzero_si256();
-                pending = 0;
-            }
+            pending += end - start; /* each lane has counted at most one in eight of the values read */
+            flush_counts(&n, &total, &pending);
         }
         if (tail > 0) {
             __m256 f0 = _mm256_maskload_ps(v + body, m0), f1 = _mm256_maskload_ps(v + body + 8, m1);
             ADD8(f0, t0, t1, u0, u1, n);
             ADD8(f1, t2, t3, u2, u3, n);
             pending += LANES;
-            if (pending >= COUNT_CHUNK) {
-                total += lanes_total(n);
-                n = _mm256_setzero_si256();
-                pending = 0;
-            }
+            flush_counts(&n, &total, &pending);
         }
     }
     double a[LANES], b[LANES], ta[LANES], tb[LANES];
@@ -259,11 +261,8 @@ __attribute__((target("avx2,fma"))) static int64_t channel_block16(const float *
             __m256 f0 = _mm256_loadu_ps(row), f1 = _mm256_loadu_ps(row + 8);
             ADD8(f0, a0, a1, b0, b1, n);
             ADD8(f1, a2, a3, b2, b3, n);
-            if (++since == COUNT_CHUNK) { /* each lane has counted at most 2 values a row */
-                total += lanes_total(n);
-                n = _mm256_setzero_si256();
-                since = 0;
-            }
+            since++; /* each lane has counted at most 2 values a row */
+            flush_counts(&n, &total, &since);
         }
     }
     _mm256_storeu_pd(s1, a0), _mm256_storeu_pd(s1 + 4, a1), _mm256_storeu_pd(s1 + 8, a2);

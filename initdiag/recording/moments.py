@@ -49,8 +49,7 @@ import torch
 
 __all__ = ["FIRST_ROWS", "FLOAT32_MAX", "Geometry", "Layout", "Stager", "Stream", "channel_moments", "channel_view",
            "kernel_disabled", "kernel_geometry", "kernel_in_use", "kernel_layout", "kernel_status", "last_samples",
-           "moments_torch",
-           "reduce", "samples_kept", "sum_error_bound", "variance_error_bound"]
+           "moments_torch", "reduce", "samples_kept", "sum_error_bound", "variance_error_bound"]
 
 BUFFER_BYTES = 1 << 20
 """Upper bound on one stream's buffer; wide layers get fewer rows between flushes."""
