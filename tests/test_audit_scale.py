@@ -14,8 +14,8 @@ from torch import nn
 import initdiag
 from initdiag.recording import Recorder
 from initdiag.recording.extras import Extras
-from initdiag.recording.moments import BUFFER_BYTES, FIRST_ROWS
 from initdiag.recording.snapshots import snapshot_grads, snapshot_weights
+from initdiag.recording.streams import BUFFER_BYTES, FIRST_ROWS
 from initdiag.recording.tensor_stats import tensor_moments
 from initdiag.structure import discover
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from initdiag.recording import moments
+from initdiag.recording import moments, streams
 
 
 def _exact(v: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -118,6 +118,31 @@ def test_a_sum_of_squares_beyond_float32_range_is_inf_on_both_paths(layout: str,
     wide = moments.moments_torch(moments.channel_view(big.double(), cdim))  # a float64 model: no overflow
     assert math.isfinite(wide[channels].item())
 
+
+
+def test_a_stream_keeps_its_last_layout_only_for_tensors_that_share_it(path: str) -> None:
+    """``Stream.fill`` reuses the kernel layout it filled from last; a tensor with other strides, channel dim,
+    cap or bounds, or a different tensor of the same layout, is reduced as itself (the reference:
+    :func:`moments.moments_torch` of the view :func:`moments.reduce` reads), row after row of one stream."""
+    g = torch.Generator().manual_seed(3)
+    y = torch.randn(5, 6, 6, 6, generator=g)
+    last = y.contiguous(memory_format=torch.channels_last)
+    steps = [(y, 1, 64, 0.0, -1.0), (y, 1, 64, 0.0, -1.0), (y, 2, 64, 0.0, -1.0), (y, 1, 64, 0.0, -1.0),
+             (y, 1, None, 0.0, -1.0), (y, 1, 64, 0.0, -1.0), (y, 1, 64, 0.0, 0.5), (y, 1, 64, 0.2, 0.5),
+             (y, 1, 64, 0.0, -1.0), (last, 1, 64, 0.0, -1.0), (y, 1, 64, 0.0, -1.0),
+             (torch.randn(5, 6, 6, 6, generator=g), 1, 64, 0.0, -1.0), (y[:, :, :, ::2], 1, 64, 0.0, -1.0),
+             (y, 1, 64, 0.0, -1.0), (y.double(), 1, 64, 0.0, -1.0), (y, 1, 64, 0.0, -1.0), (y[:4], 1, 64, 0.0, -1.0)]
+    stream = streams.Stream(2 * 6 + 2, torch.device("cpu"), 64)
+    for t, cdim, cap, mid, thr in steps:
+        stream.room()
+        count = stream.fill(t, cdim, cap, mid, thr, {}, None)
+        v = moments.channel_view(moments.last_samples(t, cdim, cap), cdim)
+        want = moments.moments_torch(v, mid, thr).numpy()
+        row = stream.buffer[stream.n].numpy()
+        assert count == v.shape[0] * v.shape[2]
+        np.testing.assert_allclose(row[:-2], want[:-2], rtol=1e-12, atol=1e-12)
+        assert row[-2:].tolist() == want[-2:].tolist()
+        stream.commit(0, 0, "train", count)
 
 def test_kernel_disabled_takes_the_torch_path_and_restores_the_state_even_when_the_block_raises() -> None:
     before, status = moments.kernel_in_use(), moments.kernel_status()

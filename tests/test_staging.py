@@ -10,6 +10,7 @@ import torch
 
 from initdiag.recording import moments as _moments
 from initdiag.recording import staging as _staging
+from initdiag.recording import streams as _streams
 from initdiag.recording.moments import FLOAT32_MAX, channel_view, last_samples, moments_torch, sum_error_bound
 from initdiag.recording.staging import ROW, Staging
 
@@ -128,9 +129,9 @@ def test_overflow_inf_and_nan() -> None:
 
 
 def test_rows_staged_for_a_buffer_that_grows_land_in_the_grown_buffer() -> None:
-    stream = _moments.Stream(6, torch.device("cpu"), capacity=64)
+    stream = _streams.Stream(6, torch.device("cpu"), capacity=64)
     staging = Staging()
-    ys = [torch.randn(5, 2) * (i + 1) for i in range(_moments.FIRST_ROWS + 1)]
+    ys = [torch.randn(5, 2) * (i + 1) for i in range(_streams.FIRST_ROWS + 1)]
     for y in ys:
         if stream.n >= stream.buffer.shape[0]:
             old = stream.buffer

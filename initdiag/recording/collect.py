@@ -1,6 +1,6 @@
 """Where the recorder's rows go: streams on the device, copied to the host when full, turned into the frame.
 
-The hooks write one row per recorded tensor into a :class:`~initdiag.recording.moments.Stream`; a
+The hooks write one row per recorded tensor into a :class:`~initdiag.recording.streams.Stream`; a
 :class:`Collector` owns every stream of a recorder, copies their rows to the host in one transfer when a
 buffer fills (never one sync per hook call), derives the statistics many steps at a time with numpy
 (:func:`~initdiag.recording.rows.moment_chunk`) and builds the tidy frame.
@@ -16,10 +16,10 @@ import torch
 
 from ..series import FRAME_COLUMNS, empty_frame
 from ..vocab import Phase
-from .moments import Stream
 from .rows import LayerState, Meta, moment_chunk
 from .sink import ParquetSink
 from .staging import Staging
+from .streams import Stream
 
 __all__ = ["HOST_ROWS_BYTES", "Collector"]
 
@@ -45,15 +45,18 @@ class Collector:
         """The torch path's rows waiting for one batched pass: run before the rows are taken, told when a
         buffer grows."""
 
-    def stream(self, layer: LayerState, kind: str, channels: int, device: torch.device) -> Stream:
-        """The layer's stream of ``kind`` with room for a row (taken to the host first when full)."""
+    def stream(self, layer: LayerState, kind: str, channels: int, y: torch.Tensor) -> Stream:
+        """The layer's stream of ``kind`` with room for a row (taken to the host first when full), made on the
+        device of ``y``, the tensor to be reduced into it, when new."""
         stream = layer.streams.get((kind, channels))
+        if stream is not None and stream.n < stream.rows:  # the common case first: a row free
+            return stream
         if stream is None:
-            stream = layer.streams[(kind, channels)] = Stream(2 * channels + 2, device, self.flush_every)
+            stream = layer.streams[(kind, channels)] = Stream(2 * channels + 2, y.device, self.flush_every)
             self.streams.append((layer, kind, stream))
         elif stream.full:
             self.flush()
-        elif stream.n >= stream.buffer.shape[0]:
+        elif stream.n >= stream.rows:
             old = stream.buffer
             stream.room()
             self.staging.moved(old, stream.buffer)

@@ -3,7 +3,7 @@
 :func:`reduce` turns a tensor ``y`` with channels along ``cdim`` into, per channel ``c`` (over the ``M``
 values of that channel): ``s1_c = sum y``, ``s2_c = sum y^2``, plus the number of non-zero elements and
 of elements within a tolerance of an activation's bounds, written as one row of a preallocated float64
-buffer (:class:`Stream`). The statistics are derived from the rows later, many at once
+buffer (:class:`~.streams.Stream`). The statistics are derived from the rows later, many at once
 (:mod:`initdiag.recording.rows`).
 
 Two implementations give the same numbers to within the bound below: :func:`moments_torch`, torch
@@ -47,15 +47,9 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["FIRST_ROWS", "FLOAT32_MAX", "Geometry", "Layout", "Stager", "Stream", "channel_moments", "channel_view",
-           "kernel_disabled", "kernel_geometry", "kernel_in_use", "kernel_layout", "kernel_status", "last_samples",
-           "moments_torch", "reduce", "samples_kept", "sum_error_bound", "variance_error_bound"]
-
-BUFFER_BYTES = 1 << 20
-"""Upper bound on one stream's buffer; wide layers get fewer rows between flushes."""
-
-FIRST_ROWS = 4
-"""Rows of a stream's first buffer (it doubles from there as rows arrive)."""
+__all__ = ["FLOAT32_MAX", "Geometry", "Layout", "Stager", "channel_moments", "channel_view", "kernel_disabled",
+           "kernel_function", "kernel_geometry", "kernel_in_use", "kernel_layout", "kernel_status", "last_samples",
+           "layout_of", "moments_torch", "reduce", "samples_kept", "sum_error_bound", "variance_error_bound"]
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 """A sum of squares of a float32 (or narrower) tensor beyond this is reported as inf (overflow), on both paths."""
@@ -114,6 +108,11 @@ def kernel_status() -> str:
     state = _KERNEL.status if _KERNEL.active is not None or _KERNEL.loaded is None else \
         "built, switched off by kernel_disabled(): torch path"
     return f"compiled kernel: {state}"
+
+
+def kernel_function() -> _Moments | None:
+    """The compiled ``initdiag_moments_at`` that :func:`reduce` calls now, or None (the torch path)."""
+    return _KERNEL.active
 
 
 def kernel_in_use() -> bool:
@@ -300,14 +299,7 @@ def reduce(y: torch.Tensor, cdim: int, max_per_channel: int | None, out: torch.T
         kernel = None
     stage = staging.stage if staging is not None and thr < 0 else None
     if kernel is not None or stage is not None:
-        key = (y.shape, y.stride(), cdim, max_per_channel, mid, thr)
-        if layouts is not None and key in layouts:
-            layout = layouts[key]
-        else:
-            geometry = kernel_geometry(tuple(y.shape), y.stride(), cdim, max_per_channel)
-            layout = kernel_layout(geometry, mid, thr) if geometry is not None else None
-            if layouts is not None:
-                layouts[key] = layout
+        layout = layout_of(y, cdim, max_per_channel, mid, thr, layouts)
         if layout is not None:
             (g, c, p, sg, sc, sp, count, offset), sizes, bounds, _ = layout
             if kernel is not None:
@@ -329,6 +321,19 @@ def reduce(y: torch.Tensor, cdim: int, max_per_channel: int | None, out: torch.T
     return v.shape[0] * v.shape[2]
 
 
+def layout_of(y: torch.Tensor, cdim: int, max_per_channel: int | None, mid: float, thr: float,
+               layouts: dict[tuple[Any, ...], Layout | None] | None) -> Layout | None:
+    """The kernel's :data:`Layout` of ``y`` (None when its dims do not merge), from ``layouts`` when there."""
+    key = (y.shape, y.stride(), cdim, max_per_channel, mid, thr)
+    if layouts is not None and key in layouts:
+        return layouts[key]
+    geometry = kernel_geometry(tuple(y.shape), y.stride(), cdim, max_per_channel)
+    layout = kernel_layout(geometry, mid, thr) if geometry is not None else None
+    if layouts is not None:
+        layouts[key] = layout
+    return layout
+
+
 def channel_moments(y: torch.Tensor, cdim: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """Per-channel ``sum y`` and ``sum y^2`` (float64, shape (C,)), the number of non-zero elements and the
     number of values per channel, of all of ``y`` (a one-off :func:`reduce`)."""
@@ -337,48 +342,3 @@ def channel_moments(y: torch.Tensor, cdim: int) -> tuple[torch.Tensor, torch.Ten
     count = reduce(y, cdim, None, out, 0)
     row = out[0].cpu()
     return row[:channels], row[channels:2 * channels], int(row[2 * channels]), count
-
-
-class Stream:
-    r"""Successive moment rows of one recorded quantity, in a float64 buffer on the device.
-
-    ``meta`` holds the row labels ``(step, epoch, phase, count)``, ``count`` the number of values per
-    channel. The caller makes room (:meth:`room`), fills row :attr:`n` (:func:`reduce`) and then
-    :meth:`commit`\ s it with its labels; :meth:`take` hands back the committed rows and empties the stream.
-    The buffer starts at :data:`FIRST_ROWS` rows and doubles as rows arrive, up to ``capacity`` rows (at most
-    :data:`BUFFER_BYTES`): a recorder of a few steps (an audit) holds a few rows per stream, not the
-    full buffer of a long training's.
-    """
-
-    __slots__ = ("buffer", "capacity", "meta", "n", "width")
-
-    def __init__(self, width: int, device: torch.device, capacity: int) -> None:
-        self.width = width
-        self.capacity = max(FIRST_ROWS, min(capacity, BUFFER_BYTES // (8 * width)))
-        self.buffer = torch.zeros((FIRST_ROWS, width), dtype=torch.float64, device=device)
-        self.meta: list[tuple[int, int, str, int]] = []
-        self.n = 0
-
-    @property
-    def full(self) -> bool:
-        return self.n >= self.capacity
-
-    def room(self) -> None:
-        """Make room for row :attr:`n` (below :attr:`capacity`): the buffer doubles when it is full."""
-        rows = self.buffer.shape[0]
-        if self.n >= rows:
-            grown = self.buffer.new_zeros((min(2 * rows, self.capacity), self.width))
-            grown[:rows] = self.buffer
-            self.buffer = grown
-
-    def commit(self, step: int, epoch: int, phase: str, count: int) -> None:
-        """Label row :attr:`n`, just filled, and move on (the caller takes the rows first when :attr:`full`)."""
-        self.meta.append((step, epoch, phase, count))
-        self.n += 1
-
-    def take(self) -> tuple[torch.Tensor, list[tuple[int, int, str, int]]]:
-        """The committed rows (a view: use them before the next row is filled) and their labels; empties
-        the stream."""
-        rows, meta = self.buffer[:self.n], self.meta
-        self.meta, self.n = [], 0
-        return rows, meta

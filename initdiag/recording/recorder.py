@@ -55,7 +55,7 @@ from ..structure.model import Activation
 from ..vocab import Kind, Phase, Role
 from .collect import Collector
 from .functional import apply_activation, functional_activations
-from .moments import Layout, reduce
+from .moments import Layout
 from .rows import LayerState, layer_infos
 from .sink import ParquetSink
 from .sites import channel_dim, iter_tensors, traced
@@ -379,11 +379,11 @@ class Recorder:
               sat: tuple[float, float] | None, step: int | None = None, epoch: int | None = None) -> None:
         """Reduce ``y`` into the next row of the layer's stream of ``kind`` (``cdim < 0``: one channel)."""
         phase = Phase.TRAIN if kind in _STEP_KINDS else self._phase
-        stream = self._collector.stream(layer, kind, y.shape[cdim] if y.dim() > 1 and cdim >= 0 else 1, y.device)
-        mid = (sat[0] + sat[1]) / 2 if sat is not None else 0.0
-        thr = (sat[1] - sat[0]) / 2 - self.saturation_tol if sat is not None else -1.0
+        channels = y.shape[cdim] if cdim >= 0 and y.dim() > 1 else 1
+        stream = self._collector.stream(layer, kind, channels, y)
+        mid, thr = (0.0, -1.0) if sat is None else ((sat[0] + sat[1]) / 2, (sat[1] - sat[0]) / 2 - self.saturation_tol)
         cap = self.max_per_channel if phase == Phase.TRAIN else None
-        count = reduce(y, cdim, cap, stream.buffer, stream.n, mid, thr, self._layouts, self._collector.staging)
+        count = stream.fill(y, cdim, cap, mid, thr, self._layouts, self._collector.staging)
         stream.commit(self.step if step is None else step, self.epoch if epoch is None else epoch, phase, count)
 
     def flush(self) -> None:

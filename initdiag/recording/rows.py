@@ -1,7 +1,7 @@
 """The recorder's bookkeeping per call site, and the arithmetic that turns moment rows into statistics.
 
 Each recorded quantity (a layer's output, dL/dy, its weight, the weight's gradient) is a
-:class:`~initdiag.recording.moments.Stream` of rows ``[s1_0..s1_{C-1}, s2_0..s2_{C-1}, nonzero,
+:class:`~initdiag.recording.streams.Stream` of rows ``[s1_0..s1_{C-1}, s2_0..s2_{C-1}, nonzero,
 saturated]``, one per step. :func:`moment_chunk` derives the statistics of many rows at once with numpy
 (formulas in its docstring).
 """
@@ -18,7 +18,7 @@ from ..structure import Structure
 from ..structure.activations import RELU_FAMILY, SATURATING
 from ..structure.layers import WEIGHT_LAYER_TYPES, LayerInfo
 from ..vocab import Kind, Role, Stat
-from .moments import Stream
+from .streams import Stream
 
 __all__ = ["LayerState", "Meta", "layer_infos", "moment_chunk"]
 

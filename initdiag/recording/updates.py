@@ -5,7 +5,8 @@ backward pass has accumulated every ``.grad``, the recorder reduces each weight 
 updates are recorded, keeps a copy of the weight (:meth:`StepWeights.take`). At the model's next forward,
 whatever ran in between (the optimizer's step, in any loop), the change ``W_{t+1} - W_t`` is the update of
 step ``t`` (:meth:`StepWeights.updates`): one copy of the recorded weights per recorded step, on their
-device, and one subtraction into that copy, with no host sync.
+device, into a buffer per weight kept from step to step (a fresh allocation per step costs more than the copy:
+page faults for the larger weights), and one subtraction into that buffer, with no host sync.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class StepWeights:
         self.queued = False
         self._copies: list[tuple[LayerState, torch.Tensor, torch.Tensor]] = []
         self._copied_at: tuple[int, int] = (-1, 0)
+        self._buffers: dict[int, torch.Tensor] = {}  # layer code -> the buffer its copies go to
 
     def reset(self) -> None:
         """A new step: nothing noted yet."""
@@ -43,9 +45,20 @@ class StepWeights:
         self.queued = False
         if self.record_updates and taken:
             with torch.no_grad():
-                self._copies = [(layer, w, w.detach().clone()) for layer, w in taken]
+                self._copies = [(layer, w, self._copy(layer, w)) for layer, w in taken]
             self._copied_at = (step, epoch)
         return taken
+
+    def _copy(self, layer: LayerState, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` copied into the layer's buffer (made anew when the weight's shape, dtype or device moved).
+
+        The buffer is free again when the copy is: its update has been reduced, or staged (copied), by the time
+        the next recorded step copies into it, and on a device the writes are ordered on the stream."""
+        w = weight.detach()
+        buffer = self._buffers.get(layer.code)
+        if buffer is None or buffer.shape != w.shape or buffer.dtype != w.dtype or buffer.device != w.device:
+            buffer = self._buffers[layer.code] = torch.empty_like(w, memory_format=torch.contiguous_format)
+        return buffer.copy_(w)
 
     def updates(self) -> Iterator[tuple[LayerState, torch.Tensor, int, int]]:
         """``(layer, W_now - W_t, t, epoch)`` for the weights copied at recorded step ``t`` (then forgotten)."""
@@ -59,3 +72,4 @@ class StepWeights:
     def clear(self) -> None:
         self.reset()
         self._copies = []
+        self._buffers = {}
