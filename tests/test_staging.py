@@ -86,6 +86,26 @@ def test_many_tensors_staged_together_each_get_their_own_row() -> None:
             _assert_rows_agree(out[1], want, y, n)
 
 
+
+def test_no_residue_of_a_run_reaches_the_padding_of_the_next() -> None:
+    """Runs alternate between a layout whose values fill whole rows and ones that pad where those values were
+    (a run squares and clamps them to <= 2^-300 in place, then zeroes its rows), and repeat each; every row
+    matches the one-tensor reference, counts included. The padded tensors are all zeros, whose sums and
+    counts are exactly 0 only if no residue of the last run is added."""
+    g = torch.Generator().manual_seed(5)
+    full = torch.randn(4, 2 * ROW, generator=g) + 2.0  # 4 channels of 2 whole rows: no padding
+    padded = torch.zeros(3, 4, 37)  # 4 channels of 111 values: 17 padding each
+    odd = torch.zeros(9, 5)  # 5 channels of 9 values
+    staging = Staging()
+    for y in (full, padded, padded, full, odd, full, full, padded, odd, odd):
+        cdim = 1 if y.dim() == 3 else 0 if y is full else 1
+        want, n = _reference(y, cdim, None)
+        out = torch.zeros((1, want.numel()), dtype=torch.float64)
+        _moments.reduce(y, cdim, None, out, 0, staging=staging)
+        staging.run()
+        _assert_rows_agree(out[0], want, y, n)
+
+
 def test_a_full_buffer_runs_before_it_takes_more_and_a_tensor_larger_than_it_is_reduced_at_once() -> None:
     staging = Staging(capacity=4 * ROW)
     small, large = torch.randn(3, ROW), torch.randn(5, ROW)  # 3 rows, then 5 rows: more than the buffer
