@@ -14,7 +14,7 @@ it is used is decided once, at import: not when ``INITDIAG_NO_FAST_KERNEL`` is s
 or when the library is absent or does not load; :func:`kernel_status` says which (``initdiag --version``
 prints it), :func:`kernel_disabled` runs a block on the torch path, where the recorder stages its tensors
 (:mod:`.staging`). Measured on a 2-core AMD EPYC with ``python benchmarks/user_loop.py --paired 600``
-(seed CNN, every=1, recorded / plain step time): 1.06-1.07 with the kernel, 1.17 on the torch path.
+(seed CNN, every=1, recorded / plain step time): 1.04-1.07 with the kernel, 1.13-1.18 on the torch path.
 
 Accuracy, both paths: each float32 value is widened to float64 (exact) and squared in float64 (exact:
 24-bit significands), and the sums are float64, so with ``n`` values per channel and ``u = 2^-53``, in any
