@@ -48,8 +48,9 @@ from typing import Any, Protocol
 import torch
 
 __all__ = ["FLOAT32_MAX", "Geometry", "Layout", "Stager", "channel_moments", "channel_view", "kernel_disabled",
-           "kernel_function", "kernel_geometry", "kernel_in_use", "kernel_layout", "kernel_status", "last_samples",
-           "layout_of", "moments_torch", "reduce", "samples_kept", "sum_error_bound", "variance_error_bound"]
+           "kernel_function", "kernel_geometry", "kernel_in_use", "kernel_layout", "kernel_row", "kernel_status",
+           "last_samples", "layout_of", "moments_torch", "reduce", "samples_kept", "sum_error_bound",
+           "variance_error_bound"]
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 """A sum of squares of a float32 (or narrower) tensor beyond this is reported as inf (overflow), on both paths."""
@@ -301,11 +302,9 @@ def reduce(y: torch.Tensor, cdim: int, max_per_channel: int | None, out: torch.T
     if kernel is not None or stage is not None:
         layout = layout_of(y, cdim, max_per_channel, mid, thr, layouts)
         if layout is not None:
-            (g, c, p, sg, sc, sp, count, offset), sizes, bounds, _ = layout
             if kernel is not None:
-                if kernel(y.data_ptr() + 4 * offset, sizes, out.data_ptr() + row * out.stride(0) * 8, bounds):
-                    raise ValueError(f"compiled kernel refused geometry {layout[0]}")  # pragma: no cover
-                return count
+                return kernel_row(kernel, y, layout, out.data_ptr() + row * out.stride(0) * 8)
+            g, c, p, sg, sc, sp, count, offset = layout[0]
             if stage is not None:
                 if stage(y.detach().as_strided((g, c, p), (sg, sc, sp), y.storage_offset() + offset), out, row):
                     return count
@@ -319,6 +318,15 @@ def reduce(y: torch.Tensor, cdim: int, max_per_channel: int | None, out: torch.T
     else:  # a host buffer for a device tensor
         target.copy_(moments_torch(v, mid, thr))
     return v.shape[0] * v.shape[2]
+
+
+def kernel_row(kernel: _Moments, y: torch.Tensor, layout: Layout, address: int) -> int:
+    """``kernel`` on the float32 CPU tensor ``y`` read as ``layout``, its row written at ``address``; the number
+    of values per channel."""
+    geometry, sizes, bounds, _ = layout
+    if kernel(y.data_ptr() + 4 * geometry[7], sizes, address, bounds):
+        raise ValueError(f"compiled kernel refused geometry {geometry}")  # pragma: no cover
+    return geometry[6]
 
 
 def layout_of(y: torch.Tensor, cdim: int, max_per_channel: int | None, mid: float, thr: float,

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .moments import Layout, Stager, kernel_function, layout_of, reduce
+from .moments import Layout, Stager, kernel_function, kernel_row, layout_of, reduce
 
 __all__ = ["BUFFER_BYTES", "FIRST_ROWS", "Stream"]
 
@@ -51,23 +51,19 @@ class Stream:
              layouts: dict[tuple[Any, ...], Layout | None], staging: Stager | None) -> int:
         """:func:`reduce` of ``y`` into row :attr:`n` (made room for); the number of values per channel."""
         kernel = kernel_function()
-        memo = self.memo
         layout: Layout | None = None
-        if kernel is None:
-            pass
-        elif (memo is not None and y.dtype is torch.float32 and memo[0] == y.shape and memo[1] == y.stride()
-              and memo[2] == cdim and memo[3] == max_per_channel and memo[4] == mid and memo[5] == thr and y.is_cpu):
-            layout = memo[6]
-        elif self.address and y.dtype is torch.float32 and y.is_cpu:
-            layout = layout_of(y, cdim, max_per_channel, mid, thr, layouts)
-            if layout is not None:
-                self.memo = (y.shape, y.stride(), cdim, max_per_channel, mid, thr, layout)
+        if kernel is not None and self.address and y.dtype is torch.float32 and y.is_cpu:
+            memo = self.memo
+            if (memo is not None and memo[0] == y.shape and memo[1] == y.stride() and memo[2] == cdim
+                    and memo[3] == max_per_channel and memo[4] == mid and memo[5] == thr):
+                layout = memo[6]
+            else:
+                layout = layout_of(y, cdim, max_per_channel, mid, thr, layouts)
+                if layout is not None:
+                    self.memo = (y.shape, y.stride(), cdim, max_per_channel, mid, thr, layout)
         if kernel is None or layout is None:
             return reduce(y, cdim, max_per_channel, self.buffer, self.n, mid, thr, layouts, staging)
-        geometry, sizes, bounds, _ = layout
-        if kernel(y.data_ptr() + 4 * geometry[7], sizes, self.address + 8 * self.width * self.n, bounds):
-            raise ValueError(f"compiled kernel refused geometry {geometry}")  # pragma: no cover
-        return geometry[6]
+        return kernel_row(kernel, y, layout, self.address + 8 * self.width * self.n)
 
     @property
     def full(self) -> bool:
