@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from .verdict import Thresholds
 
@@ -74,9 +74,13 @@ def max_cosine_pvalue(weight: np.ndarray, bias: np.ndarray | None, n_samples: in
     return max_cos(native_rows(weight, bias), n_samples, rng, max_rows)
 
 
+@functools.lru_cache(maxsize=64)
 def projection_vectors(d: int) -> np.ndarray:
-    """The fixed ``(d, 2)`` float64 vectors of :func:`projections`, entries in [1, 2) (seeded)."""
-    return 1.0 + np.random.default_rng(20240611).random((d, 2))
+    """The fixed ``(d, 2)`` float64 vectors of :func:`projections`, entries in [1, 2) (seeded; cached, read-only:
+    the layers of a model share a few dimensions)."""
+    v = 1.0 + np.random.default_rng(20240611).random((d, 2))
+    v.setflags(write=False)
+    return v
 
 
 def projections(rows: np.ndarray) -> np.ndarray:
@@ -136,7 +140,7 @@ def max_cos(rows: np.ndarray, n_samples: int, rng: np.random.Generator | None,
         return math.nan, math.nan
     c = _max_abs_cos(rows, np.sqrt(norms))
     if n_samples <= 0:
-        q = float(stats.beta.sf(c * c, 0.5, (d - 1) / 2.0))
+        q = float(special.betaincc(0.5, (d - 1) / 2.0, c * c))  # Beta(1/2, (d-1)/2)'s sf, without scipy.stats' overhead
         return c, min(1.0, n * (n - 1) / 2.0 * q)
     null = _null_max_cos(n, d, n_samples)
     exceed = len(null) - int(np.searchsorted(null, c * (1 - 1e-12), side="left"))
