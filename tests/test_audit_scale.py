@@ -76,6 +76,37 @@ def test_extras_keep_no_output_alive_and_still_find_a_views_site() -> None:
     handle.remove()
 
 
+def test_extras_read_a_sites_output_once_for_the_layers_it_feeds_and_again_once_written() -> None:
+    """``in_sq`` (a weight layer's mean squared input) against the inputs each layer was called with: a site's
+    output read by two layers is the site's own sum of squares (not read again), and an output scaled in
+    place after its site saw it (its version counter moved) is read as it is when the next layer reads it."""
+    class Fork(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c, self.a2, self.d = (nn.Linear(6, 6) for _ in range(5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.a(x)
+            z = self.a2(x)
+            z.mul_(3.0)  # after a2's hook: d reads the scaled values
+            return self.b(y) + self.c(y) + self.d(z)
+
+    torch.manual_seed(0)
+    model, x = Fork(), torch.randn(5, 6)
+    inputs: dict[str, torch.Tensor] = {}
+    handles = [getattr(model, n).register_forward_pre_hook(
+        lambda m, args, n=n: inputs.__setitem__(n, args[0].detach().clone())) for n in "bcd"]
+    with Extras(model, discover(model, x)) as extras:
+        model(x).sum().backward()
+    for h in handles:
+        h.remove()
+    found = extras.result()
+    for name in "bcd":
+        want = float(inputs[name].double().square().mean())
+        assert found[name].in_sq == pytest.approx(want, rel=1e-12)
+    assert found["b"].in_sq == found["c"].in_sq == pytest.approx(found["a"].rms ** 2, rel=1e-12)
+
+
 @pytest.mark.parametrize("make", [lambda: torch.randn(300, 70), lambda: torch.full((9, 4), -0.5),
                                   lambda: torch.randn(5, 6).t(), lambda: torch.randn(40).bfloat16()])
 def test_tensor_moments_match_float64_references(make: object) -> None:

@@ -144,6 +144,48 @@ def test_a_stream_keeps_its_last_layout_only_for_tensors_that_share_it(path: str
         assert row[-2:].tolist() == want[-2:].tolist()
         stream.commit(0, 0, "train", count)
 
+
+def test_inside_moments_once_a_stream_copies_the_row_of_an_unchanged_tensor_and_reads_any_other(
+        path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside ``moments_once`` (an audit: weights written only in place) a tensor filled again with its version
+    counter unmoved gets its last row copied, the compiled kernel not called; an in-place write, another
+    tensor of the same values and layout, another channel dim, or a stream emptied by ``take`` is read again.
+    Outside it nothing is copied: a write through ``.data``, which moves no version counter, is seen."""
+    from initdiag.recording.tensor_stats import moments_once
+
+    reads: list[int] = []
+    real = streams.kernel_row
+    monkeypatch.setattr(streams, "kernel_row", lambda *a: reads.append(1) or real(*a))
+    w = torch.randn(6, 5, generator=torch.Generator().manual_seed(4))
+    stream = streams.Stream(2 * 6 + 2, torch.device("cpu"), 64)
+
+    def fill(t: torch.Tensor, cdim: int = 0) -> bool:
+        """Fill the next row from ``t``; check it against the torch reference; whether the kernel ran."""
+        before = len(reads)
+        stream.room()
+        count = stream.fill(t, cdim, None, 0.0, -1.0, {}, None)
+        want = moments.moments_torch(moments.channel_view(t.detach(), cdim)).numpy()
+        row = stream.buffer[stream.n, :len(want)].numpy()
+        np.testing.assert_allclose(row[:-2], want[:-2], rtol=1e-12, atol=1e-12)
+        assert row[-2:].tolist() == want[-2:].tolist() and count == t.numel() // t.shape[cdim]
+        stream.commit(0, 0, "train", count)
+        return len(reads) > before
+
+    kernel = path == "kernel"
+    with moments_once():
+        assert fill(w) == kernel
+        assert not fill(w) and not fill(w)  # unchanged: copied
+        assert fill(torch.randn(6, 5)) == kernel  # another tensor of the same layout and version counter
+        assert fill(w) == kernel and not fill(w)
+        w.mul_(2.0)  # in place: the version counter moves
+        assert fill(w) == kernel and not fill(w)
+        assert fill(w.clone()) == kernel  # the same values and layout in another tensor
+        assert fill(w) == kernel
+        stream.take()
+        assert fill(w) == kernel
+    w.data.mul_(3.0)  # no version counter moves
+    assert fill(w) == kernel and fill(w) == kernel
+
 def test_kernel_disabled_takes_the_torch_path_and_restores_the_state_even_when_the_block_raises() -> None:
     before, status = moments.kernel_in_use(), moments.kernel_status()
     with pytest.raises(RuntimeError), moments.kernel_disabled():

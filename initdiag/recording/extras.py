@@ -33,7 +33,7 @@ from ..structure import Structure
 from ..structure.records import collect_tensors
 from ..vocab import Role
 from .sites import channel_dim
-from .tensor_stats import tensor_stats
+from .tensor_stats import sum_of_squares, tensor_stats
 
 __all__ = ["FP16_TINY", "LOSS_SCALE", "Extras", "OutputStats", "SiteExtras", "mean_cosine",
            "output_stats"]
@@ -113,6 +113,10 @@ class Extras:
         """(a weak reference to the output, site, channel dim, (storage address, offset), (shape, strides)): the
         outputs are not kept alive (one the forward does not save is freed as in a plain forward)."""
         self._calls: dict[int, int] = {}
+        self._squares: dict[int, tuple[weakref.ref[Tensor], int, float]] = {}
+        """id(output) -> (a weak reference to it, its version counter, its sum of squares): a site's output that
+        is the next weight layer's input (a block's output, read by the next block's first layer and its
+        shortcut) is not read again for the input's ``in_sq``."""
         self._handles: list[RemovableHandle] = []
         self._open = False
 
@@ -165,13 +169,23 @@ class Extras:
             stats = tensor_stats(yd)  # one pass: largest |y| (inf when any is not finite), sum of squares
             v["max_abs"] = stats.top
             v["rms"] = math.sqrt(stats.squares / stats.n)
+            if not y.is_inference():
+                self._squares[id(y)] = (weakref.ref(y), y._version, stats.squares)
             if yd.dim() >= 2 and yd.shape[0] >= 2:
                 v["cos_samples"] = mean_cosine(yd.reshape(1, yd.shape[0], -1))
             if yd.dim() == 3 and cdim == 2 and yd.shape[1] >= 2:
                 v["cos_tokens"] = mean_cosine(yd)
             if isinstance(x, Tensor) and x.is_floating_point() and x.numel():
-                v["in_sq"] = tensor_stats(x).squares / x.numel()
+                v["in_sq"] = self._sum_of_squares(x) / x.numel()
             self._outputs.append((weakref.ref(y), site, cdim, _where(y), _layout(y)))
+
+    def _sum_of_squares(self, x: Tensor) -> float:
+        """``sum x^2`` (:func:`~.tensor_stats.sum_of_squares`), or a site output's own when ``x`` is that output
+        (the same object, unchanged since: its version counter)."""
+        seen = self._squares.get(id(x))
+        if seen is not None and seen[0]() is x and not x.is_inference() and seen[1] == x._version:
+            return seen[2]
+        return sum_of_squares(x)
 
     def backward(self, site: str, g: Tensor) -> None:
         """dL/dy at a site."""
@@ -200,6 +214,7 @@ class Extras:
     def result(self) -> dict[str, SiteExtras]:
         """Every site's statistics; the references to outputs are dropped."""
         self._outputs.clear()
+        self._squares.clear()
         return {name: SiteExtras(**v) for name, v in self._values.items()}
 
 

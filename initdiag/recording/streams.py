@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
 
 from .moments import Layout, Stager, kernel_function, kernel_row, layout_of, reduce
+from .tensor_stats import reading_once
 
 __all__ = ["BUFFER_BYTES", "FIRST_ROWS", "Stream"]
 
@@ -30,9 +32,12 @@ class Stream:
     :meth:`fill` is :func:`reduce` into row :attr:`n` with, for the compiled kernel, the last layout the stream
     was filled from kept at hand: a call site sees the same shape, strides and bounds step after step, and a
     recorded step fills dozens of rows (a few microseconds of Python each are a percent of a small model's step).
+    Inside :func:`~.tensor_stats.moments_once` (an audit, whose weights are written only in place and change
+    only by its look-ahead), a tensor filled again unchanged (the same object, its version counter unmoved,
+    the same layout) gets its last row copied instead of read: the weights of an audit's later batches.
     """
 
-    __slots__ = ("address", "buffer", "capacity", "memo", "meta", "n", "rows", "width")
+    __slots__ = ("address", "buffer", "capacity", "memo", "meta", "n", "rows", "seen", "width")
 
     def __init__(self, width: int, device: torch.device, capacity: int) -> None:
         self.width = width
@@ -41,6 +46,8 @@ class Stream:
         self.n = 0
         self.memo: tuple[torch.Size, tuple[int, ...], int, int | None, float, float, Layout] | None = None
         """The kernel's last ``(shape, strides, cdim, cap, mid, thr, layout)``."""
+        self.seen: tuple[weakref.ref[torch.Tensor], int, int] | None = None
+        """Inside :func:`~.tensor_stats.moments_once`: the tensor of row ``n - 1``, its version counter, its count."""
         self._use(torch.zeros((FIRST_ROWS, width), dtype=torch.float64, device=device))
 
     def _use(self, buffer: torch.Tensor) -> None:
@@ -52,18 +59,29 @@ class Stream:
         """:func:`reduce` of ``y`` into row :attr:`n` (made room for); the number of values per channel."""
         kernel = kernel_function()
         layout: Layout | None = None
+        same = False
         if kernel is not None and self.address and y.dtype is torch.float32 and y.is_cpu:
             memo = self.memo
             if (memo is not None and memo[0] == y.shape and memo[1] == y.stride() and memo[2] == cdim
                     and memo[3] == max_per_channel and memo[4] == mid and memo[5] == thr):
-                layout = memo[6]
+                layout, same = memo[6], True
             else:
                 layout = layout_of(y, cdim, max_per_channel, mid, thr, layouts)
                 if layout is not None:
                     self.memo = (y.shape, y.stride(), cdim, max_per_channel, mid, thr, layout)
+        seen, self.seen = self.seen, None
         if kernel is None or layout is None:
             return reduce(y, cdim, max_per_channel, self.buffer, self.n, mid, thr, layouts, staging)
-        return kernel_row(kernel, y, layout, self.address + 8 * self.width * self.n)
+        if not reading_once() or y.is_inference():
+            return kernel_row(kernel, y, layout, self.address + 8 * self.width * self.n)
+        version = y._version
+        if same and seen is not None and self.n and seen[0]() is y and seen[1] == version:
+            count = seen[2]
+            self.buffer[self.n].copy_(self.buffer[self.n - 1])
+        else:
+            count = kernel_row(kernel, y, layout, self.address + 8 * self.width * self.n)
+        self.seen = (weakref.ref(y), version, count)
+        return count
 
     @property
     def full(self) -> bool:
@@ -86,5 +104,5 @@ class Stream:
         """The committed rows (a view: use them before the next row is filled) and their labels; empties
         the stream."""
         rows, meta = self.buffer[:self.n], self.meta
-        self.meta, self.n = [], 0
+        self.meta, self.n, self.seen = [], 0, None
         return rows, meta

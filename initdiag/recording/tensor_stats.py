@@ -27,9 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .moments import _KERNEL, _dense_size, moments_torch
+from .moments import _KERNEL, _dense_size, channel_moments, moments_torch
 
-__all__ = ["TensorMoments", "TensorStats", "array_moments", "moments_once", "tensor_moments", "tensor_stats"]
+__all__ = ["TensorMoments", "TensorStats", "array_moments", "moments_once", "reading_once", "sum_of_squares",
+           "tensor_moments", "tensor_stats"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,17 @@ def tensor_stats(t: torch.Tensor, below: tuple[float, float] = (0.0, 0.0)) -> Te
         total, squares, nonzero, least, top, u1, u2 = out.tolist()
         return TensorStats(n, total, squares, int(nonzero), least, top, (int(u1), int(u2)))
     return _stats_torch(y.reshape(-1), n, below)
+
+
+def sum_of_squares(t: torch.Tensor) -> float:
+    """``tensor_stats(t).squares`` (the same bits): where the compiled kernel reads ``t``, its moments pass
+    alone (one read of each value instead of two), else :func:`tensor_stats`."""
+    y = t.detach()
+    n = y.numel()
+    if _KERNEL.stats is not None and _KERNEL.active is not None and y.dtype == torch.float32 and y.is_cpu and n \
+            and _dense_size(tuple(y.shape), y.stride()):
+        return float(channel_moments(y, -1)[1][0])  # the dense block as one channel: abs_stats' first pass
+    return tensor_stats(y).squares
 
 
 def _stats_torch(y: torch.Tensor, n: int, below: tuple[float, float]) -> TensorStats:
@@ -104,14 +116,20 @@ _ONCE: ContextVar[dict[tuple[int, int], tuple[torch.Tensor, TensorMoments]] | No
 def moments_once() -> Iterator[None]:
     """Within the block, :func:`tensor_moments` reads each tensor object once per version: a later call on the
     same tensor (``is``, the tensor held so its id is not reused) with the same version counter returns the
-    first result. For a block whose writes to the tensors it reads go through in-place operations (they move
-    the counter; a write through ``.data`` does not): an audit's weights, written only by its look-ahead
-    steps and restores."""
+    first result (and a recorder's stream copies its last row for the tensor it last read, unchanged:
+    :meth:`~.streams.Stream.fill`). For a block whose writes to the tensors it reads go through in-place
+    operations (they move the counter; a write through ``.data`` does not): an audit's weights, written only
+    by its look-ahead steps and restores."""
     token = _ONCE.set({})
     try:
         yield
     finally:
         _ONCE.reset(token)
+
+
+def reading_once() -> bool:
+    """Whether the caller is inside :func:`moments_once`: tensors it reads are written only in place."""
+    return _ONCE.get() is not None
 
 
 def tensor_moments(t: torch.Tensor) -> TensorMoments:
