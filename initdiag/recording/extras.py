@@ -183,7 +183,7 @@ class Extras:
         """``sum x^2`` (:func:`~.tensor_stats.sum_of_squares`), or a site output's own when ``x`` is that output
         (the same object, unchanged since: its version counter)."""
         seen = self._squares.get(id(x))
-        if seen is not None and seen[0]() is x and not x.is_inference() and seen[1] == x._version:
+        if seen is not None and seen[0]() is x and seen[1] == x._version:  # stored: no inference tensor
             return seen[2]
         return sum_of_squares(x)
 

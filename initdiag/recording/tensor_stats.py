@@ -53,7 +53,7 @@ def tensor_stats(t: torch.Tensor, below: tuple[float, float] = (0.0, 0.0)) -> Te
     y = t.detach()
     n = y.numel()
     fn = _KERNEL.stats
-    if fn is not None and y.dtype == torch.float32 and y.is_cpu and n and _dense_size(tuple(y.shape), y.stride()):
+    if fn is not None and _flat_float32(y):
         out = np.empty(7, dtype=np.float64)
         if fn(y.data_ptr(), n, float(below[0]), float(below[1]), out.ctypes.data):
             raise ValueError(f"compiled kernel refused {n} values")  # pragma: no cover
@@ -66,11 +66,15 @@ def sum_of_squares(t: torch.Tensor) -> float:
     """``tensor_stats(t).squares`` (the same bits): where the compiled kernel reads ``t``, its moments pass
     alone (one read of each value instead of two), else :func:`tensor_stats`."""
     y = t.detach()
-    n = y.numel()
-    if _KERNEL.stats is not None and _KERNEL.active is not None and y.dtype == torch.float32 and y.is_cpu and n \
-            and _dense_size(tuple(y.shape), y.stride()):
+    if _KERNEL.stats is not None and _KERNEL.active is not None and _flat_float32(y):
         return float(channel_moments(y, -1)[1][0])  # the dense block as one channel: abs_stats' first pass
     return tensor_stats(y).squares
+
+
+def _flat_float32(y: torch.Tensor) -> bool:
+    """Whether the compiled kernel reads ``y`` as a flat array: float32 on the CPU, non-empty, filling one block
+    of memory."""
+    return bool(y.dtype == torch.float32 and y.is_cpu and y.numel() and _dense_size(tuple(y.shape), y.stride()))
 
 
 def _stats_torch(y: torch.Tensor, n: int, below: tuple[float, float]) -> TensorStats:
