@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import functools
 import statistics
 import time
@@ -31,8 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torchvision
-from torch.nn import functional as F
+from audit import add_workload_arguments, make_workload, plain_passes
 
 import initdiag
 from initdiag.audit import run as audit_run
@@ -113,27 +111,11 @@ def _instrument() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet50", help="a torchvision model name")
-    parser.add_argument("--size", type=int, default=128, help="input height and width")
-    parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=7, help="(audit, plain) alternations after a warm-up")
+    add_workload_arguments(parser, rounds=7)
     args = parser.parse_args()
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, args.model)(weights=None)
-    shape = (3, args.size, args.size)
-    g = torch.Generator().manual_seed(0)
-    batches = [torch.randn(args.batch_size, *shape, generator=g) for _ in range(args.batches)]
-    labels = [torch.randint(0, 1000, (args.batch_size,), generator=g) for _ in range(args.batches)]
+    work = make_workload(args, torch.device("cpu"))
+    model, shape = work.model, work.shape
     _instrument()
-
-    def plain() -> float:
-        work = copy.deepcopy(model).train()
-        start = time.perf_counter()
-        for x, y in zip(batches, labels, strict=True):
-            F.cross_entropy(work(x), y).backward()
-            work.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
 
     def audited() -> dict[str, float]:
         _TIMES.clear()
@@ -141,13 +123,13 @@ def main() -> None:
         initdiag.audit(model, input_shape=shape, batches=args.batches, batch_size=args.batch_size)
         return {**_TIMES, "audit": time.perf_counter() - start}
 
-    plain()
+    plain_passes(work)
     audited()
     runs: defaultdict[str, list[float]] = defaultdict(list)
     for r in range(args.rounds):
         for side in (("audit", "plain") if r % 2 == 0 else ("plain", "audit")):
             if side == "plain":
-                runs["plain"].append(plain())
+                runs["plain"].append(plain_passes(work))
             else:
                 for key, seconds in audited().items():
                     runs[key].append(seconds)
