@@ -14,8 +14,10 @@ pairs run alternated: prints the median peaks and times, the median ratio and th
     python benchmarks/audit_memory.py --models llama1b      # a ~1 B-parameter decoder from a Llama config
     python benchmarks/audit_memory.py --models vit_b_16     # torchvision's ViT-B/16, 4 x 4 x 3 x 224 x 224
     python benchmarks/audit_memory.py --models llama1b --batches 4 --batch-size 16   # the audit's defaults
+    python benchmarks/audit_memory.py --models resnet50 --batch-size 16 --size 224  # defaults, its own input
 
-``--batches`` / ``--batch-size`` replace a model's own count and size of batches (the same sample shape).
+``--batches`` / ``--batch-size`` replace a model's own count and size of batches (the same sample shape);
+``--size`` an image model's height and width.
 """
 
 from __future__ import annotations
@@ -66,13 +68,17 @@ def build(name: str) -> tuple[torch.nn.Module, list[torch.Tensor], int]:
     raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
-def resized(batches: list[torch.Tensor], count: int | None, size: int | None, classes: int) -> list[torch.Tensor]:
-    """``batches`` again as ``count`` batches of ``size`` samples of the same shape and kind (seeded), when
-    either is given."""
-    if count is None and size is None:
+def resized(batches: list[torch.Tensor], count: int | None, size: int | None, classes: int,
+            side: int | None = None) -> list[torch.Tensor]:
+    """``batches`` again as ``count`` batches of ``size`` samples of the same shape (images ``side`` x ``side``
+    when given) and kind (seeded), when any is given."""
+    if count is None and size is None and side is None:
         return batches
     x, g = batches[0], torch.Generator().manual_seed(2)
-    shape = (size or len(x), *x.shape[1:])
+    if side is not None and (not x.is_floating_point() or x.dim() != 4):
+        raise SystemExit("--size applies to image models (batches of N x C x H x W)")
+    sample = (x.shape[1], side, side) if side is not None else x.shape[1:]
+    shape = (size or len(x), *sample)
     return [torch.randn(shape, generator=g) if x.is_floating_point() else torch.randint(0, classes, shape, generator=g)
             for _ in range(count or len(batches))]
 
@@ -81,7 +87,8 @@ def _logits(out: Any) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
-def side(name: str, which: str, count: int | None = None, size: int | None = None) -> dict[str, float]:
+def side(name: str, which: str, count: int | None = None, size: int | None = None,
+         image: int | None = None) -> dict[str, float]:
     import importlib
 
     import initdiag
@@ -90,7 +97,7 @@ def side(name: str, which: str, count: int | None = None, size: int | None = Non
         importlib.import_module(module)
 
     model, batches, classes = build(name)
-    batches = resized(batches, count, size, classes)
+    batches = resized(batches, count, size, classes, image)
     base = proc_status_bytes("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     start = time.perf_counter()
@@ -119,18 +126,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="pairs of fresh processes (plain, audit) per model")
     parser.add_argument("--batches", type=int, help="batches per side (default: the model's own)")
     parser.add_argument("--batch-size", type=int, help="samples per batch (default: the model's own)")
+    parser.add_argument("--size", type=int, help="an image model's input height and width (default: its own)")
     parser.add_argument("--side", choices=("plain", "audit"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        print(json.dumps(side(args.model, args.side, args.batches, args.batch_size)))
+        print(json.dumps(side(args.model, args.side, args.batches, args.batch_size, args.size)))
         return
     for name in args.models.split(","):
         got: dict[str, list[dict[str, float]]] = {"plain": [], "audit": []}
         for _ in range(args.repeats):  # alternated, each in a fresh process
             for which in ("plain", "audit"):
                 sizes = [*(["--batches", str(args.batches)] if args.batches else []),
-                         *(["--batch-size", str(args.batch_size)] if args.batch_size else [])]
+                         *(["--batch-size", str(args.batch_size)] if args.batch_size else []),
+                         *(["--size", str(args.size)] if args.size else [])]
                 done = subprocess.run([sys.executable, __file__, "--side", which, "--model", name, *sizes],
                                       capture_output=True, text=True, check=True)
                 got[which].append(json.loads(done.stdout.strip().splitlines()[-1]))

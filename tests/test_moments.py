@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -155,7 +156,12 @@ def test_inside_moments_once_a_stream_copies_the_row_of_an_unchanged_tensor_and_
 
     reads: list[int] = []
     real = streams.kernel_row
-    monkeypatch.setattr(streams, "kernel_row", lambda *a: reads.append(1) or real(*a))
+
+    def counted(*a: Any) -> int:
+        reads.append(1)
+        return real(*a)
+
+    monkeypatch.setattr(streams, "kernel_row", counted)
     w = torch.randn(6, 5, generator=torch.Generator().manual_seed(4))
     stream = streams.Stream(2 * 6 + 2, torch.device("cpu"), 64)
 
@@ -214,6 +220,22 @@ def test_the_environment_variable_turns_the_kernel_off_at_import() -> None:
     assert run.stdout.splitlines() == ["False", "compiled kernel: disabled by INITDIAG_NO_FAST_KERNEL: torch path"]
 
 
+def _other_builds(tmp_path: Path) -> list[ctypes.CDLL]:
+    """The kernel built with ``-DINITDIAG_SCALAR_SUMS`` (plain C loops) and with ``-DINITDIAG_COUNT_CHUNK=32`` (the
+    vector paths with their int32 count lanes flushed every 32 values or rows); skips without a C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or not moments.kernel_in_use():
+        pytest.skip("no C compiler, or the kernel is not in use")
+    source = Path(moments.__file__).with_name("_kernel.c")
+    libs = []
+    for name, flag in (("scalar", "-DINITDIAG_SCALAR_SUMS"), ("flushing", "-DINITDIAG_COUNT_CHUNK=32")):
+        out = tmp_path / f"{name}.so"
+        subprocess.run([compiler, "-O3", "-shared", "-fPIC", flag, "-o", str(out), str(source)], check=True,
+                       capture_output=True)
+        libs.append(ctypes.CDLL(str(out)))
+    return libs
+
+
 def test_the_plain_c_build_gives_the_vectorized_builds_bits(tmp_path: Path) -> None:
     """The kernel's summation order is fixed by its code, not by the vector width: a build with
     ``-DINITDIAG_SCALAR_SUMS`` (plain C loops) and the installed build (AVX2 where the CPU has it) write the
@@ -221,17 +243,7 @@ def test_the_plain_c_build_gives_the_vectorized_builds_bits(tmp_path: Path) -> N
     runs of a sample's contiguous block, channels innermost in blocks of 16, of 4 and one by one, strided, one
     channel), NaN, -0.0 and zeros included; and so does a build whose vector paths flush their int32 count lanes
     every 32 values (rows), as they do every 2^28 to stay below 2^31."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None or not moments.kernel_in_use():
-        pytest.skip("no C compiler, or the kernel is not in use")
-    source = Path(moments.__file__).with_name("_kernel.c")
-    scalar = tmp_path / "scalar.so"
-    flushing = tmp_path / "flushing.so"  # the vector paths with their count lanes flushed every 32 values or rows
-    subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-DINITDIAG_SCALAR_SUMS", "-o", str(scalar), str(source)],
-                   check=True, capture_output=True)
-    subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-DINITDIAG_COUNT_CHUNK=32", "-o", str(flushing),
-                    str(source)], check=True, capture_output=True)
-    libs = [ctypes.CDLL(str(scalar)), ctypes.CDLL(str(flushing))]
+    libs = _other_builds(tmp_path)
     for lib in libs:
         lib.initdiag_moments.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 6, ctypes.c_void_p, ctypes.c_double,
                                          ctypes.c_double]
@@ -258,3 +270,41 @@ def test_the_plain_c_build_gives_the_vectorized_builds_bits(tmp_path: Path) -> N
                     assert lib.initdiag_moments(y.data_ptr() + 4 * offset, groups, channels, positions, sg, sc, sp,
                                                 plain.data_ptr(), 0.0, -1.0) == 0
                     assert torch.equal(installed[0].nan_to_num(7.0), plain.nan_to_num(7.0)), (shape, y.stride(), cap)
+
+
+def test_whole_tensor_stats_are_the_same_bits_in_every_build(tmp_path: Path) -> None:
+    """``initdiag_abs_stats`` reads a float32 array once where AVX2 is (sums and magnitudes of each block while it
+    is in L1), twice in plain C: the plain C build, and a build flushing its count lanes every 32 values, write
+    the same 7 doubles as the installed build (the sums in the moments' order, the rest exact), for lengths
+    around the lanes and the blocks, with zeros, -0.0, values below both thresholds, NaN and inf; and the sums
+    are the moments' own bits for one channel."""
+    libs = _other_builds(tmp_path)
+    fn = moments._KERNEL.stats
+    assert fn is not None
+    for lib in libs:
+        lib.initdiag_abs_stats.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_double,
+                                           ctypes.c_void_p]
+    g = torch.Generator().manual_seed(5)
+    below = (2.0**-24, 2.0**-40)
+    for i, n in enumerate((1, 15, 16, 17, 2047, 2048, 2049, 4096 + 31, 3 * 2048 + 8, 20_000)):
+        x = torch.randn(n, generator=g) * 2.0 ** (i - 5)
+        x[torch.rand(n, generator=g) < 0.3] = 0.0
+        x[1::7] = 1e-9  # non-zero, below the first threshold
+        if n > 2:
+            x[n // 2] = -0.0
+        if i % 3 == 1:
+            x[-1] = math.nan
+        if i % 3 == 2:
+            x[n // 3] = -math.inf
+        want = np.empty(7)
+        assert fn(x.data_ptr(), n, *below, want.ctypes.data) == 0
+        a = x.abs()
+        assert want[5] == int(((a > 0) & (a < below[0])).sum()) > 0 or n < 2  # torch's count of them
+        for lib in libs:
+            got = np.empty(7)
+            assert lib.initdiag_abs_stats(x.data_ptr(), n, *below, got.ctypes.data) == 0
+            assert np.array_equal(np.nan_to_num(got, nan=7.0), np.nan_to_num(want, nan=7.0)), (n, got, want)
+        if i % 3 == 0:  # finite: the moments' own sums, bit for bit
+            row = torch.zeros((1, 4), dtype=torch.float64)
+            moments.reduce(x, -1, None, row, 0)
+            assert row[0, :3].tolist() == want[:3].tolist(), n

@@ -40,8 +40,9 @@
  *     out[5], out[6] = number of non-zero x with |x| < t1, |x| < t2, both compared in float (t1, t2 rounded
  *     to float first: what torch compares a float32 tensor with a Python number in)
  *   out[0..2] are initdiag_moments's of one channel of n values (the same bits); the rest is exact in any
- *   order (a second read: AVX2 where the CPU has it, else plain C). Returns 0, or -1 (nothing written) for
- *   n < 0 or a null pointer.
+ *   order. With AVX2 and FMA, one read from memory: block after block of 2048 values, the block's sums, then
+ *   its magnitudes while it is in L1; else the sums, then a second read for the rest. Returns 0, or -1
+ *   (nothing written) for n < 0 or a null pointer.
  *
  * Overflow. A channel's sum of squares beyond float32's largest finite value (FLT_MAX, ~3.4e38) is written
  * as +inf: a float32 model's own arithmetic on these values (a norm, a loss) overflows there, and a
@@ -440,6 +441,18 @@ static void magnitudes_c(const float *RESTRICT x, int64_t n, float f1, float f2,
 #if defined(AVX2_SUMS)
 #define MAGNITUDE_CHUNK ((int64_t) 1 << 28) /* values per chunk: each int32 lane counts at most 2^25 of them */
 
+/* The eight lanes of the two magnitude registers (min non-zero |x|, max |x|) folded into *lo, *hi. */
+__attribute__((target("avx2"))) static void fold_magnitudes(__m256 vlo, __m256 vhi, float *lo, float *hi) {
+    float lane_lo[8], lane_hi[8];
+    _mm256_storeu_ps(lane_lo, vlo);
+    _mm256_storeu_ps(lane_hi, vhi);
+    for (int k = 0; k < 8; k++) {
+        if (lane_lo[k] < *lo) *lo = lane_lo[k];
+        if (lane_hi[k] > *hi) *hi = lane_hi[k];
+    }
+}
+
+
 __attribute__((target("avx2"))) static void magnitudes_avx2(const float *x, int64_t n, float f1, float f2,
                                                             float *lo, float *hi, int64_t *nan, int64_t *c1,
                                                             int64_t *c2) {
@@ -463,14 +476,73 @@ __attribute__((target("avx2"))) static void magnitudes_avx2(const float *x, int6
         *c1 += lanes_total(v1);
         *c2 += lanes_total(v2);
     }
-    float lane_lo[8], lane_hi[8];
-    _mm256_storeu_ps(lane_lo, vlo);
-    _mm256_storeu_ps(lane_hi, vhi);
-    for (int k = 0; k < 8; k++) {
-        if (lane_lo[k] < *lo) *lo = lane_lo[k];
-        if (lane_hi[k] > *hi) *hi = lane_hi[k];
-    }
+    fold_magnitudes(vlo, vhi, lo, hi);
     magnitudes_c(x + body, n - body, f1, f2, lo, hi, nan, c1, c2);
+}
+
+#define STATS_BLOCK ((int64_t) 2048) /* values summed, then measured while in L1 (8 KiB): a multiple of LANES */
+
+/* initdiag_abs_stats in one read from memory: block after block of STATS_BLOCK values, the block's sums
+ * (channel_runs_avx2's additions for one run of n values, in the same order: the same bits), then its
+ * magnitudes (magnitudes_avx2's, exact in any order) while the block is in L1; the last n % LANES values
+ * as channel_runs_avx2's tail and magnitudes_c. */
+__attribute__((target("avx2,fma"))) static void abs_stats_avx2(const float *x, int64_t n, float f1, float f2,
+                                                              double *s1, double *s2, double *nz, float *lo,
+                                                              float *hi, int64_t *nan, int64_t *c1, int64_t *c2) {
+    const __m256d zero = _mm256_setzero_pd();
+    const __m256 sign = _mm256_set1_ps(-0.0f), fzero = _mm256_setzero_ps(), inf = _mm256_set1_ps(INFINITY);
+    const __m256 t1 = _mm256_set1_ps(f1), t2 = _mm256_set1_ps(f2);
+    __m256d a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
+    __m256d t0 = zero, tt1 = zero, tt2 = zero, tt3 = zero, u0 = zero, u1 = zero, u2 = zero, u3 = zero;
+    __m256 vlo = inf, vhi = fzero;
+    __m256i cn = _mm256_setzero_si256(), vn = cn, v1 = cn, v2 = cn;
+    int64_t body = n - n % LANES, tail = n - body, total = 0, pending = 0;
+    for (int64_t start = 0; start < body; start += STATS_BLOCK) {
+        int64_t end = body - start > STATS_BLOCK ? start + STATS_BLOCK : body;
+        for (int64_t p = start; p < end; p += LANES) {
+            __m256 f0 = _mm256_loadu_ps(x + p), f8 = _mm256_loadu_ps(x + p + 8);
+            ADD8(f0, a0, a1, b0, b1, cn);
+            ADD8(f8, a2, a3, b2, b3, cn);
+        }
+        for (int64_t p = start; p < end; p += 8) {
+            __m256 v = _mm256_loadu_ps(x + p), a = _mm256_andnot_ps(sign, v);
+            __m256 live = _mm256_cmp_ps(a, fzero, _CMP_GT_OQ);
+            vlo = _mm256_min_ps(_mm256_blendv_ps(inf, a, live), vlo);
+            vhi = _mm256_max_ps(a, vhi); /* a NaN: the second operand, vhi, is kept */
+            vn = _mm256_sub_epi32(vn, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+            v1 = _mm256_sub_epi32(v1, _mm256_castps_si256(_mm256_and_ps(live, _mm256_cmp_ps(a, t1, _CMP_LT_OQ))));
+            v2 = _mm256_sub_epi32(v2, _mm256_castps_si256(_mm256_and_ps(live, _mm256_cmp_ps(a, t2, _CMP_LT_OQ))));
+        }
+        pending += end - start; /* each int32 lane has counted at most one in eight of the values read */
+        if (pending >= COUNT_CHUNK) {
+            total += lanes_total(cn);
+            *nan += lanes_total(vn);
+            *c1 += lanes_total(v1);
+            *c2 += lanes_total(v2);
+            cn = vn = v1 = v2 = _mm256_setzero_si256();
+            pending = 0;
+        }
+    }
+    if (tail > 0) { /* lane i of m0 (of m1): all ones when i < tail (i + 8 < tail) */
+        const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int) tail), index);
+        __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int) tail - 8), index);
+        __m256 f0 = _mm256_maskload_ps(x + body, m0), f8 = _mm256_maskload_ps(x + body + 8, m1);
+        ADD8(f0, t0, tt1, u0, u1, cn);
+        ADD8(f8, tt2, tt3, u2, u3, cn);
+    }
+    *nan += lanes_total(vn);
+    *c1 += lanes_total(v1);
+    *c2 += lanes_total(v2);
+    fold_magnitudes(vlo, vhi, lo, hi);
+    magnitudes_c(x + body, tail, f1, f2, lo, hi, nan, c1, c2);
+    double a[LANES], b[LANES], ta[LANES], tb[LANES];
+    __m256d lanes[4][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}, {t0, tt1, tt2, tt3}, {u0, u1, u2, u3}};
+    double *into[4] = {a, b, ta, tb};
+    for (int r = 0; r < 4; r++) {
+        for (int j = 0; j < 4; j++) _mm256_storeu_pd(into[r] + 4 * j, lanes[r][j]);
+    }
+    fold_lanes(a, b, ta, tb, total + lanes_total(cn), s1, s2, nz);
 }
 #endif
 
@@ -482,11 +554,16 @@ INITDIAG_EXPORT int initdiag_abs_stats(const float *x, int64_t n, double t1, dou
     float lo = INFINITY, hi = 0.0f;
     int64_t nan = 0, c1 = 0, c2 = 0;
     if (n > 0) {
-        channel_runs(x, 1, 0, n, &s1, &s2, &nz); /* one run of n values: the moments' own sums, bit for bit */
 #if defined(AVX2_SUMS)
-        (__builtin_cpu_supports("avx2") ? magnitudes_avx2 : magnitudes_c)(x, n, (float) t1, (float) t2, &lo, &hi,
-                                                                           &nan, &c1, &c2);
+        if (avx2_sums()) {
+            abs_stats_avx2(x, n, (float) t1, (float) t2, &s1, &s2, &nz, &lo, &hi, &nan, &c1, &c2);
+        } else {
+            channel_runs(x, 1, 0, n, &s1, &s2, &nz); /* one run of n values: the moments' own sums, bit for bit */
+            (__builtin_cpu_supports("avx2") ? magnitudes_avx2 : magnitudes_c)(x, n, (float) t1, (float) t2, &lo,
+                                                                               &hi, &nan, &c1, &c2);
+        }
 #else
+        channel_runs(x, 1, 0, n, &s1, &s2, &nz);
         magnitudes_c(x, n, (float) t1, (float) t2, &lo, &hi, &nan, &c1, &c2);
 #endif
     }
