@@ -141,6 +141,12 @@ __attribute__((target("avx2"))) static int64_t lanes_total(__m256i v) {
     return total;
 }
 
+/* The mask of a run's tail of k values in one register of 8 floats: lane i all ones when i < k (for the
+ * second register of a 16-value tail, k - 8). */
+__attribute__((target("avx2"))) static inline __m256i tail_mask(int64_t k) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int) k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 /* Once *since (the values or rows read since the last flush) reaches COUNT_CHUNK: the int32 count lanes *n
  * added to *total and zeroed. */
 __attribute__((target("avx2"))) static inline void flush_counts(__m256i *n, int64_t *total, int64_t *since) {
@@ -172,13 +178,9 @@ __attribute__((target("avx2,fma"))) static void channel_runs_avx2(const float *x
     const __m256d zero = _mm256_setzero_pd();
     __m256d a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
     __m256d t0 = zero, t1 = zero, t2 = zero, t3 = zero, u0 = zero, u1 = zero, u2 = zero, u3 = zero;
-    __m256i n = _mm256_setzero_si256(), m0 = n, m1 = n;
+    __m256i n = _mm256_setzero_si256();
     int64_t body = P - P % LANES, tail = P - body, total = 0, pending = 0;
-    if (tail > 0) { /* lane i of m0 (of m1): all ones when i < tail (i + 8 < tail) */
-        const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int) tail), index);
-        m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int) tail - 8), index);
-    }
+    __m256i m0 = tail_mask(tail), m1 = tail_mask(tail - 8);
     for (int64_t g = 0; g < G; g++) {
         const float *v = x + g * sg;
         for (int64_t start = 0; start < body; start += COUNT_CHUNK) {
@@ -439,8 +441,6 @@ static void magnitudes_c(const float *RESTRICT x, int64_t n, float f1, float f2,
 }
 
 #if defined(AVX2_SUMS)
-#define MAGNITUDE_CHUNK ((int64_t) 1 << 28) /* values per chunk: each int32 lane counts at most 2^25 of them */
-
 /* The eight lanes of the two magnitude registers (min non-zero |x|, max |x|) folded into *lo, *hi. */
 __attribute__((target("avx2"))) static void fold_magnitudes(__m256 vlo, __m256 vhi, float *lo, float *hi) {
     float lane_lo[8], lane_hi[8];
@@ -453,38 +453,11 @@ __attribute__((target("avx2"))) static void fold_magnitudes(__m256 vlo, __m256 v
 }
 
 
-__attribute__((target("avx2"))) static void magnitudes_avx2(const float *x, int64_t n, float f1, float f2,
-                                                            float *lo, float *hi, int64_t *nan, int64_t *c1,
-                                                            int64_t *c2) {
-    const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps(), inf = _mm256_set1_ps(INFINITY);
-    const __m256 t1 = _mm256_set1_ps(f1), t2 = _mm256_set1_ps(f2);
-    __m256 vlo = inf, vhi = zero;
-    int64_t body = n - n % 8;
-    for (int64_t start = 0; start < body; start += MAGNITUDE_CHUNK) {
-        int64_t end = body - start > MAGNITUDE_CHUNK ? start + MAGNITUDE_CHUNK : body;
-        __m256i vn = _mm256_setzero_si256(), v1 = vn, v2 = vn;
-        for (int64_t i = start; i < end; i += 8) {
-            __m256 v = _mm256_loadu_ps(x + i), a = _mm256_andnot_ps(sign, v);
-            __m256 live = _mm256_cmp_ps(a, zero, _CMP_GT_OQ);
-            vlo = _mm256_min_ps(_mm256_blendv_ps(inf, a, live), vlo);
-            vhi = _mm256_max_ps(a, vhi); /* a NaN: the second operand, vhi, is kept */
-            vn = _mm256_sub_epi32(vn, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
-            v1 = _mm256_sub_epi32(v1, _mm256_castps_si256(_mm256_and_ps(live, _mm256_cmp_ps(a, t1, _CMP_LT_OQ))));
-            v2 = _mm256_sub_epi32(v2, _mm256_castps_si256(_mm256_and_ps(live, _mm256_cmp_ps(a, t2, _CMP_LT_OQ))));
-        }
-        *nan += lanes_total(vn);
-        *c1 += lanes_total(v1);
-        *c2 += lanes_total(v2);
-    }
-    fold_magnitudes(vlo, vhi, lo, hi);
-    magnitudes_c(x + body, n - body, f1, f2, lo, hi, nan, c1, c2);
-}
-
 #define STATS_BLOCK ((int64_t) 2048) /* values summed, then measured while in L1 (8 KiB): a multiple of LANES */
 
 /* initdiag_abs_stats in one read from memory: block after block of STATS_BLOCK values, the block's sums
  * (channel_runs_avx2's additions for one run of n values, in the same order: the same bits), then its
- * magnitudes (magnitudes_avx2's, exact in any order) while the block is in L1; the last n % LANES values
+ * magnitudes (exact in any order) while the block is in L1; the last n % LANES values
  * as channel_runs_avx2's tail and magnitudes_c. */
 __attribute__((target("avx2,fma"))) static void abs_stats_avx2(const float *x, int64_t n, float f1, float f2,
                                                               double *s1, double *s2, double *nz, float *lo,
@@ -523,11 +496,9 @@ __attribute__((target("avx2,fma"))) static void abs_stats_avx2(const float *x, i
             pending = 0;
         }
     }
-    if (tail > 0) { /* lane i of m0 (of m1): all ones when i < tail (i + 8 < tail) */
-        const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int) tail), index);
-        __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int) tail - 8), index);
-        __m256 f0 = _mm256_maskload_ps(x + body, m0), f8 = _mm256_maskload_ps(x + body + 8, m1);
+    if (tail > 0) {
+        __m256 f0 = _mm256_maskload_ps(x + body, tail_mask(tail));
+        __m256 f8 = _mm256_maskload_ps(x + body + 8, tail_mask(tail - 8));
         ADD8(f0, t0, tt1, u0, u1, cn);
         ADD8(f8, tt2, tt3, u2, u3, cn);
     }
@@ -557,15 +528,12 @@ INITDIAG_EXPORT int initdiag_abs_stats(const float *x, int64_t n, double t1, dou
 #if defined(AVX2_SUMS)
         if (avx2_sums()) {
             abs_stats_avx2(x, n, (float) t1, (float) t2, &s1, &s2, &nz, &lo, &hi, &nan, &c1, &c2);
-        } else {
-            channel_runs(x, 1, 0, n, &s1, &s2, &nz); /* one run of n values: the moments' own sums, bit for bit */
-            (__builtin_cpu_supports("avx2") ? magnitudes_avx2 : magnitudes_c)(x, n, (float) t1, (float) t2, &lo,
-                                                                               &hi, &nan, &c1, &c2);
-        }
-#else
-        channel_runs(x, 1, 0, n, &s1, &s2, &nz);
-        magnitudes_c(x, n, (float) t1, (float) t2, &lo, &hi, &nan, &c1, &c2);
+        } else
 #endif
+        {
+            channel_runs(x, 1, 0, n, &s1, &s2, &nz); /* one run of n values: the moments' own sums, bit for bit */
+            magnitudes_c(x, n, (float) t1, (float) t2, &lo, &hi, &nan, &c1, &c2);
+        }
     }
     out[0] = s1;
     out[1] = s2 > FLT_MAX ? INFINITY : s2;
