@@ -8,10 +8,12 @@ the copy widens float32 and narrower exactly; the rest of a channel's last row s
 buffer fills or the rows are read, derives every staged row at once (:meth:`Staging.run`): per buffer row
 ``sum y``, then in place ``y^2`` and ``sum y^2``, then ``min(y^2, 2^-300)`` and its sum over ``2^-300``
 (the number of ``y != 0``: a float32 value's square is 0 or at least ``2^-298``; a sum of powers of two
-that small is exact); the rows' sums are added per channel and the counts per tensor (``index_add``), a
-float32-or-narrower tensor's ``s2`` beyond :data:`~.moments.FLOAT32_MAX` becomes inf as in
-:func:`~.moments.moments_torch`, and the rows ``[s1, s2, nonzero, 0]`` are scattered to their streams with
-one gather and one list copy. About fifteen operations per run, whatever the number of tensors staged.
+that small is exact); one ``index_add`` adds each buffer row's three sums straight to their places in the
+streams' rows ``[s1 (C), s2 (C), nonzero, 0]`` laid end to end (``s1``, ``s2`` per channel, the count per
+tensor; the rows in buffer order, so each sum adds in the order of its channel's rows), a float32-or-narrower
+tensor's ``s2`` beyond :data:`~.moments.FLOAT32_MAX` becomes inf as in :func:`~.moments.moments_torch`, and
+one list copy scatters the rows to their streams. About a dozen operations per run, whatever the number of
+tensors staged.
 
 The same numbers as :func:`~.moments.moments_torch` to within :func:`~.moments.sum_error_bound`: the same
 float64 values, squared exactly, summed in float64 in another order; the counts exact, except that a tensor
@@ -44,7 +46,7 @@ _LAYOUTS = 64
 
 _F64 = torch.float64
 _TINY = 2.0**-300
-_Layout = tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, list[int]]
+_Layout = tuple[torch.Tensor, torch.Tensor, list[int]]
 
 
 class Staging:
@@ -118,17 +120,13 @@ class _Pending:
             if len(self.layouts) >= _LAYOUTS:
                 self.layouts.clear()
             layout = self.layouts[shapes] = _layout(shapes, data.device)
-        channel, tensor_of_channel, tensors, gather, widths = layout
+        target, cap, widths = layout
         s1_rows, s2_rows = data.sum(1), data.square_().sum(1)
         # a non-zero square is >= 2^-298 (float32's least subnormal squared): clamped to 2^-300, counted exactly
         nonzero_rows = data.clamp_(max=_TINY).sum(1).mul_(1.0 / _TINY)
         data.zero_()  # the padding of the rows staged next
-        sums = s1_rows.new_zeros((len(tensor_of_channel), 3)).index_add_(
-            0, channel, torch.stack((s1_rows, s2_rows, nonzero_rows), 1))
-        s1, s2, per_channel = sums.unbind(1)
-        s2.masked_fill_(s2 > FLOAT32_MAX, math.inf)  # every staged tensor is float32 or narrower
-        nonzero = s1.new_zeros(tensors).index_add_(0, tensor_of_channel, per_channel)
-        derived = torch.cat((s1, s2, nonzero, torch.zeros_like(nonzero))).index_select(0, gather)
+        derived = cap.new_zeros(cap.shape).index_add_(0, target, torch.stack((s1_rows, s2_rows, nonzero_rows)).view(-1))
+        derived.masked_fill_(derived > cap, math.inf)  # s2 beyond FLOAT32_MAX: every staged tensor is float32 or less
         torch._foreach_copy_([out[row] for out, row in rows], list(derived.split(widths)))
 
 
@@ -138,16 +136,20 @@ def _rows(count: int) -> int:
 
 
 def _layout(shapes: tuple[tuple[int, int], ...], device: torch.device) -> _Layout:
-    """For staged tensors of these ``(channels, values per channel)``: the channel of each buffer row, the
-    tensor of each channel, the number of tensors, the gather that turns ``[s1 | s2 | nonzero | zeros]``
-    into the rows ``[s1_i, s2_i, nonzero_i, 0]`` laid end to end, and the rows' widths."""
+    """For staged tensors of these ``(channels, values per channel)``: where each buffer row's ``s1``, ``s2`` and
+    count go in the rows ``[s1 (C), s2 (C), nonzero, 0]`` of the tensors laid end to end (the index into them
+    of ``[s1 of every row | s2 of every row | count of every row]``), the largest finite value each place keeps
+    (:data:`~.moments.FLOAT32_MAX` for an ``s2``, inf elsewhere) and the rows' widths."""
     channels = np.array([c for c, _ in shapes], dtype=np.int64)
     rows_per_channel = np.repeat(-(-np.array([n for _, n in shapes], dtype=np.int64) // ROW), channels)
-    total, tensors = int(channels.sum()), len(shapes)
-    starts = np.concatenate(([0], np.cumsum(channels)[:-1]))
-    gather = np.concatenate([np.concatenate((np.arange(s, s + c), total + np.arange(s, s + c),
-                                             [2 * total + i, 2 * total + tensors + i]))
-                             for i, (s, c) in enumerate(zip(starts, channels, strict=True))])
-    return (torch.from_numpy(np.repeat(np.arange(total), rows_per_channel)).to(device),
-            torch.from_numpy(np.repeat(np.arange(tensors), channels)).to(device), tensors,
-            torch.from_numpy(gather).to(device), (2 * channels + 2).tolist())
+    widths = 2 * channels + 2
+    starts = np.concatenate(([0], np.cumsum(widths)[:-1]))
+    first = np.repeat(starts, channels)  # of each channel: where its tensor's row starts
+    index = np.arange(int(channels.sum())) - np.repeat(np.concatenate(([0], np.cumsum(channels)[:-1])), channels)
+    s1_at = np.repeat(first + index, rows_per_channel)  # of each buffer row
+    s2_at = np.repeat(first + index + np.repeat(channels, channels), rows_per_channel)
+    count_at = np.repeat(np.repeat(starts + 2 * channels, channels), rows_per_channel)
+    cap = np.full(int(widths.sum()), math.inf)
+    cap[np.unique(s2_at)] = FLOAT32_MAX
+    return (torch.from_numpy(np.concatenate((s1_at, s2_at, count_at))).to(device),
+            torch.from_numpy(cap).to(device), widths.tolist())
