@@ -1,17 +1,21 @@
-"""Shared helpers for the benchmarks: the bootstrap interval of a median ratio (:func:`interval`); run a
+"""Shared helpers for the benchmarks: the bootstrap interval of a median ratio (:func:`interval`); functions
+timed from inside, by label (:class:`Timers`); run a
 command, sampling the wall time and the peak memory of its whole process tree (workers included) from /proc:
 the sum of each process's proportional set size (PSS), so pages that forked workers share with their parent
 are counted once, not once per process."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,3 +95,32 @@ def interval(ratios: np.ndarray, rng: np.random.Generator, draws: int = 4000) ->
     boot = np.median(rng.choice(ratios, (draws, len(ratios))), axis=1)
     low, high = np.percentile(boot, [2.5, 97.5])
     return float(np.median(ratios)), float(low), float(high)
+
+
+class Timers:
+    """Seconds spent in wrapped functions, per label: :meth:`wrap` returns ``f`` timed into ``label``, its
+    behaviour unchanged (a call inside another of the same label, recursion included, counts once; labels
+    nest freely, so an inner label's time is also in its caller's)."""
+
+    def __init__(self) -> None:
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+        self._open: set[str] = set()
+
+    def clear(self) -> None:
+        self.seconds.clear()
+
+    def wrap(self, label: str, f: Callable[..., Any]) -> Callable[..., Any]:
+        seconds, open_ = self.seconds, self._open
+
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if label in open_:
+                return f(*args, **kwargs)
+            open_.add(label)
+            start = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                seconds[label] += time.perf_counter() - start
+                open_.discard(label)
+        return wrapper

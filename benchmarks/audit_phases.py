@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import statistics
 import time
 from collections import defaultdict
@@ -30,13 +29,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from _measure import Timers
 from audit import add_workload_arguments, make_workload, plain_passes
 
 import initdiag
 from initdiag.audit import run as audit_run
 from initdiag.recording import extras, recorder, streams
 
-_TIMES: defaultdict[str, float] = defaultdict(float)
+_TIMERS = Timers()
+_TIMES = _TIMERS.seconds
+_timed = _TIMERS.wrap
 
 _PHASES = (
     ("discovery", "structure discovery (a forward of 2 samples)"),
@@ -52,25 +54,6 @@ _CALLBACKS = (
     ("kernel", "  of these three, the compiled kernel's calls"),
     ("extras", "extra statistics of the first batch (forward and backward)"),
 )
-
-
-_OPEN: set[str] = set()
-
-
-def _timed(label: str, f: Callable[..., Any]) -> Callable[..., Any]:
-    """``f`` timed into ``label`` (a call inside another of the same label, recursion included, counts once)."""
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if label in _OPEN:
-            return f(*args, **kwargs)
-        _OPEN.add(label)
-        start = time.perf_counter()
-        try:
-            return f(*args, **kwargs)
-        finally:
-            _TIMES[label] += time.perf_counter() - start
-            _OPEN.discard(label)
-    return wrapper
 
 
 def _timed_context(label: str, f: Callable[..., Any]) -> Callable[..., Any]:
