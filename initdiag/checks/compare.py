@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from ..jsonable import json_safe
+from .distributions import t_ppf, t_sf
 from .registry import MethodNote
 from .verdict import Thresholds
 
@@ -101,6 +101,8 @@ def mcnemar_exact(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray) ->
     b10 = int(np.sum(~right_a & right_b))
     if b01 + b10 == 0:
         return 1.0, b01, b10
+    from scipy import stats  # experiments only: an audit's checks need no scipy.stats (.distributions)
+
     p = float(stats.binomtest(b01, b01 + b10, 0.5, alternative="two-sided").pvalue)
     return min(1.0, p), b01, b10
 
@@ -119,7 +121,7 @@ def welch_t(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
         return math.nan, 1.0 if a.mean() == b.mean() else 0.0
     t = float((a.mean() - b.mean()) / math.sqrt(va + vb))
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return t, float(2 * stats.t.sf(abs(t), df))
+    return t, 2 * t_sf(abs(t), df)
 
 
 def accuracy_summary(accuracies: Mapping[str, Sequence[float]], level: float = 0.95) -> dict[str, dict[str, Any]]:
@@ -133,7 +135,7 @@ def accuracy_summary(accuracies: Mapping[str, Sequence[float]], level: float = 0
         sd = float(v.std(ddof=1)) if n >= 2 else None
         low = high = None
         if sd is not None:
-            half = float(stats.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
+            half = t_ppf((1 + level) / 2, n - 1) * sd / math.sqrt(n)
             low, high = mean - half, mean + half
         out[name] = {"mean": mean, "sd": sd, "ci_low": low, "ci_high": high, "n": n}
     return out

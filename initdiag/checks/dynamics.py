@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy import stats
 
 from ..vocab import CheckName, Family, Kind, Phase, Signal, Stat, Status
 from .evidence import RunEvidence, init_advice
@@ -92,6 +91,8 @@ def _falls(early: np.ndarray, late: np.ndarray) -> float:
     """One-sided Mann-Whitney U p-value for ``early`` being larger than ``late`` (1 when all values tie)."""
     if np.ptp(np.concatenate([early, late])) == 0:
         return 1.0
+    from scipy import stats  # training only: an audit's checks need no scipy.stats (.distributions)
+
     return float(stats.mannwhitneyu(early, late, alternative="greater").pvalue)
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import math
 
-from scipy import stats
-
 from ..recording.gates import GateStats
 from ..vocab import CheckName, Family, Phase, Signal, Status
+from .distributions import norm_cdf, norm_sf
 from .registry import AnalysisContext, Check, MethodNote
 from .verdict import Thresholds, Verdict
 
@@ -29,7 +28,7 @@ def expected_saturation(activation: str, var: float, mean: float = 0.0, tol: flo
     if var <= 0:
         return float(abs(mean) >= edge)
     sd = math.sqrt(var)
-    return float(stats.norm.sf((edge - mean) / sd) + stats.norm.cdf((-edge - mean) / sd))
+    return norm_sf((edge - mean) / sd) + norm_cdf((-edge - mean) / sd)
 
 
 def _describe(g: GateStats, tol: float) -> str:

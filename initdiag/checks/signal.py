@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..structure.layers import WEIGHT_LAYER_TYPES
 from ..vocab import HEALTHY, CheckName, Family, Outcome, Status
+from .distributions import line_fit, t_ppf
 from .evidence import RunEvidence, init_advice
 from .verdict import Thresholds, Verdict
 
@@ -186,14 +186,14 @@ def signal_fit(frame: pd.DataFrame | SignalRows, kind: str = "forward", step: in
         x = idx.astype(np.float64)
         y = np.log(var[idx] * scale[idx])
         if len(idx) >= 3:
-            res = stats.linregress(x, y)
+            res = line_fit(x, y)
             slope, intercept, p = float(res.slope), float(res.intercept), float(res.pvalue)
             stderr = float(res.stderr)
             if not math.isfinite(stderr):  # scipy's r is 0/0 for an exactly constant y: the fit is exact
                 resid = y - (intercept + slope * x)
                 stderr = math.sqrt(float(resid @ resid) / (len(idx) - 2) / float(((x - x.mean()) ** 2).sum()))
                 p = 1.0 if slope == 0 else p
-            half = float(stats.t.ppf(1 - alpha / 2, len(idx) - 2)) * stderr
+            half = t_ppf(1 - alpha / 2, len(idx) - 2) * stderr
             low, high = slope - half, slope + half
         else:
             slope = float(y[1] - y[0]) / float(x[1] - x[0])
