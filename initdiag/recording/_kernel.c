@@ -141,6 +141,18 @@ __attribute__((target("avx2"))) static int64_t lanes_total(__m256i v) {
     return total;
 }
 
+/* The sixteen sum lanes, square lanes, tail sum lanes and tail square lanes, each in four registers of four
+ * doubles (lanes[0..3]), stored and folded by fold_lanes into *s1, *s2, *nz with the non-zero count. */
+__attribute__((target("avx2"))) static void fold_registers(const __m256d lanes[4][4], int64_t count, double *s1,
+                                                          double *s2, double *nz) {
+    double a[LANES], b[LANES], ta[LANES], tb[LANES];
+    double *into[4] = {a, b, ta, tb};
+    for (int r = 0; r < 4; r++) {
+        for (int j = 0; j < 4; j++) _mm256_storeu_pd(into[r] + 4 * j, lanes[r][j]);
+    }
+    fold_lanes(a, b, ta, tb, count, s1, s2, nz);
+}
+
 /* The mask of a run's tail of k values in one register of 8 floats: lane i all ones when i < k (for the
  * second register of a 16-value tail, k - 8). */
 __attribute__((target("avx2"))) static inline __m256i tail_mask(int64_t k) {
@@ -201,13 +213,8 @@ __attribute__((target("avx2,fma"))) static void channel_runs_avx2(const float *x
             flush_counts(&n, &total, &pending);
         }
     }
-    double a[LANES], b[LANES], ta[LANES], tb[LANES];
-    __m256d lanes[4][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}, {t0, t1, t2, t3}, {u0, u1, u2, u3}};
-    double *into[4] = {a, b, ta, tb};
-    for (int r = 0; r < 4; r++) {
-        for (int j = 0; j < 4; j++) _mm256_storeu_pd(into[r] + 4 * j, lanes[r][j]);
-    }
-    fold_lanes(a, b, ta, tb, total + lanes_total(n), s1, s2, nz);
+    const __m256d lanes[4][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}, {t0, t1, t2, t3}, {u0, u1, u2, u3}};
+    fold_registers(lanes, total + lanes_total(n), s1, s2, nz);
 }
 #endif
 
@@ -507,13 +514,8 @@ __attribute__((target("avx2,fma"))) static void abs_stats_avx2(const float *x, i
     *c2 += lanes_total(v2);
     fold_magnitudes(vlo, vhi, lo, hi);
     magnitudes_c(x + body, tail, f1, f2, lo, hi, nan, c1, c2);
-    double a[LANES], b[LANES], ta[LANES], tb[LANES];
-    __m256d lanes[4][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}, {t0, tt1, tt2, tt3}, {u0, u1, u2, u3}};
-    double *into[4] = {a, b, ta, tb};
-    for (int r = 0; r < 4; r++) {
-        for (int j = 0; j < 4; j++) _mm256_storeu_pd(into[r] + 4 * j, lanes[r][j]);
-    }
-    fold_lanes(a, b, ta, tb, total + lanes_total(cn), s1, s2, nz);
+    const __m256d lanes[4][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}, {t0, tt1, tt2, tt3}, {u0, u1, u2, u3}};
+    fold_registers(lanes, total + lanes_total(cn), s1, s2, nz);
 }
 #endif
 
