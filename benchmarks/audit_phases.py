@@ -31,10 +31,11 @@ from typing import Any
 import torch
 from _measure import Timers
 from audit import add_workload_arguments, make_workload, plain_passes
+from recorder_phases import instrument_recorder
 
 import initdiag
 from initdiag.audit import run as audit_run
-from initdiag.recording import extras, recorder, streams
+from initdiag.recording import extras
 
 _TIMERS = Timers()
 _TIMES = _TIMERS.seconds
@@ -79,15 +80,7 @@ def _instrument() -> None:
     audit_run.analyze = _timed("checks", audit_run.analyze)
     audit_run.pool_batches = _timed("pool", audit_run.pool_batches)
     audit_run.working_copy = _timed_context("copy", audit_run.working_copy)
-    streams.kernel_row = _timed("kernel", streams.kernel_row)  # the recorder's rows (not the marks' reads)
-    rec = recorder.Recorder
-    setattr(rec, "_on_grad", _timed("grad_hooks", rec._on_grad))  # noqa: B010 (methods: setattr for mypy)
-    setattr(rec, "_on_backward_end", _timed("backward_end", rec._on_backward_end))  # noqa: B010
-    make = rec._make_forward_hook
-
-    def make_timed(self: Any, module: torch.nn.Module, role: str) -> Callable[..., Any]:
-        return _timed("forward_hooks", make(self, module, role))
-    setattr(rec, "_make_forward_hook", make_timed)  # noqa: B010
+    instrument_recorder(_timed)  # the kernel's calls: the recorder's rows (not the marks' reads)
     setattr(extras.Extras, "forward", _timed("extras", extras.Extras.forward))  # noqa: B010
     setattr(extras.Extras, "backward", _timed("extras", extras.Extras.backward))  # noqa: B010
 

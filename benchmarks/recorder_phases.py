@@ -54,9 +54,9 @@ _PARTS = (
 _TOP = ("forward_hooks", "grad_hooks", "backward_end", "next_forward")
 
 
-def _instrument() -> None:
-    """Wrap the recorder's callbacks with timers (behaviour unchanged)."""
-    timed = _TIMERS.wrap
+def instrument_recorder(timed: Callable[[str, Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Wrap the recorder's callbacks with ``timed(label, f)`` (behaviour unchanged), under the labels of
+    :data:`_PARTS` (``audit_phases.py`` reads the audit's recorded passes through the same labels)."""
     rec = recorder.Recorder
     setattr(rec, "_on_grad", timed("grad_hooks", rec._on_grad))  # noqa: B010 (methods: setattr for mypy)
     setattr(rec, "_on_backward_end", timed("backward_end", rec._on_backward_end))  # noqa: B010
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="Recorder(every=K): the callbacks of recorded steps")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
-    _instrument()
+    instrument_recorder(_TIMERS.wrap)
     data = load_mnist(dataset="mnist-sample")
     torch.manual_seed(0)
     models = [seed_cnn()]
